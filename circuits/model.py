@@ -1,0 +1,336 @@
+"""The embedded default model: a small HookedTransformer trained here on the toy language.
+
+`load_model("toy")` loads it from the cache (training it on first use); a folder path loads a
+saved toy-style model; any other name goes to `HookedTransformer.from_pretrained`, failing
+fast with one line when the Hugging Face hub cannot be reached.
+
+A saved model folder holds ``config.json`` (a `ToyModelConfig`), ``model.safetensors`` and the
+tokenizer files. Training writes an atomic checkpoint every ``checkpoint_every`` steps into
+``<folder>.training/`` and resumes from it; batches are a pure function of (seed, step), so a
+resumed run gives the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import random
+import shutil
+import socket
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformers import PreTrainedTokenizerBase
+
+from circuits.errors import CircuitsError
+from tasks.language import Mixture, document
+from tasks.tokenizer import build_tokenizer, load_tokenizer
+
+warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+TOY_NAME = "toy"
+
+
+def default_cache_dir() -> Path:
+    """Where trained artefacts live: $SAE_CIRCUITS_CACHE, else ``outputs/cache`` in a source
+    checkout, else ``~/.cache/sae-circuits``."""
+    if os.environ.get("SAE_CIRCUITS_CACHE"):
+        return Path(os.environ["SAE_CIRCUITS_CACHE"])
+    repo = Path(__file__).resolve().parents[1]
+    if (repo / "pyproject.toml").is_file():
+        return repo / "outputs" / "cache"
+    return Path.home() / ".cache" / "sae-circuits"
+
+
+@dataclass
+class ToyModelConfig:
+    """Architecture and training recipe of a toy-language model."""
+
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    d_mlp: int = 512
+    n_ctx: int = 64
+    act_fn: str = "gelu"
+    normalization_type: str = "LN"
+    seed: int = 0
+    steps: int = 1000
+    batch_size: int = 64
+    seq_len: int = 64
+    lr: float = 2e-3
+    warmup: int = 50
+    weight_decay: float = 0.01
+    checkpoint_every: int = 100
+    mixture: Mixture = field(default_factory=Mixture)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ToyModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CircuitsError(f"unknown model config field(s): {', '.join(unknown)}")
+        data = dict(data)
+        if isinstance(data.get("mixture"), dict):
+            data["mixture"] = Mixture(**data["mixture"])
+        return cls(**data).validated()
+
+    def validated(self) -> "ToyModelConfig":
+        """Self, or a `CircuitsError` naming the first setting that cannot work."""
+        for name in ("n_layers", "d_model", "n_heads", "d_mlp", "n_ctx", "steps", "batch_size", "seq_len"):
+            if getattr(self, name) <= 0:
+                raise CircuitsError(f"model config: {name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise CircuitsError(
+                f"model config: d_model {self.d_model} is not divisible by n_heads {self.n_heads}"
+            )
+        if self.seq_len > self.n_ctx:
+            raise CircuitsError(f"model config: seq_len {self.seq_len} is longer than n_ctx {self.n_ctx}")
+        if self.seq_len < 20:
+            raise CircuitsError(
+                f"model config: seq_len {self.seq_len} is shorter than the toy language's sentences (need >= 20)"
+            )
+        return self
+
+    def hooked_config(self, d_vocab: int) -> HookedTransformerConfig:
+        return HookedTransformerConfig(
+            n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads,
+            d_head=self.d_model // self.n_heads, d_mlp=self.d_mlp, n_ctx=self.n_ctx,
+            d_vocab=d_vocab, act_fn=self.act_fn, normalization_type=self.normalization_type,
+            seed=self.seed, model_name="toy",
+        )
+
+
+def build_model(cfg: ToyModelConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> HookedTransformer:
+    """A freshly initialised (seeded) model for ``cfg`` with the toy tokenizer."""
+    cfg.validated()
+    tokenizer = tokenizer or build_tokenizer()
+    return HookedTransformer(cfg.hooked_config(len(tokenizer)), tokenizer=tokenizer)
+
+
+# ------------------------------------------------------------------------------ training
+def training_batch(tokenizer: PreTrainedTokenizerBase, cfg: ToyModelConfig, step: int) -> torch.Tensor:
+    """The token batch of training step ``step``: a pure function of (cfg.seed, step)."""
+    rng = random.Random(f"train/{cfg.seed}/{step}")
+    vocab = tokenizer.get_vocab()
+    bos = vocab[tokenizer.bos_token]
+    rows = [[bos] + [vocab[w] for w in document(rng, cfg.seq_len - 1, cfg.mixture)]
+            for _ in range(cfg.batch_size)]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def learning_rate(cfg: ToyModelConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of ``cfg.lr``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train_model(cfg: ToyModelConfig, folder: str | Path, progress: bool = True,
+                stop_after: int | None = None, on_step: Callable[[int, float], None] | None = None
+                ) -> HookedTransformer | None:
+    """Train ``cfg`` and save the model to ``folder``, resuming from ``<folder>.training/``.
+
+    ``stop_after`` stops (checkpointed) after that many steps of this call without saving the
+    final model — used to test resumption; the function then returns None.
+    """
+    cfg.validated()
+    folder = Path(folder)
+    ckpt_dir = folder.with_name(folder.name + ".training")
+    tokenizer = build_tokenizer()
+    model = build_model(cfg, tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = _resume(ckpt_dir, cfg, model, optimizer)
+    model.train()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train model",
+               disable=not progress)
+    for i, step in enumerate(bar):
+        if stop_after is not None and i >= stop_after:
+            _checkpoint(ckpt_dir, cfg, model, optimizer, step)
+            return None
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step)
+        loss = model(training_batch(tokenizer, cfg, step), return_type="loss")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if on_step:
+            on_step(step, loss.item())
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            _checkpoint(ckpt_dir, cfg, model, optimizer, step + 1)
+    model.eval()
+    save_model(model, cfg, folder)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return model
+
+
+def _checkpoint(ckpt_dir: Path, cfg: ToyModelConfig, model: HookedTransformer,
+                optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Write a checkpoint atomically: a new folder renamed over the old one."""
+    tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(_contiguous(model.state_dict()), str(tmp / WEIGHTS_FILE))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "config": cfg.to_dict()}))
+    old = ckpt_dir.with_name(ckpt_dir.name + ".old")
+    if ckpt_dir.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        ckpt_dir.rename(old)
+    tmp.rename(ckpt_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _resume(ckpt_dir: Path, cfg: ToyModelConfig, model: HookedTransformer,
+            optimizer: torch.optim.Optimizer) -> int:
+    """Load the last good checkpoint into model and optimizer; return its step (0 if none)."""
+    old = ckpt_dir.with_name(ckpt_dir.name + ".old")
+    source = ckpt_dir if (ckpt_dir / "state.json").is_file() else old
+    if not (source / "state.json").is_file():
+        return 0
+    state = json.loads((source / "state.json").read_text())
+    if state["config"] != cfg.to_dict():
+        raise CircuitsError(
+            f"{source}: checkpoint was made with a different model config; delete it to start over"
+        )
+    _load_weights(model, source / WEIGHTS_FILE)
+    optimizer.load_state_dict(torch.load(source / "optimizer.pt", weights_only=True))
+    return int(state["step"])
+
+
+# ------------------------------------------------------------------------------ save / load
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def save_model(model: HookedTransformer, cfg: ToyModelConfig, folder: str | Path) -> None:
+    """Save weights, config and tokenizer into ``folder``, atomically (tmp folder + rename)."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".saving")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(_contiguous(model.state_dict()), str(tmp / WEIGHTS_FILE))
+    (tmp / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
+    model.tokenizer.save_pretrained(str(tmp))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def _load_weights(model: HookedTransformer, path: Path) -> None:
+    if not path.is_file():
+        raise CircuitsError(f"{path}: weights file is missing")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CircuitsError(f"{path}: corrupt weights file ({err})") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise CircuitsError(f"{path}: weights are missing {missing[0]} (and {len(missing) - 1} more)")
+    for name, tensor in expected.items():
+        if state[name].shape != tensor.shape:
+            raise CircuitsError(
+                f"{path}: {name} has shape {tuple(state[name].shape)}, config needs {tuple(tensor.shape)}"
+            )
+    model.load_state_dict(state, strict=False)
+
+
+def load_saved_model(folder: str | Path, device: str = "cpu") -> HookedTransformer:
+    """Load a model folder written by `save_model`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CircuitsError(f"{folder}: no such model folder")
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise CircuitsError(f"{folder}: no {CONFIG_FILE} (not a saved model folder, or a partial one)")
+    try:
+        cfg = ToyModelConfig.from_dict(json.loads(config_path.read_text()))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise CircuitsError(f"{config_path}: not a valid model config ({err})") from None
+    model = build_model(cfg, load_tokenizer(folder))
+    _load_weights(model, folder / WEIGHTS_FILE)
+    model.eval()
+    return model.to(device)
+
+
+def load_model(name: str = TOY_NAME, device: str = "cpu", cache_dir: str | Path | None = None,
+               progress: bool = True) -> HookedTransformer:
+    """The embedded toy model ("toy": cached, trained on first use), a saved model folder, or a
+    TransformerLens pretrained model by name (needs the Hugging Face hub or its local cache)."""
+    if name == TOY_NAME:
+        folder = Path(cache_dir or default_cache_dir()) / TOY_NAME
+        if not (folder / CONFIG_FILE).is_file():
+            train_model(ToyModelConfig(), folder, progress=progress)
+        return load_saved_model(folder, device)
+    if Path(name).is_dir():
+        return load_saved_model(name, device)
+    return load_pretrained(name, device)
+
+
+def load_pretrained(name: str, device: str = "cpu") -> HookedTransformer:
+    """`HookedTransformer.from_pretrained`, failing fast and in one line when offline."""
+    from transformer_lens import loading_from_pretrained as loading
+
+    try:
+        official = loading.get_official_model_name(name)
+    except ValueError:
+        known = list(loading.OFFICIAL_MODEL_NAMES)
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"; close: {', '.join(close)}" if close else ""
+        raise CircuitsError(
+            f"unknown model {name!r}: not 'toy', a model folder, or a TransformerLens model{hint}"
+        ) from None
+    if _hub_reachable():
+        return HookedTransformer.from_pretrained(official, device=device)
+    if not _in_hf_cache(official):
+        raise CircuitsError(
+            f"cannot download {official!r}: the Hugging Face hub is unreachable and the model is "
+            f"not in the local cache (use load_model('toy') offline)"
+        )
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True  # use the cached copy without ~25 s of network retries
+    try:
+        return HookedTransformer.from_pretrained(official, device=device)
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the hub endpoint (huggingface_hub would retry for ~25 s)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+

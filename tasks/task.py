@@ -1,0 +1,115 @@
+"""A behavioural task: clean and corrupt prompts, the answers, and the metric that scores them.
+
+Sign convention, used everywhere in this project: the metric is larger when the model does
+the task better (e.g. logit(answer) - logit(wrong answer)), so a node effect
+m(patched) - m(clean) is negative for nodes the behaviour relies on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from circuits.errors import CircuitsError
+
+METRICS = ("logit_diff", "prob_diff", "logprob")
+
+
+@dataclass
+class Task:
+    """Token batches and answers for one behaviour.
+
+    ``clean`` and ``corrupt`` are ``[batch, pos]`` token ids (BOS first, equal lengths).
+    ``answer`` / ``wrong`` are ``[batch, k]`` token ids padded with -1:
+
+    * ``logit_diff``: logit(answer[:, 0]) - logit(wrong[:, 0]) at the last position;
+    * ``prob_diff``: sum of p(answer ids) - sum of p(wrong ids) at the last position;
+    * ``logprob``: mean over k of log p(answer[:, k]) at position ``score_pos[k]``.
+    ``position_labels`` names each position when all prompts share one template; ``roles``
+    maps a role (e.g. "IO", "S1") to its per-example position when roles move between
+    templates (BABA vs ABBA).
+    """
+
+    name: str
+    clean: torch.Tensor
+    corrupt: torch.Tensor
+    answer: torch.Tensor
+    wrong: torch.Tensor
+    metric: str = "logit_diff"
+    score_pos: torch.Tensor | None = None
+    position_labels: tuple[str, ...] | None = None
+    roles: dict[str, torch.Tensor] = field(default_factory=dict)
+    prompts: list[str] = field(default_factory=list)
+    corrupt_prompts: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise CircuitsError(f"task {self.name}: unknown metric {self.metric!r} (use {', '.join(METRICS)})")
+        if self.clean.shape != self.corrupt.shape:
+            raise CircuitsError(
+                f"task {self.name}: clean {tuple(self.clean.shape)} and corrupt "
+                f"{tuple(self.corrupt.shape)} token batches differ in shape"
+            )
+        if self.position_labels is not None and len(self.position_labels) != self.n_pos:
+            raise CircuitsError(
+                f"task {self.name}: {len(self.position_labels)} position labels for {self.n_pos} positions"
+            )
+
+    @property
+    def n_examples(self) -> int:
+        return self.clean.shape[0]
+
+    @property
+    def n_pos(self) -> int:
+        return self.clean.shape[1]
+
+    def check_fits(self, n_ctx: int) -> None:
+        """Raise if the prompts are longer than a model's context."""
+        if self.n_pos > n_ctx:
+            raise CircuitsError(
+                f"task {self.name}: prompts are {self.n_pos} tokens but the model's n_ctx is {n_ctx}"
+            )
+
+    def subset(self, index: slice | torch.Tensor) -> "Task":
+        """The same task restricted to some examples (for batching)."""
+        return Task(
+            name=self.name, clean=self.clean[index], corrupt=self.corrupt[index],
+            answer=self.answer[index], wrong=self.wrong[index], metric=self.metric,
+            score_pos=self.score_pos, position_labels=self.position_labels,
+            roles={k: v[index] for k, v in self.roles.items()},
+            prompts=_take(self.prompts, index), corrupt_prompts=_take(self.corrupt_prompts, index),
+        )
+
+    def metric_per_example(self, logits: torch.Tensor) -> torch.Tensor:
+        """The metric of each example, from logits ``[batch, pos, vocab]``: ``[batch]``."""
+        if self.metric == "logit_diff":
+            last = logits[:, -1]
+            return (last.gather(-1, self.answer[:, :1]) - last.gather(-1, self.wrong[:, :1])).squeeze(-1)
+        if self.metric == "prob_diff":
+            probs = logits[:, -1].softmax(-1)
+            return _sum_ids(probs, self.answer) - _sum_ids(probs, self.wrong)
+        logprobs = logits[:, self.score_pos].log_softmax(-1)  # [batch, k, vocab]
+        return logprobs.gather(-1, self.answer.unsqueeze(-1)).squeeze(-1).mean(-1)
+
+    def correct_per_example(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-example accuracy in [0, 1]: the metric favours the answer (logit/prob diff > 0),
+        or, for ``logprob``, the fraction of scored positions whose top token is the answer."""
+        if self.metric == "logprob":
+            top = logits[:, self.score_pos].argmax(-1)
+            return (top == self.answer).float().mean(-1)
+        return (self.metric_per_example(logits) > 0).float()
+
+
+def _sum_ids(probs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Sum of ``probs[b, ids[b, j]]`` over the non-padding (>= 0) ids of each row."""
+    valid = ids >= 0
+    return (probs.gather(-1, ids.clamp(min=0)) * valid).sum(-1)
+
+
+def _take(items: list, index: slice | torch.Tensor) -> list:
+    if not items:
+        return items
+    if isinstance(index, slice):
+        return items[index]
+    return [items[i] for i in index.tolist()]
