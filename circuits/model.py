@@ -65,7 +65,7 @@ class ToyModelConfig:
     act_fn: str = "gelu"
     normalization_type: str = "LN"
     seed: int = 0
-    steps: int = 1000
+    steps: int = 1100
     batch_size: int = 64
     seq_len: int = 64
     lr: float = 2e-3
@@ -267,7 +267,7 @@ def load_saved_model(folder: str | Path, device: str = "cpu") -> HookedTransform
     model = build_model(cfg, load_tokenizer(folder))
     _load_weights(model, folder / WEIGHTS_FILE)
     model.eval()
-    return model.to(device)
+    return model.to(device, print_details=False)
 
 
 def load_model(name: str = TOY_NAME, device: str = "cpu", cache_dir: str | Path | None = None,
