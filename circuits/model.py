@@ -16,14 +16,11 @@ import difflib
 import json
 import math
 import os
-import random
 import shutil
-import socket
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlparse
 
 import torch
 from safetensors import SafetensorError
@@ -33,7 +30,9 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerBase
 
 from circuits.errors import CircuitsError
-from tasks.language import Mixture, document
+from circuits.hub import hub_reachable, in_hf_cache, offline
+from tasks.corpus import corpus_tokens
+from tasks.language import Mixture
 from tasks.tokenizer import build_tokenizer, load_tokenizer
 
 warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
@@ -124,12 +123,7 @@ def build_model(cfg: ToyModelConfig, tokenizer: PreTrainedTokenizerBase | None =
 # ------------------------------------------------------------------------------ training
 def training_batch(tokenizer: PreTrainedTokenizerBase, cfg: ToyModelConfig, step: int) -> torch.Tensor:
     """The token batch of training step ``step``: a pure function of (cfg.seed, step)."""
-    rng = random.Random(f"train/{cfg.seed}/{step}")
-    vocab = tokenizer.get_vocab()
-    bos = vocab[tokenizer.bos_token]
-    rows = [[bos] + [vocab[w] for w in document(rng, cfg.seq_len - 1, cfg.mixture)]
-            for _ in range(cfg.batch_size)]
-    return torch.tensor(rows, dtype=torch.long)
+    return corpus_tokens(tokenizer, f"train/{cfg.seed}/{step}", cfg.batch_size, cfg.seq_len, cfg.mixture)
 
 
 def learning_rate(cfg: ToyModelConfig, step: int) -> float:
@@ -297,40 +291,13 @@ def load_pretrained(name: str, device: str = "cpu") -> HookedTransformer:
         raise CircuitsError(
             f"unknown model {name!r}: not 'toy', a model folder, or a TransformerLens model{hint}"
         ) from None
-    if _hub_reachable():
+    if hub_reachable():
         return HookedTransformer.from_pretrained(official, device=device)
-    if not _in_hf_cache(official):
+    if not in_hf_cache(official):
         raise CircuitsError(
             f"cannot download {official!r}: the Hugging Face hub is unreachable and the model is "
             f"not in the local cache (use load_model('toy') offline)"
         )
-    from huggingface_hub import constants
-
-    saved = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True  # use the cached copy without ~25 s of network retries
-    try:
+    with offline():
         return HookedTransformer.from_pretrained(official, device=device)
-    finally:
-        constants.HF_HUB_OFFLINE = saved
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connect to the hub endpoint (huggingface_hub would retry for ~25 s)."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _in_hf_cache(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 

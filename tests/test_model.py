@@ -102,13 +102,13 @@ def test_hub_unreachable_fails_fast(monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setattr(M, "_in_hf_cache", lambda repo: False)
+    monkeypatch.setattr(M, "in_hf_cache", lambda repo: False)
 
     def never(*args, **kwargs):
         raise AssertionError("from_pretrained must not be called when the hub is unreachable")
 
     monkeypatch.setattr(M.HookedTransformer, "from_pretrained", never)
-    assert not M._hub_reachable()
+    assert not M.hub_reachable()
     with pytest.raises(CircuitsError, match=r"cannot download 'gpt2'.*hub is unreachable"):
         M.load_model("gpt2")
 

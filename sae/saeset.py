@@ -1,0 +1,190 @@
+"""An SAE set: one sae-lens `SAE` per TransformerLens hook point, saved and loaded together.
+
+On disk a set is a folder with ``manifest.json`` and one sub-folder per hook, named by the
+hook (``blocks.0.hook_resid_post/``), in sae-lens's own format (``cfg.json`` +
+``sae_weights.safetensors``, loadable by ``SAE.load_from_disk``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from sae_lens import SAE
+from transformer_lens import HookedTransformer
+
+from circuits.errors import CircuitsError
+from circuits.hub import hub_reachable, in_hf_cache, offline
+
+MANIFEST = "manifest.json"
+SAE_CFG, SAE_WEIGHTS = "cfg.json", "sae_weights.safetensors"
+FORMAT = "sae-circuits/sae-set/1"
+
+# Hook kinds users name on the command line, and the TransformerLens hook each stands for.
+HOOK_KINDS = {
+    "resid": "blocks.{layer}.hook_resid_post",
+    "mlp": "blocks.{layer}.hook_mlp_out",
+    "attn": "blocks.{layer}.hook_attn_out",
+}
+
+
+def hook_names(kinds: list[str] | tuple[str, ...], layers: list[int] | range) -> list[str]:
+    """Hook names for every (layer, kind), in forward order: attn, mlp, resid per layer."""
+    unknown = [k for k in kinds if k not in HOOK_KINDS]
+    if unknown:
+        raise CircuitsError(f"unknown hook kind {unknown[0]!r}: use {', '.join(HOOK_KINDS)}")
+    order = [k for k in ("attn", "mlp", "resid") if k in kinds]
+    return [HOOK_KINDS[k].format(layer=layer) for layer in layers for k in order]
+
+
+def check_hooks(model: HookedTransformer, hooks: list[str]) -> None:
+    """Raise naming the first hook the model does not have, with the close ones."""
+    for hook in hooks:
+        if hook not in model.hook_dict:
+            close = difflib.get_close_matches(hook, list(model.hook_dict), n=3)
+            hint = f" (close: {', '.join(close)})" if close else ""
+            raise CircuitsError(f"the model has no hook {hook!r}{hint}")
+
+
+def hook_width(model: HookedTransformer, hook: str) -> int:
+    """Activation width at a hook point (d_model for resid/mlp_out/attn_out)."""
+    if hook.endswith(("hook_resid_post", "hook_resid_pre", "hook_resid_mid", "hook_mlp_out",
+                      "hook_attn_out")):
+        return model.cfg.d_model
+    if hook.endswith(("mlp.hook_post", "mlp.hook_pre")):
+        return model.cfg.d_mlp
+    raise CircuitsError(f"hook {hook!r}: SAEs are supported on resid, mlp_out and attn_out hooks")
+
+
+class SAESet(Mapping[str, SAE]):
+    """Hook name -> sae-lens SAE, in the model's forward order."""
+
+    def __init__(self, saes: Mapping[str, SAE], model_name: str = ""):
+        self.saes = dict(saes)
+        self.model_name = model_name
+
+    def __getitem__(self, hook: str) -> SAE:
+        if hook not in self.saes:
+            raise CircuitsError(
+                f"no SAE for hook {hook!r}; the set covers {', '.join(self.saes) or 'nothing'}"
+            )
+        return self.saes[hook]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.saes)
+
+    def __len__(self) -> int:
+        return len(self.saes)
+
+    def check_model(self, model: HookedTransformer) -> None:
+        """Raise if a hook is missing from ``model`` or an SAE's d_in does not match it."""
+        check_hooks(model, list(self.saes))
+        for hook, sae in self.saes.items():
+            width = hook_width(model, hook)
+            if sae.cfg.d_in != width:
+                raise CircuitsError(
+                    f"SAE for {hook} has d_in {sae.cfg.d_in} but the model's activation there has width {width}"
+                )
+
+    def to(self, device: str | torch.device) -> "SAESet":
+        for sae in self.saes.values():
+            sae.to(device)
+        return self
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the set atomically (a temporary folder renamed into place)."""
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".saving")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for hook, sae in self.saes.items():
+            sae.save_model(tmp / hook)
+        write_manifest(tmp, list(self.saes), self.model_name)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, model: HookedTransformer | None = None,
+             device: str = "cpu") -> "SAESet":
+        """Load a saved set; with ``model``, also check hooks and widths against it."""
+        folder = Path(folder)
+        manifest_path = folder / MANIFEST
+        if not manifest_path.is_file():
+            raise CircuitsError(f"{folder}: no {MANIFEST} (not a saved SAE set)")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            hooks = list(manifest["hooks"])
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise CircuitsError(f"{manifest_path}: not a valid SAE-set manifest ({err})") from None
+        saes = {hook: load_sae_folder(folder / hook, device) for hook in hooks}
+        result = cls(saes, manifest.get("model", ""))
+        if model is not None:
+            result.check_model(model)
+        return result
+
+    @classmethod
+    def from_release(cls, release: str, sae_ids: Mapping[str, str], device: str = "cpu") -> "SAESet":
+        """Published SAEs through ``SAE.from_pretrained(release, sae_id)``: ``sae_ids`` maps
+        each hook name to its id in the release. Fails fast, in one line, when offline."""
+        return cls({hook: load_release_sae(release, sae_id, device) for hook, sae_id in sae_ids.items()})
+
+
+def write_manifest(folder: Path, hooks: list[str], model_name: str) -> None:
+    """Write ``manifest.json`` for the per-hook SAE folders already saved in ``folder``."""
+    entries = {}
+    for hook in hooks:
+        cfg = json.loads((folder / hook / SAE_CFG).read_text())
+        entries[hook] = {k: cfg.get(k) for k in ("architecture", "d_in", "d_sae")}
+    manifest = {"format": FORMAT, "model": model_name, "hooks": entries}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def load_sae_folder(folder: Path, device: str = "cpu") -> SAE:
+    """``SAE.load_from_disk`` with one-line errors for missing or corrupt files."""
+    for name in (SAE_CFG, SAE_WEIGHTS):
+        if not (folder / name).is_file():
+            raise CircuitsError(f"{folder}: {name} is missing")
+    try:
+        json.loads((folder / SAE_CFG).read_text())
+    except json.JSONDecodeError as err:
+        raise CircuitsError(f"{folder / SAE_CFG}: not valid JSON ({err})") from None
+    try:
+        return SAE.load_from_disk(folder, device=device)
+    except SafetensorError as err:
+        raise CircuitsError(f"{folder / SAE_WEIGHTS}: corrupt weights file ({err})") from None
+    except (KeyError, ValueError, RuntimeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CircuitsError(f"{folder}: cannot load this SAE ({first})") from None
+
+
+def load_release_sae(release: str, sae_id: str, device: str = "cpu") -> SAE:
+    """One SAE of a sae-lens release, with unknown names and offline hubs as one-line errors."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        close = difflib.get_close_matches(release, list(directory), n=3)
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise CircuitsError(f"unknown SAE release {release!r}{hint}")
+    entry = directory[release]
+    if sae_id not in entry.saes_map:
+        close = difflib.get_close_matches(sae_id, list(entry.saes_map), n=3)
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise CircuitsError(f"release {release!r} has no SAE {sae_id!r}{hint}")
+    cfg_file = f"{entry.saes_map[sae_id]}/cfg.json"
+    if hub_reachable():
+        return SAE.from_pretrained(release, sae_id, device=device)
+    if not in_hf_cache(entry.repo_id, cfg_file):
+        raise CircuitsError(
+            f"cannot download SAE {release}/{sae_id}: the Hugging Face hub is unreachable and it "
+            f"is not in the local cache (train SAEs here with `circuits train-saes`)"
+        )
+    with offline():
+        return SAE.from_pretrained(release, sae_id, device=device)
