@@ -18,6 +18,7 @@ test-slow: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/train_model.py
+	$(BIN)/python benchmarks/train_saes.py
 
 install: $(STAMP)
 

@@ -30,6 +30,46 @@ def _eval_model(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2) if args.json else format_table(result))
 
 
+def _train_saes(args: argparse.Namespace) -> None:
+    from circuits.model import TOY_NAME, default_cache_dir, load_model
+    from sae.train import SAETrainConfig, train_sae_set
+
+    overrides = {"arch": args.arch, "kinds": tuple(k.strip() for k in args.hooks.split(",") if k.strip())}
+    for name in ("width", "k", "seed"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.tokens is not None:
+        overrides["n_tokens"] = args.tokens
+    if args.layers is not None:
+        overrides["layers"] = tuple(_int_list(args.layers, "--layers"))
+    cfg = SAETrainConfig(**overrides).validated()
+    model = load_model(args.model, progress=not args.quiet)
+    default = default_cache_dir() / ("saes-toy" if args.model == TOY_NAME else f"saes-{Path(args.model).name}")
+    folder = Path(args.out) if args.out else default
+    start = time.perf_counter()
+    saes = train_sae_set(model, cfg, folder, progress=not args.quiet)
+    print(f"trained {len(saes)} {cfg.arch} SAEs (width {cfg.width}) in "
+          f"{time.perf_counter() - start:.0f} s -> {folder}")
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CircuitsError(f"{flag} takes comma-separated integers, got {text!r}") from None
+
+
+def _eval_saes(args: argparse.Namespace) -> None:
+    from circuits.model import load_model
+    from sae.evaluate import evaluate_saes, format_table
+    from sae.train import load_saes
+
+    model = load_model(args.model, progress=not args.quiet)
+    saes = load_saes(args.saes, model, progress=not args.quiet)
+    result = evaluate_saes(model, saes, n_seqs=args.n_seqs, progress=not args.quiet)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from circuits.behaviour import evaluate_model, format_table
     from circuits.model import load_model
@@ -66,6 +106,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_eval_model)
+
+    p = sub.add_parser("train-saes", help="train an SAE per hook point of a model",
+                       description="Train one sae-lens SAE per hook (resid_post, mlp_out, attn_out "
+                                   "of every layer by default) on the model's activations over the "
+                                   "toy language, one model pass feeding every SAE; resumable.")
+    p.add_argument("--model", default="toy", help="'toy' or a model folder (default toy)")
+    p.add_argument("--arch", default="topk", help="topk (default), batchtopk, jumprelu, standard or gated")
+    p.add_argument("--hooks", default="resid,mlp,attn", help="hook kinds, comma-separated (default resid,mlp,attn)")
+    p.add_argument("--layers", help="layers, comma-separated (default: all)")
+    p.add_argument("--width", type=int, help="latents per SAE (default 1024 = 8 x d_model)")
+    p.add_argument("--k", type=int, help="active latents per token for topk/batchtopk (default 32)")
+    p.add_argument("--tokens", type=int, help="training tokens per SAE (default 1,000,000)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--out", help="output folder (default: the cache's saes-toy/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_train_saes)
+
+    p = sub.add_parser("eval-saes", help="quality of an SAE set: L0, FVU, CE recovered, dead/dense",
+                       description="Evaluate an SAE set on held-out toy-language text: per hook L0, "
+                                   "FVU, CE loss recovered, dead and dense fractions; and CE loss "
+                                   "recovered with every SAE spliced at once.")
+    p.add_argument("--model", default="toy", help="'toy' or a model folder (default toy)")
+    p.add_argument("--saes", default="toy", help="'toy' (the default set, trained on first use) or a set folder")
+    p.add_argument("--n-seqs", type=int, default=512, help="evaluation sequences of 64 tokens (default 512)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_eval_saes)
 
     p = sub.add_parser("demo", help="run the main job on the embedded default model",
                        description="Load (or train on first use) the embedded model and print its "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
@@ -27,7 +27,7 @@ from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 from transformer_lens import HookedTransformer
 
 from circuits.errors import CircuitsError
-from sae.saeset import SAESet, check_hooks, hook_names, hook_width, write_manifest
+from sae.saeset import MANIFEST, SAESet, check_hooks, hook_names, hook_width, write_manifest
 from tasks.corpus import corpus_tokens
 
 ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard", "gated")
@@ -43,14 +43,19 @@ class SAETrainConfig:
     layers: tuple[int, ...] | None = None  # None: every layer
     width: int = 1024
     k: int = 32  # topk / batchtopk: active latents per token
+    aux_coefficient: float = 8.0  # topk / batchtopk: weight of the dead-latent auxiliary loss
     l1_coefficient: float = 2.0  # standard / gated
     l0_coefficient: float = 0.5  # jumprelu
-    lr: float = 1e-3
+    lr: float = 4e-3
     n_tokens: int = 1_000_000
-    seqs_per_batch: int = 64  # one forward pass: seqs_per_batch * (seq_len - 1) tokens
+    seqs_per_batch: int = 48  # one forward pass: seqs_per_batch * (seq_len - 1) tokens
     seq_len: int = 64
     seed: int = 0
     n_checkpoints: int = 4
+    dead_window: int = 25  # steps without firing before the TopK auxiliary loss revives a latent
+    resample_every: int = 25  # topk / batchtopk: re-initialise dead latents every N steps (0: never)
+    resample_until: float = 0.8  # ... during this fraction of training
+    autocast: bool = True  # bf16 autocast for SAE training steps (fast on CPUs with AMX and on GPUs)
 
     def __post_init__(self) -> None:
         self.kinds = tuple(self.kinds)
@@ -96,7 +101,8 @@ def training_sae(cfg: SAETrainConfig, d_in: int, hook: str, model_name: str, see
     """A freshly initialised sae-lens training SAE of ``cfg.arch`` for one hook."""
     sae_cls, cfg_cls = get_sae_training_class(cfg.arch)
     extra = {
-        "topk": {"k": cfg.k}, "batchtopk": {"k": cfg.k},
+        "topk": {"k": cfg.k, "aux_loss_coefficient": cfg.aux_coefficient},
+        "batchtopk": {"k": cfg.k, "aux_loss_coefficient": cfg.aux_coefficient},
         "standard": {"l1_coefficient": cfg.l1_coefficient},
         "gated": {"l1_coefficient": cfg.l1_coefficient},
         "jumprelu": {"l0_coefficient": cfg.l0_coefficient},
@@ -124,9 +130,66 @@ class ActivationBatches(Iterator[dict[str, torch.Tensor]]):
         return {h: cache[h][:, 1:].reshape(-1, cache[h].shape[-1]) for h in self.hooks}
 
 
+class ResamplingMultiSAETrainer(MultiSAETrainer):
+    """sae-lens's multi-SAE trainer, plus periodic re-initialisation of dead latents.
+
+    On small models many TopK latents never win a slot and the auxiliary loss barely moves
+    them once the reconstruction error is small. Every ``resample_every`` steps, each latent
+    that has not fired for ``dead_window`` steps gets the direction of the reconstruction
+    error of a batch input (drawn with probability proportional to the squared error), the
+    mean norms of the live latents, and fresh optimizer state.
+    """
+
+    def __init__(self, *args, train_cfg: SAETrainConfig, n_steps: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.train_cfg, self.n_steps_total = train_cfg, n_steps
+
+    def _checkpoint_if_needed(self) -> None:
+        step = self.n_training_steps + 1
+        every = self.train_cfg.resample_every
+        if every and step % every == 0 and step <= self.train_cfg.resample_until * self.n_steps_total:
+            batch = self.data_provider.last
+            for name, trainer in self.trainers.items():
+                if self.saes[name].cfg.architecture() in ("topk", "batchtopk"):
+                    resample_dead_latents(trainer, batch[self.hook_names[name]],
+                                          torch.Generator().manual_seed(self.train_cfg.seed * 100003 + step))
+        super()._checkpoint_if_needed()
+
+
+@torch.no_grad()
+def resample_dead_latents(trainer, batch: torch.Tensor, generator: torch.Generator) -> int:
+    """Re-initialise the dead latents of one sae-lens `SAETrainer`; return how many."""
+    sae = trainer.sae
+    dead = trainer.dead_neurons
+    n_dead = int(dead.sum())
+    if n_dead == 0 or n_dead == dead.numel():
+        return 0
+    x = trainer.activation_scaler(batch.to(sae.W_dec.device))
+    acts, _ = sae.encode_with_hidden_pre(x)
+    error = x - sae.decode(acts)
+    weights = error.pow(2).sum(-1).cpu()
+    picks = torch.multinomial(weights / weights.sum(), n_dead, replacement=True, generator=generator)
+    directions = error[picks.to(error.device)]
+    directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    alive = ~dead
+    sae.W_dec.data[dead] = directions * sae.W_dec.data[alive].norm(dim=-1).mean()
+    sae.W_enc.data[:, dead] = directions.T * sae.W_enc.data[:, alive].norm(dim=0).mean()
+    sae.b_enc.data[dead] = 0.0
+    for param in (sae.W_dec, sae.W_enc, sae.b_enc):
+        state = trainer.optimizer.state.get(param, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                if param is sae.W_enc:
+                    state[key][:, dead] = 0.0
+                else:
+                    state[key][dead] = 0.0
+    trainer.n_forward_passes_since_fired[dead] = 0
+    return n_dead
+
+
 def train_sae_set(model: HookedTransformer, cfg: SAETrainConfig, folder: str | Path,
                   progress: bool = True, stop_after: int | None = None) -> SAESet | None:
-    """Train one SAE per hook of ``cfg`` and save the set to ``folder``.
+    """Train one SAE per hook of ``cfg`` on ``model``'s activations and save the set to ``folder``.
 
     ``stop_after`` stops after that many training steps of this call, leaving a checkpoint
     and no final set (used to test resumption); the function then returns None.
@@ -135,35 +198,61 @@ def train_sae_set(model: HookedTransformer, cfg: SAETrainConfig, folder: str | P
     folder = Path(folder)
     hooks = cfg.hooks(model)
     device = str(model.cfg.device)
-    model_name = model.cfg.model_name
-    saes = {h: training_sae(cfg, hook_width(model, h), h, model_name, cfg.seed + i, device)
+    saes = {h: training_sae(cfg, hook_width(model, h), h, model.cfg.model_name, cfg.seed + i, device)
             for i, h in enumerate(hooks)}
-    n_steps = cfg.n_tokens // cfg.batch_tokens
-    ckpt_root = folder.with_name(folder.name + ".training")
+    trained = fit_saes(saes, lambda start: ActivationBatches(model, hooks, cfg, start), cfg,
+                       folder.with_name(folder.name + ".training"), progress, stop_after, device)
+    if trained is None:
+        return None
+    _save_inference_set(trained, folder, model.cfg.model_name)
+    shutil.rmtree(folder.with_name(folder.name + ".training"), ignore_errors=True)
+    return SAESet.load(folder, model, device=device)
+
+
+def fit_saes(saes: dict[str, TrainingSAE], batches: Callable[[int], Iterator[dict[str, torch.Tensor]]],
+             cfg: SAETrainConfig, ckpt_root: Path, progress: bool = True,
+             stop_after: int | None = None, device: str = "cpu",
+             batch_size: int | None = None) -> dict[str, TrainingSAE] | None:
+    """Train ``saes`` (name -> sae-lens training SAE) in lockstep on ``batches(start_step)``,
+    an iterator of ``{name: [batch_size, d_in]}`` (default batch size: ``cfg.batch_tokens``);
+    checkpoint to and resume from ``ckpt_root``. Returns None when ``stop_after`` ends the
+    call before the run is complete."""
+    batch_size = batch_size or cfg.batch_tokens
+    n_steps = cfg.n_tokens // batch_size
     trainer_cfg = SAETrainerConfig(
-        total_training_samples=n_steps * cfg.batch_tokens,
-        train_batch_size_samples=cfg.batch_tokens, lr=cfg.lr, lr_end=cfg.lr / 10,
+        total_training_samples=n_steps * batch_size,
+        train_batch_size_samples=batch_size, lr=cfg.lr, lr_end=cfg.lr / 10,
         lr_scheduler_name="cosineannealing", lr_warm_up_steps=min(50, n_steps // 10),
-        lr_decay_steps=n_steps // 5, device=device, n_checkpoints=cfg.n_checkpoints,
-        checkpoint_path=str(ckpt_root), dead_feature_window=200, feature_sampling_window=200,
+        lr_decay_steps=n_steps // 5, device=device, autocast=cfg.autocast,
+        n_checkpoints=cfg.n_checkpoints, checkpoint_path=str(ckpt_root),
+        dead_feature_window=cfg.dead_window, feature_sampling_window=200,
     )
-    trainer = MultiSAETrainer(trainer_cfg, saes, {h: h for h in hooks}, iter(()),
-                              save_checkpoint_fn=partial(_mark_complete, cfg))
+    trainer = ResamplingMultiSAETrainer(trainer_cfg, saes, {name: name for name in saes}, iter(()),
+                                        save_checkpoint_fn=partial(_mark_complete, cfg),
+                                        train_cfg=cfg, n_steps=n_steps)
     start = _resume(trainer, ckpt_root, cfg)
     if stop_after is not None:
         # Only the coordinator's loop stops early; per-SAE lr schedules keep the whole run.
-        trainer.cfg = replace(trainer_cfg, total_training_samples=min(n_steps, start + stop_after) * cfg.batch_tokens)
-    trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds
-                                     if t > start * cfg.batch_tokens]
-    trainer.data_provider = ActivationBatches(model, hooks, cfg, start)
+        trainer.cfg = replace(trainer_cfg, total_training_samples=min(n_steps, start + stop_after) * batch_size)
+    trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds if t > start * batch_size]
+    trainer.data_provider = _LastBatch(batches(start))
     with _progress(progress):
         trained = trainer.fit()
-    if stop_after is not None and trainer.n_training_steps < n_steps:
+    if trainer.n_training_steps < n_steps:
         trainer.save_checkpoint(str(trainer.n_training_samples))
         return None
-    _save_inference_set(trained, folder, model_name)
-    shutil.rmtree(ckpt_root, ignore_errors=True)
-    return SAESet.load(folder, model, device=device)
+    return trained
+
+
+class _LastBatch(Iterator[dict[str, torch.Tensor]]):
+    """Passes batches through, remembering the last one (resampling draws inputs from it)."""
+
+    def __init__(self, batches: Iterator[dict[str, torch.Tensor]]):
+        self.batches, self.last = batches, {}
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        self.last = next(self.batches)
+        return self.last
 
 
 def _mark_complete(cfg: SAETrainConfig, checkpoint_path: Path | None) -> None:
@@ -209,3 +298,20 @@ def _save_inference_set(saes: dict[str, TrainingSAE], folder: Path, model_name: 
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
+
+
+def load_saes(name: str = "toy", model: HookedTransformer | None = None,
+              cache_dir: str | Path | None = None, progress: bool = True) -> SAESet:
+    """The embedded model's default SAE set ("toy": cached, trained on first use) or a saved
+    set folder; checked against ``model`` when given (``model`` defaults to the toy model)."""
+    from circuits.model import TOY_NAME, default_cache_dir, load_model
+
+    if name != TOY_NAME:
+        if not Path(name).is_dir():
+            raise CircuitsError(f"{name}: no such SAE-set folder (or use 'toy')")
+        return SAESet.load(name, model, device=str(model.cfg.device) if model else "cpu")
+    model = model or load_model(TOY_NAME, progress=progress)
+    folder = Path(cache_dir or default_cache_dir()) / "saes-toy"
+    if not (folder / MANIFEST).is_file():
+        train_sae_set(model, SAETrainConfig(), folder, progress=progress)
+    return SAESet.load(folder, model, device=str(model.cfg.device))

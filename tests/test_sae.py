@@ -1,0 +1,181 @@
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import sae.saeset as S
+from circuits.errors import CircuitsError
+from circuits.model import load_saved_model
+from sae.evaluate import evaluate_saes
+from sae.saeset import SAESet, hook_names
+from sae.train import ARCHITECTURES, SAETrainConfig, train_sae_set
+from tasks.corpus import corpus_tokens
+
+
+def tiny_sae_config(**overrides) -> SAETrainConfig:
+    """Two hooks of a 1-layer model, 4 training steps of 4 x 31 tokens."""
+    base = dict(kinds=("resid", "mlp"), width=64, k=4, n_tokens=4 * 124, seqs_per_batch=4,
+                seq_len=32, n_checkpoints=0, resample_every=2, dead_window=1)
+    base.update(overrides)
+    return SAETrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_model_dir):
+    return load_saved_model(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_set_dir(tiny_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("saes") / "set"
+    train_sae_set(tiny_model, tiny_sae_config(), folder, progress=False)
+    return folder
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_each_architecture_trains_and_round_trips(arch, tiny_model, tmp_path):
+    saes = train_sae_set(tiny_model, tiny_sae_config(arch=arch), tmp_path / arch, progress=False)
+    assert list(saes) == ["blocks.0.hook_mlp_out", "blocks.0.hook_resid_post"]
+    loaded = SAESet.load(tmp_path / arch, tiny_model)
+    tokens = corpus_tokens(tiny_model.tokenizer, "roundtrip", 2, 32)
+    _, cache = tiny_model.run_with_cache(tokens)
+    for hook in saes:
+        with torch.no_grad():
+            a, b = saes[hook].encode(cache[hook]), loaded[hook].encode(cache[hook])
+        assert torch.equal(a, b)
+        assert saes[hook].cfg.d_sae == 64
+    manifest = json.loads((tmp_path / arch / "manifest.json").read_text())
+    assert set(manifest["hooks"]) == set(saes)
+
+
+def test_hook_names_order_and_kinds():
+    assert hook_names(["resid", "attn"], [0, 1]) == [
+        "blocks.0.hook_attn_out", "blocks.0.hook_resid_post",
+        "blocks.1.hook_attn_out", "blocks.1.hook_resid_post"]
+    with pytest.raises(CircuitsError, match="unknown hook kind 'mlps'"):
+        hook_names(["mlps"], [0])
+
+
+def test_resume_gives_the_same_saes(tiny_model, tmp_path):
+    cfg = tiny_sae_config(n_tokens=6 * 124)
+    train_sae_set(tiny_model, cfg, tmp_path / "straight", progress=False)
+    assert train_sae_set(tiny_model, cfg, tmp_path / "resumed", progress=False, stop_after=3) is None
+    assert not (tmp_path / "resumed").exists()
+    train_sae_set(tiny_model, cfg, tmp_path / "resumed", progress=False)
+    for hook in ("blocks.0.hook_mlp_out", "blocks.0.hook_resid_post"):
+        a = load_file(str(tmp_path / "straight" / hook / "sae_weights.safetensors"))
+        b = load_file(str(tmp_path / "resumed" / hook / "sae_weights.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), hook
+    assert not (tmp_path / "resumed.training").exists()
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tiny_model, tmp_path):
+    train_sae_set(tiny_model, tiny_sae_config(), tmp_path / "s", progress=False, stop_after=2)
+    with pytest.raises(CircuitsError, match="different SAE config"):
+        train_sae_set(tiny_model, tiny_sae_config(width=32), tmp_path / "s", progress=False)
+
+
+def test_evaluation_matches_a_direct_computation(tiny_model, tiny_set_dir):
+    saes = SAESet.load(tiny_set_dir)
+    result = evaluate_saes(tiny_model, saes, n_seqs=8, seq_len=32, batch_size=8, progress=False)
+    assert set(result["saes"]) == {"blocks.0.hook_mlp_out", "blocks.0.hook_resid_post"}
+    tokens = corpus_tokens(tiny_model.tokenizer, "sae-eval/0/0", 8, 32)
+    _, cache = tiny_model.run_with_cache(tokens)
+    for hook, row in result["saes"].items():
+        x = cache[hook][:, 1:].reshape(-1, 32)
+        with torch.no_grad():
+            f = saes[hook].encode(x)
+            fvu = (x - saes[hook].decode(f)).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+        assert row["fvu"] == pytest.approx(fvu.item(), rel=1e-3)
+        assert row["l0"] == pytest.approx(4.0)  # TopK: exactly k active per token
+        assert row["dead_frac"] == pytest.approx(((f != 0).sum(0) == 0).float().mean().item())
+        expected = (row["ce_zero"] - row["ce_sae"]) / (row["ce_zero"] - result["ce_clean"])
+        assert row["ce_recovered"] == pytest.approx(expected)
+
+
+def test_unknown_hook_lists_close_ones(tiny_model):
+    with pytest.raises(CircuitsError, match=r"no hook 'blocks.0.hook_resid_pots'.*close: blocks.0.hook_resid_post"):
+        S.check_hooks(tiny_model, ["blocks.0.hook_resid_pots"])
+    with pytest.raises(CircuitsError, match="layer 3 does not exist"):
+        tiny_sae_config(layers=(3,)).hooks(tiny_model)
+
+
+def test_bad_configs():
+    with pytest.raises(CircuitsError, match="unknown SAE architecture 'topkk'"):
+        SAETrainConfig(arch="topkk").validated()
+    with pytest.raises(CircuitsError, match="k 40 is larger than the width 32"):
+        SAETrainConfig(width=32, k=40).validated()
+
+
+def test_width_mismatch(tiny_set_dir, tmp_path):
+    other = load_saved_model_with_d_model(tmp_path)
+    with pytest.raises(CircuitsError, match=r"d_in 32 but the model's activation there has width 48"):
+        SAESet.load(tiny_set_dir, other)
+
+
+def load_saved_model_with_d_model(tmp_path):
+    from circuits.model import build_model
+    from tests.conftest import tiny_config
+
+    return build_model(tiny_config(d_model=48, n_heads=2))
+
+
+@pytest.fixture
+def set_copy(tiny_set_dir, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_set_dir, folder)
+    return folder
+
+
+def test_missing_manifest(set_copy):
+    (set_copy / "manifest.json").unlink()
+    with pytest.raises(CircuitsError, match="no manifest.json"):
+        SAESet.load(set_copy)
+
+
+def test_missing_cfg(set_copy):
+    (set_copy / "blocks.0.hook_mlp_out" / "cfg.json").unlink()
+    with pytest.raises(CircuitsError, match=r"blocks.0.hook_mlp_out: cfg.json is missing"):
+        SAESet.load(set_copy)
+
+
+def test_missing_weights(set_copy):
+    (set_copy / "blocks.0.hook_mlp_out" / "sae_weights.safetensors").unlink()
+    with pytest.raises(CircuitsError, match=r"sae_weights.safetensors is missing"):
+        SAESet.load(set_copy)
+
+
+def test_corrupt_weights(set_copy):
+    (set_copy / "blocks.0.hook_mlp_out" / "sae_weights.safetensors").write_bytes(b"\x01nonsense")
+    with pytest.raises(CircuitsError, match=r"sae_weights.safetensors: corrupt weights file"):
+        SAESet.load(set_copy)
+
+
+def test_missing_sae_in_set_is_named(tiny_set_dir):
+    saes = SAESet.load(tiny_set_dir)
+    with pytest.raises(CircuitsError, match=r"no SAE for hook 'blocks.0.hook_attn_out'"):
+        saes["blocks.0.hook_attn_out"]
+
+
+def test_unknown_release_and_id():
+    with pytest.raises(CircuitsError, match=r"unknown SAE release 'gpt2-small-res-jbb'.*close: gpt2-small-res-jb"):
+        S.load_release_sae("gpt2-small-res-jbb", "blocks.0.hook_resid_pre")
+    with pytest.raises(CircuitsError, match=r"release 'gpt2-small-res-jb' has no SAE 'blocks.0.hook_resid'"):
+        S.load_release_sae("gpt2-small-res-jb", "blocks.0.hook_resid")
+
+
+def test_release_fails_fast_offline(monkeypatch):
+    from huggingface_hub import constants
+    from sae_lens import SAE
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(S, "in_hf_cache", lambda repo, filename: False)
+
+    def never(*args, **kwargs):
+        raise AssertionError("from_pretrained must not be called when the hub is unreachable")
+
+    monkeypatch.setattr(SAE, "from_pretrained", never)
+    with pytest.raises(CircuitsError, match=r"cannot download SAE gpt2-small-res-jb/blocks.0.hook_resid_pre"):
+        SAESet.from_release("gpt2-small-res-jb", {"blocks.0.hook_resid_pre": "blocks.0.hook_resid_pre"})
