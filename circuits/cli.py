@@ -42,8 +42,9 @@ def _train_saes(args: argparse.Namespace) -> None:
         overrides["n_tokens"] = args.tokens
     if args.layers is not None:
         overrides["layers"] = tuple(_int_list(args.layers, "--layers"))
-    cfg = SAETrainConfig(**overrides).validated()
     model = load_model(args.model, progress=not args.quiet)
+    overrides["seq_len"] = min(SAETrainConfig.seq_len, model.cfg.n_ctx)
+    cfg = SAETrainConfig(**overrides).validated()
     default = default_cache_dir() / ("saes-toy" if args.model == TOY_NAME else f"saes-{Path(args.model).name}")
     folder = Path(args.out) if args.out else default
     start = time.perf_counter()

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from circuits.errors import CircuitsError
 from sae.saeset import SAESet
 from tasks.corpus import corpus_tokens
 
@@ -79,11 +80,15 @@ def _recovered(ce_zero: float, ce_sae: float, ce_clean: float) -> float:
 
 
 @torch.no_grad()
-def evaluate_saes(model: HookedTransformer, saes: SAESet, n_seqs: int = 512, seq_len: int = 64,
+def evaluate_saes(model: HookedTransformer, saes: SAESet, n_seqs: int = 512, seq_len: int | None = None,
                   batch_size: int = 64, seed: int = 0, progress: bool = True) -> dict:
     """``{"saes": {hook: {l0, fvu, ce_recovered, dead_frac, dense_frac}},
-    "all_spliced_ce_recovered": …, "ce_clean": …}`` on ``n_seqs`` held-out sequences."""
+    "all_spliced_ce_recovered": …, "ce_clean": …}`` on ``n_seqs`` held-out sequences of
+    ``seq_len`` tokens (default: 64, or the model's context if shorter)."""
     saes.check_model(model)
+    seq_len = min(64, model.cfg.n_ctx) if seq_len is None else seq_len
+    if seq_len > model.cfg.n_ctx:
+        raise CircuitsError(f"evaluation seq_len {seq_len} is longer than the model's n_ctx {model.cfg.n_ctx}")
     hooks = list(saes)
     stats = {h: _HookStats(saes[h].cfg.d_sae) for h in hooks}
     ce_sums = {"clean": 0.0, "all_sae": 0.0, "all_zero": 0.0}

@@ -77,6 +77,10 @@ class SAETrainConfig:
         for name in ("width", "k", "n_tokens", "seqs_per_batch", "seq_len"):
             if getattr(self, name) <= 0:
                 raise CircuitsError(f"SAE config: {name} must be positive, got {getattr(self, name)}")
+        if self.n_tokens < self.batch_tokens:
+            raise CircuitsError(
+                f"SAE config: {self.n_tokens} training tokens is less than one batch ({self.batch_tokens} tokens)"
+            )
         if self.k > self.width:
             raise CircuitsError(f"SAE config: k {self.k} is larger than the width {self.width}")
         hook_names(self.kinds, [0])  # raises on unknown kinds
@@ -195,6 +199,8 @@ def train_sae_set(model: HookedTransformer, cfg: SAETrainConfig, folder: str | P
     and no final set (used to test resumption); the function then returns None.
     """
     cfg.validated()
+    if cfg.seq_len > model.cfg.n_ctx:
+        raise CircuitsError(f"SAE config: seq_len {cfg.seq_len} is longer than the model's n_ctx {model.cfg.n_ctx}")
     folder = Path(folder)
     hooks = cfg.hooks(model)
     device = str(model.cfg.device)
