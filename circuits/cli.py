@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", help="layers, comma-separated (default: all)")
     p.add_argument("--width", type=int, help="latents per SAE (default 1024 = 8 x d_model)")
     p.add_argument("--k", type=int, help="active latents per token for topk/batchtopk (default 32)")
-    p.add_argument("--tokens", type=int, help="training tokens per SAE (default 1,000,000)")
+    p.add_argument("--tokens", type=int, help="training tokens per SAE (default 1,150,000)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--out", help="output folder (default: the cache's saes-toy/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -50,6 +50,20 @@ def test_each_architecture_trains_and_round_trips(arch, tiny_model, tmp_path):
     assert set(manifest["hooks"]) == set(saes)
 
 
+def test_resampling_revives_dead_latents(tiny_model, tmp_path):
+    """With resampling every step, latents never stay dead for long; without it many do."""
+    from sae.evaluate import evaluate_saes
+
+    results = {}
+    for every in (0, 1):
+        cfg = tiny_sae_config(kinds=("resid",), width=128, k=2, n_tokens=30 * 124, resample_every=every,
+                              resample_until=0.8, dead_window=2, aux_coefficient=1.0)
+        saes = train_sae_set(tiny_model, cfg, tmp_path / f"r{every}", progress=False)
+        results[every] = evaluate_saes(tiny_model, saes, n_seqs=32, progress=False)["saes"][
+            "blocks.0.hook_resid_post"]["dead_frac"]
+    assert results[1] < results[0]
+
+
 def test_hook_names_order_and_kinds():
     assert hook_names(["resid", "attn"], [0, 1]) == [
         "blocks.0.hook_attn_out", "blocks.0.hook_resid_post",
