@@ -13,7 +13,6 @@ import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from sae_lens import SAE
 from transformer_lens import HookedTransformer
@@ -90,11 +89,6 @@ class SAESet(Mapping[str, SAE]):
                 raise CircuitsError(
                     f"SAE for {hook} has d_in {sae.cfg.d_in} but the model's activation there has width {width}"
                 )
-
-    def to(self, device: str | torch.device) -> "SAESet":
-        for sae in self.saes.values():
-            sae.to(device)
-        return self
 
     def save(self, folder: str | Path) -> Path:
         """Write the set atomically (a temporary folder renamed into place)."""

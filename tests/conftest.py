@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from circuits.model import ToyModelConfig, train_model
-from tasks.language import Mixture
 
 
 def tiny_config(**overrides) -> ToyModelConfig:

@@ -121,19 +121,26 @@ def test_bad_configs():
         SAETrainConfig(arch="topkk").validated()
     with pytest.raises(CircuitsError, match="k 40 is larger than the width 32"):
         SAETrainConfig(width=32, k=40).validated()
+    with pytest.raises(CircuitsError, match=r"100 training tokens is less than one batch \(3024 tokens\)"):
+        SAETrainConfig(n_tokens=100).validated()
 
 
-def test_width_mismatch(tiny_set_dir, tmp_path):
-    other = load_saved_model_with_d_model(tmp_path)
+def test_sequences_longer_than_the_model(tiny_model, tmp_path):
+    with pytest.raises(CircuitsError, match="seq_len 64 is longer than the model's n_ctx 32"):
+        train_sae_set(tiny_model, SAETrainConfig(), tmp_path / "s", progress=False)
+
+
+def test_width_mismatch(tiny_set_dir):
+    other = _model_with_d_model(48)
     with pytest.raises(CircuitsError, match=r"d_in 32 but the model's activation there has width 48"):
         SAESet.load(tiny_set_dir, other)
 
 
-def load_saved_model_with_d_model(tmp_path):
+def _model_with_d_model(d_model: int):
     from circuits.model import build_model
     from tests.conftest import tiny_config
 
-    return build_model(tiny_config(d_model=48, n_heads=2))
+    return build_model(tiny_config(d_model=d_model, n_heads=2))
 
 
 @pytest.fixture
