@@ -14,7 +14,7 @@ downstream SAE (shared DESIGN.md section 2).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -36,11 +36,18 @@ class SpliceNodes:
     errors: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _splice_hook(sae, hook_name: str, nodes: SpliceNodes):
+# Replaces a hook's (latents, error) by other values: patching, interpolation, ablation.
+NodeEdit = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _splice_hook(sae, hook_name: str, nodes: SpliceNodes, edit: NodeEdit | None):
     def hook(x: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001 (TransformerLens passes the HookPoint)
         with torch.no_grad():
             f = sae.encode(x)
             e = x - sae.decode(f)
+            if edit is not None:
+                f, e = edit(f, e)
+                x = sae.decode(f) + e
         f = f.detach().requires_grad_(True)
         e = e.detach().requires_grad_(True)
         nodes.latents[hook_name], nodes.errors[hook_name] = f, e
@@ -51,12 +58,17 @@ def _splice_hook(sae, hook_name: str, nodes: SpliceNodes):
 
 
 @contextmanager
-def spliced(model: HookedTransformer, saes: SAESet, hooks: list[str] | None = None) -> Iterator[SpliceNodes]:
+def spliced(model: HookedTransformer, saes: SAESet, hooks: list[str] | None = None,
+            edits: dict[str, NodeEdit] | None = None) -> Iterator[SpliceNodes]:
     """Inside the block, every forward pass of ``model`` runs with ``saes`` spliced in at
     ``hooks`` (default: all of the set's) and records its nodes in the yielded object.
+    ``edits[hook](f, e)`` returns the (latents, error) to use there instead of the computed
+    ones; the hook's output becomes D(f') + e' and passes no gradient upstream (an edited
+    value does not depend on the activations before it).
     The hooks are removed when the block ends, also on error."""
     hooks = list(saes) if hooks is None else hooks
+    edits = edits or {}
     saes.check_model(model)
     nodes = SpliceNodes()
-    with model.hooks(fwd_hooks=[(h, _splice_hook(saes[h], h, nodes)) for h in hooks]):
+    with model.hooks(fwd_hooks=[(h, _splice_hook(saes[h], h, nodes, edits.get(h))) for h in hooks]):
         yield nodes

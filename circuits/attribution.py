@@ -1,0 +1,127 @@
+"""Node attribution: the effect of every SAE latent and error term on the task metric.
+
+For a node a with clean value a_c and corrupt value a_p (shared DESIGN.md section 3):
+* ``atp``:   IE(a) ~ dm/da(a_c) . (a_p - a_c)
+* ``ig``:    IE(a) ~ mean_k dm/da(a_c + (k + 1/2)/N (a_p - a_c)) . (a_p - a_c), k = 0..N-1
+             (midpoint rule), one hook interpolated at a time (its latents and error
+             together), the rest computed;
+* ``exact``: m(a patched to a_p) - m(clean), one forward pass per node (validation only).
+Effects are per example and position, then averaged over examples: latents ``[pos, d_sae]``
+and errors ``[pos]`` per hook. The error node is the whole error vector at a position.
+Sign convention (tasks/task.py): negative effect = the behaviour relies on the node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from circuits.errors import CircuitsError
+from circuits.splice import NodeEdit, SpliceNodes, spliced
+from sae.saeset import SAESet
+from tasks.task import Task
+
+METHODS = ("atp", "ig", "exact")
+
+
+@dataclass
+class NodeEffects:
+    """Mean effects over the task's examples, per hook: latents ``[pos, d_sae]``, errors ``[pos]``."""
+
+    latents: dict[str, torch.Tensor]
+    errors: dict[str, torch.Tensor]
+    method: str
+    n_examples: int
+
+
+def _nodes(model: HookedTransformer, saes: SAESet, tokens: torch.Tensor) -> SpliceNodes:
+    with torch.no_grad(), spliced(model, saes) as nodes:
+        model(tokens)
+    return nodes
+
+
+def _grads(model: HookedTransformer, saes: SAESet, task: Task, hooks: list[str],
+           edits: dict[str, NodeEdit] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """dm/df and dm/de at ``hooks`` on the clean prompts (metric summed over examples, so
+    each example's rows hold its own gradient)."""
+    with spliced(model, saes, edits=edits) as nodes:
+        metric = task.metric_per_example(model(task.clean)).sum()
+    if not torch.isfinite(metric):
+        raise CircuitsError(f"task {task.name}: the metric is not finite ({metric.item()})")
+    grads = torch.autograd.grad(metric, [nodes.latents[h] for h in hooks] + [nodes.errors[h] for h in hooks])
+    return list(grads[:len(hooks)]), list(grads[len(hooks):])
+
+
+def _interpolate(f_c, e_c, f_p, e_p, alpha: float) -> NodeEdit:
+    return lambda f, e: (f_c + alpha * (f_p - f_c), e_c + alpha * (e_p - e_c))
+
+
+def node_effects(model: HookedTransformer, saes: SAESet, task: Task, method: str = "ig",
+                 steps: int = 10, batch_size: int = 32, progress: bool = True) -> NodeEffects:
+    """Effects of every latent and error node of ``saes`` on ``task``'s metric (AtP or IG),
+    streamed over batches of examples so memory does not grow with their number."""
+    if method not in ("atp", "ig"):
+        raise CircuitsError(f"unknown attribution method {method!r}: use atp or ig (exact: exact_effects)")
+    task.check_fits(model.cfg.n_ctx)
+    hooks = list(saes)
+    sums_f = {h: torch.zeros(task.n_pos, saes[h].cfg.d_sae) for h in hooks}
+    sums_e = {h: torch.zeros(task.n_pos) for h in hooks}
+    for start in tqdm(range(0, task.n_examples, batch_size), desc=f"attribution ({method})",
+                      disable=not progress):
+        part = task.subset(slice(start, start + batch_size))
+        clean, corrupt = _nodes(model, saes, part.clean), _nodes(model, saes, part.corrupt)
+        for i, h in enumerate(hooks):
+            d_f = corrupt.latents[h] - clean.latents[h]
+            d_e = corrupt.errors[h] - clean.errors[h]
+            if method == "atp":
+                if i == 0:
+                    g_f_all, g_e_all = _grads(model, saes, part, hooks)
+                g_f, g_e = g_f_all[i], g_e_all[i]
+            else:
+                g_f, g_e = torch.zeros_like(d_f), torch.zeros_like(d_e)
+                for k in range(steps):
+                    edit = _interpolate(clean.latents[h], clean.errors[h], corrupt.latents[h],
+                                        corrupt.errors[h], (k + 0.5) / steps)
+                    gf, ge = _grads(model, saes, part, [h], {h: edit})
+                    g_f, g_e = g_f + gf[0] / steps, g_e + ge[0] / steps
+            sums_f[h] += (g_f * d_f).sum(0).detach().cpu()
+            sums_e[h] += (g_e * d_e).sum((0, -1)).detach().cpu()
+    n = task.n_examples
+    return NodeEffects({h: v / n for h, v in sums_f.items()}, {h: v / n for h, v in sums_e.items()}, method, n)
+
+
+@torch.no_grad()
+def exact_effects(model: HookedTransformer, saes: SAESet, task: Task,
+                  nodes: list[tuple[str, int, int | None]]) -> torch.Tensor:
+    """m(node patched to its corrupt value) - m(clean), mean over examples, for each
+    ``(hook, position, latent)`` (latent None: the error node). One forward pass per node."""
+    clean, corrupt = _nodes(model, saes, task.clean), _nodes(model, saes, task.corrupt)
+    base = task.metric_per_example(model(task.clean)).mean()
+    out = []
+    for hook, pos, latent in nodes:
+        f_p, e_p = corrupt.latents[hook], corrupt.errors[hook]
+
+        def edit(f, e, pos=pos, latent=latent, f_p=f_p, e_p=e_p):
+            f, e = f.clone(), e.clone()
+            if latent is None:
+                e[:, pos] = e_p[:, pos]
+            else:
+                f[:, pos, latent] = f_p[:, pos, latent]
+            return f, e
+
+        with spliced(model, saes, hooks=[hook], edits={hook: edit}):
+            out.append(task.metric_per_example(model(task.clean)).mean() - base)
+    return torch.stack(out).cpu()
+
+
+@torch.no_grad()
+def exact_submodule_effect(model: HookedTransformer, saes: SAESet, task: Task, hook: str) -> float:
+    """m(the whole hook patched to its corrupt value) - m(clean), mean over examples."""
+    corrupt = _nodes(model, saes, task.corrupt)
+    base = task.metric_per_example(model(task.clean)).mean()
+    edit = lambda f, e: (corrupt.latents[hook], corrupt.errors[hook])  # noqa: E731
+    with spliced(model, saes, hooks=[hook], edits={hook: edit}):
+        return (task.metric_per_example(model(task.clean)).mean() - base).item()

@@ -1,0 +1,80 @@
+"""Attribution against real interventions on tiny random models."""
+
+import pytest
+import torch
+from sae_lens import TopKSAE, TopKSAEConfig
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from circuits.attribution import exact_effects, exact_submodule_effect, node_effects
+from circuits.errors import CircuitsError
+from sae.saeset import SAESet, hook_names
+from tasks.builtin import make_task
+from tasks.tokenizer import build_tokenizer
+
+TOK = build_tokenizer()
+
+
+def random_saes(hooks, d_in=32, d_sae=64, k=8) -> SAESet:
+    saes = {}
+    for i, hook in enumerate(hooks):
+        torch.manual_seed(100 + i)
+        sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
+        with torch.no_grad():
+            sae.b_dec.normal_(0, 0.1)
+        saes[hook] = sae
+    return SAESet(saes)
+
+
+def tiny_model(normalization: str | None = "LN", n_layers: int = 2) -> HookedTransformer:
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(n_layers=n_layers, d_model=32, n_heads=2, d_head=16, d_mlp=64,
+                                  n_ctx=32, d_vocab=len(TOK), act_fn="gelu",
+                                  normalization_type=normalization, seed=0)
+    return HookedTransformer(cfg, tokenizer=TOK)
+
+
+def test_atp_equals_exact_when_the_metric_is_linear_in_the_node():
+    # No LayerNorm: logits (and the logit difference) are linear in the last residual stream,
+    # hence in its SAE latents and error.
+    model = tiny_model(normalization=None, n_layers=1)
+    hook = "blocks.0.hook_resid_post"
+    saes = random_saes([hook])
+    task = make_task("ioi", TOK, n=8, split="train")
+    atp = node_effects(model, saes, task, method="atp", progress=False)
+    top = atp.latents[hook].abs().flatten().topk(10).indices
+    nodes = [(hook, int(i) // 64, int(i) % 64) for i in top] + [(hook, 14, None), (hook, 10, None)]
+    exact = exact_effects(model, saes, task, nodes)
+    approx = torch.stack([atp.latents[hook][p, i] if i is not None else atp.errors[hook][p]
+                          for _, p, i in nodes])
+    assert exact.abs().max() > 1e-3, "the test needs non-zero effects"
+    assert torch.allclose(approx, exact, atol=1e-4, rtol=1e-3)
+
+
+def test_ig_sums_to_the_exact_whole_submodule_effect():
+    model = tiny_model()
+    hooks = hook_names(["resid", "mlp", "attn"], range(2))
+    saes = random_saes(hooks)
+    task = make_task("ioi", TOK, n=8, split="train")
+    ig = node_effects(model, saes, task, method="ig", steps=10, progress=False)
+    for hook in hooks:
+        total = (ig.latents[hook].sum() + ig.errors[hook].sum()).item()
+        exact = exact_submodule_effect(model, saes, task, hook)
+        assert total == pytest.approx(exact, rel=0.02, abs=1e-4), hook
+
+
+def test_effects_do_not_depend_on_the_batch_size():
+    model = tiny_model()
+    saes = random_saes(["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"])
+    task = make_task("ioi", TOK, n=6, split="train")
+    a = node_effects(model, saes, task, method="atp", batch_size=6, progress=False)
+    b = node_effects(model, saes, task, method="atp", batch_size=4, progress=False)
+    for hook in saes:
+        assert torch.allclose(a.latents[hook], b.latents[hook], atol=1e-6)
+        assert torch.allclose(a.errors[hook], b.errors[hook], atol=1e-6)
+
+
+def test_unknown_method():
+    model = tiny_model(n_layers=1)
+    with pytest.raises(CircuitsError, match="unknown attribution method 'eap'"):
+        node_effects(model, random_saes(["blocks.0.hook_resid_post"]),
+                     make_task("ioi", TOK, n=2), method="eap", progress=False)
