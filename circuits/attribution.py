@@ -98,7 +98,7 @@ def exact_effects(model: HookedTransformer, saes: SAESet, task: Task,
                   nodes: list[tuple[str, int, int | None]]) -> torch.Tensor:
     """m(node patched to its corrupt value) - m(clean), mean over examples, for each
     ``(hook, position, latent)`` (latent None: the error node). One forward pass per node."""
-    clean, corrupt = _nodes(model, saes, task.clean), _nodes(model, saes, task.corrupt)
+    corrupt = _nodes(model, saes, task.corrupt)
     base = task.metric_per_example(model(task.clean)).mean()
     out = []
     for hook, pos, latent in nodes:
