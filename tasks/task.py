@@ -28,7 +28,9 @@ class Task:
     * ``logprob``: mean over k of log p(answer[:, k]) at position ``score_pos[k]``.
     ``position_labels`` names each position when all prompts share one template; ``roles``
     maps a role (e.g. "IO", "S1") to its per-example position when roles move between
-    templates (BABA vs ABBA).
+    templates (BABA vs ABBA). ``lengths`` holds each prompt's token count when prompts of
+    different lengths are right-padded into one batch (then the "last position" is
+    ``lengths - 1``, the same for an example's clean and corrupt prompt); None = unpadded.
     """
 
     name: str
@@ -40,6 +42,7 @@ class Task:
     score_pos: torch.Tensor | None = None
     position_labels: tuple[str, ...] | None = None
     roles: dict[str, torch.Tensor] = field(default_factory=dict)
+    lengths: torch.Tensor | None = None
     prompts: list[str] = field(default_factory=list)
     corrupt_prompts: list[str] = field(default_factory=list)
 
@@ -78,19 +81,26 @@ class Task:
             answer=self.answer[index], wrong=self.wrong[index], metric=self.metric,
             score_pos=self.score_pos, position_labels=self.position_labels,
             roles={k: v[index] for k, v in self.roles.items()},
+            lengths=None if self.lengths is None else self.lengths[index],
             prompts=_take(self.prompts, index), corrupt_prompts=_take(self.corrupt_prompts, index),
         )
 
     def metric_per_example(self, logits: torch.Tensor) -> torch.Tensor:
         """The metric of each example, from logits ``[batch, pos, vocab]``: ``[batch]``."""
         if self.metric == "logit_diff":
-            last = logits[:, -1]
+            last = self._last(logits)
             return (last.gather(-1, self.answer[:, :1]) - last.gather(-1, self.wrong[:, :1])).squeeze(-1)
         if self.metric == "prob_diff":
-            probs = logits[:, -1].softmax(-1)
+            probs = self._last(logits).softmax(-1)
             return _sum_ids(probs, self.answer) - _sum_ids(probs, self.wrong)
         logprobs = logits[:, self.score_pos].log_softmax(-1)  # [batch, k, vocab]
         return logprobs.gather(-1, self.answer.unsqueeze(-1)).squeeze(-1).mean(-1)
+
+    def _last(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits at each example's last real position: ``[batch, vocab]``."""
+        if self.lengths is None:
+            return logits[:, -1]
+        return logits[torch.arange(logits.shape[0]), self.lengths.to(logits.device) - 1]
 
     def correct_per_example(self, logits: torch.Tensor) -> torch.Tensor:
         """Per-example accuracy in [0, 1]: the metric favours the answer (logit/prob diff > 0),
