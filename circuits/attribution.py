@@ -73,13 +73,13 @@ def node_effects(model: HookedTransformer, saes: SAESet, task: Task, method: str
                       disable=not progress):
         part = task.subset(slice(start, start + batch_size))
         clean, corrupt = _nodes(model, saes, part.clean), _nodes(model, saes, part.corrupt)
+        if method == "atp":  # one backward pass gives every hook's gradient at the clean point
+            atp_f, atp_e = _grads(model, saes, part, hooks)
         for i, h in enumerate(hooks):
             d_f = corrupt.latents[h] - clean.latents[h]
             d_e = corrupt.errors[h] - clean.errors[h]
             if method == "atp":
-                if i == 0:
-                    g_f_all, g_e_all = _grads(model, saes, part, hooks)
-                g_f, g_e = g_f_all[i], g_e_all[i]
+                g_f, g_e = atp_f[i], atp_e[i]
             else:
                 g_f, g_e = torch.zeros_like(d_f), torch.zeros_like(d_e)
                 for k in range(steps):
