@@ -74,6 +74,9 @@ class SAESet(Mapping[str, SAE]):
             )
         return self.saes[hook]
 
+    def __contains__(self, hook: object) -> bool:
+        return hook in self.saes
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.saes)
 

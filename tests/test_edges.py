@@ -1,0 +1,74 @@
+"""Edges against finite differences on a tiny random model."""
+
+import pytest
+import torch
+
+from circuits.edges import EMBED, _encode_nodes, _metric_grads, edges_into, upstream_hooks
+from circuits.errors import CircuitsError
+from sae.saeset import SAESet, hook_names
+from tasks.builtin import make_task
+from tests.test_attribution import TOK, random_saes, tiny_model
+
+HOOKS = hook_names(["resid", "mlp", "attn"], range(2))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_model()
+    # double precision so that finite differences are accurate
+    model = model.to(torch.float64, print_details=False)
+    saes = random_saes(HOOKS)
+    for sae in saes.values():
+        sae.to(torch.float64)
+    return model, saes, make_task("ioi", TOK, n=4, split="train")
+
+
+def _downstream_value(model, saes, task, hook, eps):
+    """Sum over examples of dm/dd * d, with every upstream node of ``hook`` moved by eps * delta."""
+    layer = int(hook.split(".")[1])
+    ups = upstream_hooks(hook, saes)
+    _, cache_c = model.run_with_cache(task.clean, names_filter=ups, stop_at_layer=layer + 1)
+    _, cache_p = model.run_with_cache(task.corrupt, names_filter=ups, stop_at_layer=layer + 1)
+    values = {}
+    for u in ups:
+        (f_c, e_c), (f_p, e_p) = _encode_nodes(saes, u, cache_c[u]), _encode_nodes(saes, u, cache_p[u])
+        f, e = f_c + eps * (f_p - f_c), e_c + eps * (e_p - e_c)
+        values[u] = e if u == EMBED else saes[u].decode(f) + e
+    recorded = {}
+
+    def record(x, hook):
+        recorded["x"] = x
+    with torch.no_grad(), model.hooks(fwd_hooks=[(u, lambda x, hook, v=values[u]: v) for u in ups] + [(hook, record)]):
+        model(task.clean, stop_at_layer=layer + 1)
+        f_d = saes[hook].encode(recorded["x"])
+        e_d = recorded["x"] - saes[hook].decode(f_d)
+    return f_d, e_d
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_edges_into_a_node_sum_to_its_linearised_change(setup, hook):
+    model, saes, task = setup
+    g_f, g_e = _metric_grads(model, saes, task, hook)
+    f0, e0 = _downstream_value(model, saes, task, hook, 0.0)
+    eps = 1e-5
+    f1, e1 = _downstream_value(model, saes, task, hook, eps)
+    active = (f0[:, -1] != 0).any(0).nonzero().flatten()[:3].tolist()
+    targets = [(task.n_pos - 1, j) for j in active] + [(task.n_pos - 1, None), (3, None)]
+    edges = edges_into(model, saes, task, hook, targets)
+    n = task.n_examples
+    for t, (pos, latent) in enumerate(targets):
+        total = sum(edges.latents[u][t].sum() for u in edges.latents) + sum(edges.errors[u][t].sum() for u in edges.errors)
+        if latent is None:
+            fd = (g_e[:, pos] * (e1[:, pos] - e0[:, pos])).sum() / eps / n
+        else:
+            fd = (g_f[:, pos, latent] * (f1[:, pos, latent] - f0[:, pos, latent])).sum() / eps / n
+        assert total.item() == pytest.approx(fd.item(), rel=1e-3, abs=1e-7), (hook, pos, latent)
+
+
+def test_upstream_layout():
+    saes = random_saes(HOOKS)
+    assert upstream_hooks("blocks.1.hook_resid_post", saes) == [
+        "blocks.0.hook_resid_post", "blocks.1.hook_attn_out", "blocks.1.hook_mlp_out"]
+    assert upstream_hooks("blocks.0.hook_attn_out", saes) == [EMBED]
+    with pytest.raises(CircuitsError, match="need an SAE at blocks.0.hook_resid_post"):
+        upstream_hooks("blocks.1.hook_attn_out", SAESet({"blocks.1.hook_attn_out": saes["blocks.1.hook_attn_out"]}))
