@@ -72,8 +72,11 @@ def _encode_nodes(saes: SAESet, hook: str, x: torch.Tensor) -> tuple[torch.Tenso
 
 
 def edges_into(model: HookedTransformer, saes: SAESet, task: Task, hook: str,
-               targets: list[tuple[int, int | None]]) -> EdgesInto:
-    """Edge weights from every upstream node into each target node of ``hook``."""
+               targets: list[tuple[int, int | None]], batched: bool = False) -> EdgesInto:
+    """Edge weights from every upstream node into each target node of ``hook``: one forward
+    pass, then one backward per target reusing its graph, or with ``batched`` one vmapped
+    backward for all targets (slower on CPU: 0.95 s vs 0.42 s for 64 targets, 32 IOI pairs,
+    blocks.2.hook_resid_post of the embedded model; may pay off on a GPU)."""
     ups = upstream_hooks(hook, saes)
     layer, _ = _parse(hook)
     names = ups + [hook]
@@ -107,13 +110,8 @@ def edges_into(model: HookedTransformer, saes: SAESet, task: Task, hook: str,
     out_f = {u: torch.zeros(len(targets), task.n_pos, saes[u].cfg.d_sae) for u in ups if u != EMBED}
     out_e = {u: torch.zeros(len(targets), task.n_pos) for u in ups}
     n = task.n_examples
-    for t, (pos, latent) in enumerate(targets):
-        # Summing over examples keeps each example's Jacobian row separate (they do not mix).
-        if latent is None:
-            objective = (grad_e[:, pos] * e_d[:, pos]).sum()
-        else:
-            objective = (grad_f[:, pos, latent] * f_d[:, pos, latent]).sum()
-        grads = iter(torch.autograd.grad(objective, inputs, retain_graph=True, allow_unused=True))
+    for t, grads in enumerate(_target_grads(f_d, e_d, grad_f, grad_e, targets, inputs, batched)):
+        grads = iter(grads)
         for u in ups:
             if u != EMBED:
                 g = next(grads)
@@ -123,6 +121,26 @@ def edges_into(model: HookedTransformer, saes: SAESet, task: Task, hook: str,
             if g is not None:
                 out_e[u][t] = (g * delta[u][1]).sum((0, -1)).detach() / n
     return EdgesInto(hook, targets, out_f, out_e)
+
+
+def _target_grads(f_d: torch.Tensor, e_d: torch.Tensor, grad_f: torch.Tensor, grad_e: torch.Tensor,
+                  targets: list[tuple[int, int | None]], inputs: list[torch.Tensor], batched: bool):
+    """Per target, the gradients of sum_b dm/dd[b] * d[b] with respect to ``inputs``.
+
+    Summing over examples keeps each example's Jacobian row separate (examples do not mix)."""
+    out_f = torch.zeros(len(targets), *f_d.shape, dtype=f_d.dtype)
+    out_e = torch.zeros(len(targets), *e_d.shape, dtype=e_d.dtype)
+    for t, (pos, latent) in enumerate(targets):
+        if latent is None:
+            out_e[t, :, pos] = grad_e[:, pos]
+        else:
+            out_f[t, :, pos, latent] = grad_f[:, pos, latent]
+    if batched:
+        grads = torch.autograd.grad([f_d, e_d], inputs, grad_outputs=[out_f, out_e],
+                                    is_grads_batched=True, allow_unused=True)
+        return [[None if g is None else g[t] for g in grads] for t in range(len(targets))]
+    return [torch.autograd.grad([f_d, e_d], inputs, grad_outputs=[out_f[t], out_e[t]],
+                                retain_graph=True, allow_unused=True) for t in range(len(targets))]
 
 
 def _metric_grads(model: HookedTransformer, saes: SAESet, task: Task, hook: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -72,3 +72,15 @@ def test_upstream_layout():
     assert upstream_hooks("blocks.0.hook_attn_out", saes) == [EMBED]
     with pytest.raises(CircuitsError, match="need an SAE at blocks.0.hook_resid_post"):
         upstream_hooks("blocks.1.hook_attn_out", SAESet({"blocks.1.hook_attn_out": saes["blocks.1.hook_attn_out"]}))
+
+
+def test_batched_backward_equals_one_backward_per_target(setup):
+    model, saes, task = setup
+    hook = "blocks.1.hook_resid_post"
+    targets = [(task.n_pos - 1, j) for j in range(4)] + [(task.n_pos - 1, None)]
+    a = edges_into(model, saes, task, hook, targets, batched=True)
+    b = edges_into(model, saes, task, hook, targets, batched=False)
+    for u in a.latents:
+        assert torch.allclose(a.latents[u], b.latents[u], atol=1e-9)
+    for u in a.errors:
+        assert torch.allclose(a.errors[u], b.errors[u], atol=1e-9)
