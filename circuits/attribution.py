@@ -43,7 +43,7 @@ def _nodes(model: HookedTransformer, saes: SAESet, tokens: torch.Tensor) -> Spli
     return nodes
 
 
-def _grads(model: HookedTransformer, saes: SAESet, task: Task, hooks: list[str],
+def metric_grads(model: HookedTransformer, saes: SAESet, task: Task, hooks: list[str],
            edits: dict[str, NodeEdit] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """dm/df and dm/de at ``hooks`` on the clean prompts (metric summed over examples, so
     each example's rows hold its own gradient)."""
@@ -74,7 +74,7 @@ def node_effects(model: HookedTransformer, saes: SAESet, task: Task, method: str
         part = task.subset(slice(start, start + batch_size))
         clean, corrupt = _nodes(model, saes, part.clean), _nodes(model, saes, part.corrupt)
         if method == "atp":  # one backward pass gives every hook's gradient at the clean point
-            atp_f, atp_e = _grads(model, saes, part, hooks)
+            atp_f, atp_e = metric_grads(model, saes, part, hooks)
         for i, h in enumerate(hooks):
             d_f = corrupt.latents[h] - clean.latents[h]
             d_e = corrupt.errors[h] - clean.errors[h]
@@ -85,7 +85,7 @@ def node_effects(model: HookedTransformer, saes: SAESet, task: Task, method: str
                 for k in range(steps):
                     edit = _interpolate(clean.latents[h], clean.errors[h], corrupt.latents[h],
                                         corrupt.errors[h], (k + 0.5) / steps)
-                    gf, ge = _grads(model, saes, part, [h], {h: edit})
+                    gf, ge = metric_grads(model, saes, part, [h], {h: edit})
                     g_f, g_e = g_f + gf[0] / steps, g_e + ge[0] / steps
             sums_f[h] += (g_f * d_f).sum(0).detach().cpu()
             sums_e[h] += (g_e * d_e).sum((0, -1)).detach().cpu()

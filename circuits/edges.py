@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from transformer_lens import HookedTransformer
 
+from circuits.attribution import metric_grads
 from circuits.errors import CircuitsError
 from sae.saeset import SAESet
 from tasks.task import Task
@@ -84,7 +85,7 @@ def edges_into(model: HookedTransformer, saes: SAESet, task: Task, hook: str,
     _, cache_p = model.run_with_cache(task.corrupt, names_filter=names, stop_at_layer=layer + 1)
     clean = {u: _encode_nodes(saes, u, cache_c[u]) for u in ups}
     delta = {u: tuple(p - c for p, c in zip(_encode_nodes(saes, u, cache_p[u]), clean[u])) for u in ups}
-    grad_f, grad_e = _metric_grads(model, saes, task, hook)
+    (grad_f,), (grad_e,) = metric_grads(model, saes, task, [hook])
 
     leaves: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     recorded: dict[str, torch.Tensor] = {}
@@ -141,13 +142,3 @@ def _target_grads(f_d: torch.Tensor, e_d: torch.Tensor, grad_f: torch.Tensor, gr
         return [[None if g is None else g[t] for g in grads] for t in range(len(targets))]
     return [torch.autograd.grad([f_d, e_d], inputs, grad_outputs=[out_f[t], out_e[t]],
                                 retain_graph=True, allow_unused=True) for t in range(len(targets))]
-
-
-def _metric_grads(model: HookedTransformer, saes: SAESet, task: Task, hook: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """dm/df and dm/de at ``hook`` on the clean prompts, every example in its own rows."""
-    from circuits.splice import spliced
-
-    with spliced(model, saes, hooks=[hook]) as nodes:
-        metric = task.metric_per_example(model(task.clean)).sum()
-    g_f, g_e = torch.autograd.grad(metric, [nodes.latents[hook], nodes.errors[hook]])
-    return g_f, g_e

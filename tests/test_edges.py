@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from circuits.edges import EMBED, _encode_nodes, _metric_grads, edges_into, upstream_hooks
+from circuits.attribution import metric_grads
+from circuits.edges import EMBED, _encode_nodes, edges_into, upstream_hooks
 from circuits.errors import CircuitsError
 from sae.saeset import SAESet, hook_names
 from tasks.builtin import make_task
@@ -48,7 +49,7 @@ def _downstream_value(model, saes, task, hook, eps):
 @pytest.mark.parametrize("hook", HOOKS)
 def test_edges_into_a_node_sum_to_its_linearised_change(setup, hook):
     model, saes, task = setup
-    g_f, g_e = _metric_grads(model, saes, task, hook)
+    (g_f,), (g_e,) = metric_grads(model, saes, task, [hook])
     f0, e0 = _downstream_value(model, saes, task, hook, 0.0)
     eps = 1e-5
     f1, e1 = _downstream_value(model, saes, task, hook, eps)
