@@ -154,15 +154,18 @@ BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
 
 
 def make_task(name: str, tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0,
-              split: str = "eval") -> Task:
-    """Build a built-in task by name, or load a user task from a ``.jsonl`` file."""
+              split: str = "eval", metric: str | None = None) -> Task:
+    """Build a built-in task by name, or load a user task from a ``.jsonl`` file; ``metric``
+    replaces the task's own (e.g. ``"kl"``)."""
     if name.endswith(".jsonl"):
         from tasks.jsonl import load_task_jsonl
 
         task = load_task_jsonl(name, tokenizer)
-        return task.subset(slice(0, n)) if n < task.n_examples else task
-    if name not in BUILTIN_TASKS:
+        task = task.subset(slice(0, n)) if n < task.n_examples else task
+    elif name not in BUILTIN_TASKS:
         raise CircuitsError(
             f"unknown task {name!r}: built-in tasks are {', '.join(BUILTIN_TASKS)} (or a .jsonl file)"
         )
-    return BUILTIN_TASKS[name](tokenizer, n=n, seed=seed, split=split)
+    else:
+        task = BUILTIN_TASKS[name](tokenizer, n=n, seed=seed, split=split)
+    return task if metric is None else task.with_metric(metric)

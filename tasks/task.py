@@ -7,13 +7,13 @@ m(patched) - m(clean) is negative for nodes the behaviour relies on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from circuits.errors import CircuitsError
 
-METRICS = ("logit_diff", "prob_diff", "logprob")
+METRICS = ("logit_diff", "prob_diff", "logprob", "kl")
 
 
 @dataclass
@@ -25,7 +25,11 @@ class Task:
 
     * ``logit_diff``: logit(answer[:, 0]) - logit(wrong[:, 0]) at the last position;
     * ``prob_diff``: sum of p(answer ids) - sum of p(wrong ids) at the last position;
-    * ``logprob``: mean over k of log p(answer[:, k]) at position ``score_pos[k]``.
+    * ``logprob``: mean over k of log p(answer[:, k]) at position ``score_pos[k]``;
+    * ``kl``: -KL(p_clean || p) at the last position, summed over the vocabulary, where
+      ``reference`` holds the clean model's log-probabilities there (``with_reference``).
+      It is 0 on the clean run and its gradient there is 0, so AtP scores nothing under it:
+      use IG or exact patching.
     ``position_labels`` names each position when all prompts share one template; ``roles``
     maps a role (e.g. "IO", "S1") to its per-example position when roles move between
     templates (BABA vs ABBA). ``lengths`` holds each prompt's token count when prompts of
@@ -45,6 +49,7 @@ class Task:
     lengths: torch.Tensor | None = None
     prompts: list[str] = field(default_factory=list)
     corrupt_prompts: list[str] = field(default_factory=list)
+    reference: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -83,7 +88,19 @@ class Task:
             roles={k: v[index] for k, v in self.roles.items()},
             lengths=None if self.lengths is None else self.lengths[index],
             prompts=_take(self.prompts, index), corrupt_prompts=_take(self.corrupt_prompts, index),
+            reference=None if self.reference is None else self.reference[index],
         )
+
+    def with_metric(self, metric: str) -> "Task":
+        """The same prompts scored by another metric (e.g. ``kl``)."""
+        return replace(self, metric=metric, reference=None)
+
+    def with_reference(self, clean_logits: torch.Tensor) -> "Task":
+        """For the ``kl`` metric: the same task holding the clean run's last-position
+        log-probabilities (a no-op for other metrics or when already set)."""
+        if self.metric != "kl" or self.reference is not None:
+            return self
+        return replace(self, reference=self._last(clean_logits).detach().log_softmax(-1))
 
     def metric_per_example(self, logits: torch.Tensor) -> torch.Tensor:
         """The metric of each example, from logits ``[batch, pos, vocab]``: ``[batch]``."""
@@ -93,6 +110,12 @@ class Task:
         if self.metric == "prob_diff":
             probs = self._last(logits).softmax(-1)
             return _sum_ids(probs, self.answer) - _sum_ids(probs, self.wrong)
+        if self.metric == "kl":
+            if self.reference is None:
+                raise CircuitsError(f"task {self.name}: the kl metric needs the clean run's "
+                                    "log-probabilities (Task.with_reference)")
+            ref = self.reference.to(logits.device)
+            return -(ref.exp() * (ref - self._last(logits).log_softmax(-1))).sum(-1)
         logprobs = logits[:, self.score_pos].log_softmax(-1)  # [batch, k, vocab]
         return logprobs.gather(-1, self.answer.unsqueeze(-1)).squeeze(-1).mean(-1)
 
@@ -105,6 +128,8 @@ class Task:
     def correct_per_example(self, logits: torch.Tensor) -> torch.Tensor:
         """Per-example accuracy in [0, 1]: the metric favours the answer (logit/prob diff > 0),
         or, for ``logprob``, the fraction of scored positions whose top token is the answer."""
+        if self.metric == "kl":  # top-1 token agrees with the clean run's
+            return (self._last(logits).argmax(-1) == self.reference.to(logits.device).argmax(-1)).float()
         if self.metric == "logprob":
             top = logits[:, self.score_pos].argmax(-1)
             return (top == self.answer).float().mean(-1)

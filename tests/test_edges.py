@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from circuits.attribution import metric_grads
-from circuits.edges import EMBED, _encode_nodes, edges_into, upstream_hooks
+from circuits.attribution import EMBED
+from circuits.edges import _encode_nodes, edges_into, upstream_hooks
 from circuits.errors import CircuitsError
 from sae.saeset import SAESet, hook_names
 from tasks.builtin import make_task
@@ -73,6 +74,8 @@ def test_upstream_layout():
     assert upstream_hooks("blocks.0.hook_attn_out", saes) == [EMBED]
     with pytest.raises(CircuitsError, match="need an SAE at blocks.0.hook_resid_post"):
         upstream_hooks("blocks.1.hook_attn_out", SAESet({"blocks.1.hook_attn_out": saes["blocks.1.hook_attn_out"]}))
+    resid_only = SAESet({h: saes[h] for h in saes if h.endswith("resid_post")})
+    assert upstream_hooks("blocks.1.hook_resid_post", resid_only) == ["blocks.0.hook_resid_post"]
 
 
 def test_batched_backward_equals_one_backward_per_target(setup):

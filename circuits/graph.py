@@ -1,0 +1,133 @@
+"""The circuit graph: a NetworkX DiGraph of SAE nodes, pruning, and its JSON file.
+
+Node ids are readable and stable, built from TransformerLens hook names:
+``blocks.2.hook_mlp_out/317@S2`` (latent 317 at the position labelled S2),
+``blocks.2.hook_mlp_out/err@S2`` (the error term), ``embed@IO`` (the embeddings) and
+``metric``. Positions are the task's labels for templated prompts, ``p<i>`` otherwise, or
+``*`` when effects are summed over positions. Edges point downstream (towards ``metric``)
+and carry ``weight``: the change in the metric through that edge when the upstream node is
+patched from clean to corrupt (negative = the behaviour relies on it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import networkx as nx
+
+from circuits.errors import CircuitsError
+
+METRIC = "metric"
+EMBED_ID = "embed"
+FORMAT = "sae-circuits/graph-v1"
+
+
+def node_id(hook: str | None, latent: int | None, pos_label: str) -> str:
+    """``hook/latent@pos``, ``hook/err@pos``, ``embed@pos`` (hook None) or ``metric``."""
+    if hook is None:
+        return f"{EMBED_ID}@{pos_label}"
+    return f"{hook}/{'err' if latent is None else latent}@{pos_label}"
+
+
+def kind_of(hook: str | None) -> str:
+    """``embed``, ``attn``, ``mlp`` or ``resid``."""
+    if hook is None:
+        return "embed"
+    return hook.split(".")[-1].removeprefix("hook_").removesuffix("_out").removesuffix("_post")
+
+
+def node_attrs(hook: str | None, latent: int | None, position: int | None, pos_label: str,
+               effect: float, activation: float) -> dict:
+    """The attributes every node carries (see the module docstring for ids)."""
+    layer = -1 if hook is None else int(hook.split(".")[1])
+    return {"hook": hook, "layer": layer, "kind": kind_of(hook), "latent": latent,
+            "is_error": hook is not None and latent is None, "position": position,
+            "pos_label": pos_label, "effect": float(effect), "activation": float(activation)}
+
+
+def feature_nodes(graph: nx.DiGraph) -> list[str]:
+    """Latent (feature) nodes: not errors, embeddings or the metric."""
+    return [n for n, a in graph.nodes(data=True) if a.get("latent") is not None]
+
+
+def error_nodes(graph: nx.DiGraph) -> list[str]:
+    return [n for n, a in graph.nodes(data=True) if a.get("is_error")]
+
+
+def prune(graph: nx.DiGraph, node_threshold: float | None = None, edge_threshold: float | None = None,
+          top_n: int | None = None, cumulative: float | None = None) -> nx.DiGraph:
+    """A pruned copy of ``graph`` (thresholds in metric units, on |effect| and |weight|).
+
+    Keeps nodes with |effect| >= ``node_threshold``; of those, the ``top_n`` largest by
+    |effect|; and the smallest set, largest first, whose |effect| sums to ``cumulative`` of
+    the total; drops edges with |weight| < ``edge_threshold``; then drops every node with no
+    path to the metric. The metric node always stays."""
+    if cumulative is not None and not 0 < cumulative <= 1:
+        raise CircuitsError(f"cumulative fraction must be in (0, 1], got {cumulative}")
+    ranked = sorted((n for n in graph if n != METRIC), key=lambda n: -abs(graph.nodes[n]["effect"]))
+    if node_threshold is not None:
+        ranked = [n for n in ranked if abs(graph.nodes[n]["effect"]) >= node_threshold]
+    if top_n is not None:
+        ranked = ranked[:top_n]
+    if cumulative is not None and ranked:
+        total, running, kept = sum(abs(graph.nodes[n]["effect"]) for n in ranked), 0.0, []
+        for n in ranked:
+            if running >= cumulative * total:
+                break
+            kept.append(n)
+            running += abs(graph.nodes[n]["effect"])
+        ranked = kept
+    out = graph.subgraph(ranked + [METRIC]).copy()
+    if edge_threshold is not None:
+        out.remove_edges_from([(u, v) for u, v, w in out.edges(data="weight") if abs(w) < edge_threshold])
+    reaching = nx.ancestors(out, METRIC) | {METRIC}
+    out.remove_nodes_from([n for n in list(out) if n not in reaching])
+    out.graph = dict(graph.graph)
+    out.graph["pruning"] = {**graph.graph.get("pruning", {}), **{k: v for k, v in {
+        "node_threshold": node_threshold, "edge_threshold": edge_threshold, "top_n": top_n,
+        "cumulative": cumulative}.items() if v is not None}}
+    return out
+
+
+def save_graph(graph: nx.DiGraph, path: str | Path) -> Path:
+    """Write ``graph`` as node-link JSON, atomically (a crash leaves the old file or none)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"format": FORMAT, **nx.node_link_data(graph, edges="edges")}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_graph(path: str | Path) -> nx.DiGraph:
+    """Read a circuit file written by ``save_graph``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CircuitsError(f"circuit file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CircuitsError(f"circuit file {path}: not JSON ({err})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CircuitsError(f"circuit file {path}: not a sae-circuits graph (no \"format\": \"{FORMAT}\")")
+    data.pop("format")
+    try:
+        graph = nx.node_link_graph(data, directed=True, edges="edges")
+    except (KeyError, TypeError, nx.NetworkXError) as err:
+        raise CircuitsError(f"circuit file {path}: malformed node-link data ({err})") from None
+    for n, attrs in graph.nodes(data=True):
+        if n != METRIC and "effect" not in attrs:
+            raise CircuitsError(f"circuit file {path}: node {n!r} has no 'effect'")
+    for u, v, attrs in graph.edges(data=True):
+        if "weight" not in attrs:
+            raise CircuitsError(f"circuit file {path}: edge {u!r} -> {v!r} has no 'weight'")
+    return graph
