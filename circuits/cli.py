@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -71,6 +72,81 @@ def _eval_saes(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2) if args.json else format_table(result))
 
 
+def _load_task(args: argparse.Namespace, model):
+    from tasks.builtin import make_task
+
+    return make_task(args.task, model.tokenizer, n=args.n, seed=args.seed, metric=args.metric)
+
+
+def _restrict(saes, kinds: str | None):
+    from sae.saeset import SAESet
+
+    if not kinds:
+        return saes
+    wanted = {k.strip() for k in kinds.split(",") if k.strip()}
+    bad = wanted - {"resid", "mlp", "attn"}
+    if bad:
+        raise CircuitsError(f"--hooks: unknown kind(s) {', '.join(sorted(bad))} (use resid, mlp, attn)")
+    kept = {h: saes[h] for h in saes if h.split(".")[-1].split("_")[1] in wanted}
+    if not kept:
+        raise CircuitsError(f"--hooks {kinds}: the SAE set has no such hooks")
+    return SAESet(kept)
+
+
+def _discover(args: argparse.Namespace) -> None:
+    import warnings
+
+    from circuits.discover import DiscoverConfig, discover
+    from circuits.graph import save_graph, summary
+    from circuits.model import load_model
+    from sae.train import load_saes
+
+    model = load_model(args.model, progress=not args.quiet)
+    saes = _restrict(load_saes(args.saes, model, progress=not args.quiet), args.hooks)
+    task = _load_task(args, model)
+    cfg = DiscoverConfig(method=args.method, steps=args.steps, node_threshold=args.node_threshold,
+                         edge_threshold=args.edge_threshold, top_n=args.top_n,
+                         batch_size=args.batch_size).validated()
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        graph = discover(model, saes, task, cfg, progress=not args.quiet)
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            print(f"circuits: warning: {w.message}", file=sys.stderr)
+    out = Path(args.out) if args.out else Path("outputs") / Path(args.task).stem
+    path = _writable(out) / "circuit.json"
+    save_graph(graph, path)
+    print(summary(graph))
+    print(f"\n{cfg.method} discovery in {time.perf_counter() - start:.1f} s -> {path}")
+
+
+def _writable(folder: Path) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CircuitsError(f"output folder {folder} cannot be created ({err.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise CircuitsError(f"output folder {folder} is not writable")
+    return folder
+
+
+def _check_attribution(args: argparse.Namespace) -> None:
+    from circuits.fidelity import check_attribution, format_table
+    from circuits.model import load_model
+    from sae.train import load_saes
+
+    model = load_model(args.model, progress=not args.quiet)
+    saes = _restrict(load_saes(args.saes, model, progress=not args.quiet), args.hooks)
+    task = _load_task(args, model)
+    result = check_attribution(model, saes, task, n_top=args.top, steps=args.steps,
+                               n_edges=args.edges, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(result))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from circuits.behaviour import evaluate_model, format_table
     from circuits.model import load_model
@@ -135,12 +211,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_eval_saes)
 
+    p = sub.add_parser("discover", help="find the feature circuit of a task",
+                       description="Score every SAE latent and error node (AtP, IG or exact "
+                                   "patching), keep those above the node threshold, compute the "
+                                   "direct-effect edges between them, prune to what reaches the "
+                                   "metric, write DIR/circuit.json and print a summary.")
+    _task_args(p)
+    p.add_argument("--method", default="ig", help="ig (default), atp, or exact (one forward pass per node)")
+    p.add_argument("--steps", type=int, default=10, help="IG steps (default 10)")
+    p.add_argument("--node-threshold", type=float, default=0.01,
+                   help="keep nodes with |effect| >= this fraction of |total effect| (default 0.01)")
+    p.add_argument("--edge-threshold", type=float, default=0.002,
+                   help="keep edges with |weight| >= this fraction of |total effect| (default 0.002)")
+    p.add_argument("--top-n", type=int, help="keep at most this many nodes (largest |effect|)")
+    p.add_argument("--batch-size", type=int, default=32, help="prompt pairs per batch (default 32)")
+    p.add_argument("--out", help="output folder (default outputs/<task>)")
+    p.set_defaults(func=_discover)
+
+    p = sub.add_parser("check-attribution", help="AtP and IG against exact patching, per submodule",
+                       description="Compare AtP and IG node effects with exact single-latent "
+                                   "patching (Pearson r on the top latents by |exact effect|) and "
+                                   "the sum of IG effects with patching each whole submodule.")
+    _task_args(p, default_n=32)
+    p.add_argument("--top", type=int, default=50, help="latents per submodule in the correlation (default 50)")
+    p.add_argument("--steps", type=int, default=10, help="IG steps (default 10)")
+    p.add_argument("--edges", type=int, default=0, help="also check the N strongest edges (default 0)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_check_attribution)
+
     p = sub.add_parser("demo", help="run the main job on the embedded default model",
                        description="Load (or train on first use) the embedded model and print its "
                                    "behaviour table.")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
     return parser
+
+
+def _task_args(p: argparse.ArgumentParser, default_n: int = 128) -> None:
+    p.add_argument("--task", required=True, help="ioi, sva, greater_than, induction, or a .jsonl file")
+    p.add_argument("--n", type=int, default=default_n, help=f"prompt pairs (default {default_n})")
+    p.add_argument("--seed", type=int, default=0, help="prompt seed (default 0)")
+    p.add_argument("--metric", help="replace the task's metric: logit_diff, prob_diff, logprob or kl")
+    p.add_argument("--model", default="toy", help="'toy', a model folder, or a TransformerLens name")
+    p.add_argument("--saes", default="toy", help="'toy' or an SAE set folder")
+    p.add_argument("--hooks", help="only these SAE kinds, comma-separated (resid, mlp, attn)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def main(argv: list[str] | None = None) -> int:

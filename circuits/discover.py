@@ -222,23 +222,23 @@ def _edges(model, saes: SAESet, task: Task, hook: str, targets: list[_Node], cho
     for t, (n, _) in enumerate(expanded):
         d_key = (n.hook, n.position, n.latent)
         for u in ups:
-            mats = [(None, result.errors[u][t])]
+            weights = _nonzero_weights(u, result.errors[u][t].unsqueeze(-1), per_position, error=True)
             if u in result.latents:
-                mats.append(("latent", result.latents[u][t]))
-            for which, mat in mats:
-                if which is None:
-                    weights = {(u, p, None): v for p, v in enumerate(mat.tolist())} if per_position \
-                        else {(u, None, None): float(mat.sum())}
-                else:
-                    nz = mat.nonzero().tolist()
-                    if per_position:
-                        weights = {(u, p, i): float(mat[p, i]) for p, i in nz}
-                    else:
-                        summed = mat.sum(0)
-                        weights = {(u, None, i): float(summed[i]) for i in {i for _, i in nz}}
-                for u_key, w in weights.items():
-                    out[(u_key, d_key)] = out.get((u_key, d_key), 0.0) + w
+                weights += _nonzero_weights(u, result.latents[u][t], per_position, error=False)
+            for u_key, w in weights:
+                out[(u_key, d_key)] = out.get((u_key, d_key), 0.0) + w
     return out
+
+
+def _nonzero_weights(u: str, mat: torch.Tensor, per_position: bool, error: bool) -> list[tuple[tuple, float]]:
+    """((hook, position, latent), weight) for the non-zero entries of ``mat [pos, latents]``
+    (one column for an error node), summed over positions unless ``per_position``."""
+    if not per_position:
+        mat = mat.sum(0, keepdim=True)
+    nz = mat.nonzero()
+    values = mat[nz[:, 0], nz[:, 1]].tolist()
+    return [((u, p if per_position else None, None if error else i), w)
+            for (p, i), w in zip(nz.tolist(), values)]
 
 
 def _exact_node_effects(model, saes: SAESet, task: Task, max_nodes: int) -> NodeEffects:

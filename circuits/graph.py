@@ -131,3 +131,26 @@ def load_graph(path: str | Path) -> nx.DiGraph:
         if "weight" not in attrs:
             raise CircuitsError(f"circuit file {path}: edge {u!r} -> {v!r} has no 'weight'")
     return graph
+
+
+def summary(graph: nx.DiGraph, n_top: int = 10) -> str:
+    """Nodes and edges per layer and kind, and the strongest nodes, as text."""
+    g = graph.graph
+    lines = [f"task {g.get('task')} ({g.get('metric')}, {g.get('n_examples')} pairs): clean "
+             f"{g.get('clean_metric', float('nan')):.3f}, corrupt {g.get('corrupt_metric', float('nan')):.3f}, "
+             f"total effect {g.get('total_effect', float('nan')):.3f}",
+             f"{len(feature_nodes(graph))} feature nodes, {len(error_nodes(graph))} error nodes, "
+             f"{graph.number_of_edges()} edges", "",
+             "| layer | kind | nodes | features | errors | edges in |", "|---|---|---|---|---|---|"]
+    groups: dict[tuple, list[str]] = {}
+    for n, a in graph.nodes(data=True):
+        if n != METRIC:
+            groups.setdefault((a["layer"], a["kind"]), []).append(n)
+    for (layer, kind), nodes in sorted(groups.items()):
+        feats = sum(1 for n in nodes if graph.nodes[n]["latent"] is not None)
+        errs = sum(1 for n in nodes if graph.nodes[n]["is_error"])
+        lines.append(f"| {layer} | {kind} | {len(nodes)} | {feats} | {errs} | {sum(graph.in_degree(n) for n in nodes)} |")
+    top = sorted((n for n in graph if n != METRIC), key=lambda n: -abs(graph.nodes[n]["effect"]))[:n_top]
+    lines += ["", "strongest nodes (effect on the metric when patched to corrupt):"]
+    lines += [f"  {graph.nodes[n]['effect']:+.3f}  {n}" for n in top]
+    return "\n".join(lines)

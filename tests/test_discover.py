@@ -1,0 +1,118 @@
+"""Discovery end to end on tiny random models: the graph agrees with the attribution it is
+built from, exact patching, and the edge computation; bad input is one clear error."""
+
+import warnings
+
+import pytest
+import torch
+
+from circuits.attribution import EMBED, exact_effects, node_effects
+from circuits.discover import DiscoverConfig, discover
+from circuits.edges import edges_into
+from circuits.errors import CircuitsError
+from circuits.graph import METRIC, load_graph, save_graph
+from sae.saeset import SAESet, hook_names
+from tasks.builtin import make_task
+from tests.test_attribution import TOK, random_saes, tiny_model
+
+HOOKS = hook_names(["resid", "mlp", "attn"], range(2))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return tiny_model(), random_saes(HOOKS), make_task("ioi", TOK, n=8, split="train")
+
+
+def _key(graph, n):
+    a = graph.nodes[n]
+    return (a["hook"] or EMBED, a["position"], a["latent"])
+
+
+def test_discovered_graph_is_consistent(setup, tmp_path):
+    model, saes, task = setup
+    graph = discover(model, saes, task, DiscoverConfig(method="atp", node_threshold=0.02, top_n=80), progress=False)
+    atp = node_effects(model, saes, task, "atp", progress=False)
+    total = graph.graph["total_effect"]
+    assert graph.number_of_edges() > 0 and METRIC in graph
+    for n, a in graph.nodes(data=True):
+        if n == METRIC:
+            continue
+        hook, pos, latent = _key(graph, n)
+        expected = atp.errors[hook][pos] if latent is None else atp.latents[hook][pos, latent]
+        assert a["effect"] == pytest.approx(expected.item(), abs=1e-6)
+        assert abs(a["effect"]) >= 0.02 * abs(total)
+        assert graph.out_degree(n) > 0  # every node reaches the metric
+    # edges into the metric carry the effect of the last residual stream's nodes
+    for u, _, w in graph.in_edges(METRIC, data="weight"):
+        assert graph.nodes[u]["hook"] == "blocks.1.hook_resid_post" and w == graph.nodes[u]["effect"]
+    back = load_graph(save_graph(graph, tmp_path / "circuit.json"))
+    assert sorted(back.edges(data="weight")) == sorted(graph.edges(data="weight"))
+
+
+def test_graph_edges_match_edges_into(setup):
+    model, saes, task = setup
+    graph = discover(model, saes, task, DiscoverConfig(method="atp", top_n=60, edge_threshold=0.0),
+                     progress=False)
+    hook = "blocks.1.hook_resid_post"
+    targets = [n for n in graph if graph.nodes[n].get("hook") == hook]
+    assert targets
+    dense = edges_into(model, saes, task, hook, [_key(graph, n)[1:] for n in targets])
+    for t, n in enumerate(targets):
+        for u, _, w in graph.in_edges(n, data="weight"):
+            uh, q, i = _key(graph, u)
+            expected = dense.errors[uh][t, q] if i is None else dense.latents[uh][t, q, i]
+            assert w == pytest.approx(expected.item(), rel=1e-4, abs=1e-7)
+
+
+def test_exact_method_is_exact_patching(setup):
+    model, _, task = setup
+    saes = random_saes(["blocks.0.hook_resid_post"], d_sae=16, k=2)
+    graph = discover(model, saes, task, DiscoverConfig(method="exact", node_threshold=0.0, top_n=30), progress=False)
+    nodes = [n for n in graph if n != METRIC]
+    assert nodes
+    exact = exact_effects(model, saes, task, [_key(graph, n) for n in nodes])
+    assert torch.allclose(torch.tensor([graph.nodes[n]["effect"] for n in nodes]), exact, atol=1e-6)
+    with pytest.raises(CircuitsError, match="--method exact would patch .* nodes one at a time"):
+        discover(model, saes, task, DiscoverConfig(method="exact", max_exact_nodes=3), progress=False)
+
+
+def test_tasks_without_templates_sum_over_positions(setup):
+    model, saes, task = setup
+    plain = task.subset(slice(None))
+    plain.position_labels = None
+    graph = discover(model, saes, plain, DiscoverConfig(method="atp", top_n=30), progress=False)
+    atp = node_effects(model, saes, plain, "atp", progress=False)
+    assert all(n == METRIC or n.endswith("@*") for n in graph)
+    for n in graph:
+        if n != METRIC and graph.nodes[n]["latent"] is not None:
+            hook, _, latent = _key(graph, n)
+            assert graph.nodes[n]["effect"] == pytest.approx(atp.latents[hook][:, latent].sum().item(), abs=1e-6)
+
+
+def test_kl_metric_needs_ig(setup):
+    model, saes, task = setup
+    kl = task.with_metric("kl")
+    atp = node_effects(model, saes, kl, "atp", progress=False)
+    ig = node_effects(model, saes, kl, "ig", steps=4, progress=False)
+    hook = "blocks.1.hook_resid_post"
+    assert atp.latents[hook].abs().max() < 1e-5  # KL is at its minimum on the clean run
+    assert ig.latents[hook].abs().max() > 1e-4
+    assert (ig.latents[hook].sum() + ig.errors[hook].sum()) < 0  # corrupting moves away from clean
+
+
+def test_nothing_to_explain_warns(setup):
+    model, saes, task = setup
+    same = task.subset(slice(None))
+    same.corrupt = same.clean.clone()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graph = discover(model, saes, same, DiscoverConfig(method="atp"), progress=False)
+    assert any("nothing to explain" in str(w.message) for w in caught)
+    assert list(graph) == [METRIC]
+
+
+def test_sae_set_must_cover_the_edge_hooks(setup):
+    model, saes, task = setup
+    partial = SAESet({h: saes[h] for h in ["blocks.1.hook_resid_post", "blocks.1.hook_mlp_out"]})
+    with pytest.raises(CircuitsError, match="need an SAE at blocks.0.hook_resid_post"):
+        discover(model, partial, task, progress=False)

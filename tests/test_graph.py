@@ -1,0 +1,90 @@
+"""The circuit graph: ids, pruning, JSON round trip, bad files."""
+
+import json
+
+import networkx as nx
+import pytest
+
+from circuits.errors import CircuitsError
+from circuits.graph import METRIC, error_nodes, feature_nodes, load_graph, node_attrs, node_id, prune, save_graph
+
+
+def toy_graph() -> nx.DiGraph:
+    """embed -> a -> b -> metric, c -> metric, d (no path to the metric), an error node."""
+    g = nx.DiGraph(task="toy")
+    specs = {
+        "embed@IO": (None, None, 2, -3.0),
+        "blocks.0.hook_mlp_out/5@END": ("blocks.0.hook_mlp_out", 5, 14, -2.0),
+        "blocks.1.hook_resid_post/7@END": ("blocks.1.hook_resid_post", 7, 14, -1.0),
+        "blocks.1.hook_resid_post/err@END": ("blocks.1.hook_resid_post", None, 14, 0.5),
+        "blocks.0.hook_attn_out/9@S2": ("blocks.0.hook_attn_out", 9, 10, -0.1),
+    }
+    for n, (hook, latent, pos, effect) in specs.items():
+        g.add_node(n, **node_attrs(hook, latent, pos, n.split("@")[1], effect, 1.0))
+    g.add_node(METRIC, effect=-3.0, kind="metric", latent=None, is_error=False)
+    g.add_edge("embed@IO", "blocks.0.hook_mlp_out/5@END", weight=-2.0)
+    g.add_edge("blocks.0.hook_mlp_out/5@END", "blocks.1.hook_resid_post/7@END", weight=-0.9)
+    g.add_edge("blocks.1.hook_resid_post/7@END", METRIC, weight=-1.0)
+    g.add_edge("blocks.1.hook_resid_post/err@END", METRIC, weight=0.5)
+    return g
+
+
+def test_node_ids_are_readable():
+    assert node_id("blocks.3.hook_resid_post", 12, "END") == "blocks.3.hook_resid_post/12@END"
+    assert node_id("blocks.0.hook_attn_out", None, "S2") == "blocks.0.hook_attn_out/err@S2"
+    assert node_id(None, None, "IO") == "embed@IO"
+    a = node_attrs("blocks.2.hook_mlp_out", 4, 3, "x", -0.5, 2.0)
+    assert (a["layer"], a["kind"], a["latent"], a["is_error"]) == (2, "mlp", 4, False)
+
+
+def test_prune_drops_nodes_without_a_path_to_the_metric():
+    g = prune(toy_graph())
+    assert "blocks.0.hook_attn_out/9@S2" not in g
+    assert set(g) == {"embed@IO", "blocks.0.hook_mlp_out/5@END", "blocks.1.hook_resid_post/7@END",
+                      "blocks.1.hook_resid_post/err@END", METRIC}
+    assert feature_nodes(g) and error_nodes(g) == ["blocks.1.hook_resid_post/err@END"]
+
+
+def test_prune_thresholds():
+    g = toy_graph()
+    assert set(prune(g, node_threshold=1.5)) == {METRIC}  # embed and mlp/5 no longer reach the metric
+    assert set(prune(g, node_threshold=0.75)) == {"embed@IO", "blocks.0.hook_mlp_out/5@END",
+                                                  "blocks.1.hook_resid_post/7@END", METRIC}
+    assert set(prune(g, top_n=3)) == {"embed@IO", "blocks.0.hook_mlp_out/5@END", "blocks.1.hook_resid_post/7@END", METRIC}
+    # |effects| 3, 2, 1, 0.5, 0.1 (total 6.6): 80% needs the three largest
+    assert len(prune(g, cumulative=0.8)) == 4
+    cut = prune(g, edge_threshold=1.0)
+    assert set(cut) == {"blocks.1.hook_resid_post/7@END", METRIC}
+    assert cut.graph["pruning"] == {"edge_threshold": 1.0}
+    assert g.number_of_nodes() == 6  # prune is pure
+    with pytest.raises(CircuitsError, match="cumulative fraction"):
+        prune(g, cumulative=1.5)
+
+
+def test_json_round_trip(tmp_path):
+    g = prune(toy_graph())
+    path = save_graph(g, tmp_path / "sub" / "circuit.json")
+    back = load_graph(path)
+    assert set(back.nodes) == set(g.nodes) and set(back.edges) == set(g.edges)
+    assert back.nodes["embed@IO"] == g.nodes["embed@IO"]
+    assert back.edges["blocks.1.hook_resid_post/7@END", METRIC]["weight"] == -1.0
+    assert back.graph["task"] == "toy"
+    assert not list(tmp_path.glob("sub/.circuit.json*")), "no temporary file left behind"
+
+
+def test_bad_circuit_files(tmp_path):
+    with pytest.raises(CircuitsError, match="does not exist"):
+        load_graph(tmp_path / "none.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(CircuitsError, match="bad.json: not JSON"):
+        load_graph(bad)
+    bad.write_text(json.dumps({"nodes": []}))
+    with pytest.raises(CircuitsError, match="not a sae-circuits graph"):
+        load_graph(bad)
+    good = save_graph(toy_graph(), tmp_path / "c.json")
+    data = json.loads(good.read_text())
+    del data["edges"][0]["weight"]
+    bad.write_text(json.dumps(data))
+    with pytest.raises(CircuitsError, match="has no 'weight'"):
+        load_graph(bad)
