@@ -19,6 +19,7 @@ test-slow: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/train_model.py
 	$(BIN)/python benchmarks/train_saes.py
+	$(BIN)/python benchmarks/discover.py
 
 install: $(STAMP)
 

@@ -107,6 +107,8 @@ def _discover(args: argparse.Namespace) -> None:
     cfg = DiscoverConfig(method=args.method, steps=args.steps, node_threshold=args.node_threshold,
                          edge_threshold=args.edge_threshold, top_n=args.top_n,
                          batch_size=args.batch_size).validated()
+    out = Path(args.out) if args.out else Path("outputs") / Path(args.task).stem
+    path = _writable(out) / "circuit.json"  # before the work, not after
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -114,8 +116,6 @@ def _discover(args: argparse.Namespace) -> None:
     for w in caught:
         if issubclass(w.category, UserWarning):
             print(f"circuits: warning: {w.message}", file=sys.stderr)
-    out = Path(args.out) if args.out else Path("outputs") / Path(args.task).stem
-    path = _writable(out) / "circuit.json"
     save_graph(graph, path)
     print(summary(graph))
     print(f"\n{cfg.method} discovery in {time.perf_counter() - start:.1f} s -> {path}")

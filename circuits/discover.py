@@ -8,6 +8,7 @@ node per latent and position; other tasks sum effects over positions (position `
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -16,7 +17,14 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from circuits.attribution import EMBED, METHODS, NodeEffects, exact_effects, node_effects, prepare
+from circuits.attribution import (
+    EMBED,
+    METHODS,
+    NodeEffects,
+    exact_effects,
+    node_effects,
+    prepare,
+)
 from circuits.edges import edges_into, parse_hook, upstream_hooks
 from circuits.errors import CircuitsError
 from circuits.graph import METRIC, node_attrs, node_id, prune
@@ -41,13 +49,13 @@ class DiscoverConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DiscoverConfig":
+    def from_dict(cls, data: dict) -> DiscoverConfig:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise CircuitsError(f"unknown discover setting(s): {', '.join(sorted(unknown))}")
         return cls(**data).validated()
 
-    def validated(self) -> "DiscoverConfig":
+    def validated(self) -> DiscoverConfig:
         if self.method not in METHODS:
             raise CircuitsError(f"unknown method {self.method!r}: use {', '.join(METHODS)}")
         for name in ("node_threshold", "edge_threshold"):
@@ -74,6 +82,9 @@ def task_metrics(model: HookedTransformer, task: Task, batch_size: int = 64) -> 
         part = task.subset(slice(lo, lo + batch_size))
         sums[0] += part.metric_per_example(model(part.clean)).sum().item()
         sums[1] += part.metric_per_example(model(part.corrupt)).sum().item()
+    for name, value in zip(("clean", "corrupt"), sums):
+        if not math.isfinite(value):
+            raise CircuitsError(f"task {task.name}: the {name} metric is not finite ({value})")
     return sums[0] / task.n_examples, sums[1] / task.n_examples
 
 

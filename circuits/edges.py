@@ -149,10 +149,10 @@ def _block_grads(model, saes, hook: str, layer: int, ups: list[str], acts: dict[
     leaves = {u: a.detach().clone().requires_grad_(True) for u, a in acts.items()}
     recorded: dict[str, torch.Tensor] = {}
 
-    def replace_with_leaf(x, hook):  # noqa: ARG001
+    def replace_with_leaf(x, hook):
         return leaves[hook.name]
 
-    def record(x, hook):  # noqa: ARG001
+    def record(x, hook):
         recorded["x"] = x
         return x
 
@@ -246,8 +246,8 @@ def exact_edge_effects(model: HookedTransformer, saes: SAESet, task: Task,
             acts[u][:, q] += (f_p[:, q, i] - f_c[:, q, i]).unsqueeze(-1) * saes[u].W_dec[i]
         recorded = {}
         inner = [v for v in ups if v.startswith(f"blocks.{layer}.")]
-        with model.hooks(fwd_hooks=[(v, lambda x, hook: acts[hook.name]) for v in inner]
-                         + [(hook, lambda x, hook: recorded.setdefault("x", x))]):
+        with model.hooks(fwd_hooks=[(v, lambda x, hook, acts=acts: acts[hook.name]) for v in inner]
+                         + [(hook, lambda x, hook, rec=recorded: rec.setdefault("x", x))]):
             model(acts[ups[0]], start_at_layer=layer, stop_at_layer=layer + 1)
         f_new = saes[hook].encode(recorded["x"])
         e_new = recorded["x"] - saes[hook].decode(f_new)

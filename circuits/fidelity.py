@@ -9,7 +9,13 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from circuits.attribution import EMBED, exact_effects, exact_submodule_effect, node_effects, prepare
+from circuits.attribution import (
+    EMBED,
+    exact_effects,
+    exact_submodule_effect,
+    node_effects,
+    prepare,
+)
 from circuits.discover import DiscoverConfig, discover
 from circuits.edges import exact_edge_effects
 from circuits.graph import METRIC

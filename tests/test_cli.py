@@ -5,7 +5,7 @@ import pytest
 from circuits.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", ["train-model", "eval-model", "train-saes", "eval-saes", "demo"])
+@pytest.mark.parametrize("command", ["train-model", "eval-model", "train-saes", "eval-saes", "discover", "check-attribution", "demo"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([command, "--help"])
@@ -51,3 +51,52 @@ def test_train_saes_bad_input_is_one_line(tiny_model_dir, capsys):
         "circuits: error: unknown SAE architecture 'relu': use topk, batchtopk, jumprelu, standard, gated")
     assert main(["train-saes", "--model", str(tiny_model_dir), "--layers", "0,x", "--quiet"]) == 2
     assert "--layers takes comma-separated integers" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_sae_dir(tiny_model_dir, tmp_path_factory):
+    """A random SAE set for the tiny 1-layer model (all three kinds)."""
+    from sae.saeset import hook_names
+    from tests.test_attribution import random_saes
+
+    folder = tmp_path_factory.mktemp("saes") / "set"
+    random_saes(hook_names(["resid", "mlp", "attn"], [0]), d_sae=32, k=4).save(folder)
+    return folder
+
+
+def test_discover_writes_a_circuit(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
+    from circuits.graph import METRIC, load_graph
+
+    out = tmp_path / "ioi"
+    assert main(["discover", "--task", "ioi", "--model", str(tiny_model_dir), "--saes", str(tiny_sae_dir),
+                 "--n", "8", "--method", "atp", "--top-n", "20", "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    graph = load_graph(out / "circuit.json")
+    assert METRIC in graph and graph.graph["task"] == "ioi" and graph.graph["n_examples"] == 8
+    assert f"{graph.number_of_edges()} edges" in text and "strongest nodes" in text
+    assert "| layer | kind |" in text
+
+
+def test_check_attribution_json(tiny_model_dir, tiny_sae_dir, capsys):
+    assert main(["check-attribution", "--task", "ioi", "--model", str(tiny_model_dir), "--saes",
+                 str(tiny_sae_dir), "--n", "4", "--top", "10", "--steps", "2", "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["submodules"]) == {"blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", "blocks.0.hook_resid_post"}
+    for row in result["submodules"].values():
+        assert {"pearson_atp", "pearson_ig", "total_ig", "total_exact"} <= set(row)
+        assert row["total_ig"] == pytest.approx(row["total_exact"], rel=0.2, abs=1e-3)
+
+
+def test_discover_bad_input_is_one_line(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
+    common = ["--model", str(tiny_model_dir), "--saes", str(tiny_sae_dir), "--n", "4", "--quiet"]
+    assert main(["discover", "--task", "ioi", "--hooks", "resid,foo", *common]) == 2
+    assert "--hooks: unknown kind(s) foo" in capsys.readouterr().err
+    assert main(["discover", "--task", "ioi", "--method", "eap", *common]) == 2
+    assert capsys.readouterr().err.strip() == "circuits: error: unknown method 'eap': use atp, ig, exact"
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["discover", "--task", "ioi", "--method", "atp", "--out", str(blocker / "sub"), *common]) == 2
+    assert "output folder" in capsys.readouterr().err
+    missing = tmp_path / "none.jsonl"
+    assert main(["discover", "--task", str(missing), *common]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

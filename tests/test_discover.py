@@ -116,3 +116,14 @@ def test_sae_set_must_cover_the_edge_hooks(setup):
     partial = SAESet({h: saes[h] for h in ["blocks.1.hook_resid_post", "blocks.1.hook_mlp_out"]})
     with pytest.raises(CircuitsError, match="need an SAE at blocks.0.hook_resid_post"):
         discover(model, partial, task, progress=False)
+
+
+def test_a_metric_that_is_not_finite_is_one_error(setup):
+    _, saes, task = setup
+    model = tiny_model()
+    with torch.no_grad():
+        model.unembed.b_U[task.answer[0, 0]] = float("nan")
+    with pytest.raises(CircuitsError, match="task ioi: the clean metric is not finite"):
+        discover(model, saes, task, progress=False)
+    with pytest.raises(CircuitsError, match="task ioi: the metric is not finite"):
+        node_effects(model, saes, task, "atp", progress=False)

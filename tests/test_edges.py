@@ -88,3 +88,44 @@ def test_batched_backward_equals_one_backward_per_target(setup):
         assert torch.allclose(a.latents[u], b.latents[u], atol=1e-9)
     for u in a.errors:
         assert torch.allclose(a.errors[u], b.errors[u], atol=1e-9)
+
+
+def test_resid_only_edges_run_through_the_whole_block(setup):
+    # Without attn/mlp SAEs, resid_{L-1} -> resid_L goes through attention and MLP.
+    model, saes, task = setup
+    resid = SAESet({h: saes[h] for h in saes if h.endswith("resid_post")})
+    hook = "blocks.1.hook_resid_post"
+    (g_f,), (g_e,) = metric_grads(model, resid, task, [hook])
+    eps = 1e-5
+    f0, e0 = _downstream_value(model, resid, task, hook, 0.0)
+    f1, e1 = _downstream_value(model, resid, task, hook, eps)
+    pos = task.n_pos - 1
+    latent = int((f0[:, pos] != 0).any(0).nonzero()[0])
+    edges = edges_into(model, resid, task, hook, [(pos, latent), (pos, None)])
+    assert list(edges.errors) == ["blocks.0.hook_resid_post"]
+    n = task.n_examples
+    fd_f = (g_f[:, pos, latent] * (f1[:, pos, latent] - f0[:, pos, latent])).sum() / eps / n
+    fd_e = (g_e[:, pos] * (e1[:, pos] - e0[:, pos])).sum() / eps / n
+    for t, fd in enumerate([fd_f, fd_e]):
+        total = edges.latents["blocks.0.hook_resid_post"][t].sum() + edges.errors["blocks.0.hook_resid_post"][t].sum()
+        assert total.item() == pytest.approx(fd.item(), rel=1e-3, abs=1e-7)
+        # attention mixes positions: the edge reaches earlier positions too
+    assert edges.errors["blocks.0.hook_resid_post"][1, :pos].abs().sum() > 0
+
+
+def test_sources_restrict_the_upstream_nodes(setup):
+    model, saes, task = setup
+    hook = "blocks.1.hook_mlp_out"
+    targets = [(task.n_pos - 1, None), (task.n_pos - 1, 0)]
+    dense = edges_into(model, saes, task, hook, targets)
+    u = "blocks.1.hook_attn_out"
+    keep = torch.zeros(task.n_pos, saes[u].cfg.d_sae, dtype=torch.bool)
+    keep[task.n_pos - 1, :5] = True
+    part = edges_into(model, saes, task, hook, targets, sources={u: (keep, torch.zeros(task.n_pos, dtype=torch.bool))},
+                      batch_size=3)
+    assert torch.allclose(part.latents[u][:, keep], dense.latents[u][:, keep], atol=1e-9)
+    assert part.latents[u][:, ~keep].abs().sum() == 0 and part.errors[u].abs().sum() == 0
+    other = "blocks.0.hook_resid_post"  # not restricted: all nodes
+    assert torch.allclose(part.latents[other], dense.latents[other], atol=1e-9)
+    with pytest.raises(CircuitsError, match="out of range"):
+        edges_into(model, saes, task, hook, [(99, 0)])
