@@ -109,6 +109,29 @@ def node_effects(model: HookedTransformer, saes: SAESet, task: Task, method: str
     return NodeEffects({h: v / n for h, v in sums_f.items()}, {h: v / n for h, v in sums_e.items()}, method, n)
 
 
+def ig_grads(model: HookedTransformer, saes: SAESet, part: Task, hook: str, steps: int,
+             clean: SpliceNodes | None = None, corrupt: SpliceNodes | None = None,
+             resid_pre: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """dm/df and dm/de at ``hook`` averaged over the IG path: the hook's nodes at
+    clean + (k + 1/2)/steps (corrupt - clean), k = 0..steps-1, everything else computed.
+    ``clean`` / ``corrupt`` nodes and the hook block's clean input may be passed if known."""
+    layer = _layer(hook)
+    if clean is None or corrupt is None or resid_pre is None:
+        name = f"blocks.{layer}.hook_resid_pre"
+        with torch.no_grad(), spliced(model, saes, hooks=[hook]) as clean:
+            _, cache = model.run_with_cache(part.clean, names_filter=[name])
+        with torch.no_grad(), spliced(model, saes, hooks=[hook]) as corrupt:
+            model(part.corrupt)
+        resid_pre = cache[name]
+    f_c, e_c, f_p, e_p = clean.latents[hook], clean.errors[hook], corrupt.latents[hook], corrupt.errors[hook]
+    g_f, g_e = torch.zeros_like(f_c), torch.zeros_like(e_c)
+    for k in range(steps):
+        edit = _interpolate(f_c, e_c, f_p, e_p, (k + 0.5) / steps)
+        (gf,), (ge,) = metric_grads(model, saes, part, [hook], {hook: edit}, start=(layer, resid_pre))
+        g_f, g_e = g_f + gf / steps, g_e + ge / steps
+    return g_f, g_e
+
+
 def _batch_effects(model, saes, part: Task, method: str, steps: int, sums_f, sums_e) -> None:
     """Add one batch's per-example effects, summed over its examples, to the running sums."""
     hooks = list(saes)
@@ -117,25 +140,18 @@ def _batch_effects(model, saes, part: Task, method: str, steps: int, sums_f, sum
         _, cache = model.run_with_cache(part.clean, names_filter=resid_names)
     with torch.no_grad(), spliced(model, saes) as corrupt:
         _, cache_p = model.run_with_cache(part.corrupt, names_filter=[EMBED])
-    alphas = [0.0] if method == "atp" else [(k + 0.5) / steps for k in range(steps)]
     if method == "atp":  # one backward pass gives every hook's gradient at the clean point
         atp_f, atp_e = metric_grads(model, saes, part, hooks)
     for i, h in enumerate(hooks):
-        d_f = corrupt.latents[h] - clean.latents[h]
-        d_e = corrupt.errors[h] - clean.errors[h]
         if method == "atp":
             g_f, g_e = atp_f[i], atp_e[i]
         else:
-            g_f, g_e = torch.zeros_like(d_f), torch.zeros_like(d_e)
-            start = (_layer(h), cache[f"blocks.{_layer(h)}.hook_resid_pre"])
-            for alpha in alphas:
-                edit = _interpolate(clean.latents[h], clean.errors[h], corrupt.latents[h],
-                                    corrupt.errors[h], alpha)
-                gf, ge = metric_grads(model, saes, part, [h], {h: edit}, start=start)
-                g_f, g_e = g_f + gf[0] / len(alphas), g_e + ge[0] / len(alphas)
-        sums_f[h] += (g_f * d_f).sum(0).detach().cpu()
-        sums_e[h] += (g_e * d_e).sum((0, -1)).detach().cpu()
+            g_f, g_e = ig_grads(model, saes, part, h, steps, clean, corrupt,
+                                cache[f"blocks.{_layer(h)}.hook_resid_pre"])
+        sums_f[h] += (g_f * (corrupt.latents[h] - clean.latents[h])).sum(0).detach().cpu()
+        sums_e[h] += (g_e * (corrupt.errors[h] - clean.errors[h])).sum((0, -1)).detach().cpu()
     emb_c, emb_p = cache[EMBED], cache_p[EMBED]
+    alphas = [0.0] if method == "atp" else [(k + 0.5) / steps for k in range(steps)]
     g = torch.zeros_like(emb_c)
     for alpha in alphas:  # the embeddings: the model run from its first block
         x = (emb_c + alpha * (emb_p - emb_c)).requires_grad_(True)

@@ -134,7 +134,7 @@ def discover(model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverCo
     last_resid = max((h for h in saes if h.endswith("hook_resid_post")), key=lambda h: parse_hook(h)[0])
     for hook in tqdm(sorted(by_hook, key=_order), desc="edges", disable=not progress):
         for (u_key, d_key), w in _edges(model, saes, task, hook, by_hook[hook], chosen, per_position,
-                                        cfg.batch_size).items():
+                                        cfg).items():
             if u_key in ids and abs(w) >= edge_cut and w != 0:
                 graph.add_edge(ids[u_key], ids[d_key], weight=w)
     for n in by_hook.get(last_resid, []):
@@ -208,9 +208,10 @@ def _activation(activations, n: _Node) -> float:
 
 
 def _edges(model, saes: SAESet, task: Task, hook: str, targets: list[_Node], chosen: list[_Node],
-           per_position: bool, batch_size: int) -> dict[tuple, float]:
+           per_position: bool, cfg: DiscoverConfig) -> dict[tuple, float]:
     """Edges into ``targets`` (nodes of ``hook``) from the chosen upstream nodes, keyed by
-    ((hook, position, latent) upstream, same downstream)."""
+    ((hook, position, latent) upstream, same downstream). dm/dd is taken on the clean run
+    for AtP circuits, averaged along d's IG path otherwise."""
     ups = upstream_hooks(hook, saes)
     sources = {}
     for u in ups:
@@ -228,7 +229,8 @@ def _edges(model, saes: SAESet, task: Task, hook: str, targets: list[_Node], cho
     # summed over positions: a target is its latent at every position, added up afterwards
     expanded = [(n, p) for n in targets for p in ([n.position] if per_position else range(task.n_pos))]
     result = edges_into(model, saes, task, hook, [(p, n.latent) for n, p in expanded], sources,
-                        batch_size=batch_size)
+                        batch_size=cfg.batch_size, method="atp" if cfg.method == "atp" else "ig",
+                        steps=cfg.steps)
     out: dict[tuple, float] = {}
     for t, (n, _) in enumerate(expanded):
         d_key = (n.hook, n.position, n.latent)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformer_lens import HookedTransformer
 
-from circuits.attribution import EMBED, metric_grads, prepare
+from circuits.attribution import EMBED, ig_grads, metric_grads, prepare
 from circuits.errors import CircuitsError
 from circuits.splice import spliced
 from sae.saeset import SAESet
@@ -75,7 +75,8 @@ def _encode_nodes(saes: SAESet, hook: str, x: torch.Tensor) -> tuple[torch.Tenso
 
 def edges_into(model: HookedTransformer, saes: SAESet, task: Task, hook: str,
                targets: list[Target], sources: dict[str, Sources] | None = None,
-               batched: bool = True, batch_size: int = 32, chunk: int = 128) -> EdgesInto:
+               batched: bool = True, batch_size: int = 32, chunk: int = 128,
+               method: str = "atp", steps: int = 10) -> EdgesInto:
     """Edge weights into each target node of ``hook`` from the upstream nodes.
 
     ``sources[u] = (latent_mask [pos, d_sae_u], error_mask [pos])`` restricts the upstream
@@ -84,7 +85,11 @@ def edges_into(model: HookedTransformer, saes: SAESet, task: Task, hook: str,
     gradient, then the hook's block run once on its clean inputs and one backward pass per
     ``chunk`` targets (vmapped; ``batched=False``: one backward pass per target). For mlp_out
     and resid_post, which act on each position alone, the block runs on the targets'
-    position only."""
+    position only. ``method`` sets dm/dd: its value on the clean run (``atp``) or its mean
+    along d's IG path (``ig``: d's hook interpolated from clean to corrupt, ``steps`` points),
+    which is what makes edges into large nodes (error terms) agree with patching."""
+    if method not in ("atp", "ig"):
+        raise CircuitsError(f"unknown edge method {method!r}: use atp or ig")
     if not targets:
         raise CircuitsError(f"edges into {hook}: no target nodes given")
     task = prepare(model, task)
@@ -98,7 +103,12 @@ def edges_into(model: HookedTransformer, saes: SAESet, task: Task, hook: str,
     out_e = {u: torch.zeros(len(targets), task.n_pos) for u in ups}
     for lo in range(0, task.n_examples, batch_size):
         part = task.subset(slice(lo, lo + batch_size))
-        _add_batch(model, saes, part, hook, ups, targets, sources, batched, chunk, out_f, out_e)
+        if method == "ig":
+            grads = ig_grads(model, saes, part, hook, steps)
+        else:
+            (g_f,), (g_e,) = metric_grads(model, saes, part, [hook])
+            grads = (g_f, g_e)
+        _add_batch(model, saes, part, hook, ups, targets, sources, grads, batched, chunk, out_f, out_e)
     n = task.n_examples
     return EdgesInto(hook, targets, {u: v / n for u, v in out_f.items()}, {u: v / n for u, v in out_e.items()})
 
@@ -112,13 +122,14 @@ def _full_sources(saes: SAESet, hook: str, n_pos: int) -> Sources:
 
 
 def _add_batch(model, saes, part: Task, hook: str, ups: list[str], targets: list[Target],
-               sources: dict[str, Sources], batched: bool, chunk: int, out_f, out_e) -> None:
+               sources: dict[str, Sources], grads: tuple[torch.Tensor, torch.Tensor], batched: bool,
+               chunk: int, out_f, out_e) -> None:
     """Add one batch's edges, summed over its examples, to ``out_f`` / ``out_e``."""
     layer, kind = parse_hook(hook)
     with torch.no_grad():
         _, cache_c = model.run_with_cache(part.clean, names_filter=ups, stop_at_layer=layer + 1)
         _, cache_p = model.run_with_cache(part.corrupt, names_filter=ups, stop_at_layer=layer + 1)
-    (grad_f,), (grad_e,) = metric_grads(model, saes, part, [hook])
+    grad_f, grad_e = grads
     deltas = {}
     for u in ups:
         (f_c, e_c), (f_p, e_p) = _encode_nodes(saes, u, cache_c[u]), _encode_nodes(saes, u, cache_p[u])
