@@ -46,8 +46,10 @@ def _splice_hook(sae, hook_name: str, nodes: SpliceNodes, edit: NodeEdit | None)
             f = sae.encode(x)
             e = x - sae.decode(f)
             if edit is not None:
-                f, e = edit(f, e)
-                x = sae.decode(f) + e
+                f_new, e_new = edit(f, e)
+                # x plus the change: positions and examples the edit left alone stay bit-equal
+                x = x + ((sae.decode(f_new) + e_new) - (sae.decode(f) + e))
+                f, e = f_new, e_new
         f = f.detach().requires_grad_(True)
         e = e.detach().requires_grad_(True)
         nodes.latents[hook_name], nodes.errors[hook_name] = f, e

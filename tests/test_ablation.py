@@ -1,0 +1,135 @@
+"""Ablation and faithfulness on tiny models, and a planted circuit whose answer is known."""
+
+import pytest
+import torch
+from sae_lens import TopKSAE, TopKSAEConfig
+
+from circuits.ablation import (NodeMasks, ablated, faithfulness, faithfulness_curve, log_sizes,
+                               reference_values, smallest_faithful)
+from circuits.errors import CircuitsError
+from sae.saeset import SAESet, hook_names
+from tasks.builtin import make_task
+from tests.test_attribution import TOK, random_saes, tiny_model
+
+HOOKS = hook_names(["resid", "mlp", "attn"], range(2))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return tiny_model(), random_saes(HOOKS), make_task("ioi", TOK, n=8, split="train")
+
+
+def all_nodes(saes, n_pos):
+    return [(h, p, i) for h in saes for p in range(n_pos) for i in [None, *range(saes[h].cfg.d_sae)]]
+
+
+@pytest.mark.parametrize("how", ["mean", "zero", "resample"])
+def test_full_circuit_is_faithful_and_empty_is_not(setup, how):
+    model, saes, task = setup
+    full = faithfulness(model, saes, task, all_nodes(saes, task.n_pos), how)
+    assert full.faithfulness == pytest.approx(1.0, abs=1e-5)
+    assert full.completeness == pytest.approx(0.0, abs=1e-5)
+    empty = faithfulness(model, saes, task, [], how)
+    assert empty.faithfulness == pytest.approx(0.0, abs=1e-5)
+    assert empty.completeness == pytest.approx(1.0, abs=1e-5)
+
+
+def test_ablation_hooks_are_removed_also_on_error(setup):
+    model, saes, task = setup
+    values = reference_values(model, saes, task, "mean")
+    masks = NodeMasks.from_nodes([("blocks.0.hook_mlp_out", 3, None)], saes, task.n_pos)
+    plain = model(task.clean)
+    with ablated(model, saes, masks, values):
+        assert model.hook_dict["blocks.0.hook_mlp_out"].fwd_hooks
+        changed = model(task.clean)
+    assert not (changed[:, 3:] == plain[:, 3:]).all() and torch.equal(changed[:, :3], plain[:, :3])
+    with pytest.raises(RuntimeError, match="boom"), ablated(model, saes, masks, values):
+        raise RuntimeError("boom")
+    assert not any(model.hook_dict[h].fwd_hooks for h in HOOKS)
+    assert torch.equal(model(task.clean), plain)
+
+
+def test_mean_ablation_of_a_node_uses_its_task_mean(setup):
+    model, saes, task = setup
+    hook = "blocks.1.hook_resid_post"  # the last hook: nothing upstream of it is ablated
+    values = reference_values(model, saes, task, "mean")
+    _, cache = model.run_with_cache(task.clean, names_filter=[hook])
+    x = cache[hook]
+    f = saes[hook].encode(x)
+    e = x - saes[hook].decode(f)
+    expected = x + (values[hook][0][:, 5] - f[..., 5]).unsqueeze(-1) * saes[hook].W_dec[5]
+    expected[:, 2] += values[hook][1][2] - e[:, 2]
+    masks = NodeMasks.from_nodes([(hook, None, 5), (hook, 2, None)], saes, task.n_pos)
+    seen = {}
+    with ablated(model, saes, masks, values), \
+            model.hooks(fwd_hooks=[(hook, lambda out, hook: seen.setdefault("out", out))]):
+        model(task.clean)
+    assert torch.allclose(seen["out"], expected, atol=1e-5)
+    assert torch.allclose(values[hook][0], saes[hook].encode(x).mean(0))
+    resample = reference_values(model, saes, task, "resample")[hook][0]
+    assert resample.shape == f.shape and not torch.equal(resample, f)
+    assert sorted(resample[:, -1].tolist()) == sorted(f[:, -1].tolist())  # other examples' values
+
+
+def test_bad_nodes_are_one_line(setup):
+    model, saes, task = setup
+    with pytest.raises(CircuitsError, match="latent out of range"):
+        NodeMasks.from_nodes([("blocks.0.hook_mlp_out", 1, 999)], saes, task.n_pos)
+    with pytest.raises(CircuitsError, match="no SAE at blocks.5.hook_mlp_out"):
+        NodeMasks.from_nodes([("blocks.5.hook_mlp_out", 1, 0)], saes, task.n_pos)
+    with pytest.raises(CircuitsError, match="unknown ablation 'median'"):
+        faithfulness(model, saes, task, [], "median")
+
+
+def test_undefined_faithfulness_says_so(setup):
+    model, saes, task = setup
+    same = task.subset(slice(None))
+    same.answer = same.wrong.clone()  # logit diff is 0 everywhere: m(M) = m(empty)
+    with pytest.raises(CircuitsError, match="faithfulness is undefined"):
+        faithfulness(model, saes, same, [], "mean").faithfulness
+
+
+def test_log_sizes():
+    assert log_sizes(1) == [1]
+    sizes = log_sizes(1000)
+    assert sizes[0] == 1 and sizes[-1] == 1000 and sizes == sorted(set(sizes)) and len(sizes) >= 15
+
+
+def planted():
+    """A 1-layer model with no LayerNorm (logits linear in the last residual stream) and one
+    SAE latent whose decoder row writes a large logit(answer) - logit(wrong) and whose
+    encoder reads the clean prompts' last token: the circuit is that latent at END."""
+    torch.manual_seed(0)
+    model = tiny_model(normalization=None, n_layers=1)
+    task = make_task("ioi", TOK, n=8, split="train")
+    hook = "blocks.0.hook_resid_post"
+    sae = TopKSAE(TopKSAEConfig(d_in=32, d_sae=16, k=4))
+    with torch.no_grad():
+        sae.W_dec.mul_(0.01)
+        answer, wrong = task.answer[0, 0], task.wrong[0, 0]
+        direction = model.W_U[:, answer] - model.W_U[:, wrong]
+        sae.W_dec[7] = 50 * direction / direction.norm() ** 2
+        _, cache = model.run_with_cache(task.clean, names_filter=[hook])
+        end = cache[hook][:, -1].mean(0)
+        sae.W_enc[:, 7] = 10 * end / end.norm()
+    task = task.subset(task.answer[:, 0] == answer)  # examples sharing that answer
+    return model, SAESet({hook: sae}), task
+
+
+def test_planted_circuit_is_found_and_faithful():
+    model, saes, task = planted()
+    assert task.n_examples >= 1
+    from circuits.attribution import node_effects
+
+    effects = node_effects(model, saes, task, "atp", progress=False)
+    hook = "blocks.0.hook_resid_post"
+    lat = effects.latents[hook]
+    pos, latent = divmod(int(lat.abs().flatten().argmax()), lat.shape[1])
+    assert (pos, latent) == (task.n_pos - 1, 7)
+    ranked = [(hook, pos, latent)]
+    f = faithfulness(model, saes, task, ranked, "zero")
+    assert f.faithfulness > 0.9
+    k, value = smallest_faithful(model, saes, task, ranked + [(hook, 3, 0)], target=0.9, how="zero")
+    assert k == 1 and value > 0.9
+    curve = faithfulness_curve(model, saes, task, ranked, "zero", n_random=2, progress=False)
+    assert curve["curve"][-1]["n_nodes"] == 1 and curve["faithfulness"] > 0.9
