@@ -106,7 +106,7 @@ def _discover(args: argparse.Namespace) -> None:
     task = _load_task(args, model)
     cfg = DiscoverConfig(method=args.method, steps=args.steps, node_threshold=args.node_threshold,
                          edge_threshold=args.edge_threshold, top_n=args.top_n,
-                         batch_size=args.batch_size).validated()
+                         batch_size=args.batch_size, edges=not args.no_edges).validated()
     out = Path(args.out) if args.out else Path("outputs") / Path(args.task).stem
     path = _writable(out) / "circuit.json"  # before the work, not after
     start = time.perf_counter()
@@ -116,6 +116,9 @@ def _discover(args: argparse.Namespace) -> None:
     for w in caught:
         if issubclass(w.category, UserWarning):
             print(f"circuits: warning: {w.message}", file=sys.stderr)
+    # what validate / edit need to rebuild the model, SAE set and prompts
+    graph.graph["sources"] = {"model": args.model, "saes": args.saes, "task": args.task, "n": args.n,
+                              "seed": args.seed, "metric": args.metric, "hooks": args.hooks}
     save_graph(graph, path)
     print(summary(graph))
     print(f"\n{cfg.method} discovery in {time.perf_counter() - start:.1f} s -> {path}")
@@ -145,6 +148,106 @@ def _check_attribution(args: argparse.Namespace) -> None:
         print(json.dumps(result, indent=2))
     else:
         print(format_table(result))
+
+
+def _circuit_setup(args: argparse.Namespace):
+    """The circuit file, and the model, SAE set and task it was found with (overridable)."""
+    from circuits.ablation import check_graph
+    from circuits.graph import load_graph
+    from circuits.model import load_model
+    from sae.train import load_saes
+    from tasks.builtin import make_task
+
+    graph = load_graph(args.circuit)
+    src = graph.graph.get("sources", {})
+    model = load_model(args.model or src.get("model", "toy"), progress=not args.quiet)
+    saes = _restrict(load_saes(args.saes or src.get("saes", "toy"), model, progress=not args.quiet),
+                     src.get("hooks"))
+    check_graph(graph, model, saes)
+    name = args.task or src.get("task") or graph.graph.get("task")
+    seed = args.seed if args.seed is not None else src.get("seed", 0) + 1  # held-out prompts by default
+    task = make_task(name, model.tokenizer, n=args.n or src.get("n", 128), seed=seed, metric=src.get("metric"))
+    return graph, model, saes, task
+
+
+def _validate(args: argparse.Namespace) -> None:
+    from circuits.ablation import faithfulness_curve, ranked_nodes, smallest_faithful
+    from circuits.export import plot_faithfulness
+    from circuits.graph import save_graph
+
+    graph, model, saes, task = _circuit_setup(args)
+    folder = _writable(Path(args.circuit).parent)
+    ranked = ranked_nodes(graph)
+    result = faithfulness_curve(model, saes, task, ranked, args.ablation, seed=args.seed or 0,
+                                progress=not args.quiet)
+    png = plot_faithfulness(result, folder / "faithfulness.png",
+                            title=f"{graph.graph.get('task')}: {result['ablation']} ablation, "
+                                  f"{task.n_examples} held-out pairs")
+    if args.prune:
+        k, f = smallest_faithful(model, saes, task, ranked, args.target, args.ablation)
+        keep = {n for n, a in graph.nodes(data=True) if a.get("hook") is not None
+                and (a["hook"], a["position"], a["latent"]) in set(ranked[:k])}
+        small = graph.subgraph(keep | {n for n, a in graph.nodes(data=True) if a.get("hook") is None}).copy()
+        small.graph = {**graph.graph, "pruned_by_ablation": {"target": args.target, "faithfulness": f,
+                                                              "ablation": args.ablation, "nodes": k}}
+        out = save_graph(small, folder / "circuit.pruned.json")
+        result["pruned"] = {"n_nodes": sum(1 for n in ranked[:k] if n[2] is not None),
+                            "n_error_nodes": sum(1 for n in ranked[:k] if n[2] is None),
+                            "faithfulness": f, "reached_target": f >= args.target, "path": str(out)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{result['ablation']} ablation, {task.n_examples} pairs: faithfulness {result['faithfulness']:.3f}, "
+          f"completeness {result['completeness']:.3f}, CPR {result['cpr']:.3f}, CMD {result['cmd']:.3f} "
+          f"({result['n_nodes']} feature nodes, {result['n_error_nodes']} error nodes)")
+    print("\n| feature nodes | error nodes | faithfulness | random circuit |\n|---|---|---|---|")
+    for c in result["curve"]:
+        print(f"| {c['n_nodes']} | {c['n_error_nodes']} | {c['faithfulness']:.3f} | {c['random_faithfulness']:.3f} |")
+    if "pruned" in result:
+        p = result["pruned"]
+        print(f"\nsmallest prefix with faithfulness >= {args.target}: {p['n_nodes']} feature + {p['n_error_nodes']} "
+              f"error nodes, F {p['faithfulness']:.3f}" + ("" if p["reached_target"] else " (target not reached)")
+              + f" -> {p['path']}")
+    print(f"\n-> {png}")
+
+
+def _edit(args: argparse.Namespace) -> None:
+    from circuits.edit import Edit, edit_from_circuit, edit_report, mean_activations
+    from circuits.model import load_model
+    from sae.train import load_saes
+    from tasks.corpus import corpus_tokens
+
+    if args.edit:
+        edit = Edit.load(args.edit)
+        model = load_model(args.model or "toy", progress=not args.quiet)
+        saes = load_saes(args.saes or "toy", model, progress=not args.quiet)
+        task_name = args.task or "ioi"
+    else:
+        if not args.circuit:
+            raise CircuitsError("circuits edit needs --circuit (with --top N) or --edit FILE")
+        graph, model, saes, _ = _circuit_setup(args)
+        means = None
+        if args.action == "mean":
+            tokens = corpus_tokens(model.tokenizer, "edit-means", 256, min(64, model.cfg.n_ctx))
+            means = mean_activations(model, saes, tokens, list(saes))
+        edit = edit_from_circuit(graph, args.top, args.action, means)
+        task_name = args.task or graph.graph.get("sources", {}).get("task") or graph.graph["task"]
+    if args.save_edit:
+        edit.save(args.save_edit)
+    report = edit_report(model, saes, edit.check(saes), task_name, n=args.n or 256)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"edit: {edit.description or f'{len(edit.features)} features'}")
+    print("\n| task | accuracy before | after | metric before | after | moved (share of clean-corrupt range) |")
+    print("|---|---|---|---|---|---|")
+    for name, row in report["tasks"].items():
+        b, a = row["before"], row["after"]
+        print(f"| {name} | {b['accuracy']:.3f} | {a['accuracy']:.3f} | {b['clean_metric']:.3f} | "
+              f"{a['clean_metric']:.3f} | {row['relative_change']:+.1%} |")
+    print("\ngreedy completions (before -> after):")
+    for c in report["completions"]:
+        print(f"  {c['prompt']} | {c['before']} -> {c['after']}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -225,8 +328,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep edges with |weight| >= this fraction of |total effect| (default 0.002)")
     p.add_argument("--top-n", type=int, help="keep at most this many nodes (largest |effect|)")
     p.add_argument("--batch-size", type=int, default=32, help="prompt pairs per batch (default 32)")
+    p.add_argument("--no-edges", action="store_true", help="nodes only (no edges, no path pruning)")
     p.add_argument("--out", help="output folder (default outputs/<task>)")
     p.set_defaults(func=_discover)
+
+    p = sub.add_parser("validate", help="faithfulness and completeness of a circuit by ablation",
+                       description="Ablate everything outside the circuit (and, for completeness, "
+                                   "the circuit itself) on held-out prompts; print faithfulness, "
+                                   "completeness, the curve over circuit sizes with a random "
+                                   "baseline, CPR and CMD; write faithfulness.png beside the circuit.")
+    _circuit_args(p)
+    p.add_argument("--ablation", default="mean", help="mean (default), zero or resample")
+    p.add_argument("--prune", action="store_true",
+                   help="also write circuit.pruned.json: the smallest top-|effect| prefix reaching --target")
+    p.add_argument("--target", type=float, default=0.9, help="faithfulness target for --prune (default 0.9)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("edit", help="switch circuit features off and measure the effect on every task",
+                       description="Ablate (or clamp / scale) SAE features: the top features of a "
+                                   "circuit (--top N) or an edit file; report each built-in task's "
+                                   "metric and accuracy before and after, and a few greedy completions.")
+    _circuit_args(p, circuit_required=False)
+    p.add_argument("--top", type=int, default=10, help="features from the circuit (default 10)")
+    p.add_argument("--action", default="zero", help="zero (default) or mean, for --top")
+    p.add_argument("--edit", help="an edit JSON file instead of --circuit/--top")
+    p.add_argument("--save-edit", help="write the edit as JSON here")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_edit)
 
     p = sub.add_parser("check-attribution", help="AtP and IG against exact patching, per submodule",
                        description="Compare AtP and IG node effects with exact single-latent "
@@ -255,6 +384,16 @@ def _task_args(p: argparse.ArgumentParser, default_n: int = 128) -> None:
     p.add_argument("--model", default="toy", help="'toy', a model folder, or a TransformerLens name")
     p.add_argument("--saes", default="toy", help="'toy' or an SAE set folder")
     p.add_argument("--hooks", help="only these SAE kinds, comma-separated (resid, mlp, attn)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _circuit_args(p: argparse.ArgumentParser, circuit_required: bool = True) -> None:
+    p.add_argument("--circuit", required=circuit_required, help="a circuit.json written by discover")
+    p.add_argument("--task", help="task (default: the circuit's)")
+    p.add_argument("--n", type=int, help="prompt pairs (default: as many as discovery used)")
+    p.add_argument("--seed", type=int, help="prompt seed (default: discovery's + 1, held-out prompts)")
+    p.add_argument("--model", help="model (default: the circuit's)")
+    p.add_argument("--saes", help="SAE set (default: the circuit's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -44,6 +44,7 @@ class DiscoverConfig:
     top_n: int | None = None
     batch_size: int = 32
     max_exact_nodes: int = 5000
+    edges: bool = True  # False: nodes only (no edges, no path pruning), e.g. for long ranked lists
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,7 +133,7 @@ def discover(model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverCo
         if n.hook != EMBED:
             by_hook.setdefault(n.hook, []).append(n)
     last_resid = max((h for h in saes if h.endswith("hook_resid_post")), key=lambda h: parse_hook(h)[0])
-    for hook in tqdm(sorted(by_hook, key=_order), desc="edges", disable=not progress):
+    for hook in tqdm(sorted(by_hook, key=_order) if cfg.edges else [], desc="edges", disable=not progress):
         for (u_key, d_key), w in _edges(model, saes, task, hook, by_hook[hook], chosen, per_position,
                                         cfg).items():
             if u_key in ids and abs(w) >= edge_cut and w != 0:
@@ -150,7 +151,7 @@ def discover(model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverCo
         "discover": cfg.to_dict(), "node_threshold_abs": node_cut, "edge_threshold_abs": edge_cut,
         "n_candidate_nodes": sum(1 for n in candidates if n.effect != 0),
     })
-    return prune(graph)
+    return prune(graph, require_path=cfg.edges)
 
 
 def _check_hooks(saes: SAESet, model: HookedTransformer) -> None:

@@ -58,13 +58,13 @@ def error_nodes(graph: nx.DiGraph) -> list[str]:
 
 
 def prune(graph: nx.DiGraph, node_threshold: float | None = None, edge_threshold: float | None = None,
-          top_n: int | None = None, cumulative: float | None = None) -> nx.DiGraph:
+          top_n: int | None = None, cumulative: float | None = None, require_path: bool = True) -> nx.DiGraph:
     """A pruned copy of ``graph`` (thresholds in metric units, on |effect| and |weight|).
 
     Keeps nodes with |effect| >= ``node_threshold``; of those, the ``top_n`` largest by
     |effect|; and the smallest set, largest first, whose |effect| sums to ``cumulative`` of
-    the total; drops edges with |weight| < ``edge_threshold``; then drops every node with no
-    path to the metric. The metric node always stays."""
+    the total; drops edges with |weight| < ``edge_threshold``; then (``require_path``) drops
+    every node with no path to the metric. The metric node always stays."""
     if cumulative is not None and not 0 < cumulative <= 1:
         raise CircuitsError(f"cumulative fraction must be in (0, 1], got {cumulative}")
     ranked = sorted((n for n in graph if n != METRIC), key=lambda n: -abs(graph.nodes[n]["effect"]))
@@ -83,8 +83,9 @@ def prune(graph: nx.DiGraph, node_threshold: float | None = None, edge_threshold
     out = graph.subgraph(ranked + [METRIC]).copy()
     if edge_threshold is not None:
         out.remove_edges_from([(u, v) for u, v, w in out.edges(data="weight") if abs(w) < edge_threshold])
-    reaching = nx.ancestors(out, METRIC) | {METRIC}
-    out.remove_nodes_from([n for n in list(out) if n not in reaching])
+    if require_path:
+        reaching = nx.ancestors(out, METRIC) | {METRIC}
+        out.remove_nodes_from([n for n in list(out) if n not in reaching])
     out.graph = dict(graph.graph)
     out.graph["pruning"] = {**graph.graph.get("pruning", {}), **{k: v for k, v in {
         "node_threshold": node_threshold, "edge_threshold": edge_threshold, "top_n": top_n,

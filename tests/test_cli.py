@@ -5,7 +5,7 @@ import pytest
 from circuits.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", ["train-model", "eval-model", "train-saes", "eval-saes", "discover", "check-attribution", "demo"])
+@pytest.mark.parametrize("command", ["train-model", "eval-model", "train-saes", "eval-saes", "discover", "check-attribution", "validate", "edit", "demo"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([command, "--help"])
@@ -100,3 +100,52 @@ def test_discover_bad_input_is_one_line(tiny_model_dir, tiny_sae_dir, tmp_path, 
     missing = tmp_path / "none.jsonl"
     assert main(["discover", "--task", str(missing), *common]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_circuit(tiny_model_dir, tiny_sae_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("circuit")
+    assert main(["discover", "--task", "ioi", "--model", str(tiny_model_dir), "--saes", str(tiny_sae_dir),
+                 "--n", "8", "--method", "atp", "--top-n", "30", "--out", str(out), "--quiet"]) == 0
+    return out / "circuit.json"
+
+
+def test_validate_json_and_picture(tiny_circuit, capsys):
+    capsys.readouterr()
+    assert main(["validate", "--circuit", str(tiny_circuit), "--json", "--prune", "--target", "0.5", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"faithfulness", "completeness", "cpr", "cmd", "curve"} <= set(result)
+    assert set(result["curve"][0]) == {"n_nodes", "n_error_nodes", "faithfulness", "random_faithfulness"}
+    sizes = [c["n_nodes"] + c["n_error_nodes"] for c in result["curve"]]
+    assert sizes == sorted(sizes) and sizes[-1] == result["n_nodes"] + result["n_error_nodes"]
+    assert (tiny_circuit.parent / "faithfulness.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tiny_circuit.parent / "circuit.pruned.json").is_file()
+    assert result["pruned"]["reached_target"] == (result["pruned"]["faithfulness"] >= 0.5)
+
+
+def test_edit_report(tiny_circuit, tmp_path, capsys):
+    capsys.readouterr()
+    saved = tmp_path / "edit.json"
+    assert main(["edit", "--circuit", str(tiny_circuit), "--top", "3", "--n", "8", "--json", "--quiet",
+                 "--save-edit", str(saved)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["tasks"]) == {"ioi", "sva", "greater_than", "induction"}
+    assert report["tasks"]["ioi"]["before"]["clean_metric"] != report["tasks"]["ioi"]["after"]["clean_metric"]
+    assert len(report["completions"]) == 3 and len(report["edit"]["features"]) <= 3
+    src = json.loads(tiny_circuit.read_text())["graph"]["sources"]
+    assert main(["edit", "--edit", str(saved), "--model", src["model"], "--saes", src["saes"], "--n", "8",
+                 "--json", "--quiet"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["tasks"]["ioi"]["after"] == report["tasks"]["ioi"]["after"]
+
+
+def test_circuit_from_another_sae_set_is_one_line(tiny_circuit, tiny_model_dir, tmp_path, capsys):
+    from sae.saeset import hook_names
+    from tests.test_attribution import random_saes
+
+    other = tmp_path / "wide"
+    random_saes(hook_names(["resid", "mlp", "attn"], [0]), d_sae=48, k=4).save(other)
+    assert main(["validate", "--circuit", str(tiny_circuit), "--saes", str(other), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("circuits: error: the circuit's SAE at blocks.0.hook_") and "has 32 latents" in err
+    assert len(err.splitlines()) == 1

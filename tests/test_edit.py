@@ -1,0 +1,100 @@
+"""Model edits: exact effect through the splice, scoped and attached application, JSON."""
+
+import json
+
+import pytest
+import torch
+
+from circuits.edit import Edit, FeatureEdit, attach, edit_from_circuit, edited
+from circuits.errors import CircuitsError
+from sae.saeset import hook_names
+from tasks.builtin import make_task
+from tests.test_attribution import TOK, random_saes, tiny_model
+from tests.test_graph import toy_graph
+
+HOOKS = hook_names(["resid", "mlp", "attn"], range(2))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return tiny_model(), random_saes(HOOKS), make_task("ioi", TOK, n=4, split="train")
+
+
+def _hook_output(model, tokens, hook):
+    seen = {}
+    with model.hooks(fwd_hooks=[(hook, lambda x, hook: seen.setdefault("x", x))]):
+        model(tokens)
+    return seen["x"]
+
+
+@pytest.mark.parametrize("action,value", [("zero", None), ("clamp", 3.0), ("scale", 2.0)])
+def test_an_edit_changes_the_hook_by_exactly_the_feature(setup, action, value):
+    model, saes, task = setup
+    hook = "blocks.1.hook_resid_post"
+    x = _hook_output(model, task.clean, hook)
+    f = saes[hook].encode(x)
+    latent = int((f[:, -1] != 0).float().sum(0).argmax())
+    edit = Edit([FeatureEdit(hook, latent, action, value, positions=[task.n_pos - 1])])
+    with edited(model, saes, edit):
+        y = _hook_output(model, task.clean, hook)
+    new = {"zero": torch.zeros_like(f[:, -1, latent]), "clamp": torch.full_like(f[:, -1, latent], 3.0),
+           "scale": 2 * f[:, -1, latent]}[action]
+    expected = x.clone()
+    expected[:, -1] += (new - f[:, -1, latent]).unsqueeze(-1) * saes[hook].W_dec[latent]
+    assert torch.allclose(y, expected, atol=1e-5)
+    assert torch.equal(y[:, :-1], x[:, :-1])  # other positions untouched
+
+
+def test_attached_edit_stays_until_removed(setup):
+    model, saes, task = setup
+    plain = model(task.clean)
+    edit = Edit([FeatureEdit("blocks.0.hook_mlp_out", 3), FeatureEdit("blocks.1.hook_attn_out", 5, "scale", 0.0)])
+    with edited(model, saes, edit):
+        scoped = model(task.clean)
+    assert torch.equal(model(task.clean), plain)
+    handle = attach(model, saes, edit)
+    try:
+        assert torch.equal(model(task.clean), scoped)
+        assert torch.equal(model(task.clean), scoped)  # still attached
+    finally:
+        handle.remove()
+    handle.remove()  # twice is harmless
+    assert torch.equal(model(task.clean), plain)
+    assert not any(model.hook_dict[h].fwd_hooks for h in HOOKS)
+    with pytest.raises(RuntimeError, match="boom"), edited(model, saes, edit):
+        raise RuntimeError("boom")
+    assert not any(model.hook_dict[h].fwd_hooks for h in HOOKS)
+
+
+def test_edit_json_round_trip(tmp_path):
+    edit = Edit([FeatureEdit("blocks.0.hook_mlp_out", 3, "mean", 0.25, [1, 2]),
+                 FeatureEdit("blocks.1.hook_attn_out", 5)], "two features")
+    path = edit.save(tmp_path / "edit.json")
+    assert Edit.load(path) == edit
+    assert json.loads(path.read_text())["features"][0]["positions"] == [1, 2]
+
+
+def test_bad_edits_are_one_line(setup, tmp_path):
+    _, saes, _ = setup
+    with pytest.raises(CircuitsError, match=r"edit feature 0 \(blocks.7.hook_mlp_out/1\): the SAE set has no SAE"):
+        Edit([FeatureEdit("blocks.7.hook_mlp_out", 1)]).check(saes)
+    with pytest.raises(CircuitsError, match="latent out of range"):
+        Edit([FeatureEdit("blocks.0.hook_mlp_out", 64)]).check(saes)
+    with pytest.raises(CircuitsError, match="action 'clamp' needs a value"):
+        Edit([FeatureEdit("blocks.0.hook_mlp_out", 1, "clamp")]).check(saes)
+    with pytest.raises(CircuitsError, match="unknown action 'boost'"):
+        Edit([FeatureEdit("blocks.0.hook_mlp_out", 1, "boost", 1.0)]).check(saes)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"features": [{"hook": "blocks.0.hook_mlp_out"}]}))
+    with pytest.raises(CircuitsError, match=r"bad.json: features\[0\]: missing field 'latent'"):
+        Edit.load(bad)
+    bad.write_text("[1,")
+    with pytest.raises(CircuitsError, match="bad.json: not JSON"):
+        Edit.load(bad)
+
+
+def test_edit_from_circuit_takes_the_features_the_behaviour_relies_on():
+    edit = edit_from_circuit(toy_graph(), top=2)
+    # effects: mlp/5 -2.0, resid/7 -1.0, attn/9 -0.1 (embed and error nodes are not features)
+    assert [(f.hook, f.latent) for f in edit.features] == [("blocks.0.hook_mlp_out", 5), ("blocks.1.hook_resid_post", 7)]
+    assert all(f.action == "zero" and f.positions is None for f in edit.features)
