@@ -230,7 +230,7 @@ def _edit(args: argparse.Namespace) -> None:
         if args.action == "mean":
             tokens = corpus_tokens(model.tokenizer, "edit-means", 256, min(64, model.cfg.n_ctx))
             means = mean_activations(model, saes, tokens, list(saes))
-        edit = edit_from_circuit(graph, args.top, args.action, means)
+        edit = edit_from_circuit(graph, args.top, args.action, means, everywhere=args.everywhere)
         task_name = args.task or graph.graph.get("sources", {}).get("task") or graph.graph["task"]
     if args.save_edit:
         edit.save(args.save_edit)
@@ -352,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     _circuit_args(p, circuit_required=False)
     p.add_argument("--top", type=int, default=10, help="features from the circuit (default 10)")
     p.add_argument("--action", default="zero", help="zero (default) or mean, for --top")
+    p.add_argument("--everywhere", action="store_true",
+                   help="switch the features off at every position, not only where the circuit uses them")
     p.add_argument("--edit", help="an edit JSON file instead of --circuit/--top")
     p.add_argument("--save-edit", help="write the edit as JSON here")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -32,7 +32,8 @@ ACTIONS = ("zero", "mean", "clamp", "scale")
 
 @dataclass
 class FeatureEdit:
-    """One latent of one hook's SAE; ``positions`` None = every position."""
+    """One latent of one hook's SAE; ``positions`` None = every position, negative positions
+    count from the end (-1: the last token)."""
 
     hook: str
     latent: int
@@ -111,7 +112,8 @@ def _hook_edit(features: list[FeatureEdit]) -> NodeEdit:
     def edit(f: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = f.clone()
         for fe in features:
-            pos = slice(None) if fe.positions is None else [p for p in fe.positions if p < f.shape[1]]
+            n = f.shape[1]
+            pos = slice(None) if fe.positions is None else [p % n for p in fe.positions if -n <= p < n]
             current = f[:, pos, fe.latent]
             if fe.action == "zero":
                 new = torch.zeros_like(current)
@@ -168,19 +170,29 @@ def mean_activations(model: HookedTransformer, saes: SAESet, tokens: torch.Tenso
 
 
 def edit_from_circuit(graph: nx.DiGraph, top: int, action: str = "zero",
-                      means: dict[str, torch.Tensor] | None = None) -> Edit:
+                      means: dict[str, torch.Tensor] | None = None, everywhere: bool = False) -> Edit:
     """The ``top`` features the circuit's behaviour relies on most (most negative summed
-    effect over their positions), switched off at every position."""
+    effect over their positions). Each is switched off where the circuit uses it, as
+    positions counted from the end of the prompt (END = -1), or at every position with
+    ``everywhere`` (or when the circuit sums over positions)."""
     totals: dict[tuple[str, int], float] = {}
+    where: dict[tuple[str, int], set[int]] = {}
+    n_pos = len(graph.graph.get("position_labels") or [])
     for n, a in graph.nodes(data=True):
         if n != METRIC and a.get("latent") is not None:
-            totals[(a["hook"], a["latent"])] = totals.get((a["hook"], a["latent"]), 0.0) + a["effect"]
+            key = (a["hook"], a["latent"])
+            totals[key] = totals.get(key, 0.0) + a["effect"]
+            if a.get("position") is not None and n_pos:
+                where.setdefault(key, set()).add(a["position"] - n_pos)
     chosen = sorted((k for k, v in totals.items() if v < 0), key=lambda k: totals[k])[:top]
     if action == "mean" and means is None:
         raise CircuitsError("a mean edit needs the features' mean activations")
-    features = [FeatureEdit(h, i, action, None if action == "zero" else float(means[h][i]))
+    features = [FeatureEdit(h, i, action, None if action == "zero" else float(means[h][i]),
+                            None if everywhere or (h, i) not in where else sorted(where[(h, i)]))
                 for h, i in chosen]
-    return Edit(features, f"top {len(features)} features of the {graph.graph.get('task')} circuit, {action}")
+    scope = "every position" if everywhere or not where else "the circuit's positions"
+    return Edit(features, f"top {len(features)} features of the {graph.graph.get('task')} circuit, "
+                          f"{action} at {scope}")
 
 
 @torch.no_grad()
