@@ -98,3 +98,14 @@ def test_edit_from_circuit_takes_the_features_the_behaviour_relies_on():
     # effects: mlp/5 -2.0, resid/7 -1.0, attn/9 -0.1 (embed and error nodes are not features)
     assert [(f.hook, f.latent) for f in edit.features] == [("blocks.0.hook_mlp_out", 5), ("blocks.1.hook_resid_post", 7)]
     assert all(f.action == "zero" and f.positions is None for f in edit.features)
+
+
+def test_negative_positions_count_from_the_end(setup):
+    model, saes, task = setup
+    a = Edit([FeatureEdit("blocks.0.hook_mlp_out", 3, "clamp", 2.0, positions=[-1, -3])])
+    b = Edit([FeatureEdit("blocks.0.hook_mlp_out", 3, "clamp", 2.0, positions=[task.n_pos - 1, task.n_pos - 3])])
+    with edited(model, saes, a):
+        out_a = model(task.clean)
+    with edited(model, saes, b):
+        out_b = model(task.clean)
+    assert torch.equal(out_a, out_b) and not torch.equal(out_a, model(task.clean))
