@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+
+import networkx as nx
+import torch
+from transformer_lens import HookedTransformer
+
+from circuits.errors import CircuitsError
+from circuits.graph import METRIC
+from sae.saeset import SAESet
 
 
 def plot_faithfulness(result: dict, path: str | Path, title: str = "") -> Path:
@@ -38,3 +47,231 @@ def plot_faithfulness(result: dict, path: str | Path, title: str = "") -> Path:
         plt.close(fig)
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+# ---------------------------------------------------------------- feature cards
+
+@dataclass
+class FeatureCard:
+    """What a latent responds to on the toy corpus, and what it writes."""
+
+    hook: str
+    latent: int
+    contexts: list[dict]  # {"tokens": [...], "index": i (the activating token), "activation": a}
+    histogram: list[int]  # counts of non-zero activations in ``bins`` equal bins up to ``max_activation``
+    max_activation: float
+    frequency: float  # share of corpus tokens where it is active
+    promoted: list[tuple[str, float]]  # decoder direction through the unembedding: top tokens
+    suppressed: list[tuple[str, float]]
+
+    @property
+    def description(self) -> str:
+        """A short automatic label: the tokens it fires on most."""
+        seen: list[str] = []
+        for c in self.contexts:
+            tok = c["tokens"][c["index"]]
+            if tok not in seen:
+                seen.append(tok)
+        return " · ".join(seen[:3]) if seen else "(never active)"
+
+
+@torch.no_grad()
+def feature_cards(model: HookedTransformer, saes: SAESet, keys: list[tuple[str, int]], n_seqs: int = 256,
+                  seq_len: int = 64, top: int = 8, bins: int = 20, window: int = 6,
+                  batch_size: int = 32) -> dict[tuple[str, int], FeatureCard]:
+    """Cards for ``(hook, latent)`` keys from a fixed sample of the toy corpus (BOS skipped)."""
+    from circuits.splice import spliced
+    from tasks.corpus import corpus_tokens
+
+    if not keys:
+        return {}
+    tokens = corpus_tokens(model.tokenizer, "feature-cards", n_seqs, min(seq_len, model.cfg.n_ctx))
+    hooks = sorted({h for h, _ in keys})
+    index = {h: torch.tensor([i for k, i in keys if k == h]) for h in hooks}
+    acts = {h: [] for h in hooks}
+    for lo in range(0, n_seqs, batch_size):
+        with spliced(model, saes, hooks=hooks) as nodes:
+            model(tokens[lo:lo + batch_size])
+        for h in hooks:
+            acts[h].append(nodes.latents[h][:, 1:, index[h]].float())
+    cards = {}
+    w_u = model.W_U.detach()
+    for h in hooks:
+        a = torch.cat(acts[h])  # [n_seqs, seq_len - 1, k]
+        for j, latent in enumerate(index[h].tolist()):
+            col = a[..., j]
+            flat = col.flatten()
+            best = flat.topk(min(top, flat.numel())).indices.tolist()
+            contexts = []
+            for i in best:
+                if flat[i] <= 0:
+                    break
+                s, p = divmod(i, col.shape[1])
+                p += 1  # BOS was skipped
+                lo = max(1, p - window)
+                contexts.append({"tokens": model.to_str_tokens(tokens[s, lo:p + 2]), "index": p - lo,
+                                 "activation": float(flat[i])})
+            live = flat[flat > 0]
+            peak = float(live.max()) if len(live) else 0.0
+            hist = torch.histc(live, bins=bins, min=0, max=peak).int().tolist() if len(live) else [0] * bins
+            logits = saes[h].W_dec[latent].detach() @ w_u
+            up, down = logits.topk(5), (-logits).topk(5)
+            cards[(h, latent)] = FeatureCard(
+                h, latent, contexts, hist, peak, float(len(live)) / max(flat.numel(), 1),
+                [(model.to_single_str_token(int(t)), float(v)) for v, t in zip(up.values, up.indices)],
+                [(model.to_single_str_token(int(t)), -float(v)) for v, t in zip(down.values, down.indices)])
+    return cards
+
+
+# ---------------------------------------------------------------- graph pictures
+
+KIND_ORDER = {"embed": 0, "attn": 1, "mlp": 2, "resid": 3, "metric": 4}
+FORMATS = ("png", "svg", "pdf")
+
+
+def _short(attrs: dict) -> str:
+    if attrs.get("kind") == "metric":
+        return "metric"
+    if attrs.get("kind") == "embed":
+        return f"embed @{attrs['pos_label']}"
+    what = "error" if attrs.get("is_error") else f"#{attrs['latent']}"
+    return f"L{attrs['layer']} {attrs['kind']} {what} @{attrs['pos_label']}"
+
+
+def _colour(effect: float, scale: float) -> str:
+    """Blue for nodes the behaviour relies on (negative effect), red for nodes that work
+    against it; stronger = more saturated."""
+    t = min(abs(effect) / scale, 1.0) if scale > 0 else 0.0
+    level = int(255 - 175 * t)
+    return f"#{level:02x}{level:02x}ff" if effect < 0 else f"#ff{level:02x}{level:02x}"
+
+
+def drawn_subgraph(graph: nx.DiGraph, max_nodes: int = 40) -> tuple[nx.DiGraph, int]:
+    """The ``max_nodes`` strongest nodes (by |effect|) plus the metric, and how many were hidden."""
+    others = sorted((n for n in graph if n != METRIC), key=lambda n: -abs(graph.nodes[n]["effect"]))
+    keep = others[:max_nodes] + ([METRIC] if METRIC in graph else [])
+    return graph.subgraph(keep).copy(), len(others) - len(keep) + (1 if METRIC in graph else 0)
+
+
+def to_dot(graph: nx.DiGraph, max_nodes: int = 40, annotations: dict[str, str] | None = None,
+           cards: dict | None = None):
+    """A graphviz.Digraph of the strongest nodes: bottom (embeddings) to top (metric), one
+    rank per layer and submodule, nodes ordered by position, colour = sign and strength of
+    the effect, edge width = |weight|, error nodes as dashed boxes, and a legend. Labels are
+    the node, the latent's description (``annotations[node_id]``, else its feature card) and
+    the effect; every text is escaped for DOT."""
+    import graphviz
+
+    sub, hidden = drawn_subgraph(graph, max_nodes)
+    annotations = annotations or {}
+    cards = cards or {}
+    # colour scale from the SAE nodes (embeddings, often far larger, saturate)
+    scale = max((abs(a["effect"]) for n, a in sub.nodes(data=True) if a.get("hook") is not None),
+                default=1.0)
+    wmax = max((abs(w) for *_, w in sub.edges(data="weight")), default=1.0)
+    dot = graphviz.Digraph("circuit", graph_attr={
+        "rankdir": "BT", "newrank": "true", "nodesep": "0.25", "ranksep": "0.45", "fontname": "Helvetica",
+        "label": graphviz.escape(_title(graph, sub, hidden)), "labelloc": "t", "fontsize": "14"},
+        node_attr={"fontname": "Helvetica", "fontsize": "10", "style": "filled", "shape": "box"},
+        edge_attr={"arrowsize": "0.5"})
+    ranks: dict[tuple, list[str]] = {}
+    for n, a in sub.nodes(data=True):
+        ranks.setdefault((a.get("layer", 0), KIND_ORDER.get(a.get("kind"), 0)), []).append(n)
+    ids = {n: f"n{i}" for i, n in enumerate(sub)}
+    top_key, bottom_key = max(ranks), min(ranks)  # the metric's rank is the highest
+    for key in sorted(ranks):
+        with dot.subgraph(name=f"rank_{key[0]}_{key[1]}") as r:
+            # the metric on top and the embeddings at the bottom, even when no drawn edge reaches them
+            r.attr(rank="min" if key == bottom_key and key[1] == KIND_ORDER["embed"] else "same")
+            for n in sorted(ranks[key], key=lambda n: (sub.nodes[n].get("position") or 0)):
+                r.node(ids[n], **_node_style(n, sub.nodes[n], scale, annotations, cards))
+    below = [k for k in ranks if k != top_key]
+    if METRIC in sub and below:  # keep the metric on top even when no drawn edge reaches it
+        for n in ranks[max(below)]:
+            dot.edge(ids[n], ids[METRIC], style="invis")
+    for u, v, w in sub.edges(data="weight"):
+        dot.edge(ids[u], ids[v], penwidth=f"{0.6 + 4.4 * abs(w) / wmax:.2f}",
+                 color="#3060d0" if w < 0 else "#d04040", tooltip=graphviz.escape(f"{u} -> {v}: {w:+.3f}"))
+    _legend(dot)
+    return dot
+
+
+def _title(graph: nx.DiGraph, sub: nx.DiGraph, hidden: int) -> str:
+    g = graph.graph
+    head = f"{g.get('task', 'circuit')} ({g.get('metric', '')}): total effect {g.get('total_effect', float('nan')):+.2f}"
+    if len(graph) <= 1:
+        return head + " - the circuit is empty"
+    return head + (f" - {len(sub) - 1} strongest nodes shown, {hidden} hidden" if hidden else "")
+
+
+def _node_style(n: str, a: dict, scale: float, annotations: dict, cards: dict) -> dict:
+    import graphviz
+
+    if n == METRIC:
+        return {"label": "metric", "shape": "doubleoctagon", "fillcolor": "#f0e68c"}
+    desc = annotations.get(n)
+    if desc is None and a.get("latent") is not None and (a["hook"], a["latent"]) in cards:
+        desc = cards[(a["hook"], a["latent"])].description
+    lines = [_short(a)] + ([desc[:40]] if desc else []) + [f"{a['effect']:+.3f}"]
+    style = {"label": "\n".join(graphviz.escape(x) for x in lines), "fillcolor": _colour(a["effect"], scale),
+             "tooltip": graphviz.escape(n), "group": f"pos{a.get('position')}"}
+    if a.get("is_error"):
+        style.update(style="dashed,filled", shape="box", color="#606060")
+    elif a.get("kind") == "embed":
+        style.update(shape="invhouse")
+    else:
+        style.update(shape="box", style="rounded,filled")
+    return style
+
+
+def _legend(dot) -> None:
+    with dot.subgraph(name="cluster_legend") as c:
+        c.attr(label="legend", fontsize="10", color="#a0a0a0")
+        c.node("leg_rel", "feature the behaviour relies on\n(negative effect)", shape="box",
+               style="rounded,filled", fillcolor=_colour(-1, 1))
+        c.node("leg_opp", "feature working against it\n(positive effect)", shape="box",
+               style="rounded,filled", fillcolor=_colour(1, 1))
+        c.node("leg_err", "SAE error term", shape="box", style="dashed,filled", fillcolor="#ffffff")
+        c.node("leg_emb", "token embedding", shape="invhouse", style="filled", fillcolor="#ffffff")
+        c.edge("leg_rel", "leg_opp", style="invis")
+        c.edge("leg_err", "leg_emb", style="invis")
+
+
+def draw_graph(graph: nx.DiGraph, stem: str | Path, formats: tuple[str, ...] = ("png", "svg"),
+               max_nodes: int = 40, annotations: dict[str, str] | None = None,
+               cards: dict | None = None) -> tuple[list[Path], str | None]:
+    """Write ``stem.dot`` and ``stem.<format>`` for each format. Returns the files written and,
+    when the ``dot`` binary is missing, a one-line message saying how to install it (the .dot
+    file is still written)."""
+    import shutil
+
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise CircuitsError(f"unknown image format {bad[0]!r}: use {', '.join(FORMATS)}")
+    stem = Path(stem)
+    dot = to_dot(graph, max_nodes, annotations, cards)
+    written = [_atomic_text(stem.with_suffix(".dot"), dot.source)]
+    if shutil.which("dot") is None:
+        return written, ("graphviz's `dot` is not installed, so no images were drawn (the .dot file was "
+                         "written): apt-get install graphviz, or brew install graphviz")
+    for fmt in formats:
+        data = dot.pipe(format=fmt)
+        written.append(_atomic_bytes(stem.with_suffix(f".{fmt}"), data))
+    return written, None
+
+
+def _atomic_bytes(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _atomic_text(path: Path, text: str) -> Path:
+    return _atomic_bytes(path, text.encode())
