@@ -251,14 +251,79 @@ def _edit(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from circuits.behaviour import evaluate_model, format_table
-    from circuits.model import load_model
+    from circuits.demo import run_demo
+    from circuits.graph import error_nodes, feature_nodes
 
-    model = load_model("toy", progress=not args.quiet)
-    print(f"embedded model: {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, "
-          f"vocabulary {model.cfg.d_vocab} words")
-    print("behaviour on held-out prompts:")
-    print(format_table(evaluate_model(model)))
+    start = time.perf_counter()
+    folder = _writable(Path(args.out))
+    result = run_demo(folder, n=args.n, progress=not args.quiet)
+    graph, val, edit = result["graph"], result["validation"], result["edit"]
+    g = graph.graph
+    print(f"IOI on the embedded model: clean logit diff {g['clean_metric']:.2f}, corrupt {g['corrupt_metric']:.2f}")
+    print(f"circuit: {len(feature_nodes(graph))} feature + {len(error_nodes(graph))} error nodes, "
+          f"{graph.number_of_edges()} edges ({g['discover']['method']}, {g['n_examples']} pairs)")
+    print(f"validation (mean ablation, held-out): faithfulness {val['faithfulness']:.3f}, "
+          f"completeness {val['completeness']:.3f}")
+    print("edit (top 100 features off): " + ", ".join(
+        f"{name} {row['relative_change']:+.0%}" for name, row in edit["tasks"].items()))
+    if result["missing_dot"]:
+        print(f"circuits: warning: {result['missing_dot']}", file=sys.stderr)
+    print("steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["times"].items()))
+    print("files:\n  " + "\n  ".join(result["files"]))
+    print(f"open {result['report']} in a browser ({time.perf_counter() - start:.0f} s in all)")
+
+
+def _export(args: argparse.Namespace) -> None:
+    import json as _json
+
+    from circuits.export import (FORMATS, _atomic_text, draw_graph, drawn_subgraph, feature_cards,
+                                 to_circuit_tracer, write_graphml)
+    from circuits.graph import load_graph, save_graph
+
+    graph = load_graph(args.circuit)
+    stem = Path(args.out) if args.out else Path(args.circuit).with_suffix("")
+    _writable(stem.parent)
+    annotations = None
+    if args.annotations:
+        try:
+            annotations = _json.loads(Path(args.annotations).read_text())
+        except (OSError, ValueError) as err:
+            raise CircuitsError(f"annotation file {args.annotations}: {err}") from None
+        if not isinstance(annotations, dict):
+            raise CircuitsError(f"annotation file {args.annotations}: expected {{\"node id\": \"text\"}}")
+    cards = {}
+    if args.format in (*FORMATS, "circuit-tracer") and not args.no_descriptions:
+        cards = _cards_for(graph, args)
+    if args.format in FORMATS:
+        files, missing = draw_graph(graph, stem, (args.format,), args.max_nodes, annotations, cards)
+        if missing:
+            print(f"circuits: warning: {missing}", file=sys.stderr)
+    elif args.format == "graphml":
+        files = [write_graphml(graph, stem.with_suffix(".graphml"))]
+    elif args.format == "json":
+        files = [save_graph(graph, stem.with_suffix(".json"))]
+    elif args.format == "circuit-tracer":
+        data = to_circuit_tracer(graph, cards=cards)
+        files = [_atomic_text(stem.with_name(stem.name + ".circuit-tracer.json"), _json.dumps(data, indent=1))]
+    else:
+        raise CircuitsError(f"unknown format {args.format!r}: use png, svg, pdf, graphml, json, circuit-tracer")
+    if len(graph) <= 1:
+        print("the circuit is empty (drawn as such)")
+    print("\n".join(str(f) for f in files))
+
+
+def _cards_for(graph, args: argparse.Namespace) -> dict:
+    """Feature cards for the drawn latents, from the circuit's model and SAE set."""
+    from circuits.export import drawn_subgraph, feature_cards
+    from circuits.model import load_model
+    from sae.train import load_saes
+
+    src = graph.graph.get("sources", {})
+    model = load_model(src.get("model", "toy"), progress=not args.quiet)
+    saes = load_saes(src.get("saes", "toy"), model, progress=not args.quiet)
+    sub, _ = drawn_subgraph(graph, args.max_nodes)
+    keys = sorted({(a["hook"], a["latent"]) for _, a in sub.nodes(data=True) if a.get("latent") is not None})
+    return feature_cards(model, saes, keys)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -370,9 +435,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_check_attribution)
 
+    p = sub.add_parser("export", help="write a circuit as an image or data file",
+                       description="Draw a circuit (png, svg, pdf via graphviz; the strongest "
+                                   "--max-nodes nodes) or write it as GraphML, node-link JSON or "
+                                   "circuit-tracer's frontend JSON.")
+    p.add_argument("--circuit", required=True, help="a circuit.json written by discover")
+    p.add_argument("--format", default="png", help="png (default), svg, pdf, graphml, json or circuit-tracer")
+    p.add_argument("--out", help="output path without extension (default: beside the circuit)")
+    p.add_argument("--max-nodes", type=int, default=40, help="nodes drawn (default 40)")
+    p.add_argument("--annotations", help='JSON file {"node id": "label"} replacing automatic descriptions')
+    p.add_argument("--no-descriptions", action="store_true", help="no feature descriptions (no model needed)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_export)
+
     p = sub.add_parser("demo", help="run the main job on the embedded default model",
-                       description="Load (or train on first use) the embedded model and print its "
-                                   "behaviour table.")
+                       description="Load (or train on first use) the embedded model and SAEs, "
+                                   "discover the IOI circuit, validate it, edit the model with it, "
+                                   "and write every output (circuit.json, graph.png/svg, "
+                                   "faithfulness.png, report.html, ...) to --out.")
+    p.add_argument("--out", default="outputs/ioi", help="output folder (default outputs/ioi)")
+    p.add_argument("--n", type=int, default=64, help="prompt pairs (default 64)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
     return parser

@@ -275,3 +275,189 @@ def _atomic_bytes(path: Path, data: bytes) -> Path:
 
 def _atomic_text(path: Path, text: str) -> Path:
     return _atomic_bytes(path, text.encode())
+
+
+# ---------------------------------------------------------------- data exports
+
+def write_graphml(graph: nx.DiGraph, path: str | Path) -> Path:
+    """GraphML for Gephi / Cytoscape: None becomes "" and nested values JSON text."""
+    import json
+
+    out = nx.DiGraph()
+    for n, a in graph.nodes(data=True):
+        out.add_node(n, **{k: _scalar(v) for k, v in a.items()})
+    for u, v, a in graph.edges(data=True):
+        out.add_edge(u, v, **{k: _scalar(x) for k, x in a.items()})
+    out.graph.update({k: _scalar(v) if not isinstance(v, (dict, list)) else json.dumps(v)
+                      for k, v in graph.graph.items()})
+    text = "\n".join(nx.generate_graphml(out))
+    return _atomic_text(Path(path), text)
+
+
+def _scalar(v):
+    import json
+
+    if v is None:
+        return ""
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v)
+    return v
+
+
+def to_circuit_tracer(graph: nx.DiGraph, prompt_tokens: list[str] | None = None,
+                      cards: dict | None = None, slug: str | None = None) -> dict:
+    """The graph in circuit-tracer's frontend schema (metadata / qParams / nodes / links).
+
+    circuit-tracer has one transcoder per layer; here a layer has three SAEs, so a feature's
+    index is offset by its submodule (attn 0, mlp 1, resid 2 times the widest SAE) and error
+    nodes use feature -1, -2, -3 (attn, mlp, resid). The metric is a target "logit" node."""
+    cards = cards or {}
+    width = max(graph.graph.get("saes", {}).values(), default=0)
+    n_layers = graph.graph.get("model", {}).get("n_layers", 0)
+    offset = {"attn": 0, "mlp": 1, "resid": 2}
+    labels = graph.graph.get("position_labels") or []
+    ids, nodes = {}, []
+    for n, a in graph.nodes(data=True):
+        pos = a.get("position") or 0
+        if n == METRIC:
+            node = {"node_id": f"{n_layers + 1}_0_{len(labels) - 1 if labels else 0}", "feature": 0,
+                    "layer": str(n_layers + 1), "ctx_idx": len(labels) - 1 if labels else 0,
+                    "feature_type": "logit", "is_target_logit": True,
+                    "clerp": f"metric: {graph.graph.get('metric', '')}", "influence": a.get("effect")}
+        elif a.get("kind") == "embed":
+            node = {"node_id": f"E_{pos}_{pos}", "feature": pos, "layer": "E", "ctx_idx": pos,
+                    "feature_type": "embedding", "clerp": f"embedding @{a['pos_label']}", "influence": a["effect"]}
+        elif a.get("is_error"):
+            f = -1 - offset[a["kind"]]
+            node = {"node_id": f"{a['layer']}_{f}_{pos}", "feature": f, "layer": str(a["layer"]), "ctx_idx": pos,
+                    "feature_type": "mlp reconstruction error", "clerp": f"{a['hook']} error @{a['pos_label']}",
+                    "influence": a["effect"]}
+        else:
+            f = offset[a["kind"]] * width + a["latent"]
+            card = cards.get((a["hook"], a["latent"]))
+            node = {"node_id": f"{a['layer']}_{f}_{pos}", "feature": f, "layer": str(a["layer"]), "ctx_idx": pos,
+                    "feature_type": "cross layer transcoder", "influence": a["effect"],
+                    "activation": a.get("activation"),
+                    "clerp": f"{a['hook']}/{a['latent']}" + (f": {card.description}" if card else "")}
+        node.update({"token_prob": 0.0, "run_idx": 0, "reverse_ctx_idx": 0})
+        node.setdefault("is_target_logit", False)
+        node["jsNodeId"] = node["node_id"]
+        ids[n] = node["node_id"]
+        nodes.append(node)
+    links = [{"source": ids[u], "target": ids[v], "weight": w} for u, v, w in graph.edges(data="weight")]
+    tokens = prompt_tokens or labels
+    return {"metadata": {"slug": slug or str(graph.graph.get("task", "circuit")), "scan": "sae-circuits",
+                         "transcoder_list": sorted(graph.graph.get("saes", {})), "prompt_tokens": tokens,
+                         "prompt": " ".join(tokens), "node_threshold": graph.graph.get("node_threshold_abs"),
+                         "schema_version": 1},
+            "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
+            "nodes": nodes, "links": links}
+
+
+# ---------------------------------------------------------------- HTML report
+
+_CSS = """
+body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:22px} h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:13px;margin:8px 0} td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
+.graph svg{max-width:100%;height:auto} .cards{display:flex;flex-wrap:wrap;gap:12px}
+.card{border:1px solid #ccc;border-radius:6px;padding:8px;width:420px;font-size:12px}
+.ctx{font-family:monospace;margin:2px 0} .hi{background:#ffd54f;font-weight:bold}
+.muted{color:#777} .bad{color:#b00020}
+"""
+
+
+def _e(x) -> str:
+    import html
+
+    return html.escape(str(x), quote=True)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _card_html(card: FeatureCard, effect: float | None) -> str:
+    ctx = "".join(
+        '<div class="ctx">' + " ".join(f'<span class="hi">{_e(t)}</span>' if i == c["index"] else _e(t)
+                                       for i, t in enumerate(c["tokens"]))
+        + f' <span class="muted">({c["activation"]:.2f})</span></div>' for c in card.contexts[:6])
+    peak = max(card.histogram) if card.histogram and max(card.histogram) > 0 else 1
+    bars = "".join(f'<rect x="{i * 10}" y="{40 - 40 * v / peak:.1f}" width="9" height="{40 * v / peak:.1f}" fill="#5c7cfa"/>'
+                   for i, v in enumerate(card.histogram))
+    hist = (f'<svg width="{10 * len(card.histogram)}" height="42" role="img" aria-label="activation histogram">'
+            f"{bars}</svg>")
+    up = ", ".join(f"{_e(t)} ({v:+.2f})" for t, v in card.promoted)
+    down = ", ".join(f"{_e(t)} ({v:+.2f})" for t, v in card.suppressed)
+    eff = "" if effect is None else f" · effect {effect:+.3f}"
+    return (f'<div class="card"><b>{_e(card.hook)} / {card.latent}</b>{_e(eff)}<br>'
+            f'<span class="muted">active on {card.frequency:.1%} of corpus tokens, max {card.max_activation:.2f}</span>'
+            f"{ctx or '<div class=muted>never active on the corpus sample</div>'}"
+            f"<div>activations (non-zero): {hist}</div><div>promotes: {up}</div><div>suppresses: {down}</div></div>")
+
+
+def write_report(path: str | Path, graph: nx.DiGraph, svg: str | None = None, validation: dict | None = None,
+                 edit: dict | None = None, sae_quality: dict | None = None, fidelity: dict | None = None,
+                 cards: dict | None = None, faithfulness_png: Path | None = None) -> Path:
+    """One self-contained HTML file (inline SVG, PNG as data URI, no scripts or remote
+    resources): task summary, the graph, validation, feature cards, edit results, SAE
+    quality and attribution-vs-exact figures. Every text from the data is escaped."""
+    import base64
+
+    g = graph.graph
+    parts = [f"<h1>Feature circuit: {_e(g.get('task', ''))}</h1>",
+             _table(["", "value"], [
+                 ["metric", g.get("metric", "")], ["prompt pairs", g.get("n_examples", "")],
+                 ["clean metric", f"{g.get('clean_metric', float('nan')):.3f}"],
+                 ["corrupt metric", f"{g.get('corrupt_metric', float('nan')):.3f}"],
+                 ["method", g.get("discover", {}).get("method", "")],
+                 ["nodes / edges", f"{graph.number_of_nodes()} / {graph.number_of_edges()}"]])]
+    parts.append("<h2>Circuit graph</h2>")
+    if len(graph) <= 1:
+        parts.append('<p class="bad">The circuit is empty: no node passed the threshold.</p>')
+    parts.append(f'<div class="graph">{svg}</div>' if svg else '<p class="muted">(no picture: graphviz missing)</p>')
+    if validation:
+        parts.append("<h2>Validation by ablation</h2>")
+        parts.append(_table(["faithfulness", "completeness", "CPR", "CMD", "ablation"],
+                            [[f"{validation['faithfulness']:.3f}", f"{validation['completeness']:.3f}",
+                              f"{validation['cpr']:.3f}", f"{validation['cmd']:.3f}", validation["ablation"]]]))
+        if faithfulness_png and Path(faithfulness_png).is_file():
+            data = base64.b64encode(Path(faithfulness_png).read_bytes()).decode()
+            parts.append(f'<img alt="faithfulness curve" src="data:image/png;base64,{data}">')
+        parts.append(_table(["feature nodes", "error nodes", "faithfulness", "random circuit"],
+                            [[c["n_nodes"], c["n_error_nodes"], f"{c['faithfulness']:.3f}",
+                              f"{c['random_faithfulness']:.3f}"] for c in validation["curve"]]))
+    if cards:
+        effects = {}
+        for n, a in graph.nodes(data=True):
+            if a.get("latent") is not None:
+                key = (a["hook"], a["latent"])
+                effects[key] = effects.get(key, 0.0) + a["effect"]
+        parts.append("<h2>Feature cards</h2><div class=cards>"
+                     + "".join(_card_html(c, effects.get(k)) for k, c in cards.items()) + "</div>")
+    if edit:
+        parts.append(f"<h2>Editing: {_e(edit['edit'].get('description', ''))}</h2>")
+        parts.append(_table(["task", "accuracy before", "after", "metric before", "after", "moved"],
+                            [[name, f"{r['before']['accuracy']:.3f}", f"{r['after']['accuracy']:.3f}",
+                              f"{r['before']['clean_metric']:.3f}", f"{r['after']['clean_metric']:.3f}",
+                              f"{r['relative_change']:+.1%}"] for name, r in edit["tasks"].items()]))
+        parts.append(_table(["prompt", "before", "after"],
+                            [[c["prompt"], c["before"], c["after"]] for c in edit["completions"]]))
+    if sae_quality:
+        parts.append("<h2>SAE quality</h2>")
+        parts.append(_table(["hook", "L0", "FVU", "CE recovered", "dead", "dense"],
+                            [[h, f"{r['l0']:.1f}", f"{r['fvu']:.3f}", f"{r['ce_recovered']:.3f}",
+                              f"{r['dead_frac']:.3f}", f"{r['dense_frac']:.3f}"]
+                             for h, r in sae_quality["saes"].items()]))
+    if fidelity:
+        parts.append(f"<h2>Attribution vs exact patching ({fidelity['n_examples']} pairs)</h2>")
+        parts.append(_table(["submodule", "r AtP", "r IG", "total IG", "total exact"],
+                            [[h, f"{r['pearson_atp']:.3f}", f"{r['pearson_ig']:.3f}", f"{r['total_ig']:.3f}",
+                              f"{r['total_exact']:.3f}"] for h, r in fidelity["submodules"].items()]))
+    html_text = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+                 f"<title>{_e(g.get('task', 'circuit'))} circuit</title><style>{_CSS}</style></head><body>"
+                 + "\n".join(parts) + "</body></html>")
+    return _atomic_text(Path(path), html_text)

@@ -1,0 +1,67 @@
+"""The main job on the embedded default, end to end: model and SAEs (cached), the IOI
+circuit, its validation, an edit, and every export, into one folder."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+
+from circuits.ablation import faithfulness_curve, ranked_nodes
+from circuits.discover import DiscoverConfig, discover
+from circuits.edit import edit_from_circuit, edit_report
+from circuits.export import (draw_graph, drawn_subgraph, feature_cards, plot_faithfulness, to_circuit_tracer,
+                             write_graphml, write_report, _atomic_text)
+from circuits.fidelity import check_attribution
+from circuits.graph import save_graph
+from circuits.model import load_model
+from sae.evaluate import evaluate_saes
+from sae.train import load_saes
+from tasks.builtin import make_task
+
+
+def run_demo(folder: Path, n: int = 64, progress: bool = True, log=print) -> dict:
+    """Write circuit.json, graph.{png,svg,dot}, circuit.graphml, circuit-tracer.json,
+    faithfulness.png, edit.json and report.html into ``folder``; return the figures."""
+    folder.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+
+    def step(name: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        times[name] = time.perf_counter() - start
+        return out
+
+    model = step("model", load_model, "toy", progress=progress)
+    saes = step("saes", load_saes, "toy", model, progress=progress)
+    task = make_task("ioi", model.tokenizer, n=n, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        graph = step("discover", discover, model, saes, task, DiscoverConfig(method="ig"), progress=progress)
+    graph.graph["sources"] = {"model": "toy", "saes": "toy", "task": "ioi", "n": n, "seed": 0,
+                              "metric": None, "hooks": None}
+    save_graph(graph, folder / "circuit.json")
+    held_out = make_task("ioi", model.tokenizer, n=n, seed=1)
+    validation = step("validate", faithfulness_curve, model, saes, held_out, ranked_nodes(graph), "mean",
+                      n_random=1, progress=progress)
+    plot_faithfulness(validation, folder / "faithfulness.png",
+                      title=f"IOI circuit: mean ablation, {n} held-out pairs")
+    edit = edit_from_circuit(graph, top=100)
+    edit.save(folder / "edit.json")
+    edited = step("edit", edit_report, model, saes, edit, "ioi", n=128)
+    sub, _ = drawn_subgraph(graph, 40)
+    keys = sorted({(a["hook"], a["latent"]) for _, a in sub.nodes(data=True) if a.get("latent") is not None})
+    cards = step("feature cards", feature_cards, model, saes, keys)
+    files, missing_dot = step("draw", draw_graph, graph, folder / "graph", ("png", "svg"), 40, None, cards)
+    write_graphml(graph, folder / "circuit.graphml")
+    _atomic_text(folder / "circuit-tracer.json", json.dumps(to_circuit_tracer(graph, cards=cards), indent=1))
+    quality = step("SAE quality", evaluate_saes, model, saes, n_seqs=64, progress=progress)
+    fidelity = step("fidelity", check_attribution, model, saes, make_task("ioi", model.tokenizer, n=16, seed=2),
+                    n_top=20, n_candidates=40, progress=progress)
+    svg_path = folder / "graph.svg"
+    svg = svg_path.read_text() if svg_path.is_file() else None
+    report = write_report(folder / "report.html", graph, svg[svg.index("<svg"):] if svg else None, validation,
+                          edited, quality, fidelity, cards, folder / "faithfulness.png")
+    return {"graph": graph, "validation": validation, "edit": edited, "times": times, "missing_dot": missing_dot,
+            "files": sorted(str(p) for p in folder.iterdir() if not p.name.startswith(".")), "report": report}
