@@ -5,12 +5,12 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow benchmark install graphviz
+.PHONY: demo test test-slow benchmark install graphviz chromium
 
 demo: $(STAMP) graphviz
 	$(BIN)/circuits demo
 
-test: $(STAMP)
+test: $(STAMP) graphviz chromium
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
@@ -40,4 +40,15 @@ graphviz:
 	      || echo "warning: could not install graphviz; install it (apt-get install graphviz / brew install graphviz) for graph images"; \
 	  else \
 	    echo "warning: graphviz's 'dot' is missing: install it (apt-get install graphviz / brew install graphviz) for graph images"; \
+	  fi; }
+
+# The HTML report is tested in headless Chromium (Debian's package); the test says so and
+# skips when it cannot be installed.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "warning: could not install chromium; the report rendering test will be skipped"; \
+	  else \
+	    echo "warning: chromium is missing (apt-get install chromium); the report rendering test will be skipped"; \
 	  fi; }

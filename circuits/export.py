@@ -129,6 +129,14 @@ KIND_ORDER = {"embed": 0, "attn": 1, "mlp": 2, "resid": 3, "metric": 4}
 FORMATS = ("png", "svg", "pdf")
 
 
+def _dot_text(text: str):
+    """Literal text for a DOT label: backslashes and "<...>" made inert (graphviz.escape) and
+    "&" written as an entity, since dot reads HTML entities even in plain labels."""
+    import graphviz
+
+    return graphviz.escape(str(text).replace("&", "&amp;"))
+
+
 def _short(attrs: dict) -> str:
     if attrs.get("kind") == "metric":
         return "metric"
@@ -171,7 +179,7 @@ def to_dot(graph: nx.DiGraph, max_nodes: int = 40, annotations: dict[str, str] |
     wmax = max((abs(w) for *_, w in sub.edges(data="weight")), default=1.0)
     dot = graphviz.Digraph("circuit", graph_attr={
         "rankdir": "BT", "newrank": "true", "nodesep": "0.25", "ranksep": "0.45", "fontname": "Helvetica",
-        "label": graphviz.escape(_title(graph, sub, hidden)), "labelloc": "t", "fontsize": "14"},
+        "label": _dot_text(_title(graph, sub, hidden)), "labelloc": "t", "fontsize": "14"},
         node_attr={"fontname": "Helvetica", "fontsize": "10", "style": "filled", "shape": "box"},
         edge_attr={"arrowsize": "0.5"})
     ranks: dict[tuple, list[str]] = {}
@@ -191,7 +199,7 @@ def to_dot(graph: nx.DiGraph, max_nodes: int = 40, annotations: dict[str, str] |
             dot.edge(ids[n], ids[METRIC], style="invis")
     for u, v, w in sub.edges(data="weight"):
         dot.edge(ids[u], ids[v], penwidth=f"{0.6 + 4.4 * abs(w) / wmax:.2f}",
-                 color="#3060d0" if w < 0 else "#d04040", tooltip=graphviz.escape(f"{u} -> {v}: {w:+.3f}"))
+                 color="#3060d0" if w < 0 else "#d04040", tooltip=_dot_text(f"{u} -> {v}: {w:+.3f}"))
     _legend(dot)
     return dot
 
@@ -205,16 +213,14 @@ def _title(graph: nx.DiGraph, sub: nx.DiGraph, hidden: int) -> str:
 
 
 def _node_style(n: str, a: dict, scale: float, annotations: dict, cards: dict) -> dict:
-    import graphviz
-
     if n == METRIC:
         return {"label": "metric", "shape": "doubleoctagon", "fillcolor": "#f0e68c"}
     desc = annotations.get(n)
     if desc is None and a.get("latent") is not None and (a["hook"], a["latent"]) in cards:
         desc = cards[(a["hook"], a["latent"])].description
     lines = [_short(a)] + ([desc[:40]] if desc else []) + [f"{a['effect']:+.3f}"]
-    style = {"label": "\n".join(graphviz.escape(x) for x in lines), "fillcolor": _colour(a["effect"], scale),
-             "tooltip": graphviz.escape(n), "group": f"pos{a.get('position')}"}
+    style = {"label": "\n".join(_dot_text(x) for x in lines), "fillcolor": _colour(a["effect"], scale),
+             "tooltip": _dot_text(n), "group": f"pos{a.get('position')}"}
     if a.get("is_error"):
         style.update(style="dashed,filled", shape="box", color="#606060")
     elif a.get("kind") == "embed":

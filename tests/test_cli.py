@@ -5,7 +5,7 @@ import pytest
 from circuits.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", ["train-model", "eval-model", "train-saes", "eval-saes", "discover", "check-attribution", "validate", "edit", "demo"])
+@pytest.mark.parametrize("command", ["train-model", "eval-model", "train-saes", "eval-saes", "discover", "check-attribution", "validate", "edit", "export", "demo"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([command, "--help"])
@@ -149,3 +149,26 @@ def test_circuit_from_another_sae_set_is_one_line(tiny_circuit, tiny_model_dir, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("circuits: error: the circuit's SAE at blocks.0.hook_") and "has 32 latents" in err
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("fmt,suffix", [("svg", ".svg"), ("graphml", ".graphml"), ("json", ".json"),
+                                        ("circuit-tracer", ".circuit-tracer.json")])
+def test_export_formats(tiny_circuit, tmp_path, fmt, suffix, capsys):
+    import shutil
+
+    if fmt == "svg" and shutil.which("dot") is None:
+        pytest.skip("graphviz's dot is not installed (make test installs it)")
+    out = tmp_path / "c"
+    assert main(["export", "--circuit", str(tiny_circuit), "--format", fmt, "--out", str(out), "--quiet"]) == 0
+    written = capsys.readouterr().out.split()
+    assert str(out.with_name("c" + suffix)) in written
+    assert out.with_name("c" + suffix).stat().st_size > 100
+
+
+def test_export_bad_input_is_one_line(tiny_circuit, tmp_path, capsys):
+    assert main(["export", "--circuit", str(tiny_circuit), "--format", "gif", "--no-descriptions"]) == 2
+    assert "unknown format 'gif'" in capsys.readouterr().err
+    bad = tmp_path / "ann.json"
+    bad.write_text("[")
+    assert main(["export", "--circuit", str(tiny_circuit), "--annotations", str(bad), "--no-descriptions"]) == 2
+    assert capsys.readouterr().err.startswith("circuits: error: annotation file")
