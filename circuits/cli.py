@@ -276,8 +276,7 @@ def _demo(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     import json as _json
 
-    from circuits.export import (FORMATS, _atomic_text, draw_graph, drawn_subgraph, feature_cards,
-                                 to_circuit_tracer, write_graphml)
+    from circuits.export import FORMATS, _atomic_text, draw_graph, to_circuit_tracer, write_graphml
     from circuits.graph import load_graph, save_graph
 
     graph = load_graph(args.circuit)

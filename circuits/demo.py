@@ -53,7 +53,7 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True, log=print) -> dic
     sub, _ = drawn_subgraph(graph, 40)
     keys = sorted({(a["hook"], a["latent"]) for _, a in sub.nodes(data=True) if a.get("latent") is not None})
     cards = step("feature cards", feature_cards, model, saes, keys)
-    files, missing_dot = step("draw", draw_graph, graph, folder / "graph", ("png", "svg"), 40, None, cards)
+    _, missing_dot = step("draw", draw_graph, graph, folder / "graph", ("png", "svg"), 40, None, cards)
     write_graphml(graph, folder / "circuit.graphml")
     _atomic_text(folder / "circuit-tracer.json", json.dumps(to_circuit_tracer(graph, cards=cards), indent=1))
     quality = step("SAE quality", evaluate_saes, model, saes, n_seqs=64, progress=progress)

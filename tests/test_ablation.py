@@ -86,7 +86,7 @@ def test_undefined_faithfulness_says_so(setup):
     same = task.subset(slice(None))
     same.answer = same.wrong.clone()  # logit diff is 0 everywhere: m(M) = m(empty)
     with pytest.raises(CircuitsError, match="faithfulness is undefined"):
-        faithfulness(model, saes, same, [], "mean").faithfulness
+        _ = faithfulness(model, saes, same, [], "mean").faithfulness
 
 
 def test_log_sizes():

@@ -102,7 +102,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it when it can)")
 def test_report_renders_in_headless_chromium(tmp_path):
     svg_dir = tmp_path / "g"
-    files, _ = draw_graph(nasty_graph(), svg_dir / "graph", ("svg", "png"))
+    draw_graph(nasty_graph(), svg_dir / "graph", ("svg", "png"))
     svg = (svg_dir / "graph.svg").read_text() if (svg_dir / "graph.svg").exists() else None
     report = write_report(tmp_path / "report.html", nasty_graph(), svg[svg.index("<svg"):] if svg else None,
                           cards={("blocks.0.hook_mlp_out", 5): card()}, faithfulness_png=svg_dir / "graph.png")
