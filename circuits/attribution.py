@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from circuits.errors import CircuitsError
+from circuits.parallel import all_reduce, batch_starts, is_main
 from circuits.splice import NodeEdit, SpliceNodes, spliced
 from sae.saeset import SAESet
 from tasks.task import Task
@@ -101,10 +102,11 @@ def node_effects(model: HookedTransformer, saes: SAESet, task: Task, method: str
     hooks = list(saes)
     sums_f = {h: torch.zeros(task.n_pos, saes[h].cfg.d_sae) for h in hooks}
     sums_e = {h: torch.zeros(task.n_pos) for h in hooks + [EMBED]}
-    for start in tqdm(range(0, task.n_examples, batch_size), desc=f"attribution ({method})",
-                      disable=not progress):
+    for start in tqdm(batch_starts(task.n_examples, batch_size), desc=f"attribution ({method})",
+                      disable=not (progress and is_main())):
         part = task.subset(slice(start, start + batch_size))
         _batch_effects(model, saes, part, method, steps, sums_f, sums_e)
+    all_reduce([*sums_f.values(), *sums_e.values()])
     n = task.n_examples
     return NodeEffects({h: v / n for h, v in sums_f.items()}, {h: v / n for h, v in sums_e.items()}, method, n)
 
@@ -160,6 +162,18 @@ def _batch_effects(model, saes, part: Task, method: str, steps: int, sums_f, sum
     sums_e[EMBED] += (g * (emb_p - emb_c)).sum((0, -1)).detach().cpu()
 
 
+def set_node(f: torch.Tensor, e: torch.Tensor, pos: int, latent: int | None, f_new: torch.Tensor,
+             e_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copies of a hook's latents and error with one node (latent at ``pos``, or the error
+    there when ``latent`` is None) taken from ``f_new`` / ``e_new``."""
+    f, e = f.clone(), e.clone()
+    if latent is None:
+        e[:, pos] = e_new[:, pos]
+    else:
+        f[:, pos, latent] = f_new[:, pos, latent]
+    return f, e
+
+
 @torch.no_grad()
 def exact_effects(model: HookedTransformer, saes: SAESet, task: Task,
                   nodes: list[tuple[str, int, int | None]]) -> torch.Tensor:
@@ -180,16 +194,7 @@ def exact_effects(model: HookedTransformer, saes: SAESet, task: Task,
             with model.hooks(fwd_hooks=[(EMBED, patch)]):
                 out.append(task.metric_per_example(model(task.clean)).mean() - base)
             continue
-        f_p, e_p = corrupt.latents[hook], corrupt.errors[hook]
-
-        def edit(f, e, pos=pos, latent=latent, f_p=f_p, e_p=e_p):
-            f, e = f.clone(), e.clone()
-            if latent is None:
-                e[:, pos] = e_p[:, pos]
-            else:
-                f[:, pos, latent] = f_p[:, pos, latent]
-            return f, e
-
+        edit = lambda f, e, h=hook, p=pos, i=latent: set_node(f, e, p, i, corrupt.latents[h], corrupt.errors[h])  # noqa: E731
         with spliced(model, saes, hooks=[hook], edits={hook: edit}):
             out.append(task.metric_per_example(model(task.clean)).mean() - base)
     return torch.stack(out).cpu()

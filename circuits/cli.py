@@ -93,11 +93,9 @@ def _restrict(saes, kinds: str | None):
     return SAESet(kept)
 
 
-def _discover(args: argparse.Namespace) -> None:
-    import warnings
-
+def _discover_job(args: argparse.Namespace):
+    """Load what the arguments name and find the circuit (also run in each --nproc worker)."""
     from circuits.discover import DiscoverConfig, discover
-    from circuits.graph import save_graph, summary
     from circuits.model import load_model
     from sae.train import load_saes
 
@@ -107,21 +105,42 @@ def _discover(args: argparse.Namespace) -> None:
     cfg = DiscoverConfig(method=args.method, steps=args.steps, node_threshold=args.node_threshold,
                          edge_threshold=args.edge_threshold, top_n=args.top_n,
                          batch_size=args.batch_size, edges=not args.no_edges).validated()
+    return discover(model, saes, task, cfg, progress=not args.quiet)
+
+
+def _discover(args: argparse.Namespace) -> None:
+    import warnings
+
+    from circuits.graph import save_graph, summary
+    from circuits.model import load_model
+    from circuits.parallel import check_nproc, is_main, join_from_environment, run_local
+    from sae.train import load_saes
+
+    check_nproc(args.nproc)
     out = Path(args.out) if args.out else Path("outputs") / Path(args.task).stem
     path = _writable(out) / "circuit.json"  # before the work, not after
     start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        graph = discover(model, saes, task, cfg, progress=not args.quiet)
-    for w in caught:
-        if issubclass(w.category, UserWarning):
-            print(f"circuits: warning: {w.message}", file=sys.stderr)
+    if args.nproc != 1:
+        # train / fill the caches once here, not in every worker
+        load_saes(args.saes, load_model(args.model, progress=not args.quiet), progress=not args.quiet)
+        graph = run_local(args.nproc, _discover_job, args)
+    else:
+        joined = join_from_environment()  # under torchrun: one process of the group
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            graph = _discover_job(args)
+        if joined and not is_main():
+            return
+        for w in caught:
+            if issubclass(w.category, UserWarning):
+                print(f"circuits: warning: {w.message}", file=sys.stderr)
     # what validate / edit need to rebuild the model, SAE set and prompts
     graph.graph["sources"] = {"model": args.model, "saes": args.saes, "task": args.task, "n": args.n,
                               "seed": args.seed, "metric": args.metric, "hooks": args.hooks}
     save_graph(graph, path)
     print(summary(graph))
-    print(f"\n{cfg.method} discovery in {time.perf_counter() - start:.1f} s -> {path}")
+    print(f"\n{graph.graph['discover']['method']} discovery in {time.perf_counter() - start:.1f} s "
+          f"({args.nproc} process{'es' if args.nproc > 1 else ''}) -> {path}")
 
 
 def _writable(folder: Path) -> Path:
@@ -276,7 +295,8 @@ def _demo(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     import json as _json
 
-    from circuits.export import FORMATS, _atomic_text, draw_graph, to_circuit_tracer, write_graphml
+    from circuits.export import FORMATS, draw_graph, to_circuit_tracer, write_graphml
+    from circuits.files import write_atomic
     from circuits.graph import load_graph, save_graph
 
     graph = load_graph(args.circuit)
@@ -303,7 +323,7 @@ def _export(args: argparse.Namespace) -> None:
         files = [save_graph(graph, stem.with_suffix(".json"))]
     elif args.format == "circuit-tracer":
         data = to_circuit_tracer(graph, cards=cards)
-        files = [_atomic_text(stem.with_name(stem.name + ".circuit-tracer.json"), _json.dumps(data, indent=1))]
+        files = [write_atomic(stem.with_name(stem.name + ".circuit-tracer.json"), _json.dumps(data, indent=1))]
     else:
         raise CircuitsError(f"unknown format {args.format!r}: use png, svg, pdf, graphml, json, circuit-tracer")
     if len(graph) <= 1:
@@ -393,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-n", type=int, help="keep at most this many nodes (largest |effect|)")
     p.add_argument("--batch-size", type=int, default=32, help="prompt pairs per batch (default 32)")
     p.add_argument("--no-edges", action="store_true", help="nodes only (no edges, no path pruning)")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes sharing the prompt batches (torch.distributed, gloo; default 1)")
     p.add_argument("--out", help="output folder (default outputs/<task>)")
     p.set_defaults(func=_discover)
 

@@ -12,8 +12,9 @@ from circuits.ablation import faithfulness_curve, ranked_nodes
 from circuits.discover import DiscoverConfig, discover
 from circuits.edit import edit_from_circuit, edit_report
 from circuits.export import (draw_graph, drawn_subgraph, feature_cards, plot_faithfulness, to_circuit_tracer,
-                             write_graphml, write_report, _atomic_text)
+                             write_graphml, write_report)
 from circuits.fidelity import check_attribution
+from circuits.files import write_atomic
 from circuits.graph import save_graph
 from circuits.model import load_model
 from sae.evaluate import evaluate_saes
@@ -55,7 +56,7 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True, log=print) -> dic
     cards = step("feature cards", feature_cards, model, saes, keys)
     _, missing_dot = step("draw", draw_graph, graph, folder / "graph", ("png", "svg"), 40, None, cards)
     write_graphml(graph, folder / "circuit.graphml")
-    _atomic_text(folder / "circuit-tracer.json", json.dumps(to_circuit_tracer(graph, cards=cards), indent=1))
+    write_atomic(folder / "circuit-tracer.json", json.dumps(to_circuit_tracer(graph, cards=cards), indent=1))
     quality = step("SAE quality", evaluate_saes, model, saes, n_seqs=64, progress=progress)
     fidelity = step("fidelity", check_attribution, model, saes, make_task("ioi", model.tokenizer, n=16, seed=2),
                     n_top=20, n_candidates=40, progress=progress)

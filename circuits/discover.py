@@ -28,6 +28,7 @@ from circuits.attribution import (
 from circuits.edges import edges_into, parse_hook, upstream_hooks
 from circuits.errors import CircuitsError
 from circuits.graph import METRIC, node_attrs, node_id, prune
+from circuits.parallel import all_reduce, all_reduce_floats, batch_starts, is_main
 from circuits.splice import spliced
 from sae.saeset import SAESet
 from tasks.task import Task
@@ -79,10 +80,11 @@ class _Node:
 def task_metrics(model: HookedTransformer, task: Task, batch_size: int = 64) -> tuple[float, float]:
     """Mean clean and corrupt metric."""
     sums = [0.0, 0.0]
-    for lo in range(0, task.n_examples, batch_size):
+    for lo in batch_starts(task.n_examples, batch_size):
         part = task.subset(slice(lo, lo + batch_size))
         sums[0] += part.metric_per_example(model(part.clean)).sum().item()
         sums[1] += part.metric_per_example(model(part.corrupt)).sum().item()
+    sums = all_reduce_floats(sums)
     for name, value in zip(("clean", "corrupt"), sums):
         if not math.isfinite(value):
             raise CircuitsError(f"task {task.name}: the {name} metric is not finite ({value})")
@@ -133,7 +135,8 @@ def discover(model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverCo
         if n.hook != EMBED:
             by_hook.setdefault(n.hook, []).append(n)
     last_resid = max((h for h in saes if h.endswith("hook_resid_post")), key=lambda h: parse_hook(h)[0])
-    for hook in tqdm(sorted(by_hook, key=_order) if cfg.edges else [], desc="edges", disable=not progress):
+    for hook in tqdm(sorted(by_hook, key=_order) if cfg.edges else [], desc="edges",
+                     disable=not (progress and is_main())):
         for (u_key, d_key), w in _edges(model, saes, task, hook, by_hook[hook], chosen, per_position,
                                         cfg).items():
             if u_key in ids and abs(w) >= edge_cut and w != 0:
@@ -188,16 +191,17 @@ def _candidates(effects: NodeEffects, per_position: bool) -> list[_Node]:
 @torch.no_grad()
 def _mean_activations(model, saes: SAESet, task: Task, batch_size: int) -> dict[str, tuple]:
     """Per hook, mean clean latent activation ``[pos, d_sae]`` and mean error norm ``[pos]``."""
-    sums: dict[str, list] = {}
-    for lo in range(0, task.n_examples, batch_size):
+    sums = {h: (torch.zeros(task.n_pos, saes[h].cfg.d_sae), torch.zeros(task.n_pos)) for h in saes}
+    sums[EMBED] = (None, torch.zeros(task.n_pos))
+    for lo in batch_starts(task.n_examples, batch_size):
         part = task.subset(slice(lo, lo + batch_size))
         with spliced(model, saes) as nodes:
             _, cache = model.run_with_cache(part.clean, names_filter=[EMBED])
         for h in saes:
-            f, e = nodes.latents[h].sum(0), nodes.errors[h].norm(dim=-1).sum(0)
-            sums[h] = [f, e] if h not in sums else [sums[h][0] + f, sums[h][1] + e]
-        emb = cache[EMBED].norm(dim=-1).sum(0)
-        sums[EMBED] = [None, emb] if EMBED not in sums else [None, sums[EMBED][1] + emb]
+            sums[h][0].add_(nodes.latents[h].sum(0).cpu())
+            sums[h][1].add_(nodes.errors[h].norm(dim=-1).sum(0).cpu())
+        sums[EMBED][1].add_(cache[EMBED].norm(dim=-1).sum(0).cpu())
+    all_reduce([t for pair in sums.values() for t in pair if t is not None])
     n = task.n_examples
     return {h: (None if f is None else f / n, e / n) for h, (f, e) in sums.items()}
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import torch
 from transformer_lens import HookedTransformer
 
-from circuits.attribution import EMBED, ig_grads, metric_grads, prepare
+from circuits.attribution import EMBED, ig_grads, metric_grads, prepare, set_node
 from circuits.errors import CircuitsError
+from circuits.parallel import all_reduce, batch_starts
 from circuits.splice import spliced
 from sae.saeset import SAESet
 from tasks.task import Task
@@ -101,7 +102,7 @@ def edges_into(model: HookedTransformer, saes: SAESet, task: Task, hook: str,
                for u in ups}
     out_f = {u: torch.zeros(len(targets), task.n_pos, saes[u].cfg.d_sae) for u in ups if u != EMBED}
     out_e = {u: torch.zeros(len(targets), task.n_pos) for u in ups}
-    for lo in range(0, task.n_examples, batch_size):
+    for lo in batch_starts(task.n_examples, batch_size):
         part = task.subset(slice(lo, lo + batch_size))
         if method == "ig":
             grads = ig_grads(model, saes, part, hook, steps)
@@ -109,6 +110,7 @@ def edges_into(model: HookedTransformer, saes: SAESet, task: Task, hook: str,
             (g_f,), (g_e,) = metric_grads(model, saes, part, [hook])
             grads = (g_f, g_e)
         _add_batch(model, saes, part, hook, ups, targets, sources, grads, batched, chunk, out_f, out_e)
+    all_reduce([*out_f.values(), *out_e.values()])
     n = task.n_examples
     return EdgesInto(hook, targets, {u: v / n for u, v in out_f.items()}, {u: v / n for u, v in out_e.items()})
 
@@ -263,14 +265,7 @@ def exact_edge_effects(model: HookedTransformer, saes: SAESet, task: Task,
         f_new = saes[hook].encode(recorded["x"])
         e_new = recorded["x"] - saes[hook].decode(f_new)
 
-        def edit(f, e, p=p, j=j, f_new=f_new, e_new=e_new):
-            f, e = f.clone(), e.clone()
-            if j is None:
-                e[:, p] = e_new[:, p]
-            else:
-                f[:, p, j] = f_new[:, p, j]
-            return f, e
-
+        edit = lambda f, e, p=p, j=j, f_new=f_new, e_new=e_new: set_node(f, e, p, j, f_new, e_new)  # noqa: E731
         with spliced(model, saes, hooks=[hook], edits={hook: edit}):
             out.append(task.metric_per_example(model(task.clean)).mean() - base)
     return torch.stack(out).cpu()

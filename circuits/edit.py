@@ -11,8 +11,6 @@ term and every other latent stay as computed. Apply it in a ``with edited(...)``
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -23,6 +21,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from circuits.errors import CircuitsError
+from circuits.files import write_atomic
 from circuits.graph import METRIC
 from circuits.splice import NodeEdit, spliced
 from sae.saeset import SAESet
@@ -70,17 +69,7 @@ class Edit:
 
     def save(self, path: str | Path) -> Path:
         """Write as JSON, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_atomic(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> Edit:

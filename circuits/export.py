@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from circuits.errors import CircuitsError
+from circuits.files import write_atomic
 from circuits.graph import METRIC
 from sae.saeset import SAESet
 
@@ -37,15 +37,12 @@ def plot_faithfulness(result: dict, path: str | Path, title: str = "") -> Path:
     ax.set_title(title or f"CPR {result['cpr']:.2f}, CMD {result['cmd']:.2f}, completeness {result['completeness']:.2f}")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        fig.savefig(buffer, format="png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
+    path = write_atomic(path, buffer.getvalue())
     return path
 
 
@@ -256,31 +253,14 @@ def draw_graph(graph: nx.DiGraph, stem: str | Path, formats: tuple[str, ...] = (
         raise CircuitsError(f"unknown image format {bad[0]!r}: use {', '.join(FORMATS)}")
     stem = Path(stem)
     dot = to_dot(graph, max_nodes, annotations, cards)
-    written = [_atomic_text(stem.with_suffix(".dot"), dot.source)]
+    written = [write_atomic(stem.with_suffix(".dot"), dot.source)]
     if shutil.which("dot") is None:
         return written, ("graphviz's `dot` is not installed, so no images were drawn (the .dot file was "
                          "written): apt-get install graphviz, or brew install graphviz")
     for fmt in formats:
         data = dot.pipe(format=fmt)
-        written.append(_atomic_bytes(stem.with_suffix(f".{fmt}"), data))
+        written.append(write_atomic(stem.with_suffix(f".{fmt}"), data))
     return written, None
-
-
-def _atomic_bytes(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _atomic_text(path: Path, text: str) -> Path:
-    return _atomic_bytes(path, text.encode())
 
 
 # ---------------------------------------------------------------- data exports
@@ -297,7 +277,7 @@ def write_graphml(graph: nx.DiGraph, path: str | Path) -> Path:
     out.graph.update({k: _scalar(v) if not isinstance(v, (dict, list)) else json.dumps(v)
                       for k, v in graph.graph.items()})
     text = "\n".join(nx.generate_graphml(out))
-    return _atomic_text(Path(path), text)
+    return write_atomic(Path(path), text)
 
 
 def _scalar(v):
@@ -466,4 +446,4 @@ def write_report(path: str | Path, graph: nx.DiGraph, svg: str | None = None, va
     html_text = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
                  f"<title>{_e(g.get('task', 'circuit'))} circuit</title><style>{_CSS}</style></head><body>"
                  + "\n".join(parts) + "</body></html>")
-    return _atomic_text(Path(path), html_text)
+    return write_atomic(Path(path), html_text)

@@ -12,13 +12,12 @@ patched from clean to corrupt (negative = the behaviour relies on it).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import networkx as nx
 
 from circuits.errors import CircuitsError
+from circuits.files import write_atomic
 
 METRIC = "metric"
 EMBED_ID = "embed"
@@ -95,18 +94,8 @@ def prune(graph: nx.DiGraph, node_threshold: float | None = None, edge_threshold
 
 def save_graph(graph: nx.DiGraph, path: str | Path) -> Path:
     """Write ``graph`` as node-link JSON, atomically (a crash leaves the old file or none)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, **nx.node_link_data(graph, edges="edges")}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, json.dumps(data, indent=1))
 
 
 def load_graph(path: str | Path) -> nx.DiGraph:

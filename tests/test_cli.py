@@ -172,3 +172,31 @@ def test_export_bad_input_is_one_line(tiny_circuit, tmp_path, capsys):
     bad.write_text("[")
     assert main(["export", "--circuit", str(tiny_circuit), "--annotations", str(bad), "--no-descriptions"]) == 2
     assert capsys.readouterr().err.startswith("circuits: error: annotation file")
+
+
+def test_two_processes_find_the_same_circuit_as_one(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
+    from circuits.graph import load_graph
+
+    common = ["discover", "--task", "ioi", "--model", str(tiny_model_dir), "--saes", str(tiny_sae_dir),
+              "--n", "12", "--batch-size", "4", "--method", "atp", "--top-n", "30", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    assert main([*common, "--out", str(tmp_path / "two"), "--nproc", "2"]) == 0
+    assert "(2 processes)" in capsys.readouterr().out
+    one, two = load_graph(tmp_path / "one" / "circuit.json"), load_graph(tmp_path / "two" / "circuit.json")
+    assert set(one.nodes) == set(two.nodes) and set(one.edges) == set(two.edges)
+    for n in one:
+        assert two.nodes[n]["effect"] == pytest.approx(one.nodes[n]["effect"], abs=1e-5)
+        assert two.nodes[n]["activation"] == pytest.approx(one.nodes[n]["activation"], abs=1e-5)
+    for u, v, w in one.edges(data="weight"):
+        assert two.edges[u, v]["weight"] == pytest.approx(w, abs=1e-5)
+
+
+def test_failed_worker_stops_all_and_writes_nothing(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
+    out = tmp_path / "bad"
+    assert main(["discover", "--task", str(tmp_path / "missing.jsonl"), "--model", str(tiny_model_dir),
+                 "--saes", str(tiny_sae_dir), "--nproc", "2", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "worker" in err[0] and "nothing was written" in err[0]
+    assert not (out / "circuit.json").exists()
+    assert main(["discover", "--task", "ioi", "--nproc", "999", "--out", str(out), "--quiet"]) == 2
+    assert "more than this machine's" in capsys.readouterr().err
