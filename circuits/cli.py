@@ -78,6 +78,32 @@ def _load_task(args: argparse.Namespace, model):
     return make_task(args.task, model.tokenizer, n=args.n, seed=args.seed, metric=args.metric)
 
 
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _load_placed(args: argparse.Namespace):
+    """Model and SAE set on ``--device`` in ``--dtype``, restricted to ``--hooks``."""
+    import torch
+
+    from circuits.model import load_model
+    from sae.train import load_saes
+
+    device = getattr(args, "device", "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CircuitsError(f"--device {device}: no GPU is visible here (torch.cuda.is_available() is False); "
+                            "use --device cpu")
+    if getattr(args, "dtype", "fp32") not in DTYPES:
+        raise CircuitsError(f"--dtype {args.dtype}: use {', '.join(DTYPES)}")
+    dtype = getattr(torch, DTYPES[getattr(args, "dtype", "fp32")])
+    model = load_model(args.model, device=device, progress=not args.quiet)
+    saes = _restrict(load_saes(args.saes, model, progress=not args.quiet), args.hooks)
+    if dtype != torch.float32:
+        model.cfg.dtype = dtype
+        model.to(dtype)
+        saes.to(dtype=dtype)
+    return model, saes
+
+
 def _restrict(saes, kinds: str | None):
     from sae.saeset import SAESet
 
@@ -96,11 +122,8 @@ def _restrict(saes, kinds: str | None):
 def _discover_job(args: argparse.Namespace):
     """Load what the arguments name and find the circuit (also run in each --nproc worker)."""
     from circuits.discover import DiscoverConfig, discover
-    from circuits.model import load_model
-    from sae.train import load_saes
 
-    model = load_model(args.model, progress=not args.quiet)
-    saes = _restrict(load_saes(args.saes, model, progress=not args.quiet), args.hooks)
+    model, saes = _load_placed(args)
     task = _load_task(args, model)
     cfg = DiscoverConfig(method=args.method, steps=args.steps, node_threshold=args.node_threshold,
                          edge_threshold=args.edge_threshold, top_n=args.top_n,
@@ -155,11 +178,8 @@ def _writable(folder: Path) -> Path:
 
 def _check_attribution(args: argparse.Namespace) -> None:
     from circuits.fidelity import check_attribution, format_table
-    from circuits.model import load_model
-    from sae.train import load_saes
 
-    model = load_model(args.model, progress=not args.quiet)
-    saes = _restrict(load_saes(args.saes, model, progress=not args.quiet), args.hooks)
+    model, saes = _load_placed(args)
     task = _load_task(args, model)
     result = check_attribution(model, saes, task, n_top=args.top, steps=args.steps,
                                n_edges=args.edges, progress=not args.quiet)
@@ -489,6 +509,8 @@ def _task_args(p: argparse.ArgumentParser, default_n: int = 128) -> None:
     p.add_argument("--model", default="toy", help="'toy', a model folder, or a TransformerLens name")
     p.add_argument("--saes", default="toy", help="'toy' or an SAE set folder")
     p.add_argument("--hooks", help="only these SAE kinds, comma-separated (resid, mlp, attn)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda[:i]")
+    p.add_argument("--dtype", default="fp32", help="fp32 (default), bf16 or fp16")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -180,7 +180,7 @@ def _block_grads(model, saes, hook: str, layer: int, ups: list[str], acts: dict[
         grads = [None if g is None else g.unsqueeze(0) for g in grads]
     else:
         grads = torch.autograd.grad(x, inputs, cotangent, is_grads_batched=True, allow_unused=True)
-    return [torch.zeros(len(targets), *a.shape, dtype=a.dtype) if g is None else g
+    return [torch.zeros(len(targets), *a.shape, dtype=a.dtype, device=a.device) if g is None else g
             for g, a in zip(grads, inputs)]
 
 
@@ -194,14 +194,15 @@ def _accumulate(saes, u: str, g: torch.Tensor, positions: range, delta: tuple[to
     for j, q in enumerate(positions):
         g_q = g[:, :, j]  # [T, batch, d_model]
         if error_mask[q]:
-            out_e[u][rows_t, q] += torch.einsum("tbd,bd->t", g_q, delta[1][:, q]).detach()
+            out_e[u][rows_t, q] += torch.einsum("tbd,bd->t", g_q, delta[1][:, q]).detach().float().cpu()
         if latent_mask is None:
             continue
         keep = latent_mask[q].nonzero().flatten()
         if len(keep):
-            w = saes[u].W_dec.detach()[keep]  # [k, d_model]
-            vals = ((g_q @ w.T) * delta[0][:, q, keep]).sum(1)  # [T, k]
-            out_f[u][rows_t.unsqueeze(1), q, keep.unsqueeze(0)] += vals.detach()
+            on = keep.to(g_q.device)
+            w = saes[u].W_dec.detach()[on]  # [k, d_model]
+            vals = ((g_q @ w.T) * delta[0][:, q, on]).sum(1)  # [T, k]
+            out_f[u][rows_t.unsqueeze(1), q, keep.unsqueeze(0)] += vals.detach().float().cpu()
 
 
 def _hook_cotangents(sae, x: torch.Tensor, grad_f: torch.Tensor, grad_e: torch.Tensor,
@@ -212,14 +213,14 @@ def _hook_cotangents(sae, x: torch.Tensor, grad_f: torch.Tensor, grad_e: torch.T
     The SAE acts on each position alone, so its backward pass runs on ``x[:, p]`` for the
     targets at p (a vmapped backward through the encoder on dense ``[batch, pos, d_sae]``
     cotangents would cost pos times more)."""
-    out = torch.zeros(len(targets), *x.shape, dtype=x.dtype)
+    out = torch.zeros(len(targets), *x.shape, dtype=x.dtype, device=x.device)
     for pos in sorted({p for p, _ in targets}):
         idx = [t for t, (p, _) in enumerate(targets) if p == pos]
         xp = x[:, pos].clone().requires_grad_(True)
         f = sae.encode(xp)
         e = xp - sae.decode(f)
-        ct_f = torch.zeros(len(idx), *f.shape, dtype=f.dtype)
-        ct_e = torch.zeros(len(idx), *e.shape, dtype=e.dtype)
+        ct_f = torch.zeros(len(idx), *f.shape, dtype=f.dtype, device=f.device)
+        ct_e = torch.zeros(len(idx), *e.shape, dtype=e.dtype, device=e.device)
         for j, t in enumerate(idx):
             latent = targets[t][1]
             if latent is None:

@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from sae_lens import SAE
 from transformer_lens import HookedTransformer
@@ -82,6 +83,12 @@ class SAESet(Mapping[str, SAE]):
 
     def __len__(self) -> int:
         return len(self.saes)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "SAESet":
+        """Move every SAE (in place) to ``device`` and/or ``dtype``; returns the set."""
+        for sae in self.saes.values():
+            sae.to(**{k: v for k, v in {"device": device, "dtype": dtype}.items() if v is not None})
+        return self
 
     def check_model(self, model: HookedTransformer) -> None:
         """Raise if a hook is missing from ``model`` or an SAE's d_in does not match it."""

@@ -104,20 +104,21 @@ class Task:
 
     def metric_per_example(self, logits: torch.Tensor) -> torch.Tensor:
         """The metric of each example, from logits ``[batch, pos, vocab]``: ``[batch]``."""
+        answer, wrong = self.answer.to(logits.device), self.wrong.to(logits.device)
         if self.metric == "logit_diff":
             last = self._last(logits)
-            return (last.gather(-1, self.answer[:, :1]) - last.gather(-1, self.wrong[:, :1])).squeeze(-1)
+            return (last.gather(-1, answer[:, :1]) - last.gather(-1, wrong[:, :1])).squeeze(-1)
         if self.metric == "prob_diff":
             probs = self._last(logits).softmax(-1)
-            return _sum_ids(probs, self.answer) - _sum_ids(probs, self.wrong)
+            return _sum_ids(probs, answer) - _sum_ids(probs, wrong)
         if self.metric == "kl":
             if self.reference is None:
                 raise CircuitsError(f"task {self.name}: the kl metric needs the clean run's "
                                     "log-probabilities (Task.with_reference)")
             ref = self.reference.to(logits.device)
             return -(ref.exp() * (ref - self._last(logits).log_softmax(-1))).sum(-1)
-        logprobs = logits[:, self.score_pos].log_softmax(-1)  # [batch, k, vocab]
-        return logprobs.gather(-1, self.answer.unsqueeze(-1)).squeeze(-1).mean(-1)
+        logprobs = logits[:, self.score_pos.to(logits.device)].log_softmax(-1)  # [batch, k, vocab]
+        return logprobs.gather(-1, answer.unsqueeze(-1)).squeeze(-1).mean(-1)
 
     def _last(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits at each example's last real position: ``[batch, vocab]``."""
@@ -131,8 +132,8 @@ class Task:
         if self.metric == "kl":  # top-1 token agrees with the clean run's
             return (self._last(logits).argmax(-1) == self.reference.to(logits.device).argmax(-1)).float()
         if self.metric == "logprob":
-            top = logits[:, self.score_pos].argmax(-1)
-            return (top == self.answer).float().mean(-1)
+            top = logits[:, self.score_pos.to(logits.device)].argmax(-1)
+            return (top == self.answer.to(logits.device)).float().mean(-1)
         return (self.metric_per_example(logits) > 0).float()
 
 

@@ -200,3 +200,22 @@ def test_failed_worker_stops_all_and_writes_nothing(tiny_model_dir, tiny_sae_dir
     assert not (out / "circuit.json").exists()
     assert main(["discover", "--task", "ioi", "--nproc", "999", "--out", str(out), "--quiet"]) == 2
     assert "more than this machine's" in capsys.readouterr().err
+
+
+def test_bf16_discovery_runs_and_agrees(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
+    import torch
+
+    from circuits.graph import load_graph
+
+    common = ["discover", "--task", "ioi", "--model", str(tiny_model_dir), "--saes", str(tiny_sae_dir),
+              "--n", "8", "--method", "atp", "--top-n", "10", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "fp32")]) == 0
+    assert main([*common, "--out", str(tmp_path / "bf16"), "--dtype", "bf16"]) == 0
+    a, b = load_graph(tmp_path / "fp32" / "circuit.json"), load_graph(tmp_path / "bf16" / "circuit.json")
+    top = lambda g: sorted((n for n in g if n != "metric"), key=lambda n: -abs(g.nodes[n]["effect"]))[:3]  # noqa: E731
+    assert top(a)[0] in b and abs(b.nodes[top(a)[0]]["effect"] - a.nodes[top(a)[0]]["effect"]) < 0.1 * abs(
+        a.nodes[top(a)[0]]["effect"]) + 1e-3
+    if not torch.cuda.is_available():
+        assert main([*common, "--out", str(tmp_path / "gpu"), "--device", "cuda"]) == 2
+        assert "no GPU is visible here" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "x"), "--dtype", "fp8"]) == 2

@@ -1,0 +1,166 @@
+"""Scale: discovery (AtP nodes + edges) time and peak memory against the number of prompt
+pairs, SAE width and number of layers; 1 vs 2 processes; a GPT-2-small-shaped model with
+random weights; then the AtP / IG / exact and batched-edge comparison (benchmarks/discover.py).
+Each measurement runs in a fresh process, so its peak resident memory is its own. Prints
+markdown tables; `--json PATH` also writes JSON. Ratios are measured in one run.
+
+Run: `make benchmark` or `.venv/bin/python benchmarks/scale.py [--quick] [--skip-gpt2]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child(spec: dict) -> dict:
+    """One measurement, in this (fresh) process: build the setup, time discover()."""
+    import torch
+
+    from circuits.discover import DiscoverConfig, discover
+    from tasks.builtin import make_task
+
+    torch.manual_seed(0)
+    if spec["kind"] == "embedded":
+        from circuits.model import load_model
+        from sae.train import load_saes
+
+        model = load_model("toy", progress=False)
+        saes = load_saes("toy", model, progress=False)
+    else:
+        model, saes = random_setup(spec)
+    task = make_task("ioi", model.tokenizer, n=spec["pairs"])
+    cfg = DiscoverConfig(method=spec.get("method", "atp"), top_n=spec.get("top_n"),
+                         batch_size=spec.get("batch_size", 32))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    graph = discover(model, saes, task, cfg, progress=False)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seconds": seconds, "peak_mib": peak / 1024, "setup_mib": base / 1024,
+            "nodes": graph.number_of_nodes(), "edges": graph.number_of_edges()}
+
+
+def random_setup(spec: dict):
+    """A random-weight model with the toy tokenizer and random TopK SAEs at every hook."""
+    import torch
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from sae.saeset import SAESet, hook_names
+    from tasks.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    d, layers = spec["d_model"], spec["layers"]
+    cfg = HookedTransformerConfig(n_layers=layers, d_model=d, n_heads=max(1, d // 64), d_head=min(64, d),
+                                  d_mlp=4 * d, n_ctx=64, d_vocab=len(tok), act_fn="gelu",
+                                  normalization_type="LN", seed=0)
+    model = HookedTransformer(cfg, tokenizer=tok)
+    model.eval()
+    saes = {}
+    for hook in hook_names(["resid", "mlp", "attn"], range(layers)):
+        saes[hook] = TopKSAE(TopKSAEConfig(d_in=d, d_sae=spec["width"], k=spec.get("k", 32)))
+        with torch.no_grad():
+            saes[hook].b_dec.normal_(0, 0.1)
+    return model, SAESet(saes)
+
+
+def measure(spec: dict, extra: list[str] | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def nproc_run(nproc: int, pairs: int) -> float:
+    cmd = [str(ROOT / ".venv/bin/circuits"), "discover", "--task", "ioi", "--n", str(pairs), "--method", "atp",
+           "--quiet", "--nproc", str(nproc), "--out", f"/tmp/sae-circuits-bench-nproc{nproc}"]
+    start = time.perf_counter()
+    subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True)
+    return time.perf_counter() - start
+
+
+def table(title: str, header: list[str], rows: list[list]) -> None:
+    print(f"\n{title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print("| " + " | ".join(str(x) for x in r) + " |")
+
+
+def fmt(r: dict) -> list:
+    if "error" in r:
+        return ["failed: " + r["error"], "", "", ""]
+    return [f"{r['seconds']:.1f}", f"{r['peak_mib']:.0f}", r["nodes"], r["edges"]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="smaller sweeps (up to 1024 pairs)")
+    parser.add_argument("--skip-gpt2", action="store_true", help="skip the GPT-2-small-shaped run")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+    results: dict = {}
+    pairs = [32, 128, 512, 1024] + ([] if args.quick else [4096])
+    rows = []
+    for n in pairs:
+        r = results.setdefault("pairs", {})[n] = measure({"kind": "embedded", "pairs": n})
+        rows.append([n, *fmt(r)])
+    table("Discovery (AtP nodes + edges) on the embedded model, IOI, 12 SAEs, vs prompt pairs",
+          ["pairs", "time (s)", "peak RSS (MiB)", "nodes", "edges"], rows)
+    if len(pairs) > 1 and all("peak_mib" in results["pairs"][n] for n in (128, pairs[-1])):
+        ratio = results["pairs"][pairs[-1]]["peak_mib"] / results["pairs"][128]["peak_mib"]
+        results["peak_ratio"] = ratio
+        print(f"\npeak memory at {pairs[-1]} pairs / at 128 pairs: {ratio:.2f}x")
+
+    rows = []
+    for width in [512, 1024, 4096, 16384]:
+        r = results.setdefault("width", {})[width] = measure(
+            {"kind": "random", "pairs": 128, "layers": 4, "d_model": 128, "width": width, "top_n": 150})
+        rows.append([width, *fmt(r)])
+    table("Random 4-layer d_model-128 model, random TopK SAEs (k 32) at 12 hooks, 128 pairs, top 150 nodes, vs SAE width",
+          ["SAE width", "time (s)", "peak RSS (MiB)", "nodes", "edges"], rows)
+
+    rows = []
+    for layers in [2, 4, 8]:
+        r = results.setdefault("layers", {})[layers] = measure(
+            {"kind": "random", "pairs": 128, "layers": layers, "d_model": 128, "width": 1024, "top_n": 150})
+        rows.append([layers, *fmt(r)])
+    table("Random d_model-128 models, random SAEs (width 1024) at every hook, 128 pairs, top 150 nodes, vs layers",
+          ["layers", "time (s)", "peak RSS (MiB)", "nodes", "edges"], rows)
+
+    one, two = nproc_run(1, 512), nproc_run(2, 512)
+    results["nproc"] = {"pairs": 512, "one_s": one, "two_s": two}
+    table("`circuits discover --task ioi --n 512 --method atp` wall time (process start and loading included)",
+          ["processes", "wall (s)"], [[1, f"{one:.1f}"], [2, f"{two:.1f}"]])
+
+    if not args.skip_gpt2:
+        spec = {"kind": "random", "pairs": 16, "layers": 12, "d_model": 768, "width": 24576, "top_n": 30,
+                "batch_size": 8}
+        r = results["gpt2_shaped"] = measure(spec)
+        table("GPT-2-small-shaped random model (12 layers, d_model 768, 12 heads, d_mlp 3072) with random TopK "
+              "SAEs of width 24,576 at all 36 hooks (resid, mlp, attn), toy vocabulary, 16 IOI pairs, AtP, "
+              "edges into the top 30 nodes, batch 8, CPU",
+              ["time (s)", "peak RSS (MiB)", "nodes", "edges"], [fmt(r)])
+
+    print("\nAtP / IG / exact and batched edges (benchmarks/discover.py):")
+    sys.stdout.flush()
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/discover.py")], cwd=ROOT, check=False)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
