@@ -19,7 +19,7 @@ test-slow: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/train_model.py
 	$(BIN)/python benchmarks/train_saes.py
-	$(BIN)/python benchmarks/discover.py
+	$(BIN)/python benchmarks/scale.py
 
 install: $(STAMP)
 

@@ -121,14 +121,14 @@ def _restrict(saes, kinds: str | None):
 
 def _discover_job(args: argparse.Namespace):
     """Load what the arguments name and find the circuit (also run in each --nproc worker)."""
-    from circuits.discover import DiscoverConfig, discover
+    from circuits.discover import DiscoverConfig, discover_fitting
 
     model, saes = _load_placed(args)
     task = _load_task(args, model)
     cfg = DiscoverConfig(method=args.method, steps=args.steps, node_threshold=args.node_threshold,
                          edge_threshold=args.edge_threshold, top_n=args.top_n,
                          batch_size=args.batch_size, edges=not args.no_edges).validated()
-    return discover(model, saes, task, cfg, progress=not args.quiet)
+    return discover_fitting(model, saes, task, cfg, progress=not args.quiet)
 
 
 def _discover(args: argparse.Namespace) -> None:

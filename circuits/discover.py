@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import networkx as nx
 import torch
@@ -285,3 +285,28 @@ def _exact_node_effects(model, saes: SAESet, task: Task, max_nodes: int) -> Node
         else:
             latents[h][p, i] = v
     return NodeEffects(latents, errors, "exact", task.n_examples)
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    text = str(err).lower()
+    return (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
+            or "out of memory" in text or "can't allocate memory" in text)
+
+
+def discover_fitting(model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverConfig,
+                     progress: bool = True) -> nx.DiGraph:
+    """``discover`` that halves the batch size while a batch does not fit in memory, saying
+    so each time; one error line if even a single prompt pair does not fit."""
+    batch = cfg.batch_size
+    while True:
+        try:
+            return discover(model, saes, task, replace(cfg, batch_size=batch), progress)
+        except (RuntimeError, MemoryError) as err:
+            if not _out_of_memory(err):
+                raise
+            if batch == 1:
+                raise CircuitsError(f"one prompt pair at a time does not fit in memory on "
+                                    f"{model.cfg.device}: use a smaller model, fewer SAEs (--hooks) or "
+                                    "--dtype bf16") from None
+            warnings.warn(f"batch size {batch} does not fit in memory; retrying with {batch // 2}", stacklevel=2)
+            batch //= 2

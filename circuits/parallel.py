@@ -43,21 +43,29 @@ def all_reduce(tensors: Iterable[torch.Tensor]) -> None:
     """Sum each tensor over the processes, in place (no-op in one process)."""
     if rank_and_world()[1] == 1:
         return
+    on_gpu = dist.get_backend() == "nccl"  # nccl reduces GPU tensors only; our sums live on the CPU
     for t in tensors:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        if on_gpu:
+            g = t.cuda()
+            dist.all_reduce(g, op=dist.ReduceOp.SUM)
+            t.copy_(g.cpu())
+        else:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
 
 def all_reduce_floats(values: list[float]) -> list[float]:
     if rank_and_world()[1] == 1:
         return values
     t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    all_reduce([t])
     return t.tolist()
 
 
 def join_from_environment() -> bool:
     """Join the process group torchrun describes in the environment (True if it did)."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
+        if torch.cuda.is_available():  # one GPU per process: "cuda" then means this one
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         return True
     return False

@@ -127,3 +127,27 @@ def test_a_metric_that_is_not_finite_is_one_error(setup):
         discover(model, saes, task, progress=False)
     with pytest.raises(CircuitsError, match="task ioi: the metric is not finite"):
         node_effects(model, saes, task, "atp", progress=False)
+
+
+def test_a_batch_that_does_not_fit_is_halved(setup, monkeypatch):
+    import circuits.discover as d
+
+    model, saes, task = setup
+    real = d.node_effects
+
+    def tight(model, saes, task, method, steps, batch_size, progress):
+        if batch_size > 2:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+        return real(model, saes, task, method, steps, batch_size, progress)
+
+    monkeypatch.setattr(d, "node_effects", tight)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graph = d.discover_fitting(model, saes, task, DiscoverConfig(method="atp", top_n=5, batch_size=8),
+                                   progress=False)
+    assert graph.graph["discover"]["batch_size"] == 2
+    assert [str(w.message) for w in caught if "does not fit" in str(w.message)] == [
+        "batch size 8 does not fit in memory; retrying with 4", "batch size 4 does not fit in memory; retrying with 2"]
+    monkeypatch.setattr(d, "node_effects", lambda *a: (_ for _ in ()).throw(RuntimeError("CUDA out of memory")))
+    with pytest.raises(CircuitsError, match="one prompt pair at a time does not fit"):
+        d.discover_fitting(model, saes, task, DiscoverConfig(method="atp", batch_size=1), progress=False)
