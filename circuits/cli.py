@@ -316,7 +316,7 @@ def _export(args: argparse.Namespace) -> None:
     import json as _json
 
     from circuits.export import FORMATS, draw_graph, to_circuit_tracer, write_graphml
-    from circuits.files import write_atomic
+    from circuits.files import read_json, write_atomic
     from circuits.graph import load_graph, save_graph
 
     graph = load_graph(args.circuit)
@@ -324,10 +324,7 @@ def _export(args: argparse.Namespace) -> None:
     _writable(stem.parent)
     annotations = None
     if args.annotations:
-        try:
-            annotations = _json.loads(Path(args.annotations).read_text())
-        except (OSError, ValueError) as err:
-            raise CircuitsError(f"annotation file {args.annotations}: {err}") from None
+        annotations = read_json(args.annotations, "annotation file")
         if not isinstance(annotations, dict):
             raise CircuitsError(f"annotation file {args.annotations}: expected {{\"node id\": \"text\"}}")
     cards = {}

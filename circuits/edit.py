@@ -21,7 +21,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from circuits.errors import CircuitsError
-from circuits.files import write_atomic
+from circuits.files import read_json, write_atomic
 from circuits.graph import METRIC
 from circuits.splice import NodeEdit, spliced
 from sae.saeset import SAESet
@@ -73,14 +73,7 @@ class Edit:
 
     @classmethod
     def load(cls, path: str | Path) -> Edit:
-        path = Path(path)
-        if not path.is_file():
-            raise CircuitsError(f"edit file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise CircuitsError(f"edit file {path}: not JSON ({err})") from None
-        return cls.from_dict(data, where=f"edit file {path}")
+        return cls.from_dict(read_json(path, "edit file"), where=f"edit file {path}")
 
     def check(self, saes: SAESet) -> Edit:
         """Raise one line for a hook without an SAE, a latent out of range or a bad action."""

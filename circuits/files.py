@@ -20,3 +20,18 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_json(path: str | Path, what: str):
+    """The parsed JSON at ``path``; a missing file or bad JSON is one line naming ``what``."""
+    import json
+
+    from circuits.errors import CircuitsError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CircuitsError(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CircuitsError(f"{what} {path}: not JSON ({err})") from None

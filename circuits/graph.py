@@ -17,7 +17,7 @@ from pathlib import Path
 import networkx as nx
 
 from circuits.errors import CircuitsError
-from circuits.files import write_atomic
+from circuits.files import read_json, write_atomic
 
 METRIC = "metric"
 EMBED_ID = "embed"
@@ -101,12 +101,7 @@ def save_graph(graph: nx.DiGraph, path: str | Path) -> Path:
 def load_graph(path: str | Path) -> nx.DiGraph:
     """Read a circuit file written by ``save_graph``."""
     path = Path(path)
-    if not path.is_file():
-        raise CircuitsError(f"circuit file {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CircuitsError(f"circuit file {path}: not JSON ({err})") from None
+    data = read_json(path, "circuit file")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CircuitsError(f"circuit file {path}: not a sae-circuits graph (no \"format\": \"{FORMAT}\")")
     data.pop("format")
