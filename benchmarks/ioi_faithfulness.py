@@ -22,6 +22,18 @@ from tasks.builtin import make_task
 SIZES = [25, 100, 300, 1000, 2000, 3000, 4000, 6000, 10000]
 
 
+def few_names(tokenizer, n: int, n_names: int, seed: int):
+    """IOI prompts whose IO and S both come from a fixed set of ``n_names`` names (drawn from
+    a large sample of the usual eval prompts)."""
+    big = make_task("ioi", tokenizer, n=max(20000, 400 * n * 80 // n_names ** 2), seed=seed)
+    names = sorted(set(big.answer[:, 0].tolist()))[:n_names]
+    keep = torch.isin(big.answer[:, 0], torch.tensor(names)) & torch.isin(big.wrong[:, 0], torch.tensor(names))
+    index = keep.nonzero().flatten()[:n]
+    if len(index) < n:
+        raise SystemExit(f"only {len(index)} prompts with {n_names} names; lower --n")
+    return big.subset(index)
+
+
 def ranked_all(effects, saes, n_pos: int) -> list:
     """Every node with a non-zero mean effect, largest |effect| first."""
     nodes = []
@@ -62,11 +74,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=128, help="IOI prompt pairs (default 128)")
     parser.add_argument("--saes", default="toy", help="SAE set: 'toy' (default) or a folder")
+    parser.add_argument("--names", type=int, help="only prompts whose IO and S are among this many names")
     args = parser.parse_args()
     model = load_model("toy")
     saes = load_saes(args.saes, model)
-    found = make_task("ioi", model.tokenizer, n=args.n, seed=0)
-    held_out = make_task("ioi", model.tokenizer, n=args.n, seed=1)
+    found, held_out = (make_task("ioi", model.tokenizer, n=args.n, seed=s) for s in (0, 1))
+    if args.names:
+        found, held_out = (few_names(model.tokenizer, args.n, args.names, seed=s) for s in (0, 1))
     ranked = ranked_all(node_effects(model, saes, found, "atp", progress=False), saes, found.n_pos)
     values = reference_values(model, saes, held_out, "mean")
     full = NodeMasks.empty(saes, held_out.n_pos).complement()
