@@ -13,7 +13,7 @@ Sign convention (tasks/task.py): negative effect = the behaviour relies on the n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -46,8 +46,10 @@ def prepare(model: HookedTransformer, task: Task) -> Task:
     """Check that ``task`` fits ``model`` and, for the kl metric, record the clean reference."""
     task.check_fits(model.cfg.n_ctx)
     if task.metric == "kl" and task.reference is None:
-        with torch.no_grad():
-            task = task.with_reference(model(task.clean))
+        with torch.no_grad():  # in batches: the full [pairs, pos, vocab] logits are never held
+            refs = [task.subset(slice(lo, lo + 64)).with_reference(model(task.clean[lo:lo + 64])).reference
+                    for lo in range(0, task.n_examples, 64)]
+        task = replace(task, reference=torch.cat(refs))
     return task
 
 
