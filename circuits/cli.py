@@ -136,7 +136,7 @@ def _discover(args: argparse.Namespace) -> None:
 
     from circuits.graph import save_graph, summary
     from circuits.model import load_model
-    from circuits.parallel import check_nproc, is_main, join_from_environment, run_local
+    from circuits.parallel import check_nproc, is_main, join_from_environment, rank_and_world, run_local
     from sae.train import load_saes
 
     check_nproc(args.nproc)
@@ -162,8 +162,9 @@ def _discover(args: argparse.Namespace) -> None:
                               "seed": args.seed, "metric": args.metric, "hooks": args.hooks}
     save_graph(graph, path)
     print(summary(graph))
+    procs = max(args.nproc, rank_and_world()[1])
     print(f"\n{graph.graph['discover']['method']} discovery in {time.perf_counter() - start:.1f} s "
-          f"({args.nproc} process{'es' if args.nproc > 1 else ''}) -> {path}")
+          f"({procs} process{'es' if procs > 1 else ''}) -> {path}")
 
 
 def _writable(folder: Path) -> Path:
@@ -500,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _task_args(p: argparse.ArgumentParser, default_n: int = 128) -> None:
     p.add_argument("--task", required=True, help="ioi, sva, greater_than, induction, or a .jsonl file")
-    p.add_argument("--n", type=int, default=default_n, help=f"prompt pairs (default {default_n})")
+    p.add_argument("--n", "--pairs", dest="n", type=int, default=default_n,
+                   help=f"prompt pairs (default {default_n}; spell it --pairs under torchrun)")
     p.add_argument("--seed", type=int, default=0, help="prompt seed (default 0)")
     p.add_argument("--metric", help="replace the task's metric: logit_diff, prob_diff, logprob or kl")
     p.add_argument("--model", default="toy", help="'toy', a model folder, or a TransformerLens name")

@@ -219,3 +219,24 @@ def test_bf16_discovery_runs_and_agrees(tiny_model_dir, tiny_sae_dir, tmp_path, 
         assert main([*common, "--out", str(tmp_path / "gpu"), "--device", "cuda"]) == 2
         assert "no GPU is visible here" in capsys.readouterr().err
     assert main([*common, "--out", str(tmp_path / "x"), "--dtype", "fp8"]) == 2
+
+
+def test_torchrun_launch_equals_one_process(tiny_model_dir, tiny_sae_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from circuits.graph import load_graph
+    from circuits.parallel import _free_port
+
+    args = ["discover", "--task", "ioi", "--model", str(tiny_model_dir), "--saes", str(tiny_sae_dir),
+            "--pairs", "12", "--batch-size", "4", "--method", "atp", "--top-n", "20", "--quiet"]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-port", str(_free_port()), "-m", "circuits.cli", *args,
+                          "--out", str(tmp_path / "torchrun")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "(2 processes)" in run.stdout
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    one, two = load_graph(tmp_path / "one" / "circuit.json"), load_graph(tmp_path / "torchrun" / "circuit.json")
+    assert set(one.edges) == set(two.edges)
+    for n in one:
+        assert two.nodes[n]["effect"] == pytest.approx(one.nodes[n]["effect"], abs=1e-5)
