@@ -32,23 +32,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# Install a Debian package when its command is missing and we may (root with apt);
+# otherwise, or if that fails, say what is lost. $(1): the command, $(2): the package,
+# $(3): what is lost without it.
+define apt_install
+	@command -v $(1) >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	     && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; then :; \
+	  else \
+	    echo "warning: $(1) is missing (apt-get install $(2) / brew install $(2)): $(3)"; \
+	  fi; }
+endef
+
 # Graph images need graphviz's `dot` binary (not a pip package).
 graphviz:
-	@command -v dot >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null) \
-	      || echo "warning: could not install graphviz; install it (apt-get install graphviz / brew install graphviz) for graph images"; \
-	  else \
-	    echo "warning: graphviz's 'dot' is missing: install it (apt-get install graphviz / brew install graphviz) for graph images"; \
-	  fi; }
+	$(call apt_install,dot,graphviz,no graph images)
 
 # The HTML report is tested in headless Chromium (Debian's package); the test says so and
 # skips when it cannot be installed.
 chromium:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-	      || echo "warning: could not install chromium; the report rendering test will be skipped"; \
-	  else \
-	    echo "warning: chromium is missing (apt-get install chromium); the report rendering test will be skipped"; \
-	  fi; }
+	$(call apt_install,chromium,chromium,the report rendering test will be skipped)
