@@ -1,19 +1,26 @@
 """Node attribution: the effect of every SAE latent and error term on the task metric.
 
-For a node a with clean value a_c and corrupt value a_p (shared DESIGN.md section 3):
+For a node a with clean value a_c and corrupt value a_p (docs/design.md, "Node effects"):
 * ``atp``:   IE(a) ~ dm/da(a_c) . (a_p - a_c)
 * ``ig``:    IE(a) ~ mean_k dm/da(a_c + (k + 1/2)/N (a_p - a_c)) . (a_p - a_c), k = 0..N-1
-             (midpoint rule), one hook interpolated at a time (its latents and error
+             (midpoint rule), one submodule interpolated at a time (its latents and error
              together), the rest computed;
 * ``exact``: m(a patched to a_p) - m(clean), one forward pass per node (validation only).
-Effects are per example and position, then averaged over examples: latents ``[pos, d_sae]``
-and errors ``[pos]`` per hook. The error node is the whole error vector at a position.
+Effects are per example and position, then averaged over examples: ``NodeValues`` with
+latents ``[pos, d_sae]`` and error ``[pos]`` per hook; the embeddings (``EMBED_HOOK``) are a
+submodule without latents whose error node is the embedding vector.
 Sign convention (tasks/task.py): negative effect = the behaviour relies on the node.
+
+The work is organised by batch of prompt pairs (``BatchRun``: one clean and one corrupt
+spliced run whose values and activations every later step reuses) so discovery streams over
+the prompts with flat memory; ``first_pass`` gathers everything discovery needs from its
+first pass.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -21,25 +28,15 @@ from transformer_lens import HookedTransformer
 
 from circuits.errors import CircuitsError
 from circuits.parallel import all_reduce, batch_starts, is_main
-from circuits.splice import NodeEdit, SpliceNodes, spliced
+from circuits.splice import encode, interpolated, spliced
+from circuits.values import NodeValues, add_into, flat
+from circuits.vocab import EMBED_HOOK, Node, Submodule, resid_pre
 from sae.saeset import SAESet
 from tasks.task import Task
 
-METHODS = ("atp", "ig", "exact")
-EMBED = "blocks.0.hook_resid_pre"  # the token (+ position) embeddings: the graph's input nodes
-
-
-@dataclass
-class NodeEffects:
-    """Mean effects over the task's examples, per hook: latents ``[pos, d_sae]``, errors ``[pos]``.
-
-    ``errors[EMBED]`` holds the effect of the embedding vector at each position (the input
-    nodes; ``latents`` has no EMBED entry)."""
-
-    latents: dict[str, torch.Tensor]
-    errors: dict[str, torch.Tensor]
-    method: str
-    n_examples: int
+Method = Literal["atp", "ig"]
+# Rows x positions x vocabulary of the logits one IG forward pass may hold (~256 MB in fp32).
+IG_LOGIT_BUDGET = 64_000_000
 
 
 def prepare(model: HookedTransformer, task: Task) -> Task:
@@ -53,152 +50,231 @@ def prepare(model: HookedTransformer, task: Task) -> Task:
     return task
 
 
-def _nodes(model: HookedTransformer, saes: SAESet, tokens: torch.Tensor) -> SpliceNodes:
-    with torch.no_grad(), spliced(model, saes) as nodes:
-        model(tokens)
-    return nodes
-
-
-def _finite(task: Task, metric: torch.Tensor) -> torch.Tensor:
-    if not torch.isfinite(metric):
-        raise CircuitsError(f"task {task.name}: the metric is not finite ({metric.item()})")
+def finite(task: Task, metric: torch.Tensor) -> torch.Tensor:
+    """``metric``, or one error line when it is not finite."""
+    if not torch.isfinite(metric).all():
+        raise CircuitsError(f"task {task.name}: the metric is not finite ({metric.sum().item()})")
     return metric
 
 
-def metric_grads(model: HookedTransformer, saes: SAESet, task: Task, hooks: list[str],
-                 edits: dict[str, NodeEdit] | None = None,
-                 start: tuple[int, torch.Tensor] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """dm/df and dm/de at ``hooks`` on the clean prompts (metric summed over examples, so
-    each example's rows hold its own gradient). Only ``hooks`` are spliced: the splice is the
-    identity for values and gradients, so the others need not be. ``start=(layer, resid)``
-    runs the model from block ``layer`` with ``resid`` as its input (the layers before
-    ``hooks`` need not be recomputed)."""
-    with spliced(model, saes, hooks=hooks, edits=edits) as nodes:
-        if start is None:
-            logits = model(task.clean)
+def _empty_latents(x: torch.Tensor) -> torch.Tensor:
+    return x.new_zeros(*x.shape[:-1], 0)
+
+
+@dataclass
+class BatchRun:
+    """One batch of prompt pairs run clean and corrupt with every SAE spliced: node values at
+    every hook and the embeddings (``clean`` / ``corrupt``), the clean activations at every
+    SAE hook and block input (``acts``), and each example's clean / corrupt metric."""
+
+    part: Task
+    clean: dict[str, NodeValues]
+    corrupt: dict[str, NodeValues]
+    acts: dict[str, torch.Tensor]
+    clean_metric: torch.Tensor
+    corrupt_metric: torch.Tensor
+
+    def delta(self, hook: str) -> NodeValues:
+        return self.corrupt[hook] - self.clean[hook]
+
+
+@torch.no_grad()
+def run_batch(model: HookedTransformer, saes: SAESet, part: Task) -> BatchRun:
+    """The clean and corrupt runs of one batch (see ``BatchRun``)."""
+    names = list(saes) + [resid_pre(layer) for layer in range(model.cfg.n_layers)]
+    with spliced(model, saes) as clean:
+        logits, cache = model.run_with_cache(part.clean, names_filter=names)
+    with spliced(model, saes) as corrupt:
+        logits_p, cache_p = model.run_with_cache(part.corrupt, names_filter=[EMBED_HOOK])
+    clean = {h: v.detach() for h, v in clean.items()}
+    corrupt = {h: v.detach() for h, v in corrupt.items()}
+    clean[EMBED_HOOK] = NodeValues(_empty_latents(cache[EMBED_HOOK]), cache[EMBED_HOOK])
+    corrupt[EMBED_HOOK] = NodeValues(_empty_latents(cache_p[EMBED_HOOK]), cache_p[EMBED_HOOK])
+    return BatchRun(part, clean, corrupt, {n: cache[n] for n in names},
+                    part.metric_per_example(logits), part.metric_per_example(logits_p))
+
+
+def clean_grads(model: HookedTransformer, saes: SAESet, run: BatchRun) -> dict[str, NodeValues]:
+    """dm/d(nodes) on the clean run at every hook and the embeddings, from one backward pass
+    (metric summed over examples, so each example's rows hold its own gradient)."""
+    x = run.acts[EMBED_HOOK].detach().clone().requires_grad_(True)
+    with spliced(model, saes) as leaves:
+        metric = finite(run.part, run.part.metric_per_example(model(x, start_at_layer=0)).sum())
+    hooks = list(saes)
+    grads = torch.autograd.grad(metric, [t for h in hooks for t in (leaves[h].latents, leaves[h].error)] + [x])
+    out = {h: NodeValues(grads[2 * i], grads[2 * i + 1]) for i, h in enumerate(hooks)}
+    out[EMBED_HOOK] = NodeValues(_empty_latents(x), grads[-1])
+    return out
+
+
+def ig_grads(model: HookedTransformer, saes: SAESet, run: BatchRun, hooks: list[str],
+             steps: int) -> dict[str, NodeValues]:
+    """dm/d(nodes) at each of ``hooks`` (``EMBED_HOOK`` allowed) averaged over its IG path:
+    its nodes at clean + (k + 1/2)/steps (corrupt - clean), k = 0..steps-1, everything else
+    computed. All paths of one block's submodules run as one batch from the block's clean
+    input (rows: one copy of the prompts per (hook, step)), split only where the logits
+    would exceed ``IG_LOGIT_BUDGET``."""
+    b, n_pos = run.part.n_examples, run.part.n_pos
+    per_pass = max(1, IG_LOGIT_BUDGET // max(1, b * n_pos * model.cfg.d_vocab))
+    sums: dict[str, NodeValues] = {}
+    by_layer: dict[int, list[str]] = {}
+    for h in hooks:
+        by_layer.setdefault(max(Submodule.parse(h).layer, 0), []).append(h)
+    for layer, group in sorted(by_layer.items()):
+        copies = [(h, k) for h in group for k in range(steps)]
+        for lo in range(0, len(copies), per_pass):
+            for h, g in _ig_pass(model, saes, run, layer, copies[lo:lo + per_pass], steps).items():
+                sums[h] = g if h not in sums else sums[h] + g
+    return {h: g / steps for h, g in sums.items()}
+
+
+def _ig_pass(model, saes: SAESet, run: BatchRun, layer: int, copies: list[tuple[str, int]],
+             steps: int) -> dict[str, NodeValues]:
+    """One forward and backward pass over ``copies`` (hook, step) of the batch, from block
+    ``layer``: the gradients at each hook's interpolated nodes, summed over its steps."""
+    b = run.part.n_examples
+    hooks = list(dict.fromkeys(h for h, _ in copies))
+    inputs, paths, start = [], {}, 0
+    embed_rows = None
+    for h in hooks:
+        ks = torch.tensor([k for g, k in copies if g == h], dtype=torch.float32)
+        alphas = ((ks + 0.5) / steps).to(run.acts[EMBED_HOOK].device).repeat_interleave(b).view(-1, 1, 1)
+        rows = slice(start, start + len(ks) * b)
+        clean, delta = run.clean[h], run.delta(h)
+        path = clean.map(lambda t, n=len(ks): t.repeat(n, 1, 1)) + \
+            delta.map(lambda t, n=len(ks): t.repeat(n, 1, 1)) * alphas
+        if h == EMBED_HOOK:  # the embeddings are the block's input itself
+            embed_rows = path.error.detach().requires_grad_(True)
+            inputs.append(embed_rows)
         else:
-            logits = model(start[1], start_at_layer=start[0])
-        metric = _finite(task, task.metric_per_example(logits).sum())
-    grads = torch.autograd.grad(metric, [nodes.latents[h] for h in hooks] + [nodes.errors[h] for h in hooks])
-    return list(grads[:len(hooks)]), list(grads[len(hooks):])
+            paths[h] = (rows, path)
+            inputs.append(run.acts[resid_pre(layer)].repeat(len(ks), 1, 1))
+        start = rows.stop
+    x = torch.cat(inputs)
+    with interpolated(model, saes, paths) as leaves:
+        logits = model(x, start_at_layer=layer)
+    tiled = run.part.subset(torch.arange(b).repeat(start // b))
+    metric = finite(run.part, tiled.metric_per_example(logits).sum())
+    wrt = [t for h in paths for t in (leaves[h].latents, leaves[h].error)]
+    grads = list(torch.autograd.grad(metric, wrt + ([embed_rows] if embed_rows is not None else [])))
+    out = {}
+    for h in hooks:
+        if h == EMBED_HOOK:
+            g = NodeValues(_empty_latents(grads[-1]), grads[-1])
+        else:
+            i = 2 * list(paths).index(h)
+            g = NodeValues(grads[i], grads[i + 1])
+        out[h] = g.map(lambda t: t.reshape(t.shape[0] // b, b, *t.shape[1:]).sum(0))
+    return out
 
 
-def _interpolate(f_c, e_c, f_p, e_p, alpha: float) -> NodeEdit:
-    return lambda f, e: (f_c + alpha * (f_p - f_c), e_c + alpha * (e_p - e_c))
+def batch_grads(model: HookedTransformer, saes: SAESet, run: BatchRun, method: Method, steps: int,
+                hooks: list[str] | None = None) -> dict[str, NodeValues]:
+    """dm/d(nodes) by ``method`` at ``hooks`` (default: every SAE hook and the embeddings)."""
+    if method == "atp":  # one backward pass gives every hook's gradient at the clean point
+        return clean_grads(model, saes, run)
+    return ig_grads(model, saes, run, list(saes) + [EMBED_HOOK] if hooks is None else hooks, steps)
 
 
-def _layer(hook: str) -> int:
-    return int(hook.split(".")[1])
+@dataclass
+class NodeEffects:
+    """Mean effects over the task's examples, per hook (and ``EMBED_HOOK``): latents
+    ``[pos, d_sae]``, error ``[pos]``."""
+
+    values: dict[str, NodeValues]
+    method: str
+    n_examples: int
 
 
-def node_effects(model: HookedTransformer, saes: SAESet, task: Task, method: str = "ig",
-                 steps: int = 10, batch_size: int = 32, progress: bool = True) -> NodeEffects:
-    """Effects of every latent and error node of ``saes`` (and of the embeddings) on
-    ``task``'s metric (AtP or IG), streamed over batches of examples so memory does not grow
-    with their number."""
+@dataclass
+class FirstPass:
+    """What discovery's first pass over the prompts yields: node effects, each node's mean
+    clean activation (latents: value; error and embeddings: norm) and the mean metrics."""
+
+    effects: NodeEffects
+    activations: dict[str, NodeValues]
+    clean_metric: float
+    corrupt_metric: float
+
+
+def _check_method(method: str, steps: int) -> None:
     if method not in ("atp", "ig"):
         raise CircuitsError(f"unknown attribution method {method!r}: use atp or ig (exact: exact_effects)")
     if steps < 1:
         raise CircuitsError(f"IG needs at least one step, got steps={steps}")
+
+
+def first_pass(model: HookedTransformer, saes: SAESet, task: Task, method: Method | None = "ig",
+               steps: int = 10, batch_size: int = 32, progress: bool = True) -> FirstPass:
+    """Stream over ``task`` in batches: the metrics, mean activations and (unless ``method``
+    is None) every node's effect. Memory holds one batch and the running sums."""
+    if method is not None:
+        _check_method(method, steps)
     task = prepare(model, task)
-    hooks = list(saes)
-    sums_f = {h: torch.zeros(task.n_pos, saes[h].cfg.d_sae) for h in hooks}
-    sums_e = {h: torch.zeros(task.n_pos) for h in hooks + [EMBED]}
-    for start in tqdm(batch_starts(task.n_examples, batch_size), desc=f"attribution ({method})",
-                      disable=not (progress and is_main())):
-        part = task.subset(slice(start, start + batch_size))
-        _batch_effects(model, saes, part, method, steps, sums_f, sums_e)
-    all_reduce([*sums_f.values(), *sums_e.values()])
+    shapes = {h: (task.n_pos, saes[h].cfg.d_sae) for h in saes} | {EMBED_HOOK: (task.n_pos, 0)}
+    effects = {h: NodeValues.zeros((p,), d) for h, (p, d) in shapes.items()}
+    acts = {h: NodeValues.zeros((p,), d) for h, (p, d) in shapes.items()}
+    metrics = torch.zeros(2, dtype=torch.float64)
+    for lo in tqdm(batch_starts(task.n_examples, batch_size), desc=f"attribution ({method or 'metrics'})",
+                   disable=not (progress and is_main())):
+        run = run_batch(model, saes, task.subset(slice(lo, lo + batch_size)))
+        metrics += torch.stack([run.clean_metric.sum(), run.corrupt_metric.sum()]).double().cpu()
+        add_into(acts, {h: NodeValues(v.latents.sum(0), v.error.norm(dim=-1).sum(0)).cpu()
+                        for h, v in run.clean.items()})
+        if method is not None:
+            grads = batch_grads(model, saes, run, method, steps)
+            add_into(effects, {h: (run.delta(h) @ g).sum(0).cpu() for h, g in grads.items()})
+    all_reduce([metrics, *flat(effects), *flat(acts)])
     n = task.n_examples
-    return NodeEffects({h: v / n for h, v in sums_f.items()}, {h: v / n for h, v in sums_e.items()}, method, n)
+    for name, value in zip(("clean", "corrupt"), metrics.tolist()):
+        if not torch.isfinite(torch.tensor(value)):
+            raise CircuitsError(f"task {task.name}: the {name} metric is not finite ({value})")
+    return FirstPass(NodeEffects({h: v / n for h, v in effects.items()}, method or "none", n),
+                     {h: v / n for h, v in acts.items()}, metrics[0].item() / n, metrics[1].item() / n)
 
 
-def ig_grads(model: HookedTransformer, saes: SAESet, part: Task, hook: str, steps: int,
-             clean: SpliceNodes | None = None, corrupt: SpliceNodes | None = None,
-             resid_pre: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """dm/df and dm/de at ``hook`` averaged over the IG path: the hook's nodes at
-    clean + (k + 1/2)/steps (corrupt - clean), k = 0..steps-1, everything else computed.
-    ``clean`` / ``corrupt`` nodes and the hook block's clean input may be passed if known."""
-    layer = _layer(hook)
-    if clean is None or corrupt is None or resid_pre is None:
-        name = f"blocks.{layer}.hook_resid_pre"
-        with torch.no_grad(), spliced(model, saes, hooks=[hook]) as clean:
-            _, cache = model.run_with_cache(part.clean, names_filter=[name])
-        with torch.no_grad(), spliced(model, saes, hooks=[hook]) as corrupt:
-            model(part.corrupt)
-        resid_pre = cache[name]
-    f_c, e_c, f_p, e_p = clean.latents[hook], clean.errors[hook], corrupt.latents[hook], corrupt.errors[hook]
-    g_f, g_e = torch.zeros_like(f_c), torch.zeros_like(e_c)
-    for k in range(steps):
-        edit = _interpolate(f_c, e_c, f_p, e_p, (k + 0.5) / steps)
-        (gf,), (ge,) = metric_grads(model, saes, part, [hook], {hook: edit}, start=(layer, resid_pre))
-        g_f, g_e = g_f + gf / steps, g_e + ge / steps
-    return g_f, g_e
+def node_effects(model: HookedTransformer, saes: SAESet, task: Task, method: Method = "ig",
+                 steps: int = 10, batch_size: int = 32, progress: bool = True) -> NodeEffects:
+    """Effects of every latent and error node of ``saes`` (and of the embeddings) on
+    ``task``'s metric (AtP or IG), streamed over batches of examples so memory does not grow
+    with their number."""
+    _check_method(method, steps)
+    return first_pass(model, saes, task, method, steps, batch_size, progress).effects
 
 
-def _batch_effects(model, saes, part: Task, method: str, steps: int, sums_f, sums_e) -> None:
-    """Add one batch's per-example effects, summed over its examples, to the running sums."""
-    hooks = list(saes)
-    resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)]
-    with torch.no_grad(), spliced(model, saes) as clean:
-        _, cache = model.run_with_cache(part.clean, names_filter=resid_names)
-    with torch.no_grad(), spliced(model, saes) as corrupt:
-        _, cache_p = model.run_with_cache(part.corrupt, names_filter=[EMBED])
-    if method == "atp":  # one backward pass gives every hook's gradient at the clean point
-        atp_f, atp_e = metric_grads(model, saes, part, hooks)
-    for i, h in enumerate(hooks):
-        if method == "atp":
-            g_f, g_e = atp_f[i], atp_e[i]
-        else:
-            g_f, g_e = ig_grads(model, saes, part, h, steps, clean, corrupt,
-                                cache[f"blocks.{_layer(h)}.hook_resid_pre"])
-        sums_f[h] += (g_f * (corrupt.latents[h] - clean.latents[h])).sum(0).detach().cpu()
-        sums_e[h] += (g_e * (corrupt.errors[h] - clean.errors[h])).sum((0, -1)).detach().cpu()
-    emb_c, emb_p = cache[EMBED], cache_p[EMBED]
-    alphas = [0.0] if method == "atp" else [(k + 0.5) / steps for k in range(steps)]
-    g = torch.zeros_like(emb_c)
-    for alpha in alphas:  # the embeddings: the model run from its first block
-        x = (emb_c + alpha * (emb_p - emb_c)).requires_grad_(True)
-        metric = _finite(part, part.metric_per_example(model(x, start_at_layer=0)).sum())
-        g += torch.autograd.grad(metric, x)[0] / len(alphas)
-    sums_e[EMBED] += (g * (emb_p - emb_c)).sum((0, -1)).detach().cpu()
-
-
-def set_node(f: torch.Tensor, e: torch.Tensor, pos: int, latent: int | None, f_new: torch.Tensor,
-             e_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Copies of a hook's latents and error with one node (latent at ``pos``, or the error
-    there when ``latent`` is None) taken from ``f_new`` / ``e_new``."""
-    f, e = f.clone(), e.clone()
-    if latent is None:
-        e[:, pos] = e_new[:, pos]
+def set_node(values: NodeValues, node: Node, new: NodeValues) -> NodeValues:
+    """A copy of a hook's nodes with ``node`` (a latent or the error at its position) taken
+    from ``new``."""
+    out = values.map(torch.clone)
+    if node.latent is None:
+        out.error[:, node.position] = new.error[:, node.position]
     else:
-        f[:, pos, latent] = f_new[:, pos, latent]
-    return f, e
+        out.latents[:, node.position, node.latent] = new.latents[:, node.position, node.latent]
+    return out
+
+
+def _mean_metric(model: HookedTransformer, task: Task, tokens: torch.Tensor | None = None,
+                 **kwargs) -> torch.Tensor:
+    return task.metric_per_example(model(task.clean if tokens is None else tokens, **kwargs)).mean()
 
 
 @torch.no_grad()
-def exact_effects(model: HookedTransformer, saes: SAESet, task: Task,
-                  nodes: list[tuple[str, int, int | None]]) -> torch.Tensor:
-    """m(node patched to its corrupt value) - m(clean), mean over examples, for each
-    ``(hook, position, latent)`` (latent None: the error node; hook EMBED: the embedding
-    vector). One forward pass per node."""
+def exact_effects(model: HookedTransformer, saes: SAESet, task: Task, nodes: list[Node]) -> torch.Tensor:
+    """m(node patched to its corrupt value) - m(clean), mean over examples, for each node (the
+    embeddings: the embedding vector at that position). One forward pass per node."""
     task = prepare(model, task)
-    corrupt = _nodes(model, saes, task.corrupt)
-    _, cache_p = model.run_with_cache(task.corrupt, names_filter=[EMBED])
-    base = task.metric_per_example(model(task.clean)).mean()
+    run = run_batch(model, saes, task)
+    base = run.clean_metric.mean()
     out = []
-    for hook, pos, latent in nodes:
-        if hook == EMBED:
-            def patch(x, hook, pos=pos):  # noqa: ARG001
-                x = x.clone()
-                x[:, pos] = cache_p[EMBED][:, pos]
-                return x
-            with model.hooks(fwd_hooks=[(EMBED, patch)]):
-                out.append(task.metric_per_example(model(task.clean)).mean() - base)
+    for node in nodes:
+        if node.is_embed:
+            x = run.acts[EMBED_HOOK].clone()
+            x[:, node.position] = run.corrupt[EMBED_HOOK].error[:, node.position]
+            out.append(_mean_metric(model, task, x, start_at_layer=0) - base)
             continue
-        edit = lambda f, e, h=hook, p=pos, i=latent: set_node(f, e, p, i, corrupt.latents[h], corrupt.errors[h])  # noqa: E731
-        with spliced(model, saes, hooks=[hook], edits={hook: edit}):
-            out.append(task.metric_per_example(model(task.clean)).mean() - base)
+        edit = lambda v, n=node: set_node(v, n, run.corrupt[n.hook])  # noqa: E731
+        with spliced(model, saes, hooks=[node.hook], edits={node.hook: edit}):
+            out.append(_mean_metric(model, task) - base)
     return torch.stack(out).cpu()
 
 
@@ -206,8 +282,13 @@ def exact_effects(model: HookedTransformer, saes: SAESet, task: Task,
 def exact_submodule_effect(model: HookedTransformer, saes: SAESet, task: Task, hook: str) -> float:
     """m(the whole hook patched to its corrupt value) - m(clean), mean over examples."""
     task = prepare(model, task)
-    corrupt = _nodes(model, saes, task.corrupt)
-    base = task.metric_per_example(model(task.clean)).mean()
-    edit = lambda f, e: (corrupt.latents[hook], corrupt.errors[hook])  # noqa: E731
-    with spliced(model, saes, hooks=[hook], edits={hook: edit}):
-        return (task.metric_per_example(model(task.clean)).mean() - base).item()
+    run = run_batch(model, saes, task)
+    with spliced(model, saes, hooks=[hook], edits={hook: lambda v: run.corrupt[hook]}):
+        return (_mean_metric(model, task) - run.clean_metric.mean()).item()
+
+
+def encode_at(saes: SAESet, hook: str, x: torch.Tensor) -> NodeValues:
+    """The nodes of activation ``x`` at ``hook`` (the embeddings: no latents, x itself)."""
+    if hook == EMBED_HOOK:
+        return NodeValues(_empty_latents(x), x.clone())
+    return encode(saes[hook], x)

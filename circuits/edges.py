@@ -1,9 +1,8 @@
 """Edge attribution: direct effects between SAE nodes of connected submodules.
 
-Submodules of layer L are attn_L, mlp_L and resid_L (hook_resid_post); the direct-effect
-edges (SFC's scheme, shared DESIGN.md section 4) are resid_{L-1} -> {attn_L, mlp_L, resid_L},
-attn_L -> {mlp_L, resid_L}, mlp_L -> resid_L, with the embeddings (blocks.0.hook_resid_pre)
-as resid_{-1}. For an upstream node u and a downstream node d,
+The direct-effect layout (SFC's scheme, docs/design.md "Edges") is ``Submodule.upstream``:
+resid_{L-1} -> {attn_L, mlp_L, resid_L}, attn_L -> {mlp_L, resid_L}, mlp_L -> resid_L, with
+the embeddings as resid_{-1}. For an upstream node u and a downstream node d,
 
     edge(u -> d) = dm/dd . (dd/du along the direct path) . (u_p - u_c),
 
@@ -21,141 +20,105 @@ from dataclasses import dataclass
 import torch
 from transformer_lens import HookedTransformer
 
-from circuits.attribution import EMBED, ig_grads, metric_grads, prepare, set_node
+from circuits.attribution import BatchRun, Method, batch_grads, encode_at, prepare, run_batch, set_node
 from circuits.errors import CircuitsError
 from circuits.parallel import all_reduce, batch_starts
 from circuits.splice import spliced
+from circuits.values import NodeValues, add_into, flat
+from circuits.vocab import EMBED_HOOK, Node, Submodule
 from sae.saeset import SAESet
 from tasks.task import Task
 
-KINDS = ("hook_attn_out", "hook_mlp_out", "hook_resid_post")
-Target = tuple[int, "int | None"]  # (position, latent) - latent None: the error node
-
-
-def parse_hook(hook: str) -> tuple[int, str]:
-    """(layer, kind) of an edge-graph hook such as ``blocks.2.hook_mlp_out``."""
-    parts = hook.split(".")
-    if len(parts) != 3 or parts[0] != "blocks" or not parts[1].isdigit() or parts[2] not in KINDS:
-        raise CircuitsError(f"hook {hook!r}: edges are defined between attn_out, mlp_out and resid_post hooks")
-    return int(parts[1]), parts[2]
-
 
 def upstream_hooks(hook: str, saes: SAESet) -> list[str]:
-    """The submodules with a direct edge into ``hook``, residual stream first (embeddings for
-    layer 0). attn_L / mlp_L without an SAE are left out: the paths through them then count
-    as direct from the residual stream."""
-    layer, kind = parse_hook(hook)
-    resid_before = EMBED if layer == 0 else f"blocks.{layer - 1}.hook_resid_post"
-    if resid_before != EMBED and resid_before not in saes:
-        raise CircuitsError(f"edges into {hook} need an SAE at {resid_before} (the set lacks it)")
-    inner = {"hook_attn_out": [], "hook_mlp_out": ["attn"], "hook_resid_post": ["attn", "mlp"]}[kind]
-    return [resid_before] + [h for h in (f"blocks.{layer}.hook_{k}_out" for k in inner) if h in saes]
+    """The hooks with a direct edge into ``hook`` (``Submodule.upstream``)."""
+    return [s.hook for s in Submodule.parse(hook).upstream(saes)]
 
 
 @dataclass
 class EdgesInto:
-    """Edges into the chosen nodes of one downstream hook, mean over examples.
-
-    ``targets`` lists the downstream nodes as (position, latent or None for the error);
-    ``latents[u]`` is ``[n_targets, pos, d_sae_u]`` and ``errors[u]`` is ``[n_targets, pos]``
-    (for the embeddings, ``errors[EMBED]`` holds the edge from the embedding vector)."""
+    """Edges into the chosen nodes of one downstream hook, mean over examples: ``weights[u]``
+    holds, per upstream hook u, latents ``[n_targets, pos, d_sae_u]`` and error
+    ``[n_targets, pos]`` (for the embeddings, the edge from the embedding vector)."""
 
     hook: str
-    targets: list[Target]
-    latents: dict[str, torch.Tensor]
-    errors: dict[str, torch.Tensor]
+    targets: list[Node]
+    weights: dict[str, NodeValues]
 
 
-def _encode_nodes(saes: SAESet, hook: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.no_grad():
-        if hook == EMBED:
-            return torch.zeros(*x.shape[:-1], 0), x.clone()
-        f = saes[hook].encode(x)
-        return f, x - saes[hook].decode(f)
+def _width(saes: SAESet, hook: str) -> int:
+    return 0 if hook == EMBED_HOOK else saes[hook].cfg.d_sae
 
 
-def edges_into(model: HookedTransformer, saes: SAESet, task: Task, hook: str,
-               targets: list[Target], sources: dict[str, Sources] | None = None,
-               batched: bool = True, batch_size: int = 32, chunk: int = 128,
-               method: str = "atp", steps: int = 10) -> EdgesInto:
-    """Edge weights into each target node of ``hook`` from the upstream nodes.
+def full_sources(saes: SAESet, hooks: list[str], n_pos: int) -> dict[str, NodeValues]:
+    """Masks keeping every upstream node of ``hooks``."""
+    return {u: NodeValues(torch.ones(n_pos, _width(saes, u), dtype=torch.bool), torch.ones(n_pos, dtype=torch.bool))
+            for u in hooks}
 
-    ``sources[u] = (latent_mask [pos, d_sae_u], error_mask [pos])`` restricts the upstream
-    nodes (e.g. to those of a pruned graph; the other entries stay 0); default: all.
-    Examples are streamed in batches of ``batch_size``. Per batch: the clean-run metric
-    gradient, then the hook's block run once on its clean inputs and one backward pass per
-    ``chunk`` targets (vmapped; ``batched=False``: one backward pass per target). For mlp_out
-    and resid_post, which act on each position alone, the block runs on the targets'
-    position only. ``method`` sets dm/dd: its value on the clean run (``atp``) or its mean
-    along d's IG path (``ig``: d's hook interpolated from clean to corrupt, ``steps`` points),
-    which is what makes edges into large nodes (error terms) agree with patching."""
-    if method not in ("atp", "ig"):
-        raise CircuitsError(f"unknown edge method {method!r}: use atp or ig")
+
+def _check_targets(saes: SAESet, hook: str, targets: list[Node], n_pos: int) -> None:
     if not targets:
         raise CircuitsError(f"edges into {hook}: no target nodes given")
+    for t in targets:
+        if t.hook != hook or t.position is None or not 0 <= t.position < n_pos or \
+                (t.latent is not None and not 0 <= t.latent < saes[hook].cfg.d_sae):
+            raise CircuitsError(f"edges into {hook}: target {t.id} (position {t.position}, latent {t.latent}) "
+                                "is out of range")
+
+
+def edges_into(model: HookedTransformer, saes: SAESet, task: Task, hook: str, targets: list[Node],
+               sources: dict[str, NodeValues] | None = None, batched: bool = True, batch_size: int = 32,
+               chunk: int = 128, method: Method = "atp", steps: int = 10) -> EdgesInto:
+    """Edge weights into each target node of ``hook`` from the upstream nodes.
+
+    ``sources[u]`` masks (latents ``[pos, d_sae_u]``, error ``[pos]``) restrict the upstream
+    nodes (e.g. to those of a pruned graph; the other entries stay 0); default: all. Examples
+    are streamed in batches of ``batch_size``; per batch, dm/dd (on the clean run for
+    ``atp``, averaged along d's IG path for ``ig`` — which is what makes edges into large
+    nodes such as error terms agree with patching), then ``batch_edges``."""
+    if method not in ("atp", "ig"):
+        raise CircuitsError(f"unknown edge method {method!r}: use atp or ig")
     task = prepare(model, task)
+    _check_targets(saes, hook, targets, task.n_pos)
     ups = upstream_hooks(hook, saes)
-    for pos, latent in targets:
-        if not 0 <= pos < task.n_pos or (latent is not None and not 0 <= latent < saes[hook].cfg.d_sae):
-            raise CircuitsError(f"edges into {hook}: target (position {pos}, latent {latent}) is out of range")
-    sources = {u: _full_sources(saes, u, task.n_pos) if sources is None or u not in sources else sources[u]
-               for u in ups}
-    out_f = {u: torch.zeros(len(targets), task.n_pos, saes[u].cfg.d_sae) for u in ups if u != EMBED}
-    out_e = {u: torch.zeros(len(targets), task.n_pos) for u in ups}
+    sources = {**full_sources(saes, ups, task.n_pos), **(sources or {})}
+    out = {u: NodeValues.zeros((len(targets), task.n_pos), _width(saes, u)) for u in ups}
     for lo in batch_starts(task.n_examples, batch_size):
-        part = task.subset(slice(lo, lo + batch_size))
-        if method == "ig":
-            grads = ig_grads(model, saes, part, hook, steps)
-        else:
-            (g_f,), (g_e,) = metric_grads(model, saes, part, [hook])
-            grads = (g_f, g_e)
-        _add_batch(model, saes, part, hook, ups, targets, sources, grads, batched, chunk, out_f, out_e)
-    all_reduce([*out_f.values(), *out_e.values()])
-    n = task.n_examples
-    return EdgesInto(hook, targets, {u: v / n for u, v in out_f.items()}, {u: v / n for u, v in out_e.items()})
+        run = run_batch(model, saes, task.subset(slice(lo, lo + batch_size)))
+        grad = batch_grads(model, saes, run, method, steps, hooks=[hook])[hook]
+        add_into(out, batch_edges(model, saes, run, hook, targets, sources, grad, chunk if batched else 1))
+    all_reduce(flat(out))
+    return EdgesInto(hook, targets, {u: v / task.n_examples for u, v in out.items()})
 
 
-Sources = tuple["torch.Tensor | None", torch.Tensor]
-
-
-def _full_sources(saes: SAESet, hook: str, n_pos: int) -> Sources:
-    latents = None if hook == EMBED else torch.ones(n_pos, saes[hook].cfg.d_sae, dtype=torch.bool)
-    return latents, torch.ones(n_pos, dtype=torch.bool)
-
-
-def _add_batch(model, saes, part: Task, hook: str, ups: list[str], targets: list[Target],
-               sources: dict[str, Sources], grads: tuple[torch.Tensor, torch.Tensor], batched: bool,
-               chunk: int, out_f, out_e) -> None:
-    """Add one batch's edges, summed over its examples, to ``out_f`` / ``out_e``."""
-    layer, kind = parse_hook(hook)
-    with torch.no_grad():
-        _, cache_c = model.run_with_cache(part.clean, names_filter=ups, stop_at_layer=layer + 1)
-        _, cache_p = model.run_with_cache(part.corrupt, names_filter=ups, stop_at_layer=layer + 1)
-    grad_f, grad_e = grads
-    deltas = {}
-    for u in ups:
-        (f_c, e_c), (f_p, e_p) = _encode_nodes(saes, u, cache_c[u]), _encode_nodes(saes, u, cache_p[u])
-        deltas[u] = (f_p - f_c, e_p - e_c)
-    # attention mixes positions; mlp_out and resid_post do not, once attn_L is a leaf
-    per_position = kind != "hook_attn_out" and f"blocks.{layer}.hook_attn_out" in ups
-    groups = sorted({p for p, _ in targets}) if per_position else [None]
-    for pos in groups:
+def batch_edges(model: HookedTransformer, saes: SAESet, run: BatchRun, hook: str, targets: list[Node],
+                sources: dict[str, NodeValues], grad: NodeValues, chunk: int = 128) -> dict[str, NodeValues]:
+    """One batch's edges into ``targets`` (nodes of ``hook``), summed over its examples, from
+    the kept ``sources`` of each upstream hook, given dm/dd (``grad``). The hook's block runs
+    once on the batch's clean inputs, with one backward pass per ``chunk`` targets (vmapped).
+    mlp_out and resid_post act on each position alone once attn_L is a leaf, so for them the
+    block runs on the targets' position only."""
+    sub = Submodule.parse(hook)
+    ups = upstream_hooks(hook, saes)
+    n_pos = run.part.n_pos
+    out = {u: NodeValues.zeros((len(targets), n_pos), _width(saes, u)) for u in ups}
+    per_position = sub.kind != "attn" and Submodule(sub.layer, "attn").hook in ups
+    for pos in sorted({t.position for t in targets}) if per_position else [None]:
         window = slice(pos, pos + 1) if per_position else slice(None)
-        idx = [t for t, (p, _) in enumerate(targets) if pos is None or p == pos]
-        local = [(p - (pos or 0), latent) for p, latent in (targets[t] for t in idx)]
-        acts = {u: cache_c[u][:, window] for u in ups}
-        step = chunk if batched else 1
-        for lo in range(0, len(idx), step):
-            grads = _block_grads(model, saes, hook, layer, ups, acts, grad_f[:, window], grad_e[:, window],
-                                 local[lo:lo + step])
-            rows = idx[lo:lo + step]
-            positions = range(part.n_pos)[window]
-            for u, g in zip(ups, grads):
-                _accumulate(saes, u, g, positions, deltas[u], sources[u], rows, out_f, out_e)
+        idx = [i for i, t in enumerate(targets) if pos is None or t.position == pos]
+        local = [(t.position - (pos or 0), t.latent) for t in (targets[i] for i in idx)]
+        acts = {u: run.acts[u][:, window] for u in ups}
+        g = grad.map(lambda t: t[:, window])
+        for lo in range(0, len(idx), chunk):
+            grads = _block_grads(model, saes, hook, sub.layer, ups, acts, g, local[lo:lo + chunk])
+            rows = torch.tensor(idx[lo:lo + chunk])
+            for u, gu in zip(ups, grads):
+                _accumulate(saes, u, gu, range(n_pos)[window], run.delta(u), sources[u], rows, out[u])
+    return out
 
 
-def _block_grads(model, saes, hook: str, layer: int, ups: list[str], acts: dict[str, torch.Tensor],
-                 grad_f: torch.Tensor, grad_e: torch.Tensor, targets: list[Target]) -> list[torch.Tensor]:
+def _block_grads(model, saes: SAESet, hook: str, layer: int, ups: list[str], acts: dict[str, torch.Tensor],
+                 grad: NodeValues, targets: list[tuple[int, int | None]]) -> list[torch.Tensor]:
     """Gradients of sum_b dm/dd[b] * d[b], for each target d, with respect to each upstream
     activation (``[T, batch, window, d_model]`` per upstream hook): the block is run from its
     input with attn_L / mlp_L outputs replaced by leaves, which cuts every indirect path."""
@@ -169,11 +132,11 @@ def _block_grads(model, saes, hook: str, layer: int, ups: list[str], acts: dict[
         recorded["x"] = x
         return x
 
-    inner = [u for u in ups if u.startswith(f"blocks.{layer}.")]
+    inner = [u for u in ups if Submodule.parse(u).layer == layer]
     with model.hooks(fwd_hooks=[(u, replace_with_leaf) for u in inner] + [(hook, record)]):
         model(leaves[ups[0]], start_at_layer=layer, stop_at_layer=layer + 1)
     x = recorded["x"]
-    cotangent = _hook_cotangents(saes[hook], x.detach(), grad_f, grad_e, targets)
+    cotangent = _hook_cotangents(saes[hook], x.detach(), grad, targets)
     inputs = [leaves[u] for u in ups]
     if len(targets) == 1:
         grads = torch.autograd.grad(x, inputs, cotangent[0], allow_unused=True)
@@ -184,29 +147,24 @@ def _block_grads(model, saes, hook: str, layer: int, ups: list[str], acts: dict[
             for g, a in zip(grads, inputs)]
 
 
-def _accumulate(saes, u: str, g: torch.Tensor, positions: range, delta: tuple[torch.Tensor, torch.Tensor],
-                source: Sources, rows: list[int], out_f, out_e) -> None:
+def _accumulate(saes: SAESet, u: str, g: torch.Tensor, positions: range, delta: NodeValues,
+                source: NodeValues, rows: torch.Tensor, out: NodeValues) -> None:
     """Edges from the kept nodes of ``u`` at ``positions``: latent i at position q gets
     sum_b (W_dec[i] . g[t, b, q]) * delta_f[b, q, i] (the decoder is affine), the error
     sum_b g[t, b, q] . delta_e[b, q]."""
-    latent_mask, error_mask = source
-    rows_t = torch.tensor(rows)
     for j, q in enumerate(positions):
         g_q = g[:, :, j]  # [T, batch, d_model]
-        if error_mask[q]:
-            out_e[u][rows_t, q] += torch.einsum("tbd,bd->t", g_q, delta[1][:, q]).detach().float().cpu()
-        if latent_mask is None:
-            continue
-        keep = latent_mask[q].nonzero().flatten()
+        if source.error[q]:
+            out.error[rows, q] += torch.einsum("tbd,bd->t", g_q, delta.error[:, q]).detach().float().cpu()
+        keep = source.latents[q].nonzero().flatten()
         if len(keep):
             on = keep.to(g_q.device)
             w = saes[u].W_dec.detach()[on]  # [k, d_model]
-            vals = ((g_q @ w.T) * delta[0][:, q, on]).sum(1)  # [T, k]
-            out_f[u][rows_t.unsqueeze(1), q, keep.unsqueeze(0)] += vals.detach().float().cpu()
+            vals = ((g_q @ w.T) * delta.latents[:, q, on]).sum(1)  # [T, k]
+            out.latents[rows.unsqueeze(1), q, keep.unsqueeze(0)] += vals.detach().float().cpu()
 
 
-def _hook_cotangents(sae, x: torch.Tensor, grad_f: torch.Tensor, grad_e: torch.Tensor,
-                     targets: list[Target]) -> torch.Tensor:
+def _hook_cotangents(sae, x: torch.Tensor, grad: NodeValues, targets: list[tuple[int, int | None]]) -> torch.Tensor:
     """For each target d at position p, the gradient of sum_b dm/dd[b] * d[b] with respect to
     the hook's activation ``x``: ``[T, batch, pos, d_model]``, non-zero at p only.
 
@@ -224,15 +182,12 @@ def _hook_cotangents(sae, x: torch.Tensor, grad_f: torch.Tensor, grad_e: torch.T
         for j, t in enumerate(idx):
             latent = targets[t][1]
             if latent is None:
-                ct_e[j] = grad_e[:, pos]
+                ct_e[j] = grad.error[:, pos]
             else:
-                ct_f[j, :, latent] = grad_f[:, pos, latent]
+                ct_f[j, :, latent] = grad.latents[:, pos, latent]
         (g,) = torch.autograd.grad([f, e], [xp], [ct_f, ct_e], is_grads_batched=True)
         out[idx, :, pos] = g
     return out
-
-
-Node = tuple[str, int, "int | None"]  # (hook, position, latent or None)
 
 
 @torch.no_grad()
@@ -243,30 +198,27 @@ def exact_edge_effects(model: HookedTransformer, saes: SAESet, task: Task,
     clean), recompute d, put that value of d into an otherwise clean run, and measure
     m - m(clean). The attribution ``edges_into`` is its first-order approximation."""
     task = prepare(model, task)
-    base = task.metric_per_example(model(task.clean)).mean()
+    run = run_batch(model, saes, task)
+    base = run.clean_metric.mean()
     out = []
-    for (u, q, i), (hook, p, j) in edges:
-        ups = upstream_hooks(hook, saes)
-        if u not in ups:
-            raise CircuitsError(f"no direct edge from {u} into {hook}")
-        layer, _ = parse_hook(hook)
-        _, cache_c = model.run_with_cache(task.clean, names_filter=ups, stop_at_layer=layer + 1)
-        _, cache_p = model.run_with_cache(task.corrupt, names_filter=[u], stop_at_layer=layer + 1)
-        (f_c, e_c), (f_p, e_p) = _encode_nodes(saes, u, cache_c[u]), _encode_nodes(saes, u, cache_p[u])
-        acts = {v: cache_c[v].clone() for v in ups}
-        if i is None:
-            acts[u][:, q] += e_p[:, q] - e_c[:, q]
+    for u, d in edges:
+        ups = upstream_hooks(d.hook, saes)
+        if u.hook not in ups:
+            raise CircuitsError(f"no direct edge from {u.hook} into {d.hook}")
+        layer = d.submodule.layer
+        acts = {v: run.acts[v].clone() for v in ups}
+        q, change = u.position, run.delta(u.hook)
+        if u.latent is None:
+            acts[u.hook][:, q] += change.error[:, q]
         else:
-            acts[u][:, q] += (f_p[:, q, i] - f_c[:, q, i]).unsqueeze(-1) * saes[u].W_dec[i]
+            acts[u.hook][:, q] += change.latents[:, q, u.latent].unsqueeze(-1) * saes[u.hook].W_dec[u.latent]
         recorded = {}
-        inner = [v for v in ups if v.startswith(f"blocks.{layer}.")]
+        inner = [v for v in ups if Submodule.parse(v).layer == layer]
         with model.hooks(fwd_hooks=[(v, lambda x, hook, acts=acts: acts[hook.name]) for v in inner]
-                         + [(hook, lambda x, hook, rec=recorded: rec.setdefault("x", x))]):
+                         + [(d.hook, lambda x, hook, rec=recorded: rec.setdefault("x", x))]):
             model(acts[ups[0]], start_at_layer=layer, stop_at_layer=layer + 1)
-        f_new = saes[hook].encode(recorded["x"])
-        e_new = recorded["x"] - saes[hook].decode(f_new)
-
-        edit = lambda f, e, p=p, j=j, f_new=f_new, e_new=e_new: set_node(f, e, p, j, f_new, e_new)  # noqa: E731
-        with spliced(model, saes, hooks=[hook], edits={hook: edit}):
+        new = encode_at(saes, d.hook, recorded["x"])
+        edit = lambda v, d=d, new=new: set_node(v, d, new)  # noqa: E731
+        with spliced(model, saes, hooks=[d.hook], edits={d.hook: edit}):
             out.append(task.metric_per_example(model(task.clean)).mean() - base)
     return torch.stack(out).cpu()

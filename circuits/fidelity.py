@@ -9,16 +9,11 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from circuits.attribution import (
-    EMBED,
-    exact_effects,
-    exact_submodule_effect,
-    node_effects,
-    prepare,
-)
+from circuits.attribution import exact_effects, exact_submodule_effect, node_effects, prepare
 from circuits.discover import DiscoverConfig, discover
 from circuits.edges import edges_into, exact_edge_effects
-from circuits.graph import METRIC
+from circuits.graph import nodes_of
+from circuits.vocab import METRIC, Node
 from sae.saeset import SAESet
 from tasks.task import Task
 
@@ -44,17 +39,17 @@ def check_attribution(model: HookedTransformer, saes: SAESet, task: Task, n_top:
     ig = node_effects(model, saes, task, "ig", steps=steps, progress=progress)
     out: dict = {"task": task.name, "n_examples": task.n_examples, "submodules": {}}
     for hook in tqdm(list(saes), desc="exact patching", disable=not progress):
-        a, g = atp.latents[hook].flatten(), ig.latents[hook].flatten()
+        a, g = atp.values[hook].latents.flatten(), ig.values[hook].latents.flatten()
         k = min(n_candidates, a.numel())
         cand = sorted(set(a.abs().topk(k).indices.tolist()) | set(g.abs().topk(k).indices.tolist()))
-        d_sae = atp.latents[hook].shape[1]
-        exact = exact_effects(model, saes, task, [(hook, c // d_sae, c % d_sae) for c in cand])
+        d_sae = saes[hook].cfg.d_sae
+        exact = exact_effects(model, saes, task, [Node.at(hook, c // d_sae, c % d_sae) for c in cand])
         top = exact.abs().topk(min(n_top, len(cand))).indices
         idx = torch.tensor(cand)[top]
         out["submodules"][hook] = {
             "pearson_atp": pearson(a[idx], exact[top]), "pearson_ig": pearson(g[idx], exact[top]),
-            "total_ig": float(ig.latents[hook].sum() + ig.errors[hook].sum()),
-            "total_atp": float(atp.latents[hook].sum() + atp.errors[hook].sum()),
+            "total_ig": float(ig.values[hook].latents.sum() + ig.values[hook].error.sum()),
+            "total_atp": float(atp.values[hook].latents.sum() + atp.values[hook].error.sum()),
             "total_exact": exact_submodule_effect(model, saes, task, hook),
             "n_latents": len(idx),
         }
@@ -74,9 +69,7 @@ def check_edges(model: HookedTransformer, saes: SAESet, task: Task, n_edges: int
     graph = discover(model, saes, task, DiscoverConfig(method="ig", steps=steps, edge_threshold=0.0),
                      progress=False)
 
-    def key(n: str):
-        a = graph.nodes[n]
-        return (a["hook"] or EMBED, a["position"], a["latent"])
+    nodes = nodes_of(graph)
 
     def latent(n: str) -> bool:
         return graph.nodes[n]["latent"] is not None
@@ -86,7 +79,7 @@ def check_edges(model: HookedTransformer, saes: SAESet, task: Task, n_edges: int
                "latent_to_latent": [e for e in ranked if latent(e[0]) and latent(e[1])][:n_edges]}
     result: dict = {}
     for name, edges in tqdm(samples.items(), desc="exact edge patching", disable=not progress):
-        pairs = [(key(u), key(v)) for u, v, _ in edges]
+        pairs = [(nodes[u], nodes[v]) for u, v, _ in edges]
         exact = exact_edge_effects(model, saes, task, pairs)
         weights = {"ig": torch.tensor([w for *_, w in edges]),
                    "atp": _edge_weights(model, saes, task, pairs, "atp", steps)}
@@ -112,15 +105,15 @@ def _edge_weights(model, saes: SAESet, task: Task, pairs: list, method: str, ste
     """The attribution weight of each (upstream, downstream) node pair, by ``edges_into``."""
     out = torch.zeros(len(pairs))
     by_hook: dict[str, list[int]] = {}
-    for k, (_, (hook, _, _)) in enumerate(pairs):
-        by_hook.setdefault(hook, []).append(k)
+    for k, (_, d) in enumerate(pairs):
+        by_hook.setdefault(d.hook, []).append(k)
     for hook, ks in by_hook.items():
-        targets = sorted({pairs[k][1][1:] for k in ks}, key=str)
+        targets = list(dict.fromkeys(pairs[k][1] for k in ks))
         edges = edges_into(model, saes, task, hook, targets, method=method, steps=steps)
         for k in ks:
-            (u, q, i), (_, p, j) = pairs[k]
-            t = targets.index((p, j))
-            out[k] = edges.errors[u][t, q] if i is None else edges.latents[u][t, q, i]
+            u, d = pairs[k]
+            w = edges.weights[u.hook].map(lambda x, t=targets.index(d): x[t])
+            out[k] = w.error[u.position] if u.latent is None else w.latents[u.position, u.latent]
     return out
 
 

@@ -1,10 +1,9 @@
 """The circuit graph: a NetworkX DiGraph of SAE nodes, pruning, and its JSON file.
 
-Node ids are readable and stable, built from TransformerLens hook names:
-``blocks.2.hook_mlp_out/317@S2`` (latent 317 at the position labelled S2),
-``blocks.2.hook_mlp_out/err@S2`` (the error term), ``embed@IO`` (the embeddings) and
-``metric``. Positions are the task's labels for templated prompts, ``p<i>`` otherwise, or
-``*`` when effects are summed over positions. Edges point downstream (towards ``metric``)
+Node ids and attributes are ``circuits.vocab.Node``'s: ``blocks.2.hook_mlp_out/317@S2``
+(latent 317 at the position labelled S2), ``blocks.2.hook_mlp_out/err@S2`` (the error term),
+``embed@IO`` (the embeddings) and ``metric``. Positions are the task's labels for templated
+prompts, ``p<i>`` otherwise, or ``*`` when effects are summed over positions. Edges point downstream (towards ``metric``)
 and carry ``weight``: the change in the metric through that edge when the upstream node is
 patched from clean to corrupt (negative = the behaviour relies on it).
 """
@@ -18,33 +17,14 @@ import networkx as nx
 
 from circuits.errors import CircuitsError
 from circuits.files import read_json, write_atomic
+from circuits.vocab import METRIC, Node
 
-METRIC = "metric"
-EMBED_ID = "embed"
 FORMAT = "sae-circuits/graph-v1"
 
 
-def node_id(hook: str | None, latent: int | None, pos_label: str) -> str:
-    """``hook/latent@pos``, ``hook/err@pos``, ``embed@pos`` (hook None) or ``metric``."""
-    if hook is None:
-        return f"{EMBED_ID}@{pos_label}"
-    return f"{hook}/{'err' if latent is None else latent}@{pos_label}"
-
-
-def kind_of(hook: str | None) -> str:
-    """``embed``, ``attn``, ``mlp`` or ``resid``."""
-    if hook is None:
-        return "embed"
-    return hook.split(".")[-1].removeprefix("hook_").removesuffix("_out").removesuffix("_post")
-
-
-def node_attrs(hook: str | None, latent: int | None, position: int | None, pos_label: str,
-               effect: float, activation: float) -> dict:
-    """The attributes every node carries (see the module docstring for ids)."""
-    layer = -1 if hook is None else int(hook.split(".")[1])
-    return {"hook": hook, "layer": layer, "kind": kind_of(hook), "latent": latent,
-            "is_error": hook is not None and latent is None, "position": position,
-            "pos_label": pos_label, "effect": float(effect), "activation": float(activation)}
+def nodes_of(graph: nx.DiGraph) -> dict[str, Node]:
+    """Every node of a circuit graph but the metric, by id."""
+    return {n: Node.from_attrs(a) for n, a in graph.nodes(data=True) if n != METRIC}
 
 
 def feature_nodes(graph: nx.DiGraph) -> list[str]:

@@ -9,51 +9,49 @@ are the model's. Backward, the gradient reaching x is exactly the model's own (t
 no path runs through an SAE encoder), while dm/df and dm/de can be read off the leaves. This
 is what sae-lens's ``HookedSAETransformer(use_error_term=True)`` gets wrong for attribution:
 its error term is computed under no_grad, so upstream gradients flow through every
-downstream SAE (shared DESIGN.md section 2).
+downstream SAE (docs/design.md, "Splicing").
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 from transformer_lens import HookedTransformer
 
+from circuits.values import NodeValues
 from sae.saeset import SAESet
 
-
-@dataclass
-class SpliceNodes:
-    """The leaves of the last spliced forward pass, by hook name.
-
-    ``latents[hook]`` is ``[batch, pos, d_sae]`` and ``errors[hook]`` is ``[batch, pos, d_in]``;
-    both require grad, so ``torch.autograd.grad(metric, ...)`` gives dm/df and dm/de.
-    """
-
-    latents: dict[str, torch.Tensor] = field(default_factory=dict)
-    errors: dict[str, torch.Tensor] = field(default_factory=dict)
+# Replaces a hook's nodes by other values: patching, interpolation, ablation, edits.
+NodeEdit = Callable[[NodeValues], NodeValues]
 
 
-# Replaces a hook's (latents, error) by other values: patching, interpolation, ablation.
-NodeEdit = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+def encode(sae, x: torch.Tensor) -> NodeValues:
+    """The latents and error term of activation ``x`` (no gradient)."""
+    with torch.no_grad():
+        f = sae.encode(x)
+        return NodeValues(f, x - sae.decode(f))
 
 
-def _splice_hook(sae, hook_name: str, nodes: SpliceNodes, edit: NodeEdit | None):
+def decode(sae, v: NodeValues) -> torch.Tensor:
+    """The activation the nodes stand for: D(f) + e."""
+    return sae.decode(v.latents) + v.error
+
+
+def splice_hook(sae, hook_name: str, record: dict[str, NodeValues], edit: NodeEdit | None = None):
+    """The TransformerLens hook function that splices ``sae`` in at ``hook_name``, records the
+    leaves in ``record[hook_name]`` and applies ``edit`` (see ``spliced``)."""
     def hook(x: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001 (TransformerLens passes the HookPoint)
-        with torch.no_grad():
-            f = sae.encode(x)
-            e = x - sae.decode(f)
-            if edit is not None:
-                f_new, e_new = edit(f, e)
+        nodes = encode(sae, x)
+        if edit is not None:
+            with torch.no_grad():
+                new = edit(nodes)
                 # x plus the change: positions and examples the edit left alone stay bit-equal
-                x = x + ((sae.decode(f_new) + e_new) - (sae.decode(f) + e))
-                f, e = f_new, e_new
-        f = f.detach().requires_grad_(True)
-        e = e.detach().requires_grad_(True)
-        nodes.latents[hook_name], nodes.errors[hook_name] = f, e
-        z = sae.decode(f) + e
+                x = x + (decode(sae, new) - decode(sae, nodes))
+                nodes = new
+        record[hook_name] = leaves = nodes.leaves()
+        z = decode(sae, leaves)
         return x + (z - z.detach())
 
     return hook
@@ -61,16 +59,35 @@ def _splice_hook(sae, hook_name: str, nodes: SpliceNodes, edit: NodeEdit | None)
 
 @contextmanager
 def spliced(model: HookedTransformer, saes: SAESet, hooks: list[str] | None = None,
-            edits: dict[str, NodeEdit] | None = None) -> Iterator[SpliceNodes]:
+            edits: dict[str, NodeEdit] | None = None) -> Iterator[dict[str, NodeValues]]:
     """Inside the block, every forward pass of ``model`` runs with ``saes`` spliced in at
-    ``hooks`` (default: all of the set's) and records its nodes in the yielded object.
-    ``edits[hook](f, e)`` returns the (latents, error) to use there instead of the computed
-    ones; the hook's output becomes D(f') + e' and passes no gradient upstream (an edited
-    value does not depend on the activations before it).
+    ``hooks`` (default: all of the set's) and records its nodes (leaves that require grad)
+    by hook in the yielded dict. ``edits[hook](nodes)`` returns the nodes to use there
+    instead of the computed ones; the hook's output becomes D(f') + e' and passes no
+    gradient upstream (an edited value does not depend on the activations before it).
     The hooks are removed when the block ends, also on error."""
     hooks = list(saes) if hooks is None else hooks
     edits = edits or {}
     saes.check_model(model)
-    nodes = SpliceNodes()
-    with model.hooks(fwd_hooks=[(h, _splice_hook(saes[h], h, nodes, edits.get(h))) for h in hooks]):
-        yield nodes
+    record: dict[str, NodeValues] = {}
+    with model.hooks(fwd_hooks=[(h, splice_hook(saes[h], h, record, edits.get(h))) for h in hooks]):
+        yield record
+
+
+@contextmanager
+def interpolated(model: HookedTransformer, saes: SAESet,
+                 paths: dict[str, tuple[slice, NodeValues]]) -> Iterator[dict[str, NodeValues]]:
+    """For integrated gradients with many paths in one batch: at each hook of ``paths``, the
+    batch rows ``rows`` take the given nodes (their activation becomes D(f) + e of leaves that
+    require grad, yielded by hook); every other row passes through unchanged, gradient
+    included. Hooks are removed when the block ends."""
+    record: dict[str, NodeValues] = {}
+
+    def hook_for(name: str, rows: slice, values: NodeValues):
+        def hook(x: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001
+            record[name] = leaves = values.leaves()
+            return torch.cat([x[:rows.start], decode(saes[name], leaves), x[rows.stop:]])
+        return hook
+
+    with model.hooks(fwd_hooks=[(h, hook_for(h, rows, v)) for h, (rows, v) in paths.items()]):
+        yield record
