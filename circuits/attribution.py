@@ -19,6 +19,7 @@ first pass.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -218,7 +219,11 @@ def first_pass(model: HookedTransformer, saes: SAESet, task: Task, method: Metho
     for lo in tqdm(batch_starts(task.n_examples, batch_size), desc=f"attribution ({method or 'metrics'})",
                    disable=not (progress and is_main())):
         run = run_batch(model, saes, task.subset(slice(lo, lo + batch_size)))
-        metrics += torch.stack([run.clean_metric.sum(), run.corrupt_metric.sum()]).double().cpu()
+        sums = torch.stack([run.clean_metric.sum(), run.corrupt_metric.sum()]).double().cpu()
+        for name, value in zip(("clean", "corrupt"), sums.tolist()):
+            if not math.isfinite(value):  # before any gradient: say which run
+                raise CircuitsError(f"task {task.name}: the {name} metric is not finite ({value})")
+        metrics += sums
         add_into(acts, {h: NodeValues(v.latents.sum(0), v.error.norm(dim=-1).sum(0)).cpu()
                         for h, v in run.clean.items()})
         if method is not None:
@@ -226,9 +231,6 @@ def first_pass(model: HookedTransformer, saes: SAESet, task: Task, method: Metho
             add_into(effects, {h: (run.delta(h) @ g).sum(0).cpu() for h, g in grads.items()})
     all_reduce([metrics, *flat(effects), *flat(acts)])
     n = task.n_examples
-    for name, value in zip(("clean", "corrupt"), metrics.tolist()):
-        if not torch.isfinite(torch.tensor(value)):
-            raise CircuitsError(f"task {task.name}: the {name} metric is not finite ({value})")
     return FirstPass(NodeEffects({h: v / n for h, v in effects.items()}, method or "none", n),
                      {h: v / n for h, v in acts.items()}, metrics[0].item() / n, metrics[1].item() / n)
 

@@ -24,6 +24,7 @@ from circuits.errors import CircuitsError
 from circuits.files import read_json, write_atomic
 from circuits.graph import METRIC
 from circuits.splice import NodeEdit, spliced
+from circuits.values import NodeValues
 from sae.saeset import SAESet
 
 ACTIONS = ("zero", "mean", "clamp", "scale")
@@ -91,8 +92,8 @@ class Edit:
 
 
 def _hook_edit(features: list[FeatureEdit]) -> NodeEdit:
-    def edit(f: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = f.clone()
+    def edit(nodes: NodeValues) -> NodeValues:
+        f = nodes.latents.clone()
         for fe in features:
             n = f.shape[1]
             pos = slice(None) if fe.positions is None else [p % n for p in fe.positions if -n <= p < n]
@@ -104,7 +105,7 @@ def _hook_edit(features: list[FeatureEdit]) -> NodeEdit:
             else:  # mean, clamp
                 new = torch.full_like(current, fe.value)
             f[:, pos, fe.latent] = new
-        return f, e
+        return NodeValues(f, nodes.error)
     return edit
 
 
@@ -148,7 +149,7 @@ def mean_activations(model: HookedTransformer, saes: SAESet, tokens: torch.Tenso
     """Mean latent activation per hook over ``tokens`` (BOS excluded): ``[d_sae]``."""
     with spliced(model, saes, hooks=hooks) as nodes:
         model(tokens)
-    return {h: nodes.latents[h][:, 1:].mean((0, 1)) for h in hooks}
+    return {h: nodes[h].latents[:, 1:].mean((0, 1)).detach() for h in hooks}
 
 
 def edit_from_circuit(graph: nx.DiGraph, top: int, action: str = "zero",

@@ -90,7 +90,7 @@ def feature_cards(model: HookedTransformer, saes: SAESet, keys: list[tuple[str, 
         with spliced(model, saes, hooks=hooks) as nodes:
             model(tokens[lo:lo + batch_size])
         for h in hooks:
-            acts[h].append(nodes.latents[h][:, 1:, index[h]].float())
+            acts[h].append(nodes[h].latents[:, 1:, index[h]].detach().float())
     cards = {}
     w_u = model.W_U.detach()
     for h in hooks:

@@ -4,9 +4,10 @@ import pytest
 import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 
-from circuits.ablation import (NodeMasks, ablated, faithfulness, faithfulness_curve, log_sizes,
+from circuits.ablation import (ablated, faithfulness, faithfulness_curve, log_sizes, node_masks,
                                reference_values, smallest_faithful)
 from circuits.errors import CircuitsError
+from circuits.vocab import Node
 from sae.saeset import SAESet, hook_names
 from tasks.builtin import make_task
 from tests.test_attribution import TOK, random_saes, tiny_model
@@ -20,7 +21,7 @@ def setup():
 
 
 def all_nodes(saes, n_pos):
-    return [(h, p, i) for h in saes for p in range(n_pos) for i in [None, *range(saes[h].cfg.d_sae)]]
+    return [Node.at(h, p, i) for h in saes for p in range(n_pos) for i in [None, *range(saes[h].cfg.d_sae)]]
 
 
 @pytest.mark.parametrize("how", ["mean", "zero", "resample"])
@@ -37,7 +38,7 @@ def test_full_circuit_is_faithful_and_empty_is_not(setup, how):
 def test_ablation_hooks_are_removed_also_on_error(setup):
     model, saes, task = setup
     values = reference_values(model, saes, task, "mean")
-    masks = NodeMasks.from_nodes([("blocks.0.hook_mlp_out", 3, None)], saes, task.n_pos)
+    masks = node_masks([Node.at("blocks.0.hook_mlp_out", 3)], saes, task.n_pos)
     plain = model(task.clean)
     with ablated(model, saes, masks, values):
         assert model.hook_dict["blocks.0.hook_mlp_out"].fwd_hooks
@@ -57,16 +58,16 @@ def test_mean_ablation_of_a_node_uses_its_task_mean(setup):
     x = cache[hook]
     f = saes[hook].encode(x)
     e = x - saes[hook].decode(f)
-    expected = x + (values[hook][0][:, 5] - f[..., 5]).unsqueeze(-1) * saes[hook].W_dec[5]
-    expected[:, 2] += values[hook][1][2] - e[:, 2]
-    masks = NodeMasks.from_nodes([(hook, None, 5), (hook, 2, None)], saes, task.n_pos)
+    expected = x + (values[hook].latents[:, 5] - f[..., 5]).unsqueeze(-1) * saes[hook].W_dec[5]
+    expected[:, 2] += values[hook].error[2] - e[:, 2]
+    masks = node_masks([Node.at(hook, None, 5), Node.at(hook, 2)], saes, task.n_pos)
     seen = {}
     with ablated(model, saes, masks, values), \
             model.hooks(fwd_hooks=[(hook, lambda out, hook: seen.setdefault("out", out))]):
         model(task.clean)
     assert torch.allclose(seen["out"], expected, atol=1e-5)
-    assert torch.allclose(values[hook][0], saes[hook].encode(x).mean(0))
-    resample = reference_values(model, saes, task, "resample")[hook][0]
+    assert torch.allclose(values[hook].latents, saes[hook].encode(x).mean(0))
+    resample = reference_values(model, saes, task, "resample")[hook].latents
     assert resample.shape == f.shape and not torch.equal(resample, f)
     assert sorted(resample[:, -1].tolist()) == sorted(f[:, -1].tolist())  # other examples' values
 
@@ -74,9 +75,9 @@ def test_mean_ablation_of_a_node_uses_its_task_mean(setup):
 def test_bad_nodes_are_one_line(setup):
     model, saes, task = setup
     with pytest.raises(CircuitsError, match="latent out of range"):
-        NodeMasks.from_nodes([("blocks.0.hook_mlp_out", 1, 999)], saes, task.n_pos)
+        node_masks([Node.at("blocks.0.hook_mlp_out", 1, 999)], saes, task.n_pos)
     with pytest.raises(CircuitsError, match="no SAE at blocks.5.hook_mlp_out"):
-        NodeMasks.from_nodes([("blocks.5.hook_mlp_out", 1, 0)], saes, task.n_pos)
+        node_masks([Node.at("blocks.5.hook_mlp_out", 1, 0)], saes, task.n_pos)
     with pytest.raises(CircuitsError, match="unknown ablation 'median'"):
         faithfulness(model, saes, task, [], "median")
 
@@ -123,13 +124,13 @@ def test_planted_circuit_is_found_and_faithful():
 
     effects = node_effects(model, saes, task, "atp", progress=False)
     hook = "blocks.0.hook_resid_post"
-    lat = effects.latents[hook]
+    lat = effects.values[hook].latents
     pos, latent = divmod(int(lat.abs().flatten().argmax()), lat.shape[1])
     assert (pos, latent) == (task.n_pos - 1, 7)
-    ranked = [(hook, pos, latent)]
+    ranked = [Node.at(hook, pos, latent)]
     f = faithfulness(model, saes, task, ranked, "zero")
     assert f.faithfulness > 0.9
-    k, value = smallest_faithful(model, saes, task, ranked + [(hook, 3, 0)], target=0.9, how="zero")
+    k, value = smallest_faithful(model, saes, task, ranked + [Node.at(hook, 3, 0)], target=0.9, how="zero")
     assert k == 1 and value > 0.9
     curve = faithfulness_curve(model, saes, task, ranked, "zero", n_random=2, progress=False)
-    assert curve["curve"][-1]["n_nodes"] == 1 and curve["faithfulness"] > 0.9
+    assert curve.curve[-1].n_nodes == 1 and curve.faithfulness > 0.9

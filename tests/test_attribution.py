@@ -7,6 +7,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuits.attribution import exact_effects, exact_submodule_effect, node_effects
 from circuits.errors import CircuitsError
+from circuits.vocab import Node
 from sae.saeset import SAESet, hook_names
 from tasks.builtin import make_task
 from tasks.tokenizer import build_tokenizer
@@ -41,11 +42,12 @@ def test_atp_equals_exact_when_the_metric_is_linear_in_the_node():
     saes = random_saes([hook])
     task = make_task("ioi", TOK, n=8, split="train")
     atp = node_effects(model, saes, task, method="atp", progress=False)
-    top = atp.latents[hook].abs().flatten().topk(10).indices
-    nodes = [(hook, int(i) // 64, int(i) % 64) for i in top] + [(hook, 14, None), (hook, 10, None)]
+    v = atp.values[hook]
+    top = v.latents.abs().flatten().topk(10).indices
+    nodes = [Node.at(hook, int(i) // 64, int(i) % 64) for i in top] + [Node.at(hook, 14), Node.at(hook, 10)]
     exact = exact_effects(model, saes, task, nodes)
-    approx = torch.stack([atp.latents[hook][p, i] if i is not None else atp.errors[hook][p]
-                          for _, p, i in nodes])
+    approx = torch.stack([v.latents[n.position, n.latent] if n.latent is not None else v.error[n.position]
+                          for n in nodes])
     assert exact.abs().max() > 1e-3, "the test needs non-zero effects"
     assert torch.allclose(approx, exact, atol=1e-4, rtol=1e-3)
 
@@ -57,7 +59,7 @@ def test_ig_sums_to_the_exact_whole_submodule_effect():
     task = make_task("ioi", TOK, n=8, split="train")
     ig = node_effects(model, saes, task, method="ig", steps=10, progress=False)
     for hook in hooks:
-        total = (ig.latents[hook].sum() + ig.errors[hook].sum()).item()
+        total = (ig.values[hook].latents.sum() + ig.values[hook].error.sum()).item()
         exact = exact_submodule_effect(model, saes, task, hook)
         assert total == pytest.approx(exact, rel=0.02, abs=1e-4), hook
 
@@ -69,8 +71,8 @@ def test_effects_do_not_depend_on_the_batch_size():
     a = node_effects(model, saes, task, method="atp", batch_size=6, progress=False)
     b = node_effects(model, saes, task, method="atp", batch_size=4, progress=False)
     for hook in saes:
-        assert torch.allclose(a.latents[hook], b.latents[hook], atol=1e-6)
-        assert torch.allclose(a.errors[hook], b.errors[hook], atol=1e-6)
+        assert torch.allclose(a.values[hook].latents, b.values[hook].latents, atol=1e-6)
+        assert torch.allclose(a.values[hook].error, b.values[hook].error, atol=1e-6)
 
 
 def test_unknown_method():

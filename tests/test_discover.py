@@ -6,11 +6,12 @@ import warnings
 import pytest
 import torch
 
-from circuits.attribution import EMBED, exact_effects, node_effects
+from circuits.attribution import exact_effects, node_effects
 from circuits.discover import DiscoverConfig, discover
 from circuits.edges import edges_into
 from circuits.errors import CircuitsError
 from circuits.graph import METRIC, load_graph, save_graph
+from circuits.vocab import Node
 from sae.saeset import SAESet, hook_names
 from tasks.builtin import make_task
 from tests.test_attribution import TOK, random_saes, tiny_model
@@ -23,9 +24,13 @@ def setup():
     return tiny_model(), random_saes(HOOKS), make_task("ioi", TOK, n=8, split="train")
 
 
-def _key(graph, n):
-    a = graph.nodes[n]
-    return (a["hook"] or EMBED, a["position"], a["latent"])
+def _key(graph, n) -> Node:
+    return Node.from_attrs(graph.nodes[n])
+
+
+def _effect(effects, node: Node) -> torch.Tensor:
+    v = effects.values[node.hook]
+    return v.error[node.position] if node.latent is None else v.latents[node.position, node.latent]
 
 
 def test_discovered_graph_is_consistent(setup, tmp_path):
@@ -37,8 +42,7 @@ def test_discovered_graph_is_consistent(setup, tmp_path):
     for n, a in graph.nodes(data=True):
         if n == METRIC:
             continue
-        hook, pos, latent = _key(graph, n)
-        expected = atp.errors[hook][pos] if latent is None else atp.latents[hook][pos, latent]
+        expected = _effect(atp, _key(graph, n))
         assert a["effect"] == pytest.approx(expected.item(), abs=1e-6)
         assert abs(a["effect"]) >= 0.02 * abs(total)
         assert graph.out_degree(n) > 0  # every node reaches the metric
@@ -56,11 +60,12 @@ def test_graph_edges_match_edges_into(setup):
     hook = "blocks.1.hook_resid_post"
     targets = [n for n in graph if graph.nodes[n].get("hook") == hook]
     assert targets
-    dense = edges_into(model, saes, task, hook, [_key(graph, n)[1:] for n in targets])
+    dense = edges_into(model, saes, task, hook, [_key(graph, n) for n in targets])
     for t, n in enumerate(targets):
         for u, _, w in graph.in_edges(n, data="weight"):
-            uh, q, i = _key(graph, u)
-            expected = dense.errors[uh][t, q] if i is None else dense.latents[uh][t, q, i]
+            src = _key(graph, u)
+            weights = dense.weights[src.hook].map(lambda x, t=t: x[t])
+            expected = weights.error[src.position] if src.latent is None else weights.latents[src.position, src.latent]
             assert w == pytest.approx(expected.item(), rel=1e-4, abs=1e-7)
 
 
@@ -85,8 +90,9 @@ def test_tasks_without_templates_sum_over_positions(setup):
     assert all(n == METRIC or n.endswith("@*") for n in graph)
     for n in graph:
         if n != METRIC and graph.nodes[n]["latent"] is not None:
-            hook, _, latent = _key(graph, n)
-            assert graph.nodes[n]["effect"] == pytest.approx(atp.latents[hook][:, latent].sum().item(), abs=1e-6)
+            node = _key(graph, n)
+            summed = atp.values[node.hook].latents[:, node.latent].sum()
+            assert graph.nodes[n]["effect"] == pytest.approx(summed.item(), abs=1e-6)
 
 
 def test_kl_metric_needs_ig(setup):
@@ -95,9 +101,9 @@ def test_kl_metric_needs_ig(setup):
     atp = node_effects(model, saes, kl, "atp", progress=False)
     ig = node_effects(model, saes, kl, "ig", steps=4, progress=False)
     hook = "blocks.1.hook_resid_post"
-    assert atp.latents[hook].abs().max() < 1e-5  # KL is at its minimum on the clean run
-    assert ig.latents[hook].abs().max() > 1e-4
-    assert (ig.latents[hook].sum() + ig.errors[hook].sum()) < 0  # corrupting moves away from clean
+    assert atp.values[hook].latents.abs().max() < 1e-5  # KL is at its minimum on the clean run
+    assert ig.values[hook].latents.abs().max() > 1e-4
+    assert (ig.values[hook].latents.sum() + ig.values[hook].error.sum()) < 0  # corrupting moves away from clean
 
 
 def test_nothing_to_explain_warns(setup):
@@ -125,7 +131,8 @@ def test_a_metric_that_is_not_finite_is_one_error(setup):
         model.unembed.b_U[task.answer[0, 0]] = float("nan")
     with pytest.raises(CircuitsError, match="task ioi: the clean metric is not finite"):
         discover(model, saes, task, progress=False)
-    with pytest.raises(CircuitsError, match="task ioi: the metric is not finite"):
+    # node attribution checks the metrics before any gradient, so it names the run too
+    with pytest.raises(CircuitsError, match="task ioi: the clean metric is not finite"):
         node_effects(model, saes, task, "atp", progress=False)
 
 
@@ -133,14 +140,14 @@ def test_a_batch_that_does_not_fit_is_halved(setup, monkeypatch):
     import circuits.discover as d
 
     model, saes, task = setup
-    real = d.node_effects
+    real = d.first_pass
 
     def tight(model, saes, task, method, steps, batch_size, progress):
         if batch_size > 2:
             raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
         return real(model, saes, task, method, steps, batch_size, progress)
 
-    monkeypatch.setattr(d, "node_effects", tight)
+    monkeypatch.setattr(d, "first_pass", tight)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         graph = d.discover_fitting(model, saes, task, DiscoverConfig(method="atp", top_n=5, batch_size=8),
@@ -148,6 +155,6 @@ def test_a_batch_that_does_not_fit_is_halved(setup, monkeypatch):
     assert graph.graph["discover"]["batch_size"] == 2
     assert [str(w.message) for w in caught if "does not fit" in str(w.message)] == [
         "batch size 8 does not fit in memory; retrying with 4", "batch size 4 does not fit in memory; retrying with 2"]
-    monkeypatch.setattr(d, "node_effects", lambda *a: (_ for _ in ()).throw(RuntimeError("CUDA out of memory")))
+    monkeypatch.setattr(d, "first_pass", lambda *a: (_ for _ in ()).throw(RuntimeError("CUDA out of memory")))
     with pytest.raises(CircuitsError, match="one prompt pair at a time does not fit"):
         d.discover_fitting(model, saes, task, DiscoverConfig(method="atp", batch_size=1), progress=False)

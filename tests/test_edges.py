@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from circuits.attribution import metric_grads
-from circuits.attribution import EMBED
-from circuits.edges import _encode_nodes, edges_into, upstream_hooks
+from circuits.attribution import clean_grads, encode_at, run_batch
+from circuits.edges import edges_into, upstream_hooks
 from circuits.errors import CircuitsError
+from circuits.values import NodeValues
+from circuits.vocab import EMBED_HOOK, Node
 from sae.saeset import SAESet, hook_names
 from tasks.builtin import make_task
 from tests.test_attribution import TOK, random_saes, tiny_model
@@ -33,9 +34,9 @@ def _downstream_value(model, saes, task, hook, eps):
     _, cache_p = model.run_with_cache(task.corrupt, names_filter=ups, stop_at_layer=layer + 1)
     values = {}
     for u in ups:
-        (f_c, e_c), (f_p, e_p) = _encode_nodes(saes, u, cache_c[u]), _encode_nodes(saes, u, cache_p[u])
-        f, e = f_c + eps * (f_p - f_c), e_c + eps * (e_p - e_c)
-        values[u] = e if u == EMBED else saes[u].decode(f) + e
+        c, p = encode_at(saes, u, cache_c[u]), encode_at(saes, u, cache_p[u])
+        v = c + (p - c) * eps
+        values[u] = v.error if u == EMBED_HOOK else saes[u].decode(v.latents) + v.error
     recorded = {}
 
     def record(x, hook):
@@ -50,16 +51,18 @@ def _downstream_value(model, saes, task, hook, eps):
 @pytest.mark.parametrize("hook", HOOKS)
 def test_edges_into_a_node_sum_to_its_linearised_change(setup, hook):
     model, saes, task = setup
-    (g_f,), (g_e,) = metric_grads(model, saes, task, [hook])
+    g = clean_grads(model, saes, run_batch(model, saes, task))[hook]
+    g_f, g_e = g.latents, g.error
     f0, e0 = _downstream_value(model, saes, task, hook, 0.0)
     eps = 1e-5
     f1, e1 = _downstream_value(model, saes, task, hook, eps)
     active = (f0[:, -1] != 0).any(0).nonzero().flatten()[:3].tolist()
-    targets = [(task.n_pos - 1, j) for j in active] + [(task.n_pos - 1, None), (3, None)]
+    targets = [Node.at(hook, task.n_pos - 1, j) for j in active] + [Node.at(hook, task.n_pos - 1), Node.at(hook, 3)]
     edges = edges_into(model, saes, task, hook, targets)
     n = task.n_examples
-    for t, (pos, latent) in enumerate(targets):
-        total = sum(edges.latents[u][t].sum() for u in edges.latents) + sum(edges.errors[u][t].sum() for u in edges.errors)
+    for t, target in enumerate(targets):
+        pos, latent = target.position, target.latent
+        total = sum(w.latents[t].sum() + w.error[t].sum() for w in edges.weights.values())
         if latent is None:
             fd = (g_e[:, pos] * (e1[:, pos] - e0[:, pos])).sum() / eps / n
         else:
@@ -71,7 +74,7 @@ def test_upstream_layout():
     saes = random_saes(HOOKS)
     assert upstream_hooks("blocks.1.hook_resid_post", saes) == [
         "blocks.0.hook_resid_post", "blocks.1.hook_attn_out", "blocks.1.hook_mlp_out"]
-    assert upstream_hooks("blocks.0.hook_attn_out", saes) == [EMBED]
+    assert upstream_hooks("blocks.0.hook_attn_out", saes) == [EMBED_HOOK]
     with pytest.raises(CircuitsError, match="need an SAE at blocks.0.hook_resid_post"):
         upstream_hooks("blocks.1.hook_attn_out", SAESet({"blocks.1.hook_attn_out": saes["blocks.1.hook_attn_out"]}))
     resid_only = SAESet({h: saes[h] for h in saes if h.endswith("resid_post")})
@@ -81,13 +84,12 @@ def test_upstream_layout():
 def test_batched_backward_equals_one_backward_per_target(setup):
     model, saes, task = setup
     hook = "blocks.1.hook_resid_post"
-    targets = [(task.n_pos - 1, j) for j in range(4)] + [(task.n_pos - 1, None)]
+    targets = [Node.at(hook, task.n_pos - 1, j) for j in range(4)] + [Node.at(hook, task.n_pos - 1)]
     a = edges_into(model, saes, task, hook, targets, batched=True)
     b = edges_into(model, saes, task, hook, targets, batched=False)
-    for u in a.latents:
-        assert torch.allclose(a.latents[u], b.latents[u], atol=1e-9)
-    for u in a.errors:
-        assert torch.allclose(a.errors[u], b.errors[u], atol=1e-9)
+    for u in a.weights:
+        assert torch.allclose(a.weights[u].latents, b.weights[u].latents, atol=1e-9)
+        assert torch.allclose(a.weights[u].error, b.weights[u].error, atol=1e-9)
 
 
 def test_resid_only_edges_run_through_the_whole_block(setup):
@@ -95,37 +97,40 @@ def test_resid_only_edges_run_through_the_whole_block(setup):
     model, saes, task = setup
     resid = SAESet({h: saes[h] for h in saes if h.endswith("resid_post")})
     hook = "blocks.1.hook_resid_post"
-    (g_f,), (g_e,) = metric_grads(model, resid, task, [hook])
+    g = clean_grads(model, resid, run_batch(model, resid, task))[hook]
+    g_f, g_e = g.latents, g.error
     eps = 1e-5
     f0, e0 = _downstream_value(model, resid, task, hook, 0.0)
     f1, e1 = _downstream_value(model, resid, task, hook, eps)
     pos = task.n_pos - 1
     latent = int((f0[:, pos] != 0).any(0).nonzero()[0])
-    edges = edges_into(model, resid, task, hook, [(pos, latent), (pos, None)])
-    assert list(edges.errors) == ["blocks.0.hook_resid_post"]
+    edges = edges_into(model, resid, task, hook, [Node.at(hook, pos, latent), Node.at(hook, pos)])
+    assert list(edges.weights) == ["blocks.0.hook_resid_post"]
+    w = edges.weights["blocks.0.hook_resid_post"]
     n = task.n_examples
     fd_f = (g_f[:, pos, latent] * (f1[:, pos, latent] - f0[:, pos, latent])).sum() / eps / n
     fd_e = (g_e[:, pos] * (e1[:, pos] - e0[:, pos])).sum() / eps / n
     for t, fd in enumerate([fd_f, fd_e]):
-        total = edges.latents["blocks.0.hook_resid_post"][t].sum() + edges.errors["blocks.0.hook_resid_post"][t].sum()
+        total = w.latents[t].sum() + w.error[t].sum()
         assert total.item() == pytest.approx(fd.item(), rel=1e-3, abs=1e-7)
         # attention mixes positions: the edge reaches earlier positions too
-    assert edges.errors["blocks.0.hook_resid_post"][1, :pos].abs().sum() > 0
+    assert w.error[1, :pos].abs().sum() > 0
 
 
 def test_sources_restrict_the_upstream_nodes(setup):
     model, saes, task = setup
     hook = "blocks.1.hook_mlp_out"
-    targets = [(task.n_pos - 1, None), (task.n_pos - 1, 0)]
+    targets = [Node.at(hook, task.n_pos - 1), Node.at(hook, task.n_pos - 1, 0)]
     dense = edges_into(model, saes, task, hook, targets)
     u = "blocks.1.hook_attn_out"
     keep = torch.zeros(task.n_pos, saes[u].cfg.d_sae, dtype=torch.bool)
     keep[task.n_pos - 1, :5] = True
-    part = edges_into(model, saes, task, hook, targets, sources={u: (keep, torch.zeros(task.n_pos, dtype=torch.bool))},
+    part = edges_into(model, saes, task, hook, targets, sources={u: NodeValues(keep, torch.zeros(task.n_pos, dtype=torch.bool))},
                       batch_size=3)
-    assert torch.allclose(part.latents[u][:, keep], dense.latents[u][:, keep], atol=1e-9)
-    assert part.latents[u][:, ~keep].abs().sum() == 0 and part.errors[u].abs().sum() == 0
+    part_u, dense_u = part.weights[u], dense.weights[u]
+    assert torch.allclose(part_u.latents[:, keep], dense_u.latents[:, keep], atol=1e-9)
+    assert part_u.latents[:, ~keep].abs().sum() == 0 and part_u.error.abs().sum() == 0
     other = "blocks.0.hook_resid_post"  # not restricted: all nodes
-    assert torch.allclose(part.latents[other], dense.latents[other], atol=1e-9)
+    assert torch.allclose(part.weights[other].latents, dense.weights[other].latents, atol=1e-9)
     with pytest.raises(CircuitsError, match="out of range"):
-        edges_into(model, saes, task, hook, [(99, 0)])
+        edges_into(model, saes, task, hook, [Node.at(hook, 99, 0)])

@@ -67,7 +67,7 @@ def test_spliced_gradients_equal_the_model(setup):
     for hook in HOOKS:
         assert torch.allclose(plain_grads[hook], splice_grads[hook], atol=1e-6, rtol=1e-5), hook
         # the error term is added as is, so dm/de is dm/dx at the hook
-        assert torch.allclose(nodes.errors[hook].grad, splice_grads[hook], atol=1e-6)
+        assert torch.allclose(nodes[hook].error.grad, splice_grads[hook], atol=1e-6)
 
 
 def test_latent_gradients_are_the_decoder_projection(setup):
@@ -75,15 +75,15 @@ def test_latent_gradients_are_the_decoder_projection(setup):
     with spliced(model, saes) as nodes:
         logits = model(task.clean)
     metric = task.metric_per_example(logits).mean()
-    grads = torch.autograd.grad(metric, [nodes.latents[h] for h in HOOKS] + [nodes.errors[h] for h in HOOKS])
+    grads = torch.autograd.grad(metric, [nodes[h].latents for h in HOOKS] + [nodes[h].error for h in HOOKS])
     for i, hook in enumerate(HOOKS):
         d_latent, d_error = grads[i], grads[len(HOOKS) + i]
         expected = d_error @ saes[hook].W_dec.detach().T
         assert torch.allclose(d_latent, expected, atol=1e-6, rtol=1e-4), hook
-        assert nodes.latents[hook].shape == (task.n_examples, task.n_pos, 64)
+        assert nodes[hook].latents.shape == (task.n_examples, task.n_pos, 64)
         # nodes hold the real decomposition: D(f) + e == x
         with torch.no_grad():
-            recon = saes[hook].decode(nodes.latents[hook]) + nodes.errors[hook]
+            recon = saes[hook].decode(nodes[hook].latents) + nodes[hook].error
         _, cache = model.run_with_cache(task.clean, names_filter=[hook])
         assert torch.allclose(recon, cache[hook], atol=1e-5)
 
