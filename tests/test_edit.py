@@ -9,15 +9,14 @@ from circuits.edit import Edit, FeatureEdit, attach, edit_from_circuit, edited
 from circuits.errors import CircuitsError
 from sae.saeset import hook_names
 from tasks.builtin import make_task
-from tests.test_attribution import TOK, random_saes, tiny_model
-from tests.test_graph import toy_graph
+from tests.helpers import TOK, random_saes, tiny_hooked_model, toy_graph
 
 HOOKS = hook_names(["resid", "mlp", "attn"], range(2))
 
 
 @pytest.fixture(scope="module")
 def setup():
-    return tiny_model(), random_saes(HOOKS), make_task("ioi", TOK, n=4, split="train")
+    return tiny_hooked_model(), random_saes(HOOKS), make_task("ioi", TOK, n=4, split="train")
 
 
 def _hook_output(model, tokens, hook):

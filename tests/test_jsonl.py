@@ -8,7 +8,7 @@ from circuits.model import build_model
 from tasks.builtin import make_task
 from tasks.jsonl import load_task_jsonl
 from tasks.tokenizer import build_tokenizer
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 TOK = build_tokenizer()
 GOOD = [
