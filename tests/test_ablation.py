@@ -4,8 +4,15 @@ import pytest
 import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 
-from circuits.ablation import (NodeMasks, ablated, faithfulness, faithfulness_curve, log_sizes,
-                               reference_values, smallest_faithful)
+from circuits.ablation import (
+    NodeMasks,
+    ablated,
+    faithfulness,
+    faithfulness_curve,
+    log_sizes,
+    reference_values,
+    smallest_faithful,
+)
 from circuits.errors import CircuitsError
 from sae.saeset import SAESet, hook_names
 from tasks.builtin import make_task

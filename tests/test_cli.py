@@ -5,7 +5,8 @@ import pytest
 from circuits.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", ["train-model", "eval-model", "train-saes", "eval-saes", "discover", "check-attribution", "validate", "edit", "export", "demo"])
+@pytest.mark.parametrize("command", ["train-model", "eval-model", "train-saes", "eval-saes", "discover",
+                                     "check-attribution", "validate", "edit", "export", "demo"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([command, "--help"])

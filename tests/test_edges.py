@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from circuits.attribution import metric_grads
-from circuits.attribution import EMBED
+from circuits.attribution import EMBED, metric_grads
 from circuits.edges import _encode_nodes, edges_into, upstream_hooks
 from circuits.errors import CircuitsError
 from sae.saeset import SAESet, hook_names
@@ -59,7 +58,8 @@ def test_edges_into_a_node_sum_to_its_linearised_change(setup, hook):
     edges = edges_into(model, saes, task, hook, targets)
     n = task.n_examples
     for t, (pos, latent) in enumerate(targets):
-        total = sum(edges.latents[u][t].sum() for u in edges.latents) + sum(edges.errors[u][t].sum() for u in edges.errors)
+        total = (sum(edges.latents[u][t].sum() for u in edges.latents)
+                 + sum(edges.errors[u][t].sum() for u in edges.errors))
         if latent is None:
             fd = (g_e[:, pos] * (e1[:, pos] - e0[:, pos])).sum() / eps / n
         else:

@@ -95,7 +95,8 @@ def test_bad_edits_are_one_line(setup, tmp_path):
 def test_edit_from_circuit_takes_the_features_the_behaviour_relies_on():
     edit = edit_from_circuit(toy_graph(), top=2)
     # effects: mlp/5 -2.0, resid/7 -1.0, attn/9 -0.1 (embed and error nodes are not features)
-    assert [(f.hook, f.latent) for f in edit.features] == [("blocks.0.hook_mlp_out", 5), ("blocks.1.hook_resid_post", 7)]
+    assert [(f.hook, f.latent) for f in edit.features] == [("blocks.0.hook_mlp_out", 5),
+                                                           ("blocks.1.hook_resid_post", 7)]
     assert all(f.action == "zero" and f.positions is None for f in edit.features)
 
 

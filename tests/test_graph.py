@@ -30,7 +30,8 @@ def test_prune_thresholds():
     assert set(prune(g, node_threshold=1.5)) == {METRIC}  # embed and mlp/5 no longer reach the metric
     assert set(prune(g, node_threshold=0.75)) == {"embed@IO", "blocks.0.hook_mlp_out/5@END",
                                                   "blocks.1.hook_resid_post/7@END", METRIC}
-    assert set(prune(g, top_n=3)) == {"embed@IO", "blocks.0.hook_mlp_out/5@END", "blocks.1.hook_resid_post/7@END", METRIC}
+    assert set(prune(g, top_n=3)) == {"embed@IO", "blocks.0.hook_mlp_out/5@END",
+                                      "blocks.1.hook_resid_post/7@END", METRIC}
     # |effects| 3, 2, 1, 0.5, 0.1 (total 6.6): 80% needs the three largest
     assert len(prune(g, cumulative=0.8)) == 4
     cut = prune(g, edge_threshold=1.0)
