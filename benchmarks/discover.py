@@ -106,7 +106,8 @@ def main() -> None:
     # Exact patching of the graph's nodes vs the attribution that scored every node.
     nodes = [(a["hook"] or EMBED, a["position"], a["latent"]) for n, a in graph.nodes(data=True) if n != METRIC]
     _, t_exact = timed(exact_effects, model, saes, task, nodes)
-    n_all = sum(v.numel() for v in node_effects(model, saes, task.subset(slice(0, 1)), "atp", progress=False).latents.values())
+    one = node_effects(model, saes, task.subset(slice(0, 1)), "atp", progress=False)
+    n_all = sum(v.numel() for v in one.latents.values())
     result["exact"] = {"nodes": len(nodes), "exact_s": t_exact, "all_latent_nodes": n_all}
     print(f"\nExact patching of the IG graph's {len(nodes)} nodes vs attribution of all {n_all} latent "
           f"nodes (+ errors) ({args.n} pairs)\n")

@@ -131,7 +131,8 @@ def main() -> None:
         r = results.setdefault("width", {})[width] = measure(
             {"kind": "random", "pairs": 128, "layers": 4, "d_model": 128, "width": width, "top_n": 150})
         rows.append([width, *fmt(r)])
-    table("Random 4-layer d_model-128 model, random TopK SAEs (k 32) at 12 hooks, 128 pairs, top 150 nodes, vs SAE width",
+    table("Random 4-layer d_model-128 model, random TopK SAEs (k 32) at 12 hooks, 128 pairs, top 150 nodes, "
+          "vs SAE width",
           ["SAE width", "time (s)", "peak RSS (MiB)", "nodes", "edges"], rows)
 
     rows = []

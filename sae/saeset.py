@@ -14,8 +14,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from sae_lens import SAE
+from safetensors import SafetensorError
 from transformer_lens import HookedTransformer
 
 from circuits.errors import CircuitsError
@@ -84,7 +84,7 @@ class SAESet(Mapping[str, SAE]):
     def __len__(self) -> int:
         return len(self.saes)
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "SAESet":
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SAESet:
         """Move every SAE (in place) to ``device`` and/or ``dtype``; returns the set."""
         for sae in self.saes.values():
             sae.to(**{k: v for k, v in {"device": device, "dtype": dtype}.items() if v is not None})
@@ -116,7 +116,7 @@ class SAESet(Mapping[str, SAE]):
 
     @classmethod
     def load(cls, folder: str | Path, model: HookedTransformer | None = None,
-             device: str = "cpu") -> "SAESet":
+             device: str = "cpu") -> SAESet:
         """Load a saved set; with ``model``, also check hooks and widths against it."""
         folder = Path(folder)
         manifest_path = folder / MANIFEST
@@ -134,7 +134,7 @@ class SAESet(Mapping[str, SAE]):
         return result
 
     @classmethod
-    def from_release(cls, release: str, sae_ids: Mapping[str, str], device: str = "cpu") -> "SAESet":
+    def from_release(cls, release: str, sae_ids: Mapping[str, str], device: str = "cpu") -> SAESet:
         """Published SAEs through ``SAE.from_pretrained(release, sae_id)``: ``sae_ids`` maps
         each hook name to its id in the release. Fails fast, in one line, when offline."""
         return cls({hook: load_release_sae(release, sae_id, device) for hook, sae_id in sae_ids.items()})

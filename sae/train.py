@@ -67,13 +67,13 @@ class SAETrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SAETrainConfig":
+    def from_dict(cls, data: dict) -> SAETrainConfig:
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise CircuitsError(f"unknown SAE training config field(s): {', '.join(unknown)}")
         return cls(**data).validated()
 
-    def validated(self) -> "SAETrainConfig":
+    def validated(self) -> SAETrainConfig:
         if self.arch not in ARCHITECTURES:
             raise CircuitsError(f"unknown SAE architecture {self.arch!r}: use {', '.join(ARCHITECTURES)}")
         for name in ("width", "k", "n_tokens", "seqs_per_batch", "seq_len"):

@@ -8,7 +8,7 @@ list including names never used in IOI training); ``split="train"`` from trainin
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from transformers import PreTrainedTokenizerBase

@@ -79,7 +79,7 @@ class Task:
                 f"task {self.name}: prompts are {self.n_pos} tokens but the model's n_ctx is {n_ctx}"
             )
 
-    def subset(self, index: slice | torch.Tensor) -> "Task":
+    def subset(self, index: slice | torch.Tensor) -> Task:
         """The same task restricted to some examples (for batching)."""
         return Task(
             name=self.name, clean=self.clean[index], corrupt=self.corrupt[index],
@@ -91,11 +91,11 @@ class Task:
             reference=None if self.reference is None else self.reference[index],
         )
 
-    def with_metric(self, metric: str) -> "Task":
+    def with_metric(self, metric: str) -> Task:
         """The same prompts scored by another metric (e.g. ``kl``)."""
         return replace(self, metric=metric, reference=None)
 
-    def with_reference(self, clean_logits: torch.Tensor) -> "Task":
+    def with_reference(self, clean_logits: torch.Tensor) -> Task:
         """For the ``kl`` metric: the same task holding the clean run's last-position
         log-probabilities (a no-op for other metrics or when already set)."""
         if self.metric != "kl" or self.reference is not None:

@@ -3,15 +3,8 @@
 import pytest
 import torch
 
-from circuits.model import ToyModelConfig, train_model
-
-
-def tiny_config(**overrides) -> ToyModelConfig:
-    """A 1-layer toy config that trains in about a second."""
-    base = dict(n_layers=1, d_model=32, n_heads=2, d_mlp=64, n_ctx=32, seq_len=32, steps=6,
-                batch_size=4, checkpoint_every=2, warmup=2)
-    base.update(overrides)
-    return ToyModelConfig(**base)
+from circuits.model import train_model
+from tests.helpers import tiny_config
 
 
 @pytest.fixture(scope="session")

@@ -10,14 +10,14 @@ from circuits.errors import CircuitsError
 from circuits.vocab import Node
 from sae.saeset import SAESet, hook_names
 from tasks.builtin import make_task
-from tests.test_attribution import TOK, random_saes, tiny_model
+from tests.helpers import TOK, random_saes, tiny_hooked_model
 
 HOOKS = hook_names(["resid", "mlp", "attn"], range(2))
 
 
 @pytest.fixture(scope="module")
 def setup():
-    return tiny_model(), random_saes(HOOKS), make_task("ioi", TOK, n=8, split="train")
+    return tiny_hooked_model(), random_saes(HOOKS), make_task("ioi", TOK, n=8, split="train")
 
 
 def all_nodes(saes, n_pos):
@@ -101,7 +101,7 @@ def planted():
     SAE latent whose decoder row writes a large logit(answer) - logit(wrong) and whose
     encoder reads the clean prompts' last token: the circuit is that latent at END."""
     torch.manual_seed(0)
-    model = tiny_model(normalization=None, n_layers=1)
+    model = tiny_hooked_model(normalization=None, n_layers=1)
     task = make_task("ioi", TOK, n=8, split="train")
     hook = "blocks.0.hook_resid_post"
     sae = TopKSAE(TopKSAEConfig(d_in=32, d_sae=16, k=4))

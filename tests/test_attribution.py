@@ -2,42 +2,19 @@
 
 import pytest
 import torch
-from sae_lens import TopKSAE, TopKSAEConfig
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuits.attribution import exact_effects, exact_submodule_effect, node_effects
 from circuits.errors import CircuitsError
 from circuits.vocab import Node
-from sae.saeset import SAESet, hook_names
+from sae.saeset import hook_names
 from tasks.builtin import make_task
-from tasks.tokenizer import build_tokenizer
-
-TOK = build_tokenizer()
-
-
-def random_saes(hooks, d_in=32, d_sae=64, k=8) -> SAESet:
-    saes = {}
-    for i, hook in enumerate(hooks):
-        torch.manual_seed(100 + i)
-        sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
-        with torch.no_grad():
-            sae.b_dec.normal_(0, 0.1)
-        saes[hook] = sae
-    return SAESet(saes)
-
-
-def tiny_model(normalization: str | None = "LN", n_layers: int = 2) -> HookedTransformer:
-    torch.manual_seed(0)
-    cfg = HookedTransformerConfig(n_layers=n_layers, d_model=32, n_heads=2, d_head=16, d_mlp=64,
-                                  n_ctx=32, d_vocab=len(TOK), act_fn="gelu",
-                                  normalization_type=normalization, seed=0)
-    return HookedTransformer(cfg, tokenizer=TOK)
+from tests.helpers import TOK, random_saes, tiny_hooked_model
 
 
 def test_atp_equals_exact_when_the_metric_is_linear_in_the_node():
     # No LayerNorm: logits (and the logit difference) are linear in the last residual stream,
     # hence in its SAE latents and error.
-    model = tiny_model(normalization=None, n_layers=1)
+    model = tiny_hooked_model(normalization=None, n_layers=1)
     hook = "blocks.0.hook_resid_post"
     saes = random_saes([hook])
     task = make_task("ioi", TOK, n=8, split="train")
@@ -53,7 +30,7 @@ def test_atp_equals_exact_when_the_metric_is_linear_in_the_node():
 
 
 def test_ig_sums_to_the_exact_whole_submodule_effect():
-    model = tiny_model()
+    model = tiny_hooked_model()
     hooks = hook_names(["resid", "mlp", "attn"], range(2))
     saes = random_saes(hooks)
     task = make_task("ioi", TOK, n=8, split="train")
@@ -65,7 +42,7 @@ def test_ig_sums_to_the_exact_whole_submodule_effect():
 
 
 def test_effects_do_not_depend_on_the_batch_size():
-    model = tiny_model()
+    model = tiny_hooked_model()
     saes = random_saes(["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"])
     task = make_task("ioi", TOK, n=6, split="train")
     a = node_effects(model, saes, task, method="atp", batch_size=6, progress=False)
@@ -76,7 +53,7 @@ def test_effects_do_not_depend_on_the_batch_size():
 
 
 def test_unknown_method():
-    model = tiny_model(n_layers=1)
+    model = tiny_hooked_model(n_layers=1)
     with pytest.raises(CircuitsError, match="unknown attribution method 'eap'"):
         node_effects(model, random_saes(["blocks.0.hook_resid_post"]),
                      make_task("ioi", TOK, n=2), method="eap", progress=False)

@@ -5,7 +5,8 @@ import pytest
 from circuits.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", ["train-model", "eval-model", "train-saes", "eval-saes", "discover", "check-attribution", "validate", "edit", "export", "demo"])
+@pytest.mark.parametrize("command", ["train-model", "eval-model", "train-saes", "eval-saes", "discover",
+                                     "check-attribution", "validate", "edit", "export", "demo"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([command, "--help"])
@@ -57,7 +58,7 @@ def test_train_saes_bad_input_is_one_line(tiny_model_dir, capsys):
 def tiny_sae_dir(tiny_model_dir, tmp_path_factory):
     """A random SAE set for the tiny 1-layer model (all three kinds)."""
     from sae.saeset import hook_names
-    from tests.test_attribution import random_saes
+    from tests.helpers import random_saes
 
     folder = tmp_path_factory.mktemp("saes") / "set"
     random_saes(hook_names(["resid", "mlp", "attn"], [0]), d_sae=32, k=4).save(folder)
@@ -141,7 +142,7 @@ def test_edit_report(tiny_circuit, tmp_path, capsys):
 
 def test_circuit_from_another_sae_set_is_one_line(tiny_circuit, tiny_model_dir, tmp_path, capsys):
     from sae.saeset import hook_names
-    from tests.test_attribution import random_saes
+    from tests.helpers import random_saes
 
     other = tmp_path / "wide"
     random_saes(hook_names(["resid", "mlp", "attn"], [0]), d_sae=48, k=4).save(other)

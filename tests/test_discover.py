@@ -14,14 +14,14 @@ from circuits.graph import METRIC, load_graph, save_graph
 from circuits.vocab import Node
 from sae.saeset import SAESet, hook_names
 from tasks.builtin import make_task
-from tests.test_attribution import TOK, random_saes, tiny_model
+from tests.helpers import TOK, random_saes, tiny_hooked_model
 
 HOOKS = hook_names(["resid", "mlp", "attn"], range(2))
 
 
 @pytest.fixture(scope="module")
 def setup():
-    return tiny_model(), random_saes(HOOKS), make_task("ioi", TOK, n=8, split="train")
+    return tiny_hooked_model(), random_saes(HOOKS), make_task("ioi", TOK, n=8, split="train")
 
 
 def _key(graph, n) -> Node:
@@ -126,7 +126,7 @@ def test_sae_set_must_cover_the_edge_hooks(setup):
 
 def test_a_metric_that_is_not_finite_is_one_error(setup):
     _, saes, task = setup
-    model = tiny_model()
+    model = tiny_hooked_model()
     with torch.no_grad():
         model.unembed.b_U[task.answer[0, 0]] = float("nan")
     with pytest.raises(CircuitsError, match="task ioi: the clean metric is not finite"):

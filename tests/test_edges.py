@@ -10,14 +10,14 @@ from circuits.values import NodeValues
 from circuits.vocab import EMBED_HOOK, Node
 from sae.saeset import SAESet, hook_names
 from tasks.builtin import make_task
-from tests.test_attribution import TOK, random_saes, tiny_model
+from tests.helpers import TOK, random_saes, tiny_hooked_model
 
 HOOKS = hook_names(["resid", "mlp", "attn"], range(2))
 
 
 @pytest.fixture(scope="module")
 def setup():
-    model = tiny_model()
+    model = tiny_hooked_model()
     # double precision so that finite differences are accurate
     model = model.to(torch.float64, print_details=False)
     saes = random_saes(HOOKS)

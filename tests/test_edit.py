@@ -9,15 +9,14 @@ from circuits.edit import Edit, FeatureEdit, attach, edit_from_circuit, edited
 from circuits.errors import CircuitsError
 from sae.saeset import hook_names
 from tasks.builtin import make_task
-from tests.test_attribution import TOK, random_saes, tiny_model
-from tests.test_graph import toy_graph
+from tests.helpers import TOK, random_saes, tiny_hooked_model, toy_graph
 
 HOOKS = hook_names(["resid", "mlp", "attn"], range(2))
 
 
 @pytest.fixture(scope="module")
 def setup():
-    return tiny_model(), random_saes(HOOKS), make_task("ioi", TOK, n=4, split="train")
+    return tiny_hooked_model(), random_saes(HOOKS), make_task("ioi", TOK, n=4, split="train")
 
 
 def _hook_output(model, tokens, hook):
@@ -96,7 +95,8 @@ def test_bad_edits_are_one_line(setup, tmp_path):
 def test_edit_from_circuit_takes_the_features_the_behaviour_relies_on():
     edit = edit_from_circuit(toy_graph(), top=2)
     # effects: mlp/5 -2.0, resid/7 -1.0, attn/9 -0.1 (embed and error nodes are not features)
-    assert [(f.hook, f.latent) for f in edit.features] == [("blocks.0.hook_mlp_out", 5), ("blocks.1.hook_resid_post", 7)]
+    assert [(f.hook, f.latent) for f in edit.features] == [("blocks.0.hook_mlp_out", 5),
+                                                           ("blocks.1.hook_resid_post", 7)]
     assert all(f.action == "zero" and f.positions is None for f in edit.features)
 
 

@@ -9,10 +9,9 @@ import networkx as nx
 import pytest
 
 from circuits import export
-from circuits.export import (FeatureCard, draw_graph, to_circuit_tracer, to_dot, write_graphml,
-                             write_report)
+from circuits.export import FeatureCard, draw_graph, to_circuit_tracer, to_dot, write_graphml, write_report
 from circuits.graph import METRIC, node_attrs
-from tests.test_graph import toy_graph
+from tests.helpers import toy_graph
 
 NASTY = 'say "hi" <b>&amp; \\ back\\slash'
 

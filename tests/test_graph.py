@@ -2,31 +2,11 @@
 
 import json
 
-import networkx as nx
 import pytest
 
 from circuits.errors import CircuitsError
 from circuits.graph import METRIC, error_nodes, feature_nodes, load_graph, node_attrs, node_id, prune, save_graph
-
-
-def toy_graph() -> nx.DiGraph:
-    """embed -> a -> b -> metric, c -> metric, d (no path to the metric), an error node."""
-    g = nx.DiGraph(task="toy")
-    specs = {
-        "embed@IO": (None, None, 2, -3.0),
-        "blocks.0.hook_mlp_out/5@END": ("blocks.0.hook_mlp_out", 5, 14, -2.0),
-        "blocks.1.hook_resid_post/7@END": ("blocks.1.hook_resid_post", 7, 14, -1.0),
-        "blocks.1.hook_resid_post/err@END": ("blocks.1.hook_resid_post", None, 14, 0.5),
-        "blocks.0.hook_attn_out/9@S2": ("blocks.0.hook_attn_out", 9, 10, -0.1),
-    }
-    for n, (hook, latent, pos, effect) in specs.items():
-        g.add_node(n, **node_attrs(hook, latent, pos, n.split("@")[1], effect, 1.0))
-    g.add_node(METRIC, effect=-3.0, kind="metric", latent=None, is_error=False)
-    g.add_edge("embed@IO", "blocks.0.hook_mlp_out/5@END", weight=-2.0)
-    g.add_edge("blocks.0.hook_mlp_out/5@END", "blocks.1.hook_resid_post/7@END", weight=-0.9)
-    g.add_edge("blocks.1.hook_resid_post/7@END", METRIC, weight=-1.0)
-    g.add_edge("blocks.1.hook_resid_post/err@END", METRIC, weight=0.5)
-    return g
+from tests.helpers import toy_graph
 
 
 def test_node_ids_are_readable():
@@ -50,7 +30,8 @@ def test_prune_thresholds():
     assert set(prune(g, node_threshold=1.5)) == {METRIC}  # embed and mlp/5 no longer reach the metric
     assert set(prune(g, node_threshold=0.75)) == {"embed@IO", "blocks.0.hook_mlp_out/5@END",
                                                   "blocks.1.hook_resid_post/7@END", METRIC}
-    assert set(prune(g, top_n=3)) == {"embed@IO", "blocks.0.hook_mlp_out/5@END", "blocks.1.hook_resid_post/7@END", METRIC}
+    assert set(prune(g, top_n=3)) == {"embed@IO", "blocks.0.hook_mlp_out/5@END",
+                                      "blocks.1.hook_resid_post/7@END", METRIC}
     # |effects| 3, 2, 1, 0.5, 0.1 (total 6.6): 80% needs the three largest
     assert len(prune(g, cumulative=0.8)) == 4
     cut = prune(g, edge_threshold=1.0)

@@ -8,7 +8,7 @@ from circuits.model import build_model
 from tasks.builtin import make_task
 from tasks.jsonl import load_task_jsonl
 from tasks.tokenizer import build_tokenizer
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 TOK = build_tokenizer()
 GOOD = [
@@ -43,7 +43,8 @@ def test_loads_and_pads_prompts_of_different_lengths(tmp_path):
 
 @pytest.mark.parametrize("line, message", [
     ("{not json", r"task.jsonl:2: not JSON"),
-    (json.dumps({"clean": "Mary", "answer": "Mary", "wrong_answer": "John"}), r"task.jsonl:2: missing or empty field 'corrupt'"),
+    (json.dumps({"clean": "Mary", "answer": "Mary", "wrong_answer": "John"}),
+     r"task.jsonl:2: missing or empty field 'corrupt'"),
     (json.dumps({**GOOD[0], "answer": "Mary John"}), r"task.jsonl:2: answer 'Mary John' is 2 tokens, not one"),
     (json.dumps({**GOOD[0], "clean": "When Mary and Jonh went"}), r"task.jsonl:2: word 'Jonh'"),
     (json.dumps({**GOOD[0], "corrupt": "When Alice and Bob went"}), r"task.jsonl:2: clean has 15 tokens and corrupt 6"),

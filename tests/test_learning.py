@@ -7,7 +7,7 @@ from circuits.behaviour import evaluate_model, evaluate_task
 from circuits.model import ToyModelConfig, train_model
 from tasks.builtin import make_task
 from tasks.language import Mixture
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 def test_tiny_config_learns_ioi_well_above_chance(tmp_path):

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 import circuits.model as M
 from circuits.errors import CircuitsError
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 def test_config_that_cannot_work():

@@ -138,7 +138,7 @@ def test_width_mismatch(tiny_set_dir):
 
 def _model_with_d_model(d_model: int):
     from circuits.model import build_model
-    from tests.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     return build_model(tiny_config(d_model=d_model, n_heads=2))
 

@@ -3,14 +3,12 @@ and error terms are readable nodes. On a tiny random model with random SAEs."""
 
 import pytest
 import torch
-from sae_lens import TopKSAE, TopKSAEConfig
-from sae_lens.saes.sae import SAEMetadata
 
 from circuits.model import build_model
 from circuits.splice import spliced
-from sae.saeset import SAESet, hook_names
+from sae.saeset import hook_names
 from tasks.builtin import make_task
-from tests.conftest import tiny_config
+from tests.helpers import random_saes, tiny_config
 
 HOOKS = hook_names(["resid", "mlp", "attn"], range(2))
 
@@ -19,16 +17,9 @@ HOOKS = hook_names(["resid", "mlp", "attn"], range(2))
 def setup():
     torch.manual_seed(0)
     model = build_model(tiny_config(n_layers=2))
-    saes = {}
-    for i, hook in enumerate(HOOKS):
-        torch.manual_seed(i)
-        sae = TopKSAE(TopKSAEConfig(d_in=32, d_sae=64, k=8, metadata=SAEMetadata(hook_name=hook)))
-        with torch.no_grad():  # random, non-trivial biases
-            sae.b_dec.normal_(0, 0.1)
-            sae.b_enc.normal_(0, 0.1)
-        saes[hook] = sae
+    saes = random_saes(HOOKS, first_seed=0, enc_bias=True, name_hooks=True)  # random, non-trivial biases
     task = make_task("ioi", model.tokenizer, n=6, split="train")
-    return model, SAESet(saes), task
+    return model, saes, task
 
 
 def _metric_and_hook_grads(model, task, extra_context=None, hooks=HOOKS):

@@ -44,7 +44,8 @@ def test_ioi_roles_and_abc_corruption():
 
 def test_sva_corrupt_flips_subject_number():
     task = make_task("sva", TOK, n=30)
-    for clean, corrupt, good, bad in zip(task.prompts, task.corrupt_prompts, task.answer[:, 0], task.wrong[:, 0]):
+    for clean, corrupt, good, bad in zip(task.prompts, task.corrupt_prompts, task.answer[:, 0], task.wrong[:, 0],
+                                         strict=True):
         n1, n1c = clean.split()[1], corrupt.split()[1]
         assert (n1 in L.NOUNS_PL) != (n1c in L.NOUNS_PL)
         verb = TOK.convert_ids_to_tokens(int(good))

@@ -2,7 +2,7 @@ import pytest
 
 from circuits.model import build_model
 from tasks.tokenizer import UnknownWordError, build_tokenizer, encode, load_tokenizer
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 def test_round_trip_and_bos():

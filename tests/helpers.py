@@ -1,0 +1,103 @@
+"""Builders shared by the tests (tests never import each other; fixtures live in conftest).
+
+sae_lens and transformer_lens are imported inside the builders that need them: the
+circuits.parallel.run_local workers below import this module, and start seconds faster without.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import networkx as nx
+import torch
+
+from circuits.graph import METRIC, node_attrs
+from tasks.tokenizer import build_tokenizer
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+    from circuits.model import ToyModelConfig
+    from sae.saeset import SAESet
+
+TOK = build_tokenizer()
+
+
+def random_saes(hooks, d_in=32, d_sae=64, k=8, *, first_seed=100, enc_bias=False,
+                name_hooks=False) -> SAESet:
+    """Random TopK SAEs at ``hooks`` (seeded per hook, random decoder and optionally encoder biases)."""
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    from sae.saeset import SAESet
+
+    saes = {}
+    for i, hook in enumerate(hooks):
+        torch.manual_seed(first_seed + i)
+        metadata = {"metadata": SAEMetadata(hook_name=hook)} if name_hooks else {}
+        sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, **metadata))
+        with torch.no_grad():
+            sae.b_dec.normal_(0, 0.1)
+            if enc_bias:
+                sae.b_enc.normal_(0, 0.1)
+        saes[hook] = sae
+    return SAESet(saes)
+
+
+def tiny_hooked_model(normalization: str | None = "LN", n_layers: int = 2) -> HookedTransformer:
+    """A random-weight tiny HookedTransformer (d_model 32) with the toy tokenizer."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(n_layers=n_layers, d_model=32, n_heads=2, d_head=16, d_mlp=64,
+                                  n_ctx=32, d_vocab=len(TOK), act_fn="gelu",
+                                  normalization_type=normalization, seed=0)
+    return HookedTransformer(cfg, tokenizer=TOK)
+
+
+def tiny_config(**overrides) -> ToyModelConfig:
+    """A 1-layer toy config that trains in about a second."""
+    from circuits.model import ToyModelConfig
+
+    base = dict(n_layers=1, d_model=32, n_heads=2, d_mlp=64, n_ctx=32, seq_len=32, steps=6,
+                batch_size=4, checkpoint_every=2, warmup=2)
+    base.update(overrides)
+    return ToyModelConfig(**base)
+
+
+def toy_graph() -> nx.DiGraph:
+    """A toy circuit: embed -> a -> b -> metric, c -> metric, d (no path to the metric), an error node."""
+    g = nx.DiGraph(task="toy")
+    specs = {
+        "embed@IO": (None, None, 2, -3.0),
+        "blocks.0.hook_mlp_out/5@END": ("blocks.0.hook_mlp_out", 5, 14, -2.0),
+        "blocks.1.hook_resid_post/7@END": ("blocks.1.hook_resid_post", 7, 14, -1.0),
+        "blocks.1.hook_resid_post/err@END": ("blocks.1.hook_resid_post", None, 14, 0.5),
+        "blocks.0.hook_attn_out/9@S2": ("blocks.0.hook_attn_out", 9, 10, -0.1),
+    }
+    for n, (hook, latent, pos, effect) in specs.items():
+        g.add_node(n, **node_attrs(hook, latent, pos, n.split("@")[1], effect, 1.0))
+    g.add_node(METRIC, effect=-3.0, kind="metric", latent=None, is_error=False)
+    g.add_edge("embed@IO", "blocks.0.hook_mlp_out/5@END", weight=-2.0)
+    g.add_edge("blocks.0.hook_mlp_out/5@END", "blocks.1.hook_resid_post/7@END", weight=-0.9)
+    g.add_edge("blocks.1.hook_resid_post/7@END", METRIC, weight=-1.0)
+    g.add_edge("blocks.1.hook_resid_post/err@END", METRIC, weight=0.5)
+    return g
+
+
+
+def all_reduced_arange() -> list[float]:
+    """For circuits.parallel.run_local workers: each all-reduces [0., 1., 2.] and returns the result."""
+    from circuits.parallel import all_reduce
+
+    t = torch.arange(3, dtype=torch.float32)
+    all_reduce([t])
+    return t.tolist()
+
+
+def fail_in_worker_1() -> None:
+    """For circuits.parallel.run_local workers: worker 1 raises ValueError, the others return."""
+    from circuits.parallel import rank_and_world
+
+    if rank_and_world()[0] == 1:
+        raise ValueError("planted failure")
