@@ -212,8 +212,8 @@ def _circuit_setup(args: argparse.Namespace):
 
 def _validate(args: argparse.Namespace) -> None:
     from circuits.ablation import faithfulness_curve, ranked_nodes, smallest_faithful
-    from circuits.export import plot_faithfulness
     from circuits.graph import save_graph
+    from circuits.plots import plot_faithfulness
 
     graph, model, saes, task = _circuit_setup(args)
     folder = _writable(Path(args.circuit).parent)
@@ -314,11 +314,10 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    import json as _json
-
-    from circuits.export import FORMATS, draw_graph, to_circuit_tracer, write_graphml
-    from circuits.files import read_json, write_atomic
+    from circuits.files import read_json
+    from circuits.formats import write_circuit_tracer, write_graphml
     from circuits.graph import load_graph, save_graph
+    from circuits.pictures import FORMATS, draw_graph
 
     graph = load_graph(args.circuit)
     stem = Path(args.out) if args.out else Path(args.circuit).with_suffix("")
@@ -340,8 +339,7 @@ def _export(args: argparse.Namespace) -> None:
     elif args.format == "json":
         files = [save_graph(graph, stem.with_suffix(".json"))]
     elif args.format == "circuit-tracer":
-        data = to_circuit_tracer(graph, cards=cards)
-        files = [write_atomic(stem.with_name(stem.name + ".circuit-tracer.json"), _json.dumps(data, indent=1))]
+        files = [write_circuit_tracer(graph, stem.with_name(stem.name + ".circuit-tracer.json"), cards)]
     else:
         raise CircuitsError(f"unknown format {args.format!r}: use png, svg, pdf, graphml, json, circuit-tracer")
     if len(graph) <= 1:
@@ -351,16 +349,15 @@ def _export(args: argparse.Namespace) -> None:
 
 def _cards_for(graph, args: argparse.Namespace) -> dict:
     """Feature cards for the drawn latents, from the circuit's model and SAE set."""
-    from circuits.export import drawn_subgraph, feature_cards
+    from circuits.cards import feature_cards
     from circuits.model import load_model
+    from circuits.pictures import card_keys
     from sae.train import load_saes
 
     src = graph.graph.get("sources", {})
     model = load_model(src.get("model", "toy"), progress=not args.quiet)
     saes = load_saes(src.get("saes", "toy"), model, progress=not args.quiet)
-    sub, _ = drawn_subgraph(graph, args.max_nodes)
-    keys = sorted({(a["hook"], a["latent"]) for _, a in sub.nodes(data=True) if a.get("latent") is not None})
-    return feature_cards(model, saes, keys)
+    return feature_cards(model, saes, card_keys(graph, args.max_nodes))
 
 
 def build_parser() -> argparse.ArgumentParser:

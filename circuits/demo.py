@@ -3,20 +3,21 @@ circuit, its validation, an edit, and every export, into one folder."""
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from pathlib import Path
 
 from circuits.ablation import faithfulness_curve, ranked_nodes
+from circuits.cards import feature_cards
 from circuits.discover import DiscoverConfig, discover
 from circuits.edit import edit_from_circuit, edit_report
-from circuits.export import (draw_graph, drawn_subgraph, feature_cards, plot_faithfulness, to_circuit_tracer,
-                             write_graphml, write_report)
 from circuits.fidelity import check_attribution
-from circuits.files import write_atomic
+from circuits.formats import write_circuit_tracer, write_graphml
 from circuits.graph import save_graph
 from circuits.model import load_model
+from circuits.pictures import card_keys, draw_graph
+from circuits.plots import plot_faithfulness
+from circuits.report import write_report
 from sae.evaluate import evaluate_saes
 from sae.train import load_saes
 from tasks.builtin import make_task
@@ -51,12 +52,10 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True, log=print) -> dic
     edit = edit_from_circuit(graph, top=100)
     edit.save(folder / "edit.json")
     edited = step("edit", edit_report, model, saes, edit, "ioi", n=128)
-    sub, _ = drawn_subgraph(graph, 40)
-    keys = sorted({(a["hook"], a["latent"]) for _, a in sub.nodes(data=True) if a.get("latent") is not None})
-    cards = step("feature cards", feature_cards, model, saes, keys)
+    cards = step("feature cards", feature_cards, model, saes, card_keys(graph, 40))
     _, missing_dot = step("draw", draw_graph, graph, folder / "graph", ("png", "svg"), 40, None, cards)
     write_graphml(graph, folder / "circuit.graphml")
-    write_atomic(folder / "circuit-tracer.json", json.dumps(to_circuit_tracer(graph, cards=cards), indent=1))
+    write_circuit_tracer(graph, folder / "circuit-tracer.json", cards)
     quality = step("SAE quality", evaluate_saes, model, saes, n_seqs=64, progress=progress)
     fidelity = step("fidelity", check_attribution, model, saes, make_task("ioi", model.tokenizer, n=16, seed=2),
                     n_top=20, n_candidates=40, progress=progress)

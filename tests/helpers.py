@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 import networkx as nx
 import torch
 
-from circuits.graph import METRIC, node_attrs
+from circuits.vocab import EMBED_HOOK, METRIC, Node, Site, Submodule
 from tasks.tokenizer import build_tokenizer
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
+    from circuits.cards import FeatureCard
     from circuits.model import ToyModelConfig
     from sae.saeset import SAESet
 
@@ -57,12 +58,20 @@ def tiny_hooked_model(normalization: str | None = "LN", n_layers: int = 2) -> Ho
 
 def tiny_config(**overrides) -> ToyModelConfig:
     """A 1-layer toy config that trains in about a second."""
+    from circuits.cards import FeatureCard
     from circuits.model import ToyModelConfig
 
     base = dict(n_layers=1, d_model=32, n_heads=2, d_mlp=64, n_ctx=32, seq_len=32, steps=6,
                 batch_size=4, checkpoint_every=2, warmup=2)
     base.update(overrides)
     return ToyModelConfig(**base)
+
+
+def node_attrs(hook: str | None, latent: int | None, position: int | None, label: str, effect: float,
+               activation: float = 1.0) -> dict:
+    """Graph attributes of the node (hook None: the embeddings) at ``position`` labelled ``label``."""
+    site = Site(Submodule.parse(hook or EMBED_HOOK), position, label)
+    return Node(site, latent).attrs(effect, activation)
 
 
 def toy_graph() -> nx.DiGraph:
@@ -101,3 +110,24 @@ def fail_in_worker_1() -> None:
 
     if rank_and_world()[0] == 1:
         raise ValueError("planted failure")
+
+
+NASTY = 'say "hi" <b>&amp; \\ back\\slash'
+
+
+def nasty_graph() -> nx.DiGraph:
+    """The toy circuit with quotes, tags and backslashes in its names and labels."""
+    g = toy_graph()
+    g.graph.update(task='t"<x>', metric="logit_diff", total_effect=-3.0, saes={"blocks.0.hook_mlp_out": 8},
+                   position_labels=["a", "b"])
+    g.add_node('blocks.0.hook_mlp_out/6@"<\\', **node_attrs("blocks.0.hook_mlp_out", 6, 1, '"<\\', -0.5, 1.0))
+    g.add_edge('blocks.0.hook_mlp_out/6@"<\\', "blocks.1.hook_resid_post/7@END", weight=-0.2)
+    return g
+
+
+def card(hook="blocks.0.hook_mlp_out", latent=5) -> FeatureCard:
+    """A feature card whose texts need escaping."""
+    from circuits.cards import FeatureCard
+
+    return FeatureCard(hook, latent, [{"tokens": ["x", NASTY, "</div>"], "index": 1, "activation": 1.5}],
+                       [1, 0, 2], 1.5, 0.1, [("<script>", 0.5)], [("\\", -0.4)])

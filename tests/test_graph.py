@@ -5,16 +5,8 @@ import json
 import pytest
 
 from circuits.errors import CircuitsError
-from circuits.graph import METRIC, error_nodes, feature_nodes, load_graph, node_attrs, node_id, prune, save_graph
+from circuits.graph import METRIC, error_nodes, feature_nodes, load_graph, prune, save_graph
 from tests.helpers import toy_graph
-
-
-def test_node_ids_are_readable():
-    assert node_id("blocks.3.hook_resid_post", 12, "END") == "blocks.3.hook_resid_post/12@END"
-    assert node_id("blocks.0.hook_attn_out", None, "S2") == "blocks.0.hook_attn_out/err@S2"
-    assert node_id(None, None, "IO") == "embed@IO"
-    a = node_attrs("blocks.2.hook_mlp_out", 4, 3, "x", -0.5, 2.0)
-    assert (a["layer"], a["kind"], a["latent"], a["is_error"]) == (2, "mlp", 4, False)
 
 
 def test_prune_drops_nodes_without_a_path_to_the_metric():

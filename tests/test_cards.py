@@ -1,0 +1,45 @@
+"""Feature cards on a tiny random model: the contexts are where the latent fires most."""
+
+import torch
+from sae_lens import TopKSAE, TopKSAEConfig
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from circuits.cards import feature_cards
+from sae.saeset import SAESet
+from tasks.corpus import corpus_tokens
+from tasks.tokenizer import build_tokenizer
+
+HOOK = "blocks.0.hook_resid_post"
+
+
+def tiny_model_and_sae() -> tuple[HookedTransformer, SAESet]:
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    model = HookedTransformer(HookedTransformerConfig(n_layers=1, d_model=32, n_heads=2, d_head=16, d_mlp=64, n_ctx=32,
+                                                      d_vocab=len(tokenizer), act_fn="gelu", seed=0),
+                              tokenizer=tokenizer)
+    return model, SAESet({HOOK: TopKSAE(TopKSAEConfig(d_in=32, d_sae=64, k=8))})
+
+
+def test_contexts_highlight_the_strongest_activations():
+    model, saes = tiny_model_and_sae()
+    n_seqs, seq_len = 8, 16
+    tokens = corpus_tokens(model.tokenizer, "feature-cards", n_seqs, seq_len)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=HOOK)
+        acts = saes[HOOK].encode(cache[HOOK])[:, 1:]  # BOS skipped, as in the cards
+    latents = acts.flatten(0, 1).max(0).values.topk(3).indices.tolist()
+    cards = feature_cards(model, saes, [(HOOK, i) for i in latents], n_seqs=n_seqs, seq_len=seq_len, top=4,
+                          batch_size=3)
+    assert set(cards) == {(HOOK, i) for i in latents}
+    for latent in latents:
+        card, col = cards[(HOOK, latent)], acts[..., latent]
+        assert card.contexts and abs(card.contexts[0]["activation"] - col.max().item()) < 1e-4
+        assert abs(card.max_activation - col.max().item()) < 1e-4
+        shown = [c["activation"] for c in card.contexts]
+        assert shown == sorted(shown, reverse=True)
+        for c in card.contexts:
+            # the highlighted token is one where the latent takes the shown activation
+            where = ((col - c["activation"]).abs() < 1e-4).nonzero().tolist()
+            assert any(model.to_single_str_token(int(tokens[s, p + 1])) == c["tokens"][c["index"]] for s, p in where)
+        assert card.description.split(" · ")[0] == card.contexts[0]["tokens"][card.contexts[0]["index"]]
