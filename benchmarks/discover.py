@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 
-from circuits.attribution import EMBED, exact_effects, node_effects
+from circuits.attribution import exact_effects, node_effects
 from circuits.discover import DiscoverConfig, discover
-from circuits.edges import edges_into, upstream_hooks
-from circuits.graph import METRIC
+from circuits.edges import edges_into, source_masks, upstream_hooks
+from circuits.graph import nodes_of
 from circuits.model import load_model
+from circuits.vocab import Node
 from sae.train import load_saes
 from tasks.builtin import make_task
 
@@ -29,29 +30,13 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
-def graph_targets(graph) -> dict[str, list[tuple[int, int | None]]]:
-    """The graph's SAE nodes by hook, as edge targets (position, latent)."""
-    out: dict[str, list] = {}
-    for n, a in graph.nodes(data=True):
-        if n != METRIC and a["hook"] is not None:
-            out.setdefault(a["hook"], []).append((a["position"], a["latent"]))
+def graph_targets(graph) -> dict[str, list[Node]]:
+    """The graph's SAE nodes by hook, as edge targets."""
+    out: dict[str, list[Node]] = {}
+    for node in nodes_of(graph).values():
+        if not node.is_embed:
+            out.setdefault(node.hook, []).append(node)
     return out
-
-
-def graph_sources(graph, saes, hook: str, n_pos: int) -> dict:
-    """Masks of the graph's nodes in the hooks upstream of ``hook``."""
-    sources = {}
-    for u in upstream_hooks(hook, saes):
-        lat = None if u == EMBED else torch.zeros(n_pos, saes[u].cfg.d_sae, dtype=torch.bool)
-        err = torch.zeros(n_pos, dtype=torch.bool)
-        for _, a in graph.nodes(data=True):
-            if (a.get("hook") or EMBED) == u and a.get("kind") != "metric":
-                if a["latent"] is None:
-                    err[a["position"]] = True
-                else:
-                    lat[a["position"], a["latent"]] = True
-        sources[u] = (lat, err)
-    return sources
 
 
 def main() -> None:
@@ -82,7 +67,7 @@ def main() -> None:
     n_targets = sum(len(t) for t in targets.values())
     times = {"batched": 0.0, "loop": 0.0, "per_node": 0.0}
     for hook, tg in targets.items():
-        sources = graph_sources(graph, saes, hook, task.n_pos)
+        sources = source_masks(list(nodes_of(graph).values()), saes, task.n_pos, upstream_hooks(hook, saes))
         a, dt = timed(edges_into, model, saes, task, hook, tg, sources, batched=True)
         times["batched"] += dt
         b, dt = timed(edges_into, model, saes, task, hook, tg, sources, batched=False)
@@ -90,10 +75,10 @@ def main() -> None:
         for i, t in enumerate(tg):  # one forward and one backward pass per downstream node
             c, dt = timed(edges_into, model, saes, task, hook, [t], sources, batched=False)
             times["per_node"] += dt
-            for u in c.errors:
-                assert torch.allclose(c.errors[u][0], a.errors[u][i], atol=1e-5)
-        for u in a.latents:
-            assert torch.allclose(a.latents[u], b.latents[u], atol=1e-5)
+            for u in c.weights:
+                assert torch.allclose(c.weights[u].error[0], a.weights[u].error[i], atol=1e-5)
+        for u in a.weights:
+            assert torch.allclose(a.weights[u].latents, b.weights[u].latents, atol=1e-5)
     result["edges"] = {"targets": n_targets, **{f"{k}_s": v for k, v in times.items()}}
     print(f"\nEdges into the {n_targets} SAE nodes of the IG graph, from its nodes ({args.n} pairs)\n")
     print("| edge computation | time (s) | per-node / this |")
@@ -104,7 +89,7 @@ def main() -> None:
         print(f"| {label} | {times[name]:.2f} | {times['per_node'] / times[name]:.1f}x |")
 
     # Exact patching of the graph's nodes vs the attribution that scored every node.
-    nodes = [(a["hook"] or EMBED, a["position"], a["latent"]) for n, a in graph.nodes(data=True) if n != METRIC]
+    nodes = list(nodes_of(graph).values())
     _, t_exact = timed(exact_effects, model, saes, task, nodes)
     one = node_effects(model, saes, task.subset(slice(0, 1)), "atp", progress=False)
     n_all = sum(v.numel() for v in one.latents.values())

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from circuits.attribution import NodeEffects, batch_grads, exact_effects, first_pass, prepare, run_batch
-from circuits.edges import batch_edges, full_sources, upstream_hooks
+from circuits.edges import batch_edges, source_masks, upstream_hooks
 from circuits.errors import CircuitsError
 from circuits.graph import prune
 from circuits.parallel import all_reduce, batch_starts, is_main
@@ -134,8 +134,7 @@ def second_pass(model: HookedTransformer, saes: SAESet, task: Task, chosen: list
             positions = [n.position] if n.position is not None else range(task.n_pos)
             targets.setdefault(n.hook, []).extend(Node.at(n.hook, p, n.latent) for p in positions)
     hooks = in_forward_order(targets)
-    sources = {h: _masks([n for n in chosen if n.hook in upstream_hooks(h, saes)], saes, task.n_pos,
-                         upstream_hooks(h, saes)) for h in hooks}
+    sources = {h: source_masks(chosen, saes, task.n_pos, upstream_hooks(h, saes)) for h in hooks}
     sums = {h: {u: NodeValues.zeros((len(targets[h]), task.n_pos), m.latents.shape[-1]) for u, m in sources[h].items()}
             for h in hooks}
     method = "atp" if cfg.method == "atp" else "ig"
@@ -159,18 +158,6 @@ def second_pass(model: HookedTransformer, saes: SAESet, task: Task, chosen: list
 def _summed(node: Node) -> Node:
     """The node summed over positions that ``node`` (at one position) belongs to."""
     return Node.at(node.hook, None, node.latent)
-
-
-def _masks(nodes: list[Node], saes: SAESet, n_pos: int, hooks: list[str]) -> dict[str, NodeValues]:
-    """Masks of ``nodes`` over ``hooks``; a node summed over positions sets every position."""
-    masks = {h: m.complement() for h, m in full_sources(saes, hooks, n_pos).items()}
-    for n in nodes:
-        where = slice(None) if n.position is None else n.position
-        if n.latent is None:
-            masks[n.hook].error[where] = True
-        else:
-            masks[n.hook].latents[where, n.latent] = True
-    return masks
 
 
 def _nonzero(hook: str, weights: NodeValues, task: Task) -> list[tuple[Node, float]]:

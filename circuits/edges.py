@@ -56,6 +56,21 @@ def full_sources(saes: SAESet, hooks: list[str], n_pos: int) -> dict[str, NodeVa
             for u in hooks}
 
 
+def source_masks(nodes: list[Node], saes: SAESet, n_pos: int, hooks: list[str]) -> dict[str, NodeValues]:
+    """Masks of the ``nodes`` that sit at ``hooks`` (the others are ignored); a node summed over
+    positions sets every position."""
+    masks = {h: m.complement() for h, m in full_sources(saes, hooks, n_pos).items()}
+    for n in nodes:
+        if n.hook not in masks:
+            continue
+        where = slice(None) if n.position is None else n.position
+        if n.latent is None:
+            masks[n.hook].error[where] = True
+        else:
+            masks[n.hook].latents[where, n.latent] = True
+    return masks
+
+
 def _check_targets(saes: SAESet, hook: str, targets: list[Node], n_pos: int) -> None:
     if not targets:
         raise CircuitsError(f"edges into {hook}: no target nodes given")
