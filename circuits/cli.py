@@ -184,10 +184,7 @@ def _check_attribution(args: argparse.Namespace) -> None:
     task = _load_task(args, model)
     result = check_attribution(model, saes, task, n_top=args.top, steps=args.steps,
                                n_edges=args.edges, progress=not args.quiet)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(format_table(result))
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
 
 
 def _circuit_setup(args: argparse.Namespace):
@@ -211,43 +208,34 @@ def _circuit_setup(args: argparse.Namespace):
 
 
 def _validate(args: argparse.Namespace) -> None:
-    from circuits.ablation import faithfulness_curve, ranked_nodes, smallest_faithful
+    from circuits.ablation import faithfulness_curve, prune_by_ablation, ranked_nodes
     from circuits.graph import save_graph
     from circuits.plots import plot_faithfulness
 
     graph, model, saes, task = _circuit_setup(args)
     folder = _writable(Path(args.circuit).parent)
-    ranked = ranked_nodes(graph)
-    result = faithfulness_curve(model, saes, task, ranked, args.ablation, seed=args.seed or 0,
+    result = faithfulness_curve(model, saes, task, ranked_nodes(graph), args.ablation, seed=args.seed or 0,
                                 progress=not args.quiet)
     png = plot_faithfulness(result, folder / "faithfulness.png",
-                            title=f"{graph.graph.get('task')}: {result['ablation']} ablation, "
+                            title=f"{graph.graph.get('task')}: {result.ablation} ablation, "
                                   f"{task.n_examples} held-out pairs")
     if args.prune:
-        k, f = smallest_faithful(model, saes, task, ranked, args.target, args.ablation)
-        keep = {n for n, a in graph.nodes(data=True) if a.get("hook") is not None
-                and (a["hook"], a["position"], a["latent"]) in set(ranked[:k])}
-        small = graph.subgraph(keep | {n for n, a in graph.nodes(data=True) if a.get("hook") is None}).copy()
-        small.graph = {**graph.graph, "pruned_by_ablation": {"target": args.target, "faithfulness": f,
-                                                              "ablation": args.ablation, "nodes": k}}
-        out = save_graph(small, folder / "circuit.pruned.json")
-        result["pruned"] = {"n_nodes": sum(1 for n in ranked[:k] if n[2] is not None),
-                            "n_error_nodes": sum(1 for n in ranked[:k] if n[2] is None),
-                            "faithfulness": f, "reached_target": f >= args.target, "path": str(out)}
+        small, result.pruned = prune_by_ablation(graph, model, saes, task, args.target, args.ablation)
+        result.pruned.path = str(save_graph(small, folder / "circuit.pruned.json"))
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result.to_dict(), indent=2))
         return
-    print(f"{result['ablation']} ablation, {task.n_examples} pairs: faithfulness {result['faithfulness']:.3f}, "
-          f"completeness {result['completeness']:.3f}, CPR {result['cpr']:.3f}, CMD {result['cmd']:.3f} "
-          f"({result['n_nodes']} feature nodes, {result['n_error_nodes']} error nodes)")
+    print(f"{result.ablation} ablation, {task.n_examples} pairs: faithfulness {result.faithfulness:.3f}, "
+          f"completeness {result.completeness:.3f}, CPR {result.cpr:.3f}, CMD {result.cmd:.3f} "
+          f"({result.n_nodes} feature nodes, {result.n_error_nodes} error nodes)")
     print("\n| feature nodes | error nodes | faithfulness | random circuit |\n|---|---|---|---|")
-    for c in result["curve"]:
-        print(f"| {c['n_nodes']} | {c['n_error_nodes']} | {c['faithfulness']:.3f} | {c['random_faithfulness']:.3f} |")
-    if "pruned" in result:
-        p = result["pruned"]
-        print(f"\nsmallest prefix with faithfulness >= {args.target}: {p['n_nodes']} feature + {p['n_error_nodes']} "
-              f"error nodes, F {p['faithfulness']:.3f}" + ("" if p["reached_target"] else " (target not reached)")
-              + f" -> {p['path']}")
+    for c in result.curve:
+        print(f"| {c.n_nodes} | {c.n_error_nodes} | {c.faithfulness:.3f} | {c.random_faithfulness:.3f} |")
+    if result.pruned is not None:
+        p = result.pruned
+        print(f"\nsmallest prefix with faithfulness >= {args.target}: {p.n_nodes} feature + {p.n_error_nodes} "
+              f"error nodes, F {p.faithfulness:.3f}" + ("" if p.reached_target else " (target not reached)")
+              + f" -> {p.path}")
     print(f"\n-> {png}")
 
 
@@ -302,8 +290,8 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"IOI on the embedded model: clean logit diff {g['clean_metric']:.2f}, corrupt {g['corrupt_metric']:.2f}")
     print(f"circuit: {len(feature_nodes(graph))} feature + {len(error_nodes(graph))} error nodes, "
           f"{graph.number_of_edges()} edges ({g['discover']['method']}, {g['n_examples']} pairs)")
-    print(f"validation (mean ablation, held-out): faithfulness {val['faithfulness']:.3f}, "
-          f"completeness {val['completeness']:.3f}")
+    print(f"validation (mean ablation, held-out): faithfulness {val.faithfulness:.3f}, "
+          f"completeness {val.completeness:.3f}")
     print("edit (top 100 features off): " + ", ".join(
         f"{name} {row['relative_change']:+.0%}" for name, row in edit["tasks"].items()))
     if result["missing_dot"]:

@@ -11,7 +11,9 @@ import networkx as nx
 from circuits.files import write_atomic
 
 if TYPE_CHECKING:
+    from circuits.ablation import FaithfulnessCurve
     from circuits.cards import FeatureCard
+    from circuits.fidelity import AttributionCheck
 
 _CSS = """
 body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1400px}
@@ -56,8 +58,8 @@ def _card_html(card: FeatureCard, effect: float | None) -> str:
             f"<div>activations (non-zero): {hist}</div><div>promotes: {up}</div><div>suppresses: {down}</div></div>")
 
 
-def write_report(path: str | Path, graph: nx.DiGraph, svg: str | None = None, validation: dict | None = None,
-                 edit: dict | None = None, sae_quality: dict | None = None, fidelity: dict | None = None,
+def write_report(path: str | Path, graph: nx.DiGraph, svg: str | None = None, validation: FaithfulnessCurve | None = None,
+                 edit: dict | None = None, sae_quality: dict | None = None, fidelity: AttributionCheck | None = None,
                  cards: dict | None = None, faithfulness_png: Path | None = None) -> Path:
     """One self-contained HTML file (inline SVG, PNG as data URI, no scripts or remote
     resources): task summary, the graph, validation, feature cards, edit results, SAE
@@ -79,14 +81,14 @@ def write_report(path: str | Path, graph: nx.DiGraph, svg: str | None = None, va
     if validation:
         parts.append("<h2>Validation by ablation</h2>")
         parts.append(_table(["faithfulness", "completeness", "CPR", "CMD", "ablation"],
-                            [[f"{validation['faithfulness']:.3f}", f"{validation['completeness']:.3f}",
-                              f"{validation['cpr']:.3f}", f"{validation['cmd']:.3f}", validation["ablation"]]]))
+                            [[f"{validation.faithfulness:.3f}", f"{validation.completeness:.3f}",
+                              f"{validation.cpr:.3f}", f"{validation.cmd:.3f}", validation.ablation]]))
         if faithfulness_png and Path(faithfulness_png).is_file():
             data = base64.b64encode(Path(faithfulness_png).read_bytes()).decode()
             parts.append(f'<img alt="faithfulness curve" src="data:image/png;base64,{data}">')
         parts.append(_table(["feature nodes", "error nodes", "faithfulness", "random circuit"],
-                            [[c["n_nodes"], c["n_error_nodes"], f"{c['faithfulness']:.3f}",
-                              f"{c['random_faithfulness']:.3f}"] for c in validation["curve"]]))
+                            [[c.n_nodes, c.n_error_nodes, f"{c.faithfulness:.3f}",
+                              f"{c.random_faithfulness:.3f}"] for c in validation.curve]))
     if cards:
         effects = {}
         for n, a in graph.nodes(data=True):
@@ -110,10 +112,10 @@ def write_report(path: str | Path, graph: nx.DiGraph, svg: str | None = None, va
                               f"{r['dead_frac']:.3f}", f"{r['dense_frac']:.3f}"]
                              for h, r in sae_quality["saes"].items()]))
     if fidelity:
-        parts.append(f"<h2>Attribution vs exact patching ({fidelity['n_examples']} pairs)</h2>")
+        parts.append(f"<h2>Attribution vs exact patching ({fidelity.n_examples} pairs)</h2>")
         parts.append(_table(["submodule", "r AtP", "r IG", "total IG", "total exact"],
-                            [[h, f"{r['pearson_atp']:.3f}", f"{r['pearson_ig']:.3f}", f"{r['total_ig']:.3f}",
-                              f"{r['total_exact']:.3f}"] for h, r in fidelity["submodules"].items()]))
+                            [[h, f"{r.pearson_atp:.3f}", f"{r.pearson_ig:.3f}", f"{r.total_ig:.3f}",
+                              f"{r.total_exact:.3f}"] for h, r in fidelity.submodules.items()]))
     html_text = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
                  f"<title>{_e(g.get('task', 'circuit'))} circuit</title><style>{_CSS}</style></head><body>"
                  + "\n".join(parts) + "</body></html>")
