@@ -1,6 +1,6 @@
 """Edge attribution: direct effects between SAE nodes of connected submodules.
 
-The direct-effect layout (SFC's scheme, docs/design.md "Edges") is ``Submodule.upstream``:
+The direct-effect layout (SFC's scheme; docs/design.md, "Edges") is ``Submodule.upstream``:
 resid_{L-1} -> {attn_L, mlp_L, resid_L}, attn_L -> {mlp_L, resid_L}, mlp_L -> resid_L, with
 the embeddings as resid_{-1}. For an upstream node u and a downstream node d,
 

@@ -1,4 +1,4 @@
-"""SAE quality on held-out toy-language text (definitions: shared DESIGN.md section 7).
+"""SAE quality on held-out toy-language text (definitions: docs/design.md, "SAE quality").
 
 Per hook: L0 (mean active latents per token), FVU = sum |x - x_hat|^2 / sum |x - mean(x)|^2,
 CE loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean) with only that hook replaced

@@ -89,7 +89,7 @@ def test_hooks_are_removed_after_the_block_even_on_error(setup):
 
 
 def test_sae_lens_error_term_splice_changes_upstream_gradients(setup):
-    """The trap in DESIGN.md section 2, shown: with sae-lens's error-term splice the gradient
+    """The trap in docs/design.md, "Splicing", shown: with sae-lens's error-term splice the gradient
     at an upstream hook differs from the model's; with ours it does not."""
     from sae_lens import HookedSAETransformer
 
