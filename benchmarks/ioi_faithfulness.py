@@ -12,10 +12,12 @@ import argparse
 
 import torch
 
-from circuits.ablation import Faithfulness, NodeMasks, _ratio, metric_with, reference_values
-from circuits.attribution import _nodes, metric_grads, node_effects
+from circuits.ablation import Faithfulness, complement, empty_masks, metric_with, node_masks, reference_values
+from circuits.attribution import clean_grads, node_effects, run_batch
 from circuits.model import load_model
 from circuits.splice import spliced
+from circuits.values import NodeValues
+from circuits.vocab import Node
 from sae.train import load_saes
 from tasks.builtin import make_task
 
@@ -34,40 +36,34 @@ def few_names(tokenizer, n: int, n_names: int, seed: int):
     return big.subset(index)
 
 
-def ranked_all(effects, saes, n_pos: int) -> list:
-    """Every node with a non-zero mean effect, largest |effect| first."""
+def ranked_all(effects, saes, n_pos: int) -> list[Node]:
+    """Every SAE node with a non-zero mean effect (and every error node), largest |effect| first."""
     nodes = []
     for h in saes:
-        nodes += [((h, p, None), effects.errors[h][p].item()) for p in range(n_pos)]
-        lat = effects.latents[h]
-        nodes += [((h, p, i), lat[p, i].item()) for p, i in lat.nonzero().tolist()]
+        v = effects.values[h]
+        nodes += [(Node.at(h, p), v.error[p].item()) for p in range(n_pos)]
+        nodes += [(Node.at(h, p, i), v.latents[p, i].item()) for p, i in v.latents.nonzero().tolist()]
     nodes.sort(key=lambda x: -abs(x[1]))
     return [n for n, _ in nodes]
 
 
 @torch.no_grad()
-def oracle(model, saes, task, values, ref, k: int) -> float:
+def oracle(model, saes, task, values, ref: Faithfulness, k: int) -> float:
     """F when each example keeps its own top-k nodes by its own AtP effect."""
     hooks = list(saes)
+    run = run_batch(model, saes, task)
     with torch.enable_grad():
-        gf, ge = metric_grads(model, saes, task, hooks)
-    c, p = _nodes(model, saes, task.clean), _nodes(model, saes, task.corrupt)
-    eff = [(gf[i] * (p.latents[h] - c.latents[h])).flatten(1) for i, h in enumerate(hooks)]
-    eff += [(ge[i] * (p.errors[h] - c.errors[h])).sum(-1) for i, h in enumerate(hooks)]
-    sizes = [e.shape[1] for e in eff]
-    flat = torch.cat(eff, 1).abs()
+        grads = clean_grads(model, saes, run)
+    eff = {h: run.delta(h) @ grads[h] for h in hooks}  # latents [b, pos, d_sae], error [b, pos]
+    parts = [eff[h].latents.flatten(1) for h in hooks] + [eff[h].error for h in hooks]
+    sizes = [p.shape[1] for p in parts]
+    flat = torch.cat(parts, 1).abs()
     keep = torch.zeros_like(flat, dtype=torch.bool)
     keep[torch.arange(flat.shape[0]).unsqueeze(1), flat.topk(k, dim=1).indices] = True
-    parts = keep.split(sizes, 1)
-    edits = {}
-    for i, h in enumerate(hooks):
-        kf = parts[i].reshape(c.latents[h].shape)
-        ke = parts[len(hooks) + i].reshape(c.errors[h].shape[:2])
-        fr, er = values[h]
-        edits[h] = lambda f, e, kf=kf, ke=ke, fr=fr, er=er: (torch.where(kf, f, fr),
-                                                            torch.where(ke.unsqueeze(-1), e, er))
-    with spliced(model, saes, edits=edits):
-        return _ratio(task.metric_per_example(model(task.clean)).mean().item(), ref)
+    kept = keep.split(sizes, 1)
+    masks = {h: NodeValues(kept[i].reshape(eff[h].latents.shape), kept[len(hooks) + i])
+             for i, h in enumerate(hooks)}  # per example: the nodes it keeps
+    return ref.of(metric_with(model, saes, task, complement(masks), values))
 
 
 def main() -> None:
@@ -83,27 +79,27 @@ def main() -> None:
         found, held_out = (few_names(model.tokenizer, args.n, args.names, seed=s) for s in (0, 1))
     ranked = ranked_all(node_effects(model, saes, found, "atp", progress=False), saes, found.n_pos)
     values = reference_values(model, saes, held_out, "mean")
-    full = NodeMasks.empty(saes, held_out.n_pos).complement()
+    everything = complement(empty_masks(saes, held_out.n_pos))
     ref = Faithfulness(metric_with(model, saes, held_out, None, values),
-                       metric_with(model, saes, held_out, full, values), 0.0, 0.0)
-    errors = [(h, p, None) for h in saes for p in range(held_out.n_pos)]
-    features = [n for n in ranked if n[2] is not None]
+                       metric_with(model, saes, held_out, everything, values))
+    errors = [Node.at(h, p) for h in saes for p in range(held_out.n_pos)]
+    features = [n for n in ranked if n.latent is not None]
 
-    def f_of(nodes) -> float:
-        masks = NodeMasks.from_nodes(nodes, saes, held_out.n_pos)
-        return _ratio(metric_with(model, saes, held_out, masks.complement(), values), ref)
+    def f_of(nodes: list[Node]) -> float:
+        masks = node_masks(nodes, saes, held_out.n_pos)
+        return ref.of(metric_with(model, saes, held_out, complement(masks), values))
 
     with spliced(model, saes) as nodes:
         model(held_out.clean)
-    active = sum(int((nodes.latents[h] != 0).sum()) for h in saes) / held_out.n_examples
+    active = sum(int((nodes[h].latents != 0).sum()) for h in saes) / held_out.n_examples
     print(f"IOI, {args.n} pairs found / {args.n} held out; {len(ranked)} nodes with non-zero effect; "
           f"{active:.0f} latent nodes active per example; m(M) {ref.m_model:.3f}, m(empty) {ref.m_empty:.3f}\n")
-    print("| k | F: top-k nodes (features + errors) | F: top-k features + all 180 error nodes | "
+    print(f"| k | F: top-k nodes (features + errors) | F: top-k features + all {len(errors)} error nodes | "
           "F: each example's own top-k |")
     print("|---|---|---|---|")
     for k in SIZES:
         top = ranked[:k]
-        n_err = sum(1 for n in top if n[2] is None)
+        n_err = sum(1 for n in top if n.latent is None)
         own = f"{oracle(model, saes, held_out, values, ref, k):.3f}" if k <= 1000 else "-"
         print(f"| {k} ({k - n_err} + {n_err}) | {f_of(top):.3f} | {f_of(features[:k] + errors):.3f} | {own} |")
 

@@ -55,7 +55,8 @@ def random_setup(spec: dict):
     from sae_lens import TopKSAE, TopKSAEConfig
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from sae.saeset import SAESet, hook_names
+    from circuits.vocab import hook_names
+    from sae.saeset import SAESet
     from tasks.tokenizer import build_tokenizer
 
     tok = build_tokenizer()
@@ -82,7 +83,7 @@ def measure(spec: dict, extra: list[str] | None = None) -> dict:
 
 
 def nproc_run(nproc: int, pairs: int) -> float:
-    cmd = [str(ROOT / ".venv/bin/circuits"), "discover", "--task", "ioi", "--n", str(pairs), "--method", "atp",
+    cmd = [sys.executable, "-m", "circuits.cli", "discover", "--task", "ioi", "--n", str(pairs), "--method", "atp",
            "--quiet", "--nproc", str(nproc), "--out", f"/tmp/sae-circuits-bench-nproc{nproc}"]
     start = time.perf_counter()
     subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True)
