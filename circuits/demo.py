@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+
+import networkx as nx
 
 from circuits.ablation import faithfulness_curve, ranked_nodes
 from circuits.discover import DiscoverConfig, discover
-from circuits.edit import edit_from_circuit, edit_report
+from circuits.config import Result, to_plain
+from circuits.edit import EditReport, edit_from_circuit, edit_report
 from circuits.export import (draw_graph, drawn_subgraph, feature_cards, plot_faithfulness, to_circuit_tracer,
                              write_graphml, write_report)
 from circuits.fidelity import check_attribution
@@ -22,7 +26,25 @@ from sae.train import load_saes
 from tasks.builtin import make_task
 
 
-def run_demo(folder: Path, n: int = 64, progress: bool = True, log=print) -> dict:
+@dataclass
+class DemoResult(Result):
+    """What `run_demo` found and wrote. ``to_dict()`` gives the graph as node-link data."""
+
+    graph: nx.DiGraph
+    validation: dict  # faithfulness_curve's result
+    edit: EditReport
+    times: dict[str, float]  # seconds per step
+    missing_dot: str | None  # why graph pictures are missing (graphviz), or None
+    files: list[str]
+    report: Path
+
+    def to_dict(self) -> dict:
+        return {"graph": nx.node_link_data(self.graph, edges="edges"), "validation": to_plain(self.validation),
+                "edit": self.edit.to_dict(), "times": dict(self.times), "missing_dot": self.missing_dot,
+                "files": list(self.files), "report": str(self.report)}
+
+
+def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
     """Write circuit.json, graph.{png,svg,dot}, circuit.graphml, circuit-tracer.json,
     faithfulness.png, edit.json and report.html into ``folder``; return the figures."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -62,7 +84,8 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True, log=print) -> dic
                     n_top=20, n_candidates=40, progress=progress)
     svg_path = folder / "graph.svg"
     svg = svg_path.read_text() if svg_path.is_file() else None
+    # write_report (circuits/export.py, being split into modules) still reads dicts: .to_dict() until it is ported
     report = write_report(folder / "report.html", graph, svg[svg.index("<svg"):] if svg else None, validation,
-                          edited, quality, fidelity, cards, folder / "faithfulness.png")
-    return {"graph": graph, "validation": validation, "edit": edited, "times": times, "missing_dot": missing_dot,
-            "files": sorted(str(p) for p in folder.iterdir() if not p.name.startswith(".")), "report": report}
+                          edited.to_dict(), quality.to_dict(), fidelity, cards, folder / "faithfulness.png")
+    return DemoResult(graph, validation, edited, times, missing_dot,
+                      sorted(str(p) for p in folder.iterdir() if not p.name.startswith(".")), report)
