@@ -298,7 +298,7 @@ DType = Literal["fp32", "bf16", "fp16"]
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def check_placement(device: str = "cpu", dtype: str = "fp32") -> torch.dtype:
+def check_placement(device: str = "cpu", dtype: DType = "fp32") -> torch.dtype:
     """The torch dtype named by ``dtype``; a one-line `CircuitsError` for an unknown dtype or
     a CUDA device when no GPU is visible (checked before anything is loaded)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -310,7 +310,7 @@ def check_placement(device: str = "cpu", dtype: str = "fp32") -> torch.dtype:
 
 
 def place(model: HookedTransformer, saes: "SAESet | None" = None, device: str = "cpu",
-          dtype: str = "fp32") -> tuple[HookedTransformer, "SAESet | None"]:
+          dtype: DType = "fp32") -> tuple[HookedTransformer, "SAESet | None"]:
     """Move ``model`` and ``saes`` (in place) to ``device`` and ``dtype`` (fp32, bf16, fp16);
     returns them. Sums in the library are kept in float32 whatever the dtype."""
     torch_dtype = check_placement(device, dtype)
