@@ -12,8 +12,8 @@ from pathlib import Path
 import networkx as nx
 
 from circuits.ablation import faithfulness_curve, ranked_nodes
-from circuits.discover import DiscoverConfig, discover
 from circuits.config import Result, to_plain
+from circuits.discover import DiscoverConfig, discover
 from circuits.edit import EditReport, edit_from_circuit, edit_report
 from circuits.export import (draw_graph, drawn_subgraph, feature_cards, plot_faithfulness, to_circuit_tracer,
                              write_graphml, write_report)

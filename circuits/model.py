@@ -309,8 +309,8 @@ def check_placement(device: str = "cpu", dtype: DType = "fp32") -> torch.dtype:
     return DTYPES[dtype]
 
 
-def place(model: HookedTransformer, saes: "SAESet | None" = None, device: str = "cpu",
-          dtype: DType = "fp32") -> tuple[HookedTransformer, "SAESet | None"]:
+def place(model: HookedTransformer, saes: SAESet | None = None, device: str = "cpu",
+          dtype: DType = "fp32") -> tuple[HookedTransformer, SAESet | None]:
     """Move ``model`` and ``saes`` (in place) to ``device`` and ``dtype`` (fp32, bf16, fp16);
     returns them. Sums in the library are kept in float32 whatever the dtype."""
     torch_dtype = check_placement(device, dtype)

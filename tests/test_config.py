@@ -6,7 +6,14 @@ from typing import ClassVar, Literal
 
 import pytest
 
-from circuits.config import Config, Result, field_choices, field_default, param_default, to_plain
+from circuits.config import (
+    Config,
+    Result,
+    field_choices,
+    field_default,
+    param_default,
+    to_plain,
+)
 from circuits.errors import CircuitsError
 from circuits.tables import markdown_table
 
