@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from circuits.behaviour import evaluate_model
+from circuits.behaviour import evaluate_model, format_table
 from circuits.model import ToyModelConfig, train_model
 
 
@@ -32,22 +32,19 @@ def main() -> None:
         start = time.perf_counter()
         model = train_model(cfg, Path(tmp) / "toy", progress=not args.quiet)
         seconds = time.perf_counter() - start
-    behaviour = evaluate_model(model)["tasks"]
+    behaviour = evaluate_model(model)
     result = {
         "steps": cfg.steps, "tokens": cfg.steps * cfg.batch_size * cfg.seq_len,
         "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-        "behaviour": behaviour,
+        "behaviour": behaviour.to_dict()["tasks"],
     }
     print("| steps | tokens | threads | train time (s) | tokens/s |")
     print("|---|---|---|---|---|")
     print(f"| {cfg.steps} | {result['tokens']} | {result['threads']} | {seconds:.1f} | "
           f"{result['tokens'] / seconds:.0f} |")
     print()
-    print("| task | accuracy | clean metric | corrupt metric |")
-    print("|---|---|---|---|")
-    for name, row in behaviour.items():
-        print(f"| {name} | {row['accuracy']:.3f} | {row['clean_metric']:.3f} | {row['corrupt_metric']:.3f} |")
+    print(format_table(behaviour))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

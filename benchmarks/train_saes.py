@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from circuits.model import load_model
-from sae.evaluate import evaluate_saes
+from sae.evaluate import evaluate_saes, format_table
 from sae.train import SAETrainConfig, train_sae_set
 
 
@@ -38,15 +38,10 @@ def main() -> None:
     print(f"| {len(saes)} | {cfg.arch} | {cfg.width} | {cfg.k} | {cfg.n_tokens} | "
           f"{torch.get_num_threads()} | {seconds:.1f} |")
     print()
-    print("| hook | L0 | FVU | CE recovered | dead | dense |")
-    print("|---|---|---|---|---|---|")
-    for hook, r in quality["saes"].items():
-        print(f"| {hook} | {r['l0']:.1f} | {r['fvu']:.3f} | {r['ce_recovered']:.3f} | "
-              f"{r['dead_frac']:.3f} | {r['dense_frac']:.3f} |")
-    print(f"\nall spliced at once: CE recovered {quality['all_spliced_ce_recovered']:.3f}")
+    print(format_table(quality))
     if args.json:
         Path(args.json).write_text(json.dumps({"train_seconds": seconds, "config": cfg.to_dict(),
-                                               **quality}, indent=2))
+                                               **quality.to_dict()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -9,13 +9,15 @@ import sys
 import time
 from pathlib import Path
 
+from circuits.config import field_choices, field_default, param_default
 from circuits.errors import CircuitsError
+from circuits.tables import print_table
 
 
 def _train_model(args: argparse.Namespace) -> None:
     from circuits.model import TOY_NAME, ToyModelConfig, default_cache_dir, train_model
 
-    cfg = ToyModelConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
+    cfg = ToyModelConfig(seed=args.seed, steps=args.steps)
     folder = Path(args.out) if args.out else default_cache_dir() / TOY_NAME
     start = time.perf_counter()
     train_model(cfg, folder, progress=not args.quiet)
@@ -28,24 +30,18 @@ def _eval_model(args: argparse.Namespace) -> None:
 
     model = load_model(args.model, device=args.device, progress=not args.quiet)
     result = evaluate_model(model, tasks=args.tasks, n=args.n, seed=args.seed)
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
 
 
 def _train_saes(args: argparse.Namespace) -> None:
     from circuits.model import TOY_NAME, default_cache_dir, load_model
     from sae.train import SAETrainConfig, train_sae_set
 
-    overrides = {"arch": args.arch, "kinds": tuple(k.strip() for k in args.hooks.split(",") if k.strip())}
-    for name in ("width", "k", "seed"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
-    if args.tokens is not None:
-        overrides["n_tokens"] = args.tokens
-    if args.layers is not None:
-        overrides["layers"] = tuple(_int_list(args.layers, "--layers"))
+    layers = None if args.layers is None else tuple(_int_list(args.layers, "--layers"))
     model = load_model(args.model, progress=not args.quiet)
-    overrides["seq_len"] = min(SAETrainConfig.seq_len, model.cfg.n_ctx)
-    cfg = SAETrainConfig(**overrides).validated()
+    cfg = SAETrainConfig(arch=args.arch, kinds=_kinds(args.hooks), layers=layers, width=args.width, k=args.k,
+                         n_tokens=args.tokens, seed=args.seed,
+                         seq_len=min(field_default(SAETrainConfig, "seq_len"), model.cfg.n_ctx))
     default = default_cache_dir() / ("saes-toy" if args.model == TOY_NAME else f"saes-{Path(args.model).name}")
     folder = Path(args.out) if args.out else default
     start = time.perf_counter()
@@ -61,6 +57,11 @@ def _int_list(text: str, flag: str) -> list[int]:
         raise CircuitsError(f"{flag} takes comma-separated integers, got {text!r}") from None
 
 
+def _kinds(text: str) -> tuple[str, ...]:
+    """``--hooks resid,mlp`` -> ("resid", "mlp")."""
+    return tuple(k.strip() for k in text.split(",") if k.strip())
+
+
 def _eval_saes(args: argparse.Namespace) -> None:
     from circuits.model import load_model
     from sae.evaluate import evaluate_saes, format_table
@@ -69,7 +70,7 @@ def _eval_saes(args: argparse.Namespace) -> None:
     model = load_model(args.model, progress=not args.quiet)
     saes = load_saes(args.saes, model, progress=not args.quiet)
     result = evaluate_saes(model, saes, n_seqs=args.n_seqs, progress=not args.quiet)
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
 
 
 def _load_task(args: argparse.Namespace, model):
@@ -78,45 +79,26 @@ def _load_task(args: argparse.Namespace, model):
     return make_task(args.task, model.tokenizer, n=args.n, seed=args.seed, metric=args.metric)
 
 
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
 def _load_placed(args: argparse.Namespace):
     """Model and SAE set on ``--device`` in ``--dtype``, restricted to ``--hooks``."""
-    import torch
-
-    from circuits.model import load_model
+    from circuits.model import check_placement, load_model, place
     from sae.train import load_saes
 
-    device = getattr(args, "device", "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CircuitsError(f"--device {device}: no GPU is visible here (torch.cuda.is_available() is False); "
-                            "use --device cpu")
-    if getattr(args, "dtype", "fp32") not in DTYPES:
-        raise CircuitsError(f"--dtype {args.dtype}: use {', '.join(DTYPES)}")
-    dtype = getattr(torch, DTYPES[getattr(args, "dtype", "fp32")])
+    device, dtype = getattr(args, "device", "cpu"), getattr(args, "dtype", "fp32")
+    check_placement(device, dtype)  # before loading anything
     model = load_model(args.model, device=device, progress=not args.quiet)
     saes = _restrict(load_saes(args.saes, model, progress=not args.quiet), args.hooks)
-    if dtype != torch.float32:
-        model.cfg.dtype = dtype
-        model.to(dtype)
-        saes.to(dtype=dtype)
-    return model, saes
+    return place(model, saes, device, dtype)
 
 
 def _restrict(saes, kinds: str | None):
-    from sae.saeset import SAESet
-
+    """``saes`` restricted to the comma-separated ``--hooks`` kinds (all when empty)."""
     if not kinds:
         return saes
-    wanted = {k.strip() for k in kinds.split(",") if k.strip()}
-    bad = wanted - {"resid", "mlp", "attn"}
-    if bad:
-        raise CircuitsError(f"--hooks: unknown kind(s) {', '.join(sorted(bad))} (use resid, mlp, attn)")
-    kept = {h: saes[h] for h in saes if h.split(".")[-1].split("_")[1] in wanted}
-    if not kept:
-        raise CircuitsError(f"--hooks {kinds}: the SAE set has no such hooks")
-    return SAESet(kept)
+    try:
+        return saes.restrict(_kinds(kinds))
+    except CircuitsError as err:
+        raise CircuitsError(f"--hooks: {err}") from None
 
 
 def _discover_job(args: argparse.Namespace):
@@ -127,14 +109,14 @@ def _discover_job(args: argparse.Namespace):
     task = _load_task(args, model)
     cfg = DiscoverConfig(method=args.method, steps=args.steps, node_threshold=args.node_threshold,
                          edge_threshold=args.edge_threshold, top_n=args.top_n,
-                         batch_size=args.batch_size, edges=not args.no_edges).validated()
+                         batch_size=args.batch_size, edges=not args.no_edges)
     return discover_fitting(model, saes, task, cfg, progress=not args.quiet)
 
 
 def _discover(args: argparse.Namespace) -> None:
     import warnings
 
-    from circuits.graph import save_graph, summary
+    from circuits.graph import record_sources, save_graph, summary
     from circuits.model import load_model
     from circuits.parallel import check_nproc, is_main, join_from_environment, rank_and_world, run_local
     from sae.train import load_saes
@@ -158,8 +140,7 @@ def _discover(args: argparse.Namespace) -> None:
             if issubclass(w.category, UserWarning):
                 print(f"circuits: warning: {w.message}", file=sys.stderr)
     # what validate / edit need to rebuild the model, SAE set and prompts
-    graph.graph["sources"] = {"model": args.model, "saes": args.saes, "task": args.task, "n": args.n,
-                              "seed": args.seed, "metric": args.metric, "hooks": args.hooks}
+    record_sources(graph, args.task, args.n, args.seed, args.model, args.saes, args.metric, args.hooks)
     save_graph(graph, path)
     print(summary(graph))
     procs = max(args.nproc, rank_and_world()[1])
@@ -262,20 +243,16 @@ def _edit(args: argparse.Namespace) -> None:
         task_name = args.task or graph.graph.get("sources", {}).get("task") or graph.graph["task"]
     if args.save_edit:
         edit.save(args.save_edit)
-    report = edit_report(model, saes, edit.check(saes), task_name, n=args.n or 256)
+    report = edit_report(model, saes, edit.check(saes), task_name, n=args.n or param_default(edit_report, "n"))
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report.to_dict(), indent=2))
         return
-    print(f"edit: {edit.description or f'{len(edit.features)} features'}")
-    print("\n| task | accuracy before | after | metric before | after | moved (share of clean-corrupt range) |")
-    print("|---|---|---|---|---|---|")
-    for name, row in report["tasks"].items():
-        b, a = row["before"], row["after"]
-        print(f"| {name} | {b['accuracy']:.3f} | {a['accuracy']:.3f} | {b['clean_metric']:.3f} | "
-              f"{a['clean_metric']:.3f} | {row['relative_change']:+.1%} |")
-    print("\ngreedy completions (before -> after):")
-    for c in report["completions"]:
-        print(f"  {c['prompt']} | {c['before']} -> {c['after']}")
+    print(f"edit: {edit.description or f'{len(edit.features)} features'}\n")
+    print_table(["task", "accuracy before", "after", "metric before", "after", "moved (share of clean-corrupt range)"],
+                [[name, r.before.accuracy, r.after.accuracy, r.before.clean_metric, r.after.clean_metric,
+                  f"{r.relative_change:+.1%}"] for name, r in report.tasks.items()])
+    print("\ngreedy completions:\n")
+    print_table(["prompt", "before", "after"], [[c.prompt, c.before, c.after] for c in report.completions])
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -285,20 +262,21 @@ def _demo(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     folder = _writable(Path(args.out))
     result = run_demo(folder, n=args.n, progress=not args.quiet)
-    graph, val, edit = result["graph"], result["validation"], result["edit"]
+    graph, val = result.graph, result.validation
     g = graph.graph
     print(f"IOI on the embedded model: clean logit diff {g['clean_metric']:.2f}, corrupt {g['corrupt_metric']:.2f}")
     print(f"circuit: {len(feature_nodes(graph))} feature + {len(error_nodes(graph))} error nodes, "
           f"{graph.number_of_edges()} edges ({g['discover']['method']}, {g['n_examples']} pairs)")
     print(f"validation (mean ablation, held-out): faithfulness {val.faithfulness:.3f}, "
-          f"completeness {val.completeness:.3f}")
-    print("edit (top 100 features off): " + ", ".join(
-        f"{name} {row['relative_change']:+.0%}" for name, row in edit["tasks"].items()))
-    if result["missing_dot"]:
-        print(f"circuits: warning: {result['missing_dot']}", file=sys.stderr)
-    print("steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["times"].items()))
-    print("files:\n  " + "\n  ".join(result["files"]))
-    print(f"open {result['report']} in a browser ({time.perf_counter() - start:.0f} s in all)")
+          f"completeness {val.completeness:.3f}\n")
+    print_table(["task", "moved by the edit (top 100 features off)"],
+                [[name, f"{r.relative_change:+.0%}"] for name, r in result.edit.tasks.items()])
+    if result.missing_dot:
+        print(f"circuits: warning: {result.missing_dot}", file=sys.stderr)
+    print()
+    print_table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in result.times.items()])
+    print("\nfiles:\n  " + "\n  ".join(result.files))
+    print(f"open {result.report} in a browser ({time.perf_counter() - start:.0f} s in all)")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -348,17 +326,43 @@ def _cards_for(graph, args: argparse.Namespace) -> dict:
     return feature_cards(model, saes, card_keys(graph, args.max_nodes))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its own errors (unknown flag, missing argument, bad number) as one line
+    ``circuits: error: ...`` and exit code 2, like every other error; also for sub-commands."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        command = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""  # "circuits edit" -> "edit: "
+        self.exit(2, f"circuits: error: {command}{' '.join(message.split())}\n")
+
+
+def _default(text: str, value) -> str:
+    """Help text ending in the default the library uses."""
+    if isinstance(value, (tuple, list)):
+        value = ",".join(str(v) for v in value)
+    return f"{text} (default {value})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="circuits", description="Find feature circuits in transformer language models.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from circuits.ablation import ABLATIONS, faithfulness_curve, prune_by_ablation
+    from circuits.discover import DiscoverConfig
+    from circuits.fidelity import check_attribution
+    from circuits.behaviour import evaluate_model
+    from circuits.demo import run_demo
+    from circuits.edit import CIRCUIT_ACTIONS, FeatureEdit
+    from circuits.model import ToyModelConfig
+    from sae.evaluate import evaluate_saes
+    from sae.train import SAETrainConfig
+
+    parser = _Parser(prog="circuits", description="Find feature circuits in transformer language models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train-model", help="train the embedded toy-language model",
                        description="Train the embedded default model on the toy language and save "
                                    "it (resumes an interrupted run from its last checkpoint).")
     p.add_argument("--out", help="model folder (default: the cache's toy/ folder)")
-    p.add_argument("--steps", type=int, help="training steps (default: the config's)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    steps, seed = field_default(ToyModelConfig, "steps"), field_default(ToyModelConfig, "seed")
+    p.add_argument("--steps", type=int, default=steps, help=_default("training steps", steps))
+    p.add_argument("--seed", type=int, default=seed, help=_default("random seed", seed))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_model)
 
@@ -367,8 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "accuracy and mean clean / corrupt metric per task.")
     p.add_argument("--model", default="toy", help="'toy', a model folder, or a TransformerLens name")
     p.add_argument("--tasks", nargs="+", help="tasks to run (default: all built-in)")
-    p.add_argument("--n", type=int, default=256, help="prompt pairs per task (default 256)")
-    p.add_argument("--seed", type=int, default=0, help="prompt seed (default 0)")
+    n, seed = param_default(evaluate_model, "n"), param_default(evaluate_model, "seed")
+    p.add_argument("--n", type=int, default=n, help=_default("prompt pairs per task", n))
+    p.add_argument("--seed", type=int, default=seed, help=_default("prompt seed", seed))
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -379,13 +384,23 @@ def build_parser() -> argparse.ArgumentParser:
                                    "of every layer by default) on the model's activations over the "
                                    "toy language, one model pass feeding every SAE; resumable.")
     p.add_argument("--model", default="toy", help="'toy' or a model folder (default toy)")
-    p.add_argument("--arch", default="topk", help="topk (default), batchtopk, jumprelu, standard or gated")
-    p.add_argument("--hooks", default="resid,mlp,attn", help="hook kinds, comma-separated (default resid,mlp,attn)")
+
+    def sae_default(name: str):
+        return field_default(SAETrainConfig, name)
+
+    # choices are checked by SAETrainConfig (one source of truth, its one-line errors)
+    p.add_argument("--arch", default=sae_default("arch"),
+                   help=_default(f"one of {', '.join(field_choices(SAETrainConfig, 'arch'))}", sae_default("arch")))
+    p.add_argument("--hooks", default=",".join(sae_default("kinds")),
+                   help=_default(f"hook kinds, comma-separated, of {', '.join(field_choices(SAETrainConfig, 'kinds'))}",
+                                 sae_default("kinds")))
     p.add_argument("--layers", help="layers, comma-separated (default: all)")
-    p.add_argument("--width", type=int, help="latents per SAE (default 1024 = 8 x d_model)")
-    p.add_argument("--k", type=int, help="active latents per token for topk/batchtopk (default 32)")
-    p.add_argument("--tokens", type=int, help="training tokens per SAE (default 1,150,000)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--width", type=int, default=sae_default("width"), help=_default("latents per SAE", sae_default("width")))
+    p.add_argument("--k", type=int, default=sae_default("k"),
+                   help=_default("active latents per token for topk/batchtopk", sae_default("k")))
+    p.add_argument("--tokens", type=int, default=sae_default("n_tokens"),
+                   help=_default("training tokens per SAE", sae_default("n_tokens")))
+    p.add_argument("--seed", type=int, default=sae_default("seed"), help=_default("random seed", sae_default("seed")))
     p.add_argument("--out", help="output folder (default: the cache's saes-toy/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_train_saes)
@@ -396,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "recovered with every SAE spliced at once.")
     p.add_argument("--model", default="toy", help="'toy' or a model folder (default toy)")
     p.add_argument("--saes", default="toy", help="'toy' (the default set, trained on first use) or a set folder")
-    p.add_argument("--n-seqs", type=int, default=512, help="evaluation sequences of 64 tokens (default 512)")
+    n_seqs = param_default(evaluate_saes, "n_seqs")
+    p.add_argument("--n-seqs", type=int, default=n_seqs, help=_default("evaluation sequences of 64 tokens", n_seqs))
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_eval_saes)
@@ -407,14 +423,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "direct-effect edges between them, prune to what reaches the "
                                    "metric, write DIR/circuit.json and print a summary.")
     _task_args(p)
-    p.add_argument("--method", default="ig", help="ig (default), atp, or exact (one forward pass per node)")
-    p.add_argument("--steps", type=int, default=10, help="IG steps (default 10)")
-    p.add_argument("--node-threshold", type=float, default=0.01,
-                   help="keep nodes with |effect| >= this fraction of |total effect| (default 0.01)")
-    p.add_argument("--edge-threshold", type=float, default=0.002,
-                   help="keep edges with |weight| >= this fraction of |total effect| (default 0.002)")
+    def disc(name: str):
+        return field_default(DiscoverConfig, name)
+
+    p.add_argument("--method", default=disc("method"), help=_default(
+        f"one of {', '.join(field_choices(DiscoverConfig, 'method'))} (exact: one forward pass per node)", disc("method")))
+    p.add_argument("--steps", type=int, default=disc("steps"), help=_default("IG steps", disc("steps")))
+    p.add_argument("--node-threshold", type=float, default=disc("node_threshold"),
+                   help=_default("keep nodes with |effect| >= this fraction of |total effect|", disc("node_threshold")))
+    p.add_argument("--edge-threshold", type=float, default=disc("edge_threshold"),
+                   help=_default("keep edges with |weight| >= this fraction of |total effect|", disc("edge_threshold")))
     p.add_argument("--top-n", type=int, help="keep at most this many nodes (largest |effect|)")
-    p.add_argument("--batch-size", type=int, default=32, help="prompt pairs per batch (default 32)")
+    p.add_argument("--batch-size", type=int, default=disc("batch_size"),
+                   help=_default("prompt pairs per batch", disc("batch_size")))
     p.add_argument("--no-edges", action="store_true", help="nodes only (no edges, no path pruning)")
     p.add_argument("--nproc", type=int, default=1,
                    help="processes sharing the prompt batches (torch.distributed, gloo; default 1)")
@@ -427,10 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "completeness, the curve over circuit sizes with a random "
                                    "baseline, CPR and CMD; write faithfulness.png beside the circuit.")
     _circuit_args(p)
-    p.add_argument("--ablation", default="mean", help="mean (default), zero or resample")
+    ablation = param_default(faithfulness_curve, "how")
+    p.add_argument("--ablation", default=ablation, help=_default(f"one of {', '.join(ABLATIONS)}", ablation))
     p.add_argument("--prune", action="store_true",
                    help="also write circuit.pruned.json: the smallest top-|effect| prefix reaching --target")
-    p.add_argument("--target", type=float, default=0.9, help="faithfulness target for --prune (default 0.9)")
+    target = param_default(prune_by_ablation, "target")
+    p.add_argument("--target", type=float, default=target, help=_default("faithfulness target for --prune", target))
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_validate)
 
@@ -440,7 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "metric and accuracy before and after, and a few greedy completions.")
     _circuit_args(p, circuit_required=False)
     p.add_argument("--top", type=int, default=10, help="features from the circuit (default 10)")
-    p.add_argument("--action", default="zero", help="zero (default) or mean, for --top")
+    action = field_default(FeatureEdit, "action")
+    p.add_argument("--action", default=action, choices=CIRCUIT_ACTIONS,
+                   help=_default(f"for --top: {' or '.join(CIRCUIT_ACTIONS)}", action))
     p.add_argument("--everywhere", action="store_true",
                    help="switch the features off at every position, not only where the circuit uses them")
     p.add_argument("--edit", help="an edit JSON file instead of --circuit/--top")
@@ -453,8 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "patching (Pearson r on the top latents by |exact effect|) and "
                                    "the sum of IG effects with patching each whole submodule.")
     _task_args(p, default_n=32)
-    p.add_argument("--top", type=int, default=50, help="latents per submodule in the correlation (default 50)")
-    p.add_argument("--steps", type=int, default=10, help="IG steps (default 10)")
+    top, steps = param_default(check_attribution, "n_top"), param_default(check_attribution, "steps")
+    p.add_argument("--top", type=int, default=top, help=_default("latents per submodule in the correlation", top))
+    p.add_argument("--steps", type=int, default=steps, help=_default("IG steps", steps))
     p.add_argument("--edges", type=int, default=0, help="also check the N strongest edges (default 0)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_check_attribution)
@@ -478,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and write every output (circuit.json, graph.png/svg, "
                                    "faithfulness.png, report.html, ...) to --out.")
     p.add_argument("--out", default="outputs/ioi", help="output folder (default outputs/ioi)")
-    p.add_argument("--n", type=int, default=64, help="prompt pairs (default 64)")
+    n = param_default(run_demo, "n")
+    p.add_argument("--n", type=int, default=n, help=_default("prompt pairs", n))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
     return parser
@@ -509,7 +536,10 @@ def _circuit_args(p: argparse.ArgumentParser, circuit_required: bool = True) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help (0) or an argparse error, already printed as one line (2)
+        return int(done.code or 0)
     try:
         args.func(args)
     except CircuitsError as err:

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
-from circuits.ablation import faithfulness_curve, ranked_nodes
+import networkx as nx
+
+from circuits.ablation import FaithfulnessCurve, faithfulness_curve, ranked_nodes
 from circuits.cards import feature_cards
+from circuits.config import Result
 from circuits.discover import DiscoverConfig, discover
-from circuits.edit import edit_from_circuit, edit_report
+from circuits.edit import EditReport, edit_from_circuit, edit_report
 from circuits.fidelity import check_attribution
 from circuits.formats import write_circuit_tracer, write_graphml
-from circuits.graph import save_graph
+from circuits.graph import record_sources, save_graph
 from circuits.model import load_model
 from circuits.pictures import card_keys, draw_graph
 from circuits.plots import plot_faithfulness
@@ -23,7 +27,25 @@ from sae.train import load_saes
 from tasks.builtin import make_task
 
 
-def run_demo(folder: Path, n: int = 64, progress: bool = True, log=print) -> dict:
+@dataclass
+class DemoResult(Result):
+    """What `run_demo` found and wrote. ``to_dict()`` gives the graph as node-link data."""
+
+    graph: nx.DiGraph
+    validation: FaithfulnessCurve  # on held-out prompts, mean ablation
+    edit: EditReport
+    times: dict[str, float]  # seconds per step
+    missing_dot: str | None  # why graph pictures are missing (graphviz), or None
+    files: list[str]
+    report: Path
+
+    def to_dict(self) -> dict:
+        return {"graph": nx.node_link_data(self.graph, edges="edges"), "validation": self.validation.to_dict(),
+                "edit": self.edit.to_dict(), "times": dict(self.times), "missing_dot": self.missing_dot,
+                "files": list(self.files), "report": str(self.report)}
+
+
+def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
     """Write circuit.json, graph.{png,svg,dot}, circuit.graphml, circuit-tracer.json,
     faithfulness.png, edit.json and report.html into ``folder``; return the figures."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -41,8 +63,7 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True, log=print) -> dic
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         graph = step("discover", discover, model, saes, task, DiscoverConfig(method="ig"), progress=progress)
-    graph.graph["sources"] = {"model": "toy", "saes": "toy", "task": "ioi", "n": n, "seed": 0,
-                              "metric": None, "hooks": None}
+    record_sources(graph, "ioi", n)
     save_graph(graph, folder / "circuit.json")
     held_out = make_task("ioi", model.tokenizer, n=n, seed=1)
     validation = step("validate", faithfulness_curve, model, saes, held_out, ranked_nodes(graph), "mean",
@@ -63,5 +84,5 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True, log=print) -> dic
     svg = svg_path.read_text() if svg_path.is_file() else None
     report = write_report(folder / "report.html", graph, svg[svg.index("<svg"):] if svg else None, validation,
                           edited, quality, fidelity, cards, folder / "faithfulness.png")
-    return {"graph": graph, "validation": validation, "edit": edited, "times": times, "missing_dot": missing_dot,
-            "files": sorted(str(p) for p in folder.iterdir() if not p.name.startswith(".")), "report": report}
+    return DemoResult(graph, validation, edited, times, missing_dot,
+                      sorted(str(p) for p in folder.iterdir() if not p.name.startswith(".")), report)

@@ -21,8 +21,8 @@ node per latent and position; other tasks sum effects over positions (position `
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, replace
-from typing import Literal, get_args
+from dataclasses import dataclass, replace
+from typing import ClassVar, Literal
 
 import networkx as nx
 import torch
@@ -31,6 +31,7 @@ from transformer_lens import HookedTransformer
 
 from circuits.attribution import NodeEffects, batch_grads, exact_effects, first_pass, prepare, run_batch
 from circuits.edges import batch_edges, source_masks, upstream_hooks
+from circuits.config import Config
 from circuits.errors import CircuitsError
 from circuits.graph import prune
 from circuits.parallel import all_reduce, batch_starts, is_main
@@ -39,14 +40,17 @@ from circuits.vocab import EMBED_HOOK, METRIC, Node, Submodule, in_forward_order
 from sae.saeset import SAESet
 from tasks.task import Task
 
-DiscoverMethod = Literal["ig", "atp", "exact"]
+DiscoverMethod = Literal["atp", "ig", "exact"]
 
 
 @dataclass
-class DiscoverConfig:
+class DiscoverConfig(Config):
     """How to find a circuit. Thresholds are fractions of |total effect|."""
 
-    method: DiscoverMethod = "ig"
+    label: ClassVar[str] = "discover setting"
+    field_labels: ClassVar[dict[str, str]] = {"method": "method"}
+
+    method: DiscoverMethod = "ig"  # exact: one forward pass per node
     steps: int = 10  # IG steps (midpoint rule)
     node_threshold: float = 0.01
     edge_threshold: float = 0.002
@@ -55,9 +59,7 @@ class DiscoverConfig:
     max_exact_nodes: int = 5000
     edges: bool = True  # False: nodes only (no edges, no path pruning), e.g. for long ranked lists
 
-    def __post_init__(self) -> None:
-        if self.method not in get_args(DiscoverMethod):
-            raise CircuitsError(f"unknown method {self.method!r}: use {', '.join(get_args(DiscoverMethod))}")
+    def validate(self) -> None:
         for name in ("node_threshold", "edge_threshold"):
             if getattr(self, name) < 0:
                 raise CircuitsError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -65,9 +67,8 @@ class DiscoverConfig:
             raise CircuitsError(f"top_n must be >= 1, got {self.top_n}")
         if self.steps < 1:
             raise CircuitsError(f"IG needs at least one step, got steps={self.steps}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+        if self.batch_size < 1:
+            raise CircuitsError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 def discover(model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverConfig | None = None,

@@ -6,6 +6,16 @@ made), ``clamp`` (to ``value``) or ``scale`` (by ``value``). Applied through the
 edit changes the hook's output by exactly (f' - f) W_dec for each edited latent; the error
 term and every other latent stay as computed. Apply it in a ``with edited(...)`` block, or
 ``attach`` it until its handle's ``remove()``. Edits are saved as JSON.
+
+Attached edits are independent: each `AttachedEdit` registers its own hook functions on the
+hook points (``HookPoint.add_hook``, the splice's own hook function from
+``circuits.splice.splice_hook``) and keeps the `LensHandle` of each, so ``remove()`` takes
+off exactly its own hooks, in any order. (Entering ``model.hooks()`` and leaving it later,
+as a handle once did, is wrong: TransformerLens removes a context's hooks by the context
+*level* current when it exits, so attach A, attach B, remove A took B's hooks off and left
+A's.) The handles carry no context level, so a ``with model.hooks(...)`` block (``edited``,
+``spliced``, ``run_with_hooks``) leaves attached edits alone; ``model.reset_hooks()`` removes
+them like every other non-permanent hook.
 """
 
 from __future__ import annotations
@@ -13,60 +23,55 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Literal, get_args
 
 import networkx as nx
 import torch
 from transformer_lens import HookedTransformer
 
+from circuits.behaviour import TaskScore, evaluate_task
+from circuits.config import Config, Result
 from circuits.errors import CircuitsError
 from circuits.files import read_json, write_atomic
 from circuits.graph import METRIC
-from circuits.splice import NodeEdit, spliced
+from circuits.splice import NodeEdit, splice_hook, spliced
 from circuits.values import NodeValues
 from sae.saeset import SAESet
 
-ACTIONS = ("zero", "mean", "clamp", "scale")
+Action = Literal["zero", "mean", "clamp", "scale"]
+ACTIONS: tuple[str, ...] = get_args(Action)
+CIRCUIT_ACTIONS = ("zero", "mean")  # what `edit_from_circuit` can do (clamp / scale need a value)
 
 
 @dataclass
-class FeatureEdit:
+class FeatureEdit(Config):
     """One latent of one hook's SAE; ``positions`` None = every position, negative positions
     count from the end (-1: the last token)."""
 
+    label: ClassVar[str] = "edit feature"
+    field_labels: ClassVar[dict[str, str]] = {"action": "action"}
+
     hook: str
     latent: int
-    action: str = "zero"
+    action: Action = "zero"
     value: float | None = None
     positions: list[int] | None = None
 
+    def validate(self) -> None:
+        if self.action != "zero" and self.value is None:
+            raise CircuitsError(f"edit feature {self.hook}/{self.latent}: action {self.action!r} needs a value")
+
 
 @dataclass
-class Edit:
+class Edit(Config):
     """Features to change, applied together."""
 
-    features: list[FeatureEdit] = field(default_factory=list)
+    label: ClassVar[str] = "edit"
+
+    features: list[FeatureEdit]
     description: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict, where: str = "edit") -> Edit:
-        if not isinstance(data, dict) or not isinstance(data.get("features"), list):
-            raise CircuitsError(f"{where}: expected an object with a \"features\" list")
-        features = []
-        for i, item in enumerate(data["features"]):
-            if not isinstance(item, dict):
-                raise CircuitsError(f"{where}: features[{i}] is not an object")
-            unknown = set(item) - set(FeatureEdit.__dataclass_fields__)
-            missing = {"hook", "latent"} - set(item)
-            if unknown or missing:
-                what = f"unknown field {sorted(unknown)[0]!r}" if unknown else f"missing field {sorted(missing)[0]!r}"
-                raise CircuitsError(f"{where}: features[{i}]: {what}")
-            features.append(FeatureEdit(**item))
-        return cls(features, str(data.get("description", "")))
 
     def save(self, path: str | Path) -> Path:
         """Write as JSON, atomically."""
@@ -77,17 +82,14 @@ class Edit:
         return cls.from_dict(read_json(path, "edit file"), where=f"edit file {path}")
 
     def check(self, saes: SAESet) -> Edit:
-        """Raise one line for a hook without an SAE, a latent out of range or a bad action."""
+        """Raise one line for a hook without an SAE or a latent out of range (actions and
+        values are checked when a `FeatureEdit` is made)."""
         for i, fe in enumerate(self.features):
             name = f"edit feature {i} ({fe.hook}/{fe.latent})"
             if fe.hook not in saes:
                 raise CircuitsError(f"{name}: the SAE set has no SAE at {fe.hook}")
             if not isinstance(fe.latent, int) or not 0 <= fe.latent < saes[fe.hook].cfg.d_sae:
                 raise CircuitsError(f"{name}: latent out of range (the SAE has {saes[fe.hook].cfg.d_sae})")
-            if fe.action not in ACTIONS:
-                raise CircuitsError(f"{name}: unknown action {fe.action!r} (use {', '.join(ACTIONS)})")
-            if fe.action != "zero" and fe.value is None:
-                raise CircuitsError(f"{name}: action {fe.action!r} needs a value")
         return self
 
 
@@ -125,21 +127,30 @@ def edited(model: HookedTransformer, saes: SAESet, edit: Edit) -> Iterator[None]
 
 
 class AttachedEdit:
-    """An edit attached to a model until ``remove()``."""
+    """An edit attached to a model until ``remove()``: its own hooks, removed by their own
+    handles (see the module docstring)."""
 
     def __init__(self, model: HookedTransformer, saes: SAESet, edit: Edit):
-        self._stack = edited(model, saes, edit)
-        self._stack.__enter__()
-        self._active = True
+        edits = _edits(edit.check(saes))
+        saes.check_model(model)
+        nodes: dict = {}
+        self._handles = []
+        for hook, node_edit in edits.items():
+            point = model.hook_dict[hook]
+            point.add_hook(splice_hook(saes[hook], hook, nodes, node_edit))
+            self._handles.append((point, point.fwd_hooks[-1]))  # add_hook appends its LensHandle
 
     def remove(self) -> None:
-        if self._active:
-            self._stack.__exit__(None, None, None)
-            self._active = False
+        """Take this edit's hooks off (again: nothing)."""
+        for point, handle in self._handles:
+            handle.hook.remove()
+            point.fwd_hooks = [h for h in point.fwd_hooks if h is not handle]
+        self._handles = []
 
 
 def attach(model: HookedTransformer, saes: SAESet, edit: Edit) -> AttachedEdit:
-    """Apply ``edit`` to every forward pass of ``model`` until ``handle.remove()``."""
+    """Apply ``edit`` to every forward pass of ``model`` until ``handle.remove()``; handles
+    of several attached edits can be removed in any order."""
     return AttachedEdit(model, saes, edit)
 
 
@@ -168,6 +179,8 @@ def edit_from_circuit(graph: nx.DiGraph, top: int, action: str = "zero",
             if a.get("position") is not None and n_pos:
                 where.setdefault(key, set()).add(a["position"] - n_pos)
     chosen = sorted((k for k, v in totals.items() if v < 0), key=lambda k: totals[k])[:top]
+    if action not in CIRCUIT_ACTIONS:
+        raise CircuitsError(f"unknown circuit edit action {action!r}: use {', '.join(CIRCUIT_ACTIONS)}")
     if action == "mean" and means is None:
         raise CircuitsError("a mean edit needs the features' mean activations")
     features = [FeatureEdit(h, i, action, None if action == "zero" else float(means[h][i]),
@@ -187,13 +200,38 @@ def greedy(model: HookedTransformer, tokens: torch.Tensor, n_new: int = 4) -> li
     return [" ".join(model.to_str_tokens(row[-n_new:])) for row in tokens]
 
 
+@dataclass
+class TaskChange(Result):
+    """One task's score before and after an edit; ``relative_change`` is the change of the
+    clean metric as a share of the behaviour's range (clean - corrupt metric, before)."""
+
+    before: TaskScore
+    after: TaskScore
+    relative_change: float
+
+
+@dataclass
+class Completion(Result):
+    prompt: str
+    before: str
+    after: str
+
+
+@dataclass
+class EditReport(Result):
+    """What `edit_report` measured; ``to_dict()`` is the JSON of ``circuits edit --json``."""
+
+    edit: Edit
+    task: str
+    tasks: dict[str, TaskChange]
+    completions: list[Completion]
+
+
 def edit_report(model: HookedTransformer, saes: SAESet, edit: Edit, task_name: str,
-                n: int = 256, seed: int = 0, n_completions: int = 3) -> dict:
+                n: int = 256, seed: int = 0, n_completions: int = 3) -> EditReport:
     """Metric and accuracy of every built-in task (and ``task_name``) before and after
     ``edit``; greedy completions of a few ``task_name`` prompts before and after."""
     from tasks.builtin import BUILTIN_TASKS, make_task
-
-    from circuits.behaviour import evaluate_task
 
     names = [task_name] + [t for t in BUILTIN_TASKS if t != Path(task_name).stem]
     rows = {}
@@ -203,13 +241,13 @@ def edit_report(model: HookedTransformer, saes: SAESet, edit: Edit, task_name: s
         with edited(model, saes, edit):
             after = evaluate_task(model, task)
         # the share of the behaviour's range (clean - corrupt metric) that the edit moved
-        span = abs(before["clean_metric"] - before["corrupt_metric"]) or 1.0
-        change = (after["clean_metric"] - before["clean_metric"]) / span
-        rows[Path(name).stem] = {"before": before, "after": after, "relative_change": change}
+        span = abs(before.clean_metric - before.corrupt_metric) or 1.0
+        change = (after.clean_metric - before.clean_metric) / span
+        rows[Path(name).stem] = TaskChange(before, after, change)
     task = make_task(task_name, model.tokenizer, n=n_completions, seed=seed)
     prompts = task.clean[:n_completions]
     before = greedy(model, prompts)
     with edited(model, saes, edit):
         after = greedy(model, prompts)
-    completions = [{"prompt": p, "before": b, "after": a} for p, b, a in zip(task.prompts, before, after)]
-    return {"edit": edit.to_dict(), "task": Path(task_name).stem, "tasks": rows, "completions": completions}
+    completions = [Completion(p, b, a) for p, b, a in zip(task.prompts, before, after)]
+    return EditReport(edit, Path(task_name).stem, rows, completions)

@@ -27,6 +27,14 @@ def nodes_of(graph: nx.DiGraph) -> dict[str, Node]:
     return {n: Node.from_attrs(a) for n, a in graph.nodes(data=True) if n != METRIC}
 
 
+def record_sources(graph: nx.DiGraph, task: str, n: int, seed: int = 0, model: str = "toy", saes: str = "toy",
+                   metric: str | None = None, hooks: str | None = None) -> None:
+    """Record in ``graph`` what ``validate`` and ``edit`` need to rebuild its model, SAE set and
+    prompts (by the names the command line takes)."""
+    graph.graph["sources"] = {"model": model, "saes": saes, "task": task, "n": n, "seed": seed,
+                              "metric": metric, "hooks": hooks}
+
+
 def feature_nodes(graph: nx.DiGraph) -> list[str]:
     """Latent (feature) nodes: not errors, embeddings or the metric."""
     return [n for n, a in graph.nodes(data=True) if a.get("latent") is not None]

@@ -17,10 +17,9 @@ import json
 import math
 import os
 import shutil
-import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, ClassVar, Literal
 
 import torch
 from safetensors import SafetensorError
@@ -29,13 +28,15 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerBase
 
+from circuits.config import Config
 from circuits.errors import CircuitsError
 from circuits.hub import hub_reachable, in_hf_cache, offline
 from tasks.corpus import corpus_tokens
 from tasks.language import Mixture
 from tasks.tokenizer import build_tokenizer, load_tokenizer
 
-warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
+if TYPE_CHECKING:
+    from sae.saeset import SAESet
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 TOY_NAME = "toy"
@@ -52,17 +53,23 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "sae-circuits"
 
 
+ActFn = Literal["gelu", "gelu_new", "gelu_fast", "relu", "silu", "solu_ln"]
+Normalization = Literal["LN", "LNPre", "RMS", "RMSPre"]
+
+
 @dataclass
-class ToyModelConfig:
+class ToyModelConfig(Config):
     """Architecture and training recipe of a toy-language model."""
+
+    label: ClassVar[str] = "model config"
 
     n_layers: int = 4
     d_model: int = 128
     n_heads: int = 4
     d_mlp: int = 512
     n_ctx: int = 64
-    act_fn: str = "gelu"
-    normalization_type: str = "LN"
+    act_fn: ActFn = "gelu"
+    normalization_type: Normalization | None = "LN"
     seed: int = 0
     steps: int = 1100
     batch_size: int = 64
@@ -73,22 +80,8 @@ class ToyModelConfig:
     checkpoint_every: int = 100
     mixture: Mixture = field(default_factory=Mixture)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ToyModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CircuitsError(f"unknown model config field(s): {', '.join(unknown)}")
-        data = dict(data)
-        if isinstance(data.get("mixture"), dict):
-            data["mixture"] = Mixture(**data["mixture"])
-        return cls(**data).validated()
-
-    def validated(self) -> "ToyModelConfig":
-        """Self, or a `CircuitsError` naming the first setting that cannot work."""
+    def validate(self) -> None:
+        """A `CircuitsError` naming the first setting that cannot work."""
         for name in ("n_layers", "d_model", "n_heads", "d_mlp", "n_ctx", "steps", "batch_size", "seq_len"):
             if getattr(self, name) <= 0:
                 raise CircuitsError(f"model config: {name} must be positive, got {getattr(self, name)}")
@@ -102,7 +95,6 @@ class ToyModelConfig:
             raise CircuitsError(
                 f"model config: seq_len {self.seq_len} is shorter than the toy language's sentences (need >= 20)"
             )
-        return self
 
     def hooked_config(self, d_vocab: int) -> HookedTransformerConfig:
         return HookedTransformerConfig(
@@ -115,7 +107,6 @@ class ToyModelConfig:
 
 def build_model(cfg: ToyModelConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> HookedTransformer:
     """A freshly initialised (seeded) model for ``cfg`` with the toy tokenizer."""
-    cfg.validated()
     tokenizer = tokenizer or build_tokenizer()
     return HookedTransformer(cfg.hooked_config(len(tokenizer)), tokenizer=tokenizer)
 
@@ -142,7 +133,6 @@ def train_model(cfg: ToyModelConfig, folder: str | Path, progress: bool = True,
     ``stop_after`` stops (checkpointed) after that many steps of this call without saving the
     final model — used to test resumption; the function then returns None.
     """
-    cfg.validated()
     folder = Path(folder)
     ckpt_dir = folder.with_name(folder.name + ".training")
     tokenizer = build_tokenizer()
@@ -255,7 +245,7 @@ def load_saved_model(folder: str | Path, device: str = "cpu") -> HookedTransform
     if not config_path.is_file():
         raise CircuitsError(f"{folder}: no {CONFIG_FILE} (not a saved model folder, or a partial one)")
     try:
-        cfg = ToyModelConfig.from_dict(json.loads(config_path.read_text()))
+        cfg = ToyModelConfig.from_dict(json.loads(config_path.read_text()), where=str(config_path))
     except (json.JSONDecodeError, TypeError) as err:
         raise CircuitsError(f"{config_path}: not a valid model config ({err})") from None
     model = build_model(cfg, load_tokenizer(folder))
@@ -301,3 +291,36 @@ def load_pretrained(name: str, device: str = "cpu") -> HookedTransformer:
     with offline():
         return HookedTransformer.from_pretrained(official, device=device)
 
+
+
+# ------------------------------------------------------------------------------ placement
+DType = Literal["fp32", "bf16", "fp16"]
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_placement(device: str = "cpu", dtype: DType = "fp32") -> torch.dtype:
+    """The torch dtype named by ``dtype``; a one-line `CircuitsError` for an unknown dtype or
+    a CUDA device when no GPU is visible (checked before anything is loaded)."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CircuitsError(f"--device {device}: no GPU is visible here (torch.cuda.is_available() is False); "
+                            "use --device cpu")
+    if dtype not in DTYPES:
+        raise CircuitsError(f"--dtype {dtype}: use {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def place(model: HookedTransformer, saes: SAESet | None = None, device: str = "cpu",
+          dtype: DType = "fp32") -> tuple[HookedTransformer, SAESet | None]:
+    """Move ``model`` and ``saes`` (in place) to ``device`` and ``dtype`` (fp32, bf16, fp16);
+    returns them. Sums in the library are kept in float32 whatever the dtype."""
+    torch_dtype = check_placement(device, dtype)
+    if str(model.cfg.device) != device:
+        model.to(device, print_details=False)
+    if saes is not None:
+        saes.to(device=device)
+    if torch_dtype != torch.float32:
+        model.cfg.dtype = torch_dtype
+        model.to(torch_dtype)
+        if saes is not None:
+            saes.to(dtype=torch_dtype)
+    return model, saes

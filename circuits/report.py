@@ -13,7 +13,9 @@ from circuits.files import write_atomic
 if TYPE_CHECKING:
     from circuits.ablation import FaithfulnessCurve
     from circuits.cards import FeatureCard
+    from circuits.edit import EditReport
     from circuits.fidelity import AttributionCheck
+    from sae.evaluate import SAEEvaluation
 
 _CSS = """
 body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1400px}
@@ -59,7 +61,7 @@ def _card_html(card: FeatureCard, effect: float | None) -> str:
 
 
 def write_report(path: str | Path, graph: nx.DiGraph, svg: str | None = None, validation: FaithfulnessCurve | None = None,
-                 edit: dict | None = None, sae_quality: dict | None = None, fidelity: AttributionCheck | None = None,
+                 edit: EditReport | None = None, sae_quality: SAEEvaluation | None = None, fidelity: AttributionCheck | None = None,
                  cards: dict | None = None, faithfulness_png: Path | None = None) -> Path:
     """One self-contained HTML file (inline SVG, PNG as data URI, no scripts or remote
     resources): task summary, the graph, validation, feature cards, edit results, SAE
@@ -98,19 +100,19 @@ def write_report(path: str | Path, graph: nx.DiGraph, svg: str | None = None, va
         parts.append("<h2>Feature cards</h2><div class=cards>"
                      + "".join(_card_html(c, effects.get(k)) for k, c in cards.items()) + "</div>")
     if edit:
-        parts.append(f"<h2>Editing: {_e(edit['edit'].get('description', ''))}</h2>")
+        parts.append(f"<h2>Editing: {_e(edit.edit.description)}</h2>")
         parts.append(_table(["task", "accuracy before", "after", "metric before", "after", "moved"],
-                            [[name, f"{r['before']['accuracy']:.3f}", f"{r['after']['accuracy']:.3f}",
-                              f"{r['before']['clean_metric']:.3f}", f"{r['after']['clean_metric']:.3f}",
-                              f"{r['relative_change']:+.1%}"] for name, r in edit["tasks"].items()]))
+                            [[name, f"{r.before.accuracy:.3f}", f"{r.after.accuracy:.3f}",
+                              f"{r.before.clean_metric:.3f}", f"{r.after.clean_metric:.3f}",
+                              f"{r.relative_change:+.1%}"] for name, r in edit.tasks.items()]))
         parts.append(_table(["prompt", "before", "after"],
-                            [[c["prompt"], c["before"], c["after"]] for c in edit["completions"]]))
+                            [[c.prompt, c.before, c.after] for c in edit.completions]))
     if sae_quality:
         parts.append("<h2>SAE quality</h2>")
         parts.append(_table(["hook", "L0", "FVU", "CE recovered", "dead", "dense"],
-                            [[h, f"{r['l0']:.1f}", f"{r['fvu']:.3f}", f"{r['ce_recovered']:.3f}",
-                              f"{r['dead_frac']:.3f}", f"{r['dense_frac']:.3f}"]
-                             for h, r in sae_quality["saes"].items()]))
+                            [[h, f"{r.l0:.1f}", f"{r.fvu:.3f}", f"{r.ce_recovered:.3f}",
+                              f"{r.dead_frac:.3f}", f"{r.dense_frac:.3f}"]
+                             for h, r in sae_quality.saes.items()]))
     if fidelity:
         parts.append(f"<h2>Attribution vs exact patching ({fidelity.n_examples} pairs)</h2>")
         parts.append(_table(["submodule", "r AtP", "r IG", "total IG", "total exact"],

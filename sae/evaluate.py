@@ -11,12 +11,15 @@ Interventions and statistics skip the BOS position, which the SAEs are not train
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from circuits.config import Result
 from circuits.errors import CircuitsError
+from circuits.tables import markdown_table
 from sae.saeset import SAESet
 from tasks.corpus import corpus_tokens
 
@@ -40,6 +43,31 @@ def _reconstruct(sae) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def _zero(x: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(x)
+
+
+@dataclass
+class SAEScore(Result):
+    """One hook's SAE: L0, FVU, dead / dense fractions, CE loss recovered (and the CE losses
+    with the reconstruction and with zeros in its place)."""
+
+    l0: float
+    fvu: float
+    dead_frac: float
+    dense_frac: float
+    ce_recovered: float
+    ce_sae: float
+    ce_zero: float
+
+
+@dataclass
+class SAEEvaluation(Result):
+    """``to_dict()`` is the JSON of ``circuits eval-saes --json``."""
+
+    saes: dict[str, SAEScore]
+    all_spliced_ce_recovered: float
+    ce_clean: float
+    ce_all_spliced: float
+    ce_all_zero: float
 
 
 class _HookStats:
@@ -81,10 +109,9 @@ def _recovered(ce_zero: float, ce_sae: float, ce_clean: float) -> float:
 
 @torch.no_grad()
 def evaluate_saes(model: HookedTransformer, saes: SAESet, n_seqs: int = 512, seq_len: int | None = None,
-                  batch_size: int = 64, seed: int = 0, progress: bool = True) -> dict:
-    """``{"saes": {hook: {l0, fvu, ce_recovered, dead_frac, dense_frac}},
-    "all_spliced_ce_recovered": …, "ce_clean": …}`` on ``n_seqs`` held-out sequences of
-    ``seq_len`` tokens (default: 64, or the model's context if shorter)."""
+                  batch_size: int = 64, seed: int = 0, progress: bool = True) -> SAEEvaluation:
+    """Per-hook `SAEScore`s and the all-spliced CE loss recovered on ``n_seqs`` held-out
+    sequences of ``seq_len`` tokens (default: 64, or the model's context if shorter)."""
     saes.check_model(model)
     seq_len = min(64, model.cfg.n_ctx) if seq_len is None else seq_len
     if seq_len > model.cfg.n_ctx:
@@ -111,25 +138,19 @@ def evaluate_saes(model: HookedTransformer, saes: SAESet, n_seqs: int = 512, seq
             tokens, return_type="loss", fwd_hooks=[(h, _replace_hook(_zero)) for h in hooks]).item()
         n_batches += 1
     ce = {k: v / n_batches for k, v in ce_sums.items()}
-    result = {}
-    for h in hooks:
-        result[h] = {**stats[h].result(),
-                     "ce_recovered": _recovered(ce[(h, "zero")], ce[(h, "sae")], ce["clean"]),
-                     "ce_sae": ce[(h, "sae")], "ce_zero": ce[(h, "zero")]}
-    return {
-        "saes": result,
-        "all_spliced_ce_recovered": _recovered(ce["all_zero"], ce["all_sae"], ce["clean"]),
-        "ce_clean": ce["clean"], "ce_all_spliced": ce["all_sae"], "ce_all_zero": ce["all_zero"],
-    }
+    scores = {h: SAEScore(**stats[h].result(),
+                          ce_recovered=_recovered(ce[(h, "zero")], ce[(h, "sae")], ce["clean"]),
+                          ce_sae=ce[(h, "sae")], ce_zero=ce[(h, "zero")])
+              for h in hooks}
+    return SAEEvaluation(scores, _recovered(ce["all_zero"], ce["all_sae"], ce["clean"]),
+                         ce_clean=ce["clean"], ce_all_spliced=ce["all_sae"], ce_all_zero=ce["all_zero"])
 
 
-def format_table(result: dict) -> str:
-    """The evaluation as an aligned text table."""
-    lines = [f"{'hook':<28}{'L0':>7}{'FVU':>8}{'CE rec':>8}{'dead':>7}{'dense':>7}"]
-    for hook, r in result["saes"].items():
-        lines.append(f"{hook:<28}{r['l0']:>7.1f}{r['fvu']:>8.3f}{r['ce_recovered']:>8.3f}"
-                     f"{r['dead_frac']:>7.3f}{r['dense_frac']:>7.3f}")
-    lines.append(f"all SAEs spliced at once: CE recovered {result['all_spliced_ce_recovered']:.3f} "
-                 f"(clean CE {result['ce_clean']:.3f}, spliced {result['ce_all_spliced']:.3f}, "
-                 f"all zero-ablated {result['ce_all_zero']:.3f})")
-    return "\n".join(lines)
+def format_table(result: SAEEvaluation) -> str:
+    """The evaluation as a markdown table and a line for all SAEs spliced at once."""
+    table = markdown_table(["hook", "L0", "FVU", "CE rec", "dead", "dense"],
+                           [[hook, f"{r.l0:.1f}", r.fvu, r.ce_recovered, r.dead_frac, r.dense_frac]
+                            for hook, r in result.saes.items()])
+    return (f"{table}\n\nall SAEs spliced at once: CE recovered {result.all_spliced_ce_recovered:.3f} "
+            f"(clean CE {result.ce_clean:.3f}, spliced {result.ce_all_spliced:.3f}, "
+            f"all zero-ablated {result.ce_all_zero:.3f})")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import difflib
 import json
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from sae_lens import SAE
@@ -26,11 +27,13 @@ SAE_CFG, SAE_WEIGHTS = "cfg.json", "sae_weights.safetensors"
 FORMAT = "sae-circuits/sae-set/1"
 
 # Hook kinds users name on the command line, and the TransformerLens hook each stands for.
-HOOK_KINDS = {
+HookKind = Literal["resid", "mlp", "attn"]
+HOOK_KINDS: dict[HookKind, str] = {
     "resid": "blocks.{layer}.hook_resid_post",
     "mlp": "blocks.{layer}.hook_mlp_out",
     "attn": "blocks.{layer}.hook_attn_out",
 }
+assert tuple(HOOK_KINDS) == get_args(HookKind)
 
 
 def hook_names(kinds: list[str] | tuple[str, ...], layers: list[int] | range) -> list[str]:
@@ -40,6 +43,12 @@ def hook_names(kinds: list[str] | tuple[str, ...], layers: list[int] | range) ->
         raise CircuitsError(f"unknown hook kind {unknown[0]!r}: use {', '.join(HOOK_KINDS)}")
     order = [k for k in ("attn", "mlp", "resid") if k in kinds]
     return [HOOK_KINDS[k].format(layer=layer) for layer in layers for k in order]
+
+
+def hook_kind(hook: str) -> str:
+    """The kind of a hook name: ``blocks.2.hook_mlp_out`` -> ``mlp``."""
+    parts = hook.split(".")[-1].split("_")
+    return parts[1] if len(parts) > 1 else parts[0]
 
 
 def check_hooks(model: HookedTransformer, hooks: list[str]) -> None:
@@ -89,6 +98,18 @@ class SAESet(Mapping[str, SAE]):
         for sae in self.saes.values():
             sae.to(**{k: v for k, v in {"device": device, "dtype": dtype}.items() if v is not None})
         return self
+
+    def restrict(self, kinds: Iterable[str]) -> "SAESet":
+        """The sub-set of SAEs at hooks of ``kinds`` (resid, mlp, attn), in the same order."""
+        wanted = set(kinds)
+        bad = wanted - set(HOOK_KINDS)
+        if bad:
+            raise CircuitsError(f"unknown kind(s) {', '.join(sorted(bad))} (use {', '.join(HOOK_KINDS)})")
+        kept = {h: sae for h, sae in self.saes.items() if hook_kind(h) in wanted}
+        if not kept:
+            raise CircuitsError(f"the SAE set has no {', '.join(sorted(wanted))} hooks "
+                                f"(it covers {', '.join(self.saes) or 'nothing'})")
+        return SAESet(kept, self.model_name)
 
     def check_model(self, model: HookedTransformer) -> None:
         """Raise if a hook is missing from ``model`` or an SAE's d_in does not match it."""

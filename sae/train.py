@@ -13,9 +13,10 @@ import json
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import ClassVar, Literal, get_args
 
 import torch
 from sae_lens import TrainingSAE
@@ -26,20 +27,25 @@ from sae_lens.training import multi_sae_trainer
 from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 from transformer_lens import HookedTransformer
 
+from circuits.config import Config
 from circuits.errors import CircuitsError
-from sae.saeset import MANIFEST, SAESet, check_hooks, hook_names, hook_width, write_manifest
+from sae.saeset import MANIFEST, HookKind, SAESet, check_hooks, hook_names, hook_width, write_manifest
 from tasks.corpus import corpus_tokens
 
-ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard", "gated")
+Architecture = Literal["topk", "batchtopk", "jumprelu", "standard", "gated"]
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 COMPLETE = "complete.json"
 
 
 @dataclass
-class SAETrainConfig:
+class SAETrainConfig(Config):
     """What to train (hooks, architecture, width) and how (tokens, lr, seed)."""
 
-    arch: str = "topk"
-    kinds: tuple[str, ...] = ("resid", "mlp", "attn")
+    label: ClassVar[str] = "SAE training config"
+    field_labels: ClassVar[dict[str, str]] = {"arch": "SAE architecture", "kinds": "hook kind"}
+
+    arch: Architecture = "topk"
+    kinds: tuple[HookKind, ...] = ("resid", "mlp", "attn")
     layers: tuple[int, ...] | None = None  # None: every layer
     width: int = 1024
     k: int = 32  # topk / batchtopk: active latents per token
@@ -59,23 +65,7 @@ class SAETrainConfig:
     resample_until: float = 0.9  # ... during this fraction of training
     autocast: bool = True  # bf16 autocast for SAE training steps (fast on CPUs with AMX and on GPUs)
 
-    def __post_init__(self) -> None:
-        self.kinds = tuple(self.kinds)
-        self.layers = None if self.layers is None else tuple(self.layers)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> SAETrainConfig:
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise CircuitsError(f"unknown SAE training config field(s): {', '.join(unknown)}")
-        return cls(**data).validated()
-
-    def validated(self) -> SAETrainConfig:
-        if self.arch not in ARCHITECTURES:
-            raise CircuitsError(f"unknown SAE architecture {self.arch!r}: use {', '.join(ARCHITECTURES)}")
+    def validate(self) -> None:
         for name in ("width", "k", "n_tokens", "seqs_per_batch", "seq_len"):
             if getattr(self, name) <= 0:
                 raise CircuitsError(f"SAE config: {name} must be positive, got {getattr(self, name)}")
@@ -85,8 +75,6 @@ class SAETrainConfig:
             )
         if self.k > self.width:
             raise CircuitsError(f"SAE config: k {self.k} is larger than the width {self.width}")
-        hook_names(self.kinds, [0])  # raises on unknown kinds
-        return self
 
     @property
     def batch_tokens(self) -> int:
@@ -202,7 +190,6 @@ def train_sae_set(model: HookedTransformer, cfg: SAETrainConfig, folder: str | P
     ``stop_after`` stops after that many training steps of this call, leaving a checkpoint
     and no final set (used to test resumption); the function then returns None.
     """
-    cfg.validated()
     if cfg.seq_len > model.cfg.n_ctx:
         raise CircuitsError(f"SAE config: seq_len {cfg.seq_len} is longer than the model's n_ctx {model.cfg.n_ctx}")
     folder = Path(folder)

@@ -22,6 +22,31 @@ def test_errors_are_one_line(capsys):
     assert len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("argv,expected", [
+    (["eval-model", "--n", "x"], "circuits: error: eval-model: argument --n: invalid int value: 'x'"),
+    (["eval-model", "--bogus"], "circuits: error: unrecognized arguments: --bogus"),
+    (["discover"], "circuits: error: discover: the following arguments are required: --task"),
+    (["edit", "--action", "boost"], "circuits: error: edit: argument --action: invalid choice: 'boost'"),
+    (["no-such-command"], "circuits: error: argument command: invalid choice: 'no-such-command'"),
+])
+def test_argparse_errors_are_one_line(argv, expected, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(expected) and len(err.splitlines()) == 1
+
+
+def test_defaults_come_from_the_library():
+    from circuits.model import ToyModelConfig
+    from sae.train import SAETrainConfig
+
+    parser = build_parser()
+    train = parser.parse_args(["train-saes"])
+    cfg = SAETrainConfig()
+    assert (train.arch, train.width, train.k, train.tokens, train.seed) == (cfg.arch, cfg.width, cfg.k, cfg.n_tokens, cfg.seed)
+    assert tuple(train.hooks.split(",")) == cfg.kinds
+    assert parser.parse_args(["train-model"]).steps == ToyModelConfig().steps
+
+
 def test_eval_model_json(tiny_model_dir, capsys):
     assert main(["eval-model", "--model", str(tiny_model_dir), "--n", "8", "--json", "--quiet"]) == 0
     result = json.loads(capsys.readouterr().out)

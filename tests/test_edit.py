@@ -109,3 +109,42 @@ def test_negative_positions_count_from_the_end(setup):
     with edited(model, saes, b):
         out_b = model(task.clean)
     assert torch.equal(out_a, out_b) and not torch.equal(out_a, model(task.clean))
+
+
+@pytest.mark.parametrize("first_removed", ["a", "b"])
+def test_attached_edits_are_independent(setup, first_removed):
+    """attach A, attach B, remove one: the output is the other alone; remove both: the model."""
+    model, saes, task = setup
+    edits = {"a": Edit([FeatureEdit("blocks.0.hook_mlp_out", 3, "clamp", 2.0)]),
+             "b": Edit([FeatureEdit("blocks.0.hook_mlp_out", 7, "scale", 0.0),
+                        FeatureEdit("blocks.1.hook_resid_post", 5, "clamp", 1.5)])}
+    plain = model(task.clean)
+    alone = {}
+    for name, edit in edits.items():
+        with edited(model, saes, edit):
+            alone[name] = model(task.clean)
+        assert not torch.equal(alone[name], plain)
+    handles = {name: attach(model, saes, edit) for name, edit in edits.items()}
+    try:
+        assert not torch.equal(model(task.clean), alone["a"]) and not torch.equal(model(task.clean), alone["b"])
+        kept = "b" if first_removed == "a" else "a"
+        handles[first_removed].remove()
+        assert torch.equal(model(task.clean), alone[kept])
+        with edited(model, saes, edits[first_removed]):  # a scoped edit on top leaves the attached one alone
+            pass
+        assert torch.equal(model(task.clean), alone[kept])
+        handles[kept].remove()
+        assert torch.equal(model(task.clean), plain)
+    finally:
+        for handle in handles.values():
+            handle.remove()
+    assert not any(model.hook_dict[h].fwd_hooks for h in HOOKS)
+
+
+def test_restrict_keeps_the_named_kinds(setup):
+    _, saes, _ = setup
+    assert list(saes.restrict(["mlp", "attn"])) == [h for h in HOOKS if "resid" not in h]
+    with pytest.raises(CircuitsError, match=r"unknown kind\(s\) foo \(use resid, mlp, attn\)"):
+        saes.restrict(["resid", "foo"])
+    with pytest.raises(CircuitsError, match="the SAE set has no attn hooks"):
+        saes.restrict(["mlp"]).restrict(["attn"])

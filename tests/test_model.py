@@ -12,9 +12,9 @@ from tests.helpers import tiny_config
 
 def test_config_that_cannot_work():
     with pytest.raises(CircuitsError, match="d_model 130 is not divisible by n_heads 4"):
-        M.ToyModelConfig(d_model=130).validated()
+        M.ToyModelConfig(d_model=130)
     with pytest.raises(CircuitsError, match="seq_len 64 is longer than n_ctx 32"):
-        M.ToyModelConfig(n_ctx=32).validated()
+        M.ToyModelConfig(n_ctx=32)
     with pytest.raises(CircuitsError, match="unknown model config field"):
         M.ToyModelConfig.from_dict({"n_layer": 2})
 

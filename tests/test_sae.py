@@ -59,8 +59,8 @@ def test_resampling_revives_dead_latents(tiny_model, tmp_path):
         cfg = tiny_sae_config(kinds=("resid",), width=128, k=2, n_tokens=30 * 124, resample_every=every,
                               resample_until=0.8, dead_window=2, aux_coefficient=1.0)
         saes = train_sae_set(tiny_model, cfg, tmp_path / f"r{every}", progress=False)
-        results[every] = evaluate_saes(tiny_model, saes, n_seqs=32, progress=False)["saes"][
-            "blocks.0.hook_resid_post"]["dead_frac"]
+        results[every] = evaluate_saes(tiny_model, saes, n_seqs=32, progress=False).saes[
+            "blocks.0.hook_resid_post"].dead_frac
     assert results[1] < results[0]
 
 
@@ -94,19 +94,19 @@ def test_resume_refuses_a_checkpoint_of_another_config(tiny_model, tmp_path):
 def test_evaluation_matches_a_direct_computation(tiny_model, tiny_set_dir):
     saes = SAESet.load(tiny_set_dir)
     result = evaluate_saes(tiny_model, saes, n_seqs=8, seq_len=32, batch_size=8, progress=False)
-    assert set(result["saes"]) == {"blocks.0.hook_mlp_out", "blocks.0.hook_resid_post"}
+    assert set(result.saes) == {"blocks.0.hook_mlp_out", "blocks.0.hook_resid_post"}
     tokens = corpus_tokens(tiny_model.tokenizer, "sae-eval/0/0", 8, 32)
     _, cache = tiny_model.run_with_cache(tokens)
-    for hook, row in result["saes"].items():
+    for hook, row in result.saes.items():
         x = cache[hook][:, 1:].reshape(-1, 32)
         with torch.no_grad():
             f = saes[hook].encode(x)
             fvu = (x - saes[hook].decode(f)).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
-        assert row["fvu"] == pytest.approx(fvu.item(), rel=1e-3)
-        assert row["l0"] == pytest.approx(4.0)  # TopK: exactly k active per token
-        assert row["dead_frac"] == pytest.approx(((f != 0).sum(0) == 0).float().mean().item())
-        expected = (row["ce_zero"] - row["ce_sae"]) / (row["ce_zero"] - result["ce_clean"])
-        assert row["ce_recovered"] == pytest.approx(expected)
+        assert row.fvu == pytest.approx(fvu.item(), rel=1e-3)
+        assert row.l0 == pytest.approx(4.0)  # TopK: exactly k active per token
+        assert row.dead_frac == pytest.approx(((f != 0).sum(0) == 0).float().mean().item())
+        expected = (row.ce_zero - row.ce_sae) / (row.ce_zero - result.ce_clean)
+        assert row.ce_recovered == pytest.approx(expected)
 
 
 def test_unknown_hook_lists_close_ones(tiny_model):
@@ -118,11 +118,11 @@ def test_unknown_hook_lists_close_ones(tiny_model):
 
 def test_bad_configs():
     with pytest.raises(CircuitsError, match="unknown SAE architecture 'topkk'"):
-        SAETrainConfig(arch="topkk").validated()
+        SAETrainConfig(arch="topkk")
     with pytest.raises(CircuitsError, match="k 40 is larger than the width 32"):
-        SAETrainConfig(width=32, k=40).validated()
+        SAETrainConfig(width=32, k=40)
     with pytest.raises(CircuitsError, match=r"100 training tokens is less than one batch \(3024 tokens\)"):
-        SAETrainConfig(n_tokens=100).validated()
+        SAETrainConfig(n_tokens=100)
 
 
 def test_sequences_longer_than_the_model(tiny_model, tmp_path):

@@ -1,0 +1,265 @@
+"""One vocabulary for configs and results: dataclasses that validate themselves and convert
+to and from plain JSON data.
+
+Configs (in the style of sae-lens): choice fields are typed ``Literal[...]`` (or a tuple of
+them) and `Config.__post_init__` checks every such field, then calls `validate()` for the
+other checks, so an invalid config cannot exist. Errors are one-line `CircuitsError`s.
+``to_dict()`` / ``from_dict(data, where=...)`` are the only serialisation code; the command
+line takes its defaults and choices from the dataclasses with `field_default` and
+`field_choices` (and from functions with `param_default`), so no default is written twice.
+
+Results (`Result`) are plain dataclasses with ``to_dict()``: what a library function
+returns, read by attribute, and turned into JSON only at the edge (the CLI, the report).
+
+    @dataclass
+    class TrainConfig(Config):
+        label: ClassVar[str] = "train config"
+        arch: Literal["topk", "relu"] = "topk"
+        width: int = 64
+
+        def validate(self) -> None:
+            if self.width <= 0:
+                raise CircuitsError(f"train config: width must be positive, got {self.width}")
+
+    TrainConfig(arch="gelu")   # CircuitsError: unknown train config arch 'gelu': use topk, relu
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+from collections.abc import Callable
+from functools import cache
+from typing import (
+    Any,
+    ClassVar,
+    Literal,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
+
+from circuits.errors import CircuitsError
+
+C = TypeVar("C", bound="Config")
+
+
+# ------------------------------------------------------------------------------ type hints
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _is_union(hint: Any) -> bool:
+    return get_origin(hint) in (Union, types.UnionType)
+
+
+def _allows_none(hint: Any) -> bool:
+    return hint is type(None) or (_is_union(hint) and type(None) in get_args(hint))
+
+
+def literal_choices(hint: Any) -> tuple | None:
+    """The allowed values of a ``Literal[...]`` hint (also ``Literal[...] | None``), else None."""
+    if get_origin(hint) is Literal:
+        return get_args(hint)
+    if _is_union(hint):
+        for arg in get_args(hint):
+            if (choices := literal_choices(arg)) is not None:
+                return choices
+    return None
+
+
+def _element_choices(hint: Any) -> tuple | None:
+    """The allowed elements of ``tuple[Literal[...], ...]`` / ``list[Literal[...]]`` (or | None)."""
+    if _is_union(hint):
+        for arg in get_args(hint):
+            if (choices := _element_choices(arg)) is not None:
+                return choices
+        return None
+    if get_origin(hint) in (tuple, list) and get_args(hint):
+        return literal_choices(get_args(hint)[0])
+    return None
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    """The dataclass a hint names (``X`` or ``X | None``), else None."""
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return hint
+    if _is_union(hint):
+        for arg in get_args(hint):
+            if (found := _dataclass_in(arg)) is not None:
+                return found
+    return None
+
+
+def _strip_none(hint: Any) -> Any:
+    if _is_union(hint):
+        rest = [a for a in get_args(hint) if a is not type(None)]
+        return rest[0] if len(rest) == 1 else hint
+    return hint
+
+
+def _field(cls: type, name: str) -> dataclasses.Field:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+# ------------------------------------------------------------------------------ plain data
+def to_plain(value: Any) -> Any:
+    """``value`` as JSON-shaped data: dataclasses -> dicts (field order), tuples -> lists;
+    dict keys and other values are kept as they are."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if isinstance(value, Result) and type(value).to_dict is not Result.to_dict:
+            return value.to_dict()  # a result that chose its own JSON
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    return value
+
+
+def _from_plain(hint: Any, value: Any, where: str) -> Any:
+    """JSON data -> what ``hint`` names: nested dataclasses (and lists / tuples of them)."""
+    if value is None:
+        return None
+    hint = _strip_none(hint)
+    cls = _dataclass_in(hint)
+    if cls is not None:
+        return _build(cls, value, where)
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (list, tuple) and args:
+        if not isinstance(value, (list, tuple)):
+            raise CircuitsError(f"{where}: expected a list")
+        item = _dataclass_in(args[0])
+        if item is not None:
+            value = [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(value) if origin is tuple else list(value)
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if issubclass(cls, Config):
+        return cls.from_dict(data, where=where)
+    if not isinstance(data, dict):
+        raise CircuitsError(f"{where} is not an object")
+    try:
+        return cls(**data)
+    except TypeError as err:
+        raise CircuitsError(f"{where}: {err}") from None
+
+
+def _prefixed(where: str | None, message: str) -> str:
+    return f"{where}: {message}" if where else message
+
+
+# ------------------------------------------------------------------------------ configs
+class Config:
+    """Base for config dataclasses (decorate the subclass with ``@dataclass``).
+
+    ``__post_init__`` turns lists given for tuple fields into tuples, checks every
+    ``Literal``-typed field (and every element of a tuple / list of ``Literal``), then calls
+    `validate()`. Subclasses set ``label`` (how messages name the config) and may set
+    ``field_labels`` (how a choice error names a field, e.g. ``{"arch": "SAE architecture"}``).
+    """
+
+    label: ClassVar[str] = "config"
+    field_labels: ClassVar[dict[str, str]] = {}
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):
+            hint, value = hints[f.name], getattr(self, f.name)
+            if isinstance(value, list) and get_origin(_strip_none(hint)) is tuple:
+                object.__setattr__(self, f.name, value := tuple(value))
+            choices = literal_choices(hint)
+            if choices is not None:
+                if not (value is None and _allows_none(hint)) and value not in choices:
+                    raise CircuitsError(self.choice_error(f.name, value, choices))
+                continue
+            choices = _element_choices(hint)
+            if choices is not None and value is not None:
+                for item in value:
+                    if item not in choices:
+                        raise CircuitsError(self.choice_error(f.name, item, choices))
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks other than the ``Literal`` fields; raise a one-line `CircuitsError`."""
+
+    def choice_error(self, name: str, value: Any, allowed: tuple) -> str:
+        """The one line for a value outside a ``Literal`` field's choices."""
+        what = self.field_labels.get(name) or f"{self.label} {name}"
+        return f"unknown {what} {value!r}: use {', '.join(str(a) for a in allowed)}"
+
+    def to_dict(self) -> dict:
+        """JSON-shaped: nested dataclasses as dicts, tuples as lists."""
+        return to_plain(self)
+
+    @classmethod
+    def from_dict(cls: type[C], data: Any, where: str | None = None) -> C:
+        """The config ``data`` describes (e.g. read from JSON). An unknown or missing field, or
+        an invalid value, is a one-line `CircuitsError` prefixed by ``where`` (the file, ...)."""
+        if not isinstance(data, dict):
+            raise CircuitsError(_prefixed(where, f"expected an object ({cls.label})"))
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in data if k not in names]
+        if unknown:
+            more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+            raise CircuitsError(_prefixed(where, f"unknown {cls.label} field {unknown[0]!r}{more}"))
+        for f in dataclasses.fields(cls):
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if required and f.init and f.name not in data:
+                raise CircuitsError(_prefixed(where, f"missing field {f.name!r}"))
+        hints = _hints(cls)
+        inner = where or cls.label
+        values = {k: _from_plain(hints[k], v, f"{inner}: {k}") for k, v in data.items()}
+        try:
+            return cls(**values)
+        except CircuitsError as err:
+            raise CircuitsError(_prefixed(where, str(err))) from None
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default of dataclass field ``name`` (calling its default factory)."""
+    f = _field(cls, name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise KeyError(f"{cls.__name__}.{name} has no default")
+
+
+def field_choices(cls: type, name: str) -> tuple:
+    """The allowed values of a ``Literal`` field (or the allowed elements of a tuple of them)."""
+    hint = _hints(cls)[name]
+    choices = literal_choices(hint)
+    if choices is None:
+        choices = _element_choices(hint)
+    if choices is None:
+        raise KeyError(f"{cls.__name__}.{name} is not a Literal field")
+    return choices
+
+
+def param_default(fn: Callable, name: str) -> Any:
+    """The default of parameter ``name`` of function ``fn``."""
+    default = inspect.signature(fn).parameters[name].default
+    if default is inspect.Parameter.empty:
+        raise KeyError(f"{fn.__name__}({name}) has no default")
+    return default
+
+
+# ------------------------------------------------------------------------------ results
+class Result:
+    """Base for result dataclasses: read by attribute; ``to_dict()`` gives the JSON shape
+    (nested dataclasses as dicts, tuples as lists). Override ``to_dict`` for fields that are
+    not JSON data."""
+
+    def to_dict(self) -> dict:
+        return {f.name: to_plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
