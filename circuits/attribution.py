@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -29,7 +30,7 @@ from transformer_lens import HookedTransformer
 
 from circuits.errors import CircuitsError
 from circuits.parallel import all_reduce, batch_starts, is_main
-from circuits.splice import encode, interpolated, spliced
+from circuits.splice import encode, spliced
 from circuits.values import NodeValues, add_into, flat
 from circuits.vocab import EMBED_HOOK, Node, Submodule, resid_pre
 from sae.saeset import SAESet
@@ -64,14 +65,16 @@ def _empty_latents(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class BatchRun:
-    """One batch of prompt pairs run clean and corrupt with every SAE spliced: node values at
-    every hook and the embeddings (``clean`` / ``corrupt``), the clean activations at every
-    SAE hook and block input (``acts``), and each example's clean / corrupt metric."""
+    """One batch of prompt pairs run clean and corrupt with the SAEs spliced: node values at
+    the spliced hooks and the embeddings (``clean`` / ``corrupt``), the activations at every
+    SAE hook and block input (``acts`` clean, ``acts_p`` corrupt), and each example's clean /
+    corrupt metric."""
 
     part: Task
     clean: dict[str, NodeValues]
     corrupt: dict[str, NodeValues]
     acts: dict[str, torch.Tensor]
+    acts_p: dict[str, torch.Tensor]
     clean_metric: torch.Tensor
     corrupt_metric: torch.Tensor
 
@@ -80,100 +83,131 @@ class BatchRun:
 
 
 @torch.no_grad()
-def run_batch(model: HookedTransformer, saes: SAESet, part: Task) -> BatchRun:
-    """The clean and corrupt runs of one batch (see ``BatchRun``)."""
-    names = list(saes) + [resid_pre(layer) for layer in range(model.cfg.n_layers)]
-    with spliced(model, saes) as clean:
-        logits, cache = model.run_with_cache(part.clean, names_filter=names)
-    with spliced(model, saes) as corrupt:
-        logits_p, cache_p = model.run_with_cache(part.corrupt, names_filter=[EMBED_HOOK])
-    clean = {h: v.detach() for h, v in clean.items()}
-    corrupt = {h: v.detach() for h, v in corrupt.items()}
-    clean[EMBED_HOOK] = NodeValues(_empty_latents(cache[EMBED_HOOK]), cache[EMBED_HOOK])
-    corrupt[EMBED_HOOK] = NodeValues(_empty_latents(cache_p[EMBED_HOOK]), cache_p[EMBED_HOOK])
-    return BatchRun(part, clean, corrupt, {n: cache[n] for n in names},
+def run_batch(model: HookedTransformer, saes: SAESet, part: Task, hooks: list[str] | None = None) -> BatchRun:
+    """The clean and corrupt runs of one batch (see ``BatchRun``): two plain forward passes
+    caching the activations, then the nodes of ``hooks`` (default: every SAE hook) encoded
+    from them — the values a spliced run would expose, since splicing changes nothing."""
+    names = list(dict.fromkeys([*saes, *_stream_names(model)]))
+    logits, cache = model.run_with_cache(part.clean, names_filter=names)
+    logits_p, cache_p = model.run_with_cache(part.corrupt, names_filter=names)
+    hooks = list(saes) if hooks is None else [h for h in hooks if h != EMBED_HOOK]
+    clean = {h: encode_at(saes, h, cache[h]) for h in [*hooks, EMBED_HOOK]}
+    corrupt = {h: encode_at(saes, h, cache_p[h]) for h in [*hooks, EMBED_HOOK]}
+    return BatchRun(part, clean, corrupt, {n: cache[n] for n in names}, {n: cache_p[n] for n in names},
                     part.metric_per_example(logits), part.metric_per_example(logits_p))
 
 
-def clean_grads(model: HookedTransformer, saes: SAESet, run: BatchRun) -> dict[str, NodeValues]:
-    """dm/d(nodes) on the clean run at every hook and the embeddings, from one backward pass
-    (metric summed over examples, so each example's rows hold its own gradient)."""
+def clean_grads(model: HookedTransformer, saes: SAESet, run: BatchRun,
+                hooks: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """dm/d(activation) on the clean run at ``hooks`` (default: every SAE hook) and the
+    embeddings, from one backward pass (metric summed over examples, so each example's rows
+    hold its own gradient). The splice passes gradients through unchanged, so no SAE need
+    run: ``node_grads`` turns them into dm/d(nodes)."""
+    hooks = list(saes) if hooks is None else [h for h in hooks if h != EMBED_HOOK]
     x = run.acts[EMBED_HOOK].detach().clone().requires_grad_(True)
-    with spliced(model, saes) as leaves:
+    acts: dict[str, torch.Tensor] = {}
+
+    def record(act: torch.Tensor, hook) -> None:
+        acts[hook.name] = act
+
+    with model.hooks(fwd_hooks=[(h, record) for h in hooks]):
         metric = finite(run.part, run.part.metric_per_example(model(x, start_at_layer=0)).sum())
-    hooks = list(saes)
-    grads = torch.autograd.grad(metric, [t for h in hooks for t in (leaves[h].latents, leaves[h].error)] + [x])
-    out = {h: NodeValues(grads[2 * i], grads[2 * i + 1]) for i, h in enumerate(hooks)}
-    out[EMBED_HOOK] = NodeValues(_empty_latents(x), grads[-1])
-    return out
+    grads = torch.autograd.grad(metric, [acts[h] for h in hooks] + [x])
+    return dict(zip(hooks + [EMBED_HOOK], grads))
+
+
+def node_grads(saes: SAESet, hook: str, grad: torch.Tensor) -> NodeValues:
+    """dm/d(nodes) from dm/d(activation) ``grad``: the error term is added as it is and the
+    decoder is affine, so dm/de = dm/dx and dm/df_i = W_dec[i] . dm/dx."""
+    if hook == EMBED_HOOK:
+        return NodeValues(_empty_latents(grad), grad)
+    return NodeValues(grad @ saes[hook].W_dec.detach().T, grad)
+
+
+def _stream_names(model: HookedTransformer) -> list[str]:
+    """The residual stream entering every block, and leaving the last one."""
+    return [resid_pre(layer) for layer in range(model.cfg.n_layers)] + [Submodule(model.cfg.n_layers - 1, "resid").hook]
+
+
+def _stream(model: HookedTransformer, layer: int) -> str:
+    """The hook of the residual stream entering block ``layer`` (n_layers: leaving the last)."""
+    return _stream_names(model)[layer]
+
+
+def _start_layer(hook: str) -> int:
+    """Where an IG path through ``hook`` starts: a residual-stream hook (resid_{L-1} or the
+    embeddings) is block L's input itself; mlp_L is the last thing block L adds to the
+    residual stream, so its paths start at block L + 1 too (from the clean resid_L with
+    mlp_L's change added); attn_L sits inside block L."""
+    sub = Submodule.parse(hook)
+    return sub.layer if sub.kind == "attn" else sub.layer + 1
 
 
 def ig_grads(model: HookedTransformer, saes: SAESet, run: BatchRun, hooks: list[str],
-             steps: int) -> dict[str, NodeValues]:
-    """dm/d(nodes) at each of ``hooks`` (``EMBED_HOOK`` allowed) averaged over its IG path:
-    its nodes at clean + (k + 1/2)/steps (corrupt - clean), k = 0..steps-1, everything else
-    computed. All paths of one block's submodules run as one batch from the block's clean
-    input (rows: one copy of the prompts per (hook, step)), split only where the logits
-    would exceed ``IG_LOGIT_BUDGET``."""
+             steps: int) -> dict[str, torch.Tensor]:
+    """dm/d(activation) at each of ``hooks`` (``EMBED_HOOK`` allowed) averaged over its IG
+    path: the activation at clean + (k + 1/2)/steps (corrupt - clean), k = 0..steps-1,
+    everything else computed. The SAE's decoder is affine, so interpolating a hook's latents
+    and error together is interpolating its activation, and the mean gradient projects onto
+    the latents once (``node_grads``). All paths that start at one block run as one batch
+    (rows: one copy of the prompts per (hook, step)), split only where the logits would
+    exceed ``IG_LOGIT_BUDGET``."""
     b, n_pos = run.part.n_examples, run.part.n_pos
     per_pass = max(1, IG_LOGIT_BUDGET // max(1, b * n_pos * model.cfg.d_vocab))
-    sums: dict[str, NodeValues] = {}
-    by_layer: dict[int, list[str]] = {}
+    sums: dict[str, torch.Tensor] = {}
+    by_start: dict[int, list[str]] = {}
     for h in hooks:
-        by_layer.setdefault(max(Submodule.parse(h).layer, 0), []).append(h)
-    for layer, group in sorted(by_layer.items()):
+        by_start.setdefault(_start_layer(h), []).append(h)
+    for start, group in sorted(by_start.items()):
         copies = [(h, k) for h in group for k in range(steps)]
         for lo in range(0, len(copies), per_pass):
-            for h, g in _ig_pass(model, saes, run, layer, copies[lo:lo + per_pass], steps).items():
+            for h, g in _ig_pass(model, run, start, copies[lo:lo + per_pass], steps).items():
                 sums[h] = g if h not in sums else sums[h] + g
     return {h: g / steps for h, g in sums.items()}
 
 
-def _ig_pass(model, saes: SAESet, run: BatchRun, layer: int, copies: list[tuple[str, int]],
-             steps: int) -> dict[str, NodeValues]:
+def _ig_pass(model, run: BatchRun, start: int, copies: list[tuple[str, int]], steps: int) -> dict[str, torch.Tensor]:
     """One forward and backward pass over ``copies`` (hook, step) of the batch, from block
-    ``layer``: the gradients at each hook's interpolated nodes, summed over its steps."""
+    ``start`` (for paths at the last residual stream: the unembedding alone): the gradients
+    at each hook's interpolated activation, summed over its steps."""
     b = run.part.n_examples
     hooks = list(dict.fromkeys(h for h, _ in copies))
-    inputs, paths, start = [], {}, 0
-    embed_rows = None
+    inputs, points, row = [], {}, 0
     for h in hooks:
         ks = torch.tensor([k for g, k in copies if g == h], dtype=torch.float32)
-        alphas = ((ks + 0.5) / steps).to(run.acts[EMBED_HOOK].device).repeat_interleave(b).view(-1, 1, 1)
-        rows = slice(start, start + len(ks) * b)
-        clean, delta = run.clean[h], run.delta(h)
-        path = clean.map(lambda t, n=len(ks): t.repeat(n, 1, 1)) + \
-            delta.map(lambda t, n=len(ks): t.repeat(n, 1, 1)) * alphas
-        if h == EMBED_HOOK:  # the embeddings are the block's input itself
-            embed_rows = path.error.detach().requires_grad_(True)
-            inputs.append(embed_rows)
+        x_c, x_p = run.acts[h], run.acts_p[h]
+        alphas = ((ks + 0.5) / steps).to(x_c.device).repeat_interleave(b).view(-1, 1, 1)
+        path = (x_c.repeat(len(ks), 1, 1) + (x_p - x_c).repeat(len(ks), 1, 1) * alphas).requires_grad_(True)
+        points[h] = (slice(row, row + len(path)), path)
+        row += len(path)
+        kind = Submodule.parse(h).kind
+        if kind == "attn":  # patched inside the block, whose input stays clean
+            inputs.append(run.acts[_stream(model, start)].repeat(len(ks), 1, 1))
+        elif kind == "mlp":  # the block's clean output with mlp_out's change
+            inputs.append(run.acts[_stream(model, start)].repeat(len(ks), 1, 1) + (path - x_c.repeat(len(ks), 1, 1)))
         else:
-            paths[h] = (rows, path)
-            inputs.append(run.acts[resid_pre(layer)].repeat(len(ks), 1, 1))
-        start = rows.stop
+            inputs.append(path)
     x = torch.cat(inputs)
-    with interpolated(model, saes, paths) as leaves:
-        logits = model(x, start_at_layer=layer)
-    tiled = run.part.subset(torch.arange(b).repeat(start // b))
+    inner = [h for h in hooks if Submodule.parse(h).kind == "attn"]
+
+    def patch(act: torch.Tensor, hook) -> torch.Tensor:
+        rows, path = points[hook.name]
+        return torch.cat([act[:rows.start], path, act[rows.stop:]])
+
+    with model.hooks(fwd_hooks=[(h, patch) for h in inner]):
+        logits = model(x, start_at_layer=start)  # start = n_layers: the unembedding alone
+    tiled = run.part.subset(torch.arange(b).repeat(row // b))
     metric = finite(run.part, tiled.metric_per_example(logits).sum())
-    wrt = [t for h in paths for t in (leaves[h].latents, leaves[h].error)]
-    grads = list(torch.autograd.grad(metric, wrt + ([embed_rows] if embed_rows is not None else [])))
-    out = {}
-    for h in hooks:
-        if h == EMBED_HOOK:
-            g = NodeValues(_empty_latents(grads[-1]), grads[-1])
-        else:
-            i = 2 * list(paths).index(h)
-            g = NodeValues(grads[i], grads[i + 1])
-        out[h] = g.map(lambda t: t.reshape(t.shape[0] // b, b, *t.shape[1:]).sum(0))
-    return out
+    grads = torch.autograd.grad(metric, [points[h][1] for h in hooks])
+    return {h: g.reshape(g.shape[0] // b, b, *g.shape[1:]).sum(0) for h, g in zip(hooks, grads)}
 
 
 def batch_grads(model: HookedTransformer, saes: SAESet, run: BatchRun, method: Method, steps: int,
-                hooks: list[str] | None = None) -> dict[str, NodeValues]:
-    """dm/d(nodes) by ``method`` at ``hooks`` (default: every SAE hook and the embeddings)."""
+                hooks: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """dm/d(activation) by ``method`` at ``hooks`` (default: every SAE hook and the
+    embeddings)."""
     if method == "atp":  # one backward pass gives every hook's gradient at the clean point
-        return clean_grads(model, saes, run)
+        return clean_grads(model, saes, run, hooks)
     return ig_grads(model, saes, run, list(saes) + [EMBED_HOOK] if hooks is None else hooks, steps)
 
 
@@ -206,9 +240,12 @@ def _check_method(method: str, steps: int) -> None:
 
 
 def first_pass(model: HookedTransformer, saes: SAESet, task: Task, method: Method | None = "ig",
-               steps: int = 10, batch_size: int = 32, progress: bool = True) -> FirstPass:
+               steps: int = 10, batch_size: int = 32, progress: bool = True,
+               keep_grads: Path | None = None) -> FirstPass:
     """Stream over ``task`` in batches: the metrics, mean activations and (unless ``method``
-    is None) every node's effect. Memory holds one batch and the running sums."""
+    is None) every node's effect. Memory holds one batch and the running sums; with
+    ``keep_grads`` (a folder), each batch's activation gradients are written there as
+    ``<first example>.pt`` for a later pass over the same batches."""
     if method is not None:
         _check_method(method, steps)
     task = prepare(model, task)
@@ -228,7 +265,9 @@ def first_pass(model: HookedTransformer, saes: SAESet, task: Task, method: Metho
                         for h, v in run.clean.items()})
         if method is not None:
             grads = batch_grads(model, saes, run, method, steps)
-            add_into(effects, {h: (run.delta(h) @ g).sum(0).cpu() for h, g in grads.items()})
+            if keep_grads is not None:  # for discovery's second pass
+                torch.save({h: g.detach().cpu() for h, g in grads.items()}, keep_grads / f"{lo}.pt")
+            add_into(effects, {h: (run.delta(h) @ node_grads(saes, h, g)).sum(0).cpu() for h, g in grads.items()})
     all_reduce([metrics, *flat(effects), *flat(acts)])
     n = task.n_examples
     return FirstPass(NodeEffects({h: v / n for h, v in effects.items()}, method or "none", n),

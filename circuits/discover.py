@@ -20,8 +20,10 @@ node per latent and position; other tasks sum effects over positions (position `
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import networkx as nx
@@ -29,7 +31,15 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from circuits.attribution import NodeEffects, batch_grads, exact_effects, first_pass, prepare, run_batch
+from circuits.attribution import (
+    NodeEffects,
+    batch_grads,
+    exact_effects,
+    first_pass,
+    node_grads,
+    prepare,
+    run_batch,
+)
 from circuits.edges import batch_edges, source_masks, upstream_hooks
 from circuits.config import Config
 from circuits.errors import CircuitsError
@@ -78,8 +88,14 @@ def discover(model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverCo
     cfg = cfg or DiscoverConfig()
     _check_hooks(saes, model)
     task = prepare(model, task)
+    with tempfile.TemporaryDirectory(prefix="sae-circuits-grads-") as grads:
+        return _discover(model, saes, task, cfg, progress, Path(grads))
+
+
+def _discover(model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverConfig, progress: bool,
+              grads: Path) -> nx.DiGraph:
     stats = first_pass(model, saes, task, None if cfg.method == "exact" else cfg.method, cfg.steps,
-                       cfg.batch_size, progress)
+                       cfg.batch_size, progress, keep_grads=grads)
     clean_m, corrupt_m = stats.clean_metric, stats.corrupt_metric
     total = corrupt_m - clean_m
     if abs(total) <= 1e-3 * max(abs(clean_m), abs(corrupt_m), 1e-6):
@@ -88,10 +104,8 @@ def discover(model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverCo
     labels = list(task.position_labels) if task.position_labels is not None else None
     effects = _exact_node_effects(model, saes, task, cfg.max_exact_nodes) if cfg.method == "exact" \
         else stats.effects
-    candidates = _candidates(effects, labels)
     node_cut = cfg.node_threshold * abs(total)
-    chosen = sorted(((n, v) for n, v in candidates.items() if abs(v) >= node_cut and v != 0), key=lambda nv: -abs(nv[1]))
-    chosen = dict(chosen[:cfg.top_n] if cfg.top_n is not None else chosen)
+    chosen, n_candidates = _chosen(effects, labels, node_cut, cfg.top_n)
 
     graph = nx.DiGraph()
     for n, effect in chosen.items():
@@ -101,7 +115,7 @@ def discover(model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverCo
     edge_cut = cfg.edge_threshold * abs(total)
     if cfg.edges:
         ids = {n: n.id for n in chosen}  # nodes compare by site and latent, not by label
-        for (u, d), w in second_pass(model, saes, task, list(chosen), cfg, progress).items():
+        for (u, d), w in second_pass(model, saes, task, list(chosen), cfg, progress, grads).items():
             if u in chosen and abs(w) >= edge_cut and w != 0:
                 graph.add_edge(ids[u], ids[d], weight=w)
     last_resid = max((h for h in saes if Submodule.parse(h).kind == "resid"), key=lambda h: Submodule.parse(h).layer)
@@ -117,17 +131,18 @@ def discover(model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverCo
                   "d_vocab": model.cfg.d_vocab, "name": model.cfg.model_name},
         "saes": {h: int(saes[h].cfg.d_sae) for h in saes},
         "discover": cfg.to_dict(), "node_threshold_abs": node_cut, "edge_threshold_abs": edge_cut,
-        "n_candidate_nodes": sum(1 for v in candidates.values() if v != 0),
+        "n_candidate_nodes": n_candidates,
     })
     return prune(graph, require_path=cfg.edges)
 
 
 def second_pass(model: HookedTransformer, saes: SAESet, task: Task, chosen: list[Node], cfg: DiscoverConfig,
-                progress: bool = True) -> dict[tuple[Node, Node], float]:
+                progress: bool = True, grads: Path | None = None) -> dict[tuple[Node, Node], float]:
     """Edge weights into every chosen SAE node from the chosen nodes upstream of it, keyed by
     (upstream, downstream) node; mean over examples. dm/dd is taken on the clean run for AtP
-    circuits and averaged along d's IG path otherwise. Nodes summed over positions get their
-    edges at every position, added up."""
+    circuits and averaged along d's IG path otherwise: read from the first pass's files in
+    ``grads`` where it wrote them, else computed. Nodes summed over positions get their edges
+    at every position, added up."""
     task = prepare(model, task)
     targets: dict[str, list[Node]] = {}  # per hook, the positioned targets
     for n in chosen:
@@ -142,9 +157,13 @@ def second_pass(model: HookedTransformer, saes: SAESet, task: Task, chosen: list
     for lo in tqdm(batch_starts(task.n_examples, cfg.batch_size) if hooks else [], desc="edges",
                    disable=not (progress and is_main())):
         run = run_batch(model, saes, task.subset(slice(lo, lo + cfg.batch_size)))
-        grads = batch_grads(model, saes, run, method, cfg.steps, hooks=hooks)
+        saved = None if grads is None else grads / f"{lo}.pt"
+        if saved is not None and saved.is_file():
+            batch = torch.load(saved, weights_only=True, map_location=run.acts[EMBED_HOOK].device)
+        else:
+            batch = batch_grads(model, saes, run, method, cfg.steps, hooks=hooks)
         for h in hooks:
-            add_into(sums[h], batch_edges(model, saes, run, h, targets[h], sources[h], grads[h]))
+            add_into(sums[h], batch_edges(model, saes, run, h, targets[h], sources[h], node_grads(saes, h, batch[h])))
     all_reduce([t for h in hooks for t in flat(sums[h])])
     out: dict[tuple[Node, Node], float] = {}
     for h in hooks:
@@ -184,21 +203,36 @@ def _check_hooks(saes: SAESet, model: HookedTransformer) -> None:
         raise CircuitsError("discover needs SAEs at blocks.L.hook_resid_post (the set has none)")
 
 
-def _candidates(effects: NodeEffects, labels: list[str] | None) -> dict[Node, float]:
-    """Every node with its effect: per position for templated tasks, else summed."""
-    out: dict[Node, float] = {}
+def _effects_by_node(effects: NodeEffects, labels: list[str] | None) -> dict[str, torch.Tensor]:
+    """Per hook, every node's effect as one row: errors then latents of each position
+    (``[pos * (1 + d_sae)]``) for templated tasks, else summed over positions."""
+    out = {}
     for hook, v in effects.values.items():
-        if labels is not None:
-            for p, value in enumerate(v.error.tolist()):
-                out[Node.at(hook, p, None, labels)] = value
-            for p, i in v.latents.nonzero().tolist():
-                out[Node.at(hook, p, i, labels)] = float(v.latents[p, i])
-        else:
-            out[Node.at(hook, None)] = float(v.error.sum())
-            summed = v.latents.sum(0)
-            for i in summed.nonzero().flatten().tolist():
-                out[Node.at(hook, None, i)] = float(summed[i])
+        table = torch.cat([v.error.unsqueeze(-1), v.latents], dim=-1)  # [pos, 1 + d_sae]
+        out[hook] = (table if labels is not None else table.sum(0, keepdim=True)).flatten()
     return out
+
+
+def _node(hook: str, index: int, width: int, labels: list[str] | None) -> Node:
+    """The node at ``index`` of ``_effects_by_node``'s row for ``hook``."""
+    position, column = divmod(index, width)
+    return Node.at(hook, position if labels is not None else None, None if column == 0 else column - 1, labels)
+
+
+def _chosen(effects: NodeEffects, labels: list[str] | None, cut: float, top_n: int | None) -> tuple[dict[Node, float], int]:
+    """The nodes with |effect| >= ``cut`` (and not 0), largest first, at most ``top_n``; and
+    the number of candidate nodes (non-zero effect)."""
+    rows = _effects_by_node(effects, labels)
+    picked, n_candidates = [], 0
+    for hook, row in rows.items():
+        n_candidates += int((row != 0).sum())
+        keep = ((row.abs() >= cut) & (row != 0)).nonzero().flatten()
+        width = effects.values[hook].latents.shape[-1] + 1
+        picked += [(float(row[i]), hook, int(i), width) for i in keep]
+    picked.sort(key=lambda p: -abs(p[0]))
+    if top_n is not None:
+        picked = picked[:top_n]
+    return {_node(hook, i, width, labels): value for value, hook, i, width in picked}, n_candidates
 
 
 def _activation(activations: dict[str, NodeValues], n: Node) -> float:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from transformer_lens import HookedTransformer
 
-from circuits.attribution import BatchRun, Method, batch_grads, encode_at, prepare, run_batch, set_node
+from circuits.attribution import BatchRun, Method, batch_grads, encode_at, node_grads, prepare, run_batch, set_node
 from circuits.errors import CircuitsError
 from circuits.parallel import all_reduce, batch_starts
 from circuits.splice import spliced
@@ -99,8 +99,8 @@ def edges_into(model: HookedTransformer, saes: SAESet, task: Task, hook: str, ta
     sources = {**full_sources(saes, ups, task.n_pos), **(sources or {})}
     out = {u: NodeValues.zeros((len(targets), task.n_pos), _width(saes, u)) for u in ups}
     for lo in batch_starts(task.n_examples, batch_size):
-        run = run_batch(model, saes, task.subset(slice(lo, lo + batch_size)))
-        grad = batch_grads(model, saes, run, method, steps, hooks=[hook])[hook]
+        run = run_batch(model, saes, task.subset(slice(lo, lo + batch_size)), hooks=[u for u in ups if u in saes])
+        grad = node_grads(saes, hook, batch_grads(model, saes, run, method, steps, hooks=[hook])[hook])
         add_into(out, batch_edges(model, saes, run, hook, targets, sources, grad, chunk if batched else 1))
     all_reduce(flat(out))
     return EdgesInto(hook, targets, {u: v / task.n_examples for u, v in out.items()})

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, get_args
@@ -52,6 +53,10 @@ class Submodule:
     @classmethod
     def parse(cls, hook: str) -> Submodule:
         """The submodule a TransformerLens hook name stands for."""
+        return _parse(hook)
+
+    @classmethod
+    def _parse(cls, hook: str) -> Submodule:
         if hook == EMBED_HOOK:
             return cls.embed()
         parts = hook.split(".")
@@ -92,6 +97,11 @@ class Submodule:
             raise CircuitsError(f"edges into {self.hook} need an SAE at {before.hook} (the set lacks it)")
         inner = SAE_KINDS[:SAE_KINDS.index(self.kind)]  # what runs before it in its block
         return [before] + [s for s in (Submodule(self.layer, k) for k in inner) if s.hook in available]
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(hook: str) -> Submodule:  # node ids are built by the ten thousand: parse each hook once
+    return Submodule._parse(hook)
 
 
 def submodules(kinds: Iterable[str], layers: Iterable[int]) -> list[Submodule]:
