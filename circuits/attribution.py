@@ -194,12 +194,23 @@ def _ig_pass(model, run: BatchRun, start: int, copies: list[tuple[str, int]], st
         rows, path = points[hook.name]
         return torch.cat([act[:rows.start], path, act[rows.stop:]])
 
-    with model.hooks(fwd_hooks=[(h, patch) for h in inner]):
-        logits = model(x, start_at_layer=start)  # start = n_layers: the unembedding alone
     tiled = run.part.subset(torch.arange(b).repeat(row // b))
-    metric = finite(run.part, tiled.metric_per_example(logits).sum())
+    with model.hooks(fwd_hooks=[(h, patch) for h in inner]):
+        metric = finite(run.part, _metric_from(model, tiled, x, start).sum())
     grads = torch.autograd.grad(metric, [points[h][1] for h in hooks])
     return {h: g.reshape(g.shape[0] // b, b, *g.shape[1:]).sum(0) for h, g in zip(hooks, grads)}
+
+
+def _metric_from(model: HookedTransformer, task: Task, x: torch.Tensor, start: int) -> torch.Tensor:
+    """Each example's metric with the model run from block ``start`` on residual stream ``x``
+    (start = n_layers: the unembedding alone). Metrics read at the last position only
+    unembed that position: the unembedding is per position, and many paths run at once."""
+    if task.metric == "logprob" or not hasattr(model, "ln_final"):
+        return task.metric_per_example(model(x, start_at_layer=start))
+    resid = model(x, start_at_layer=start, stop_at_layer=model.cfg.n_layers)
+    last = task.n_pos - 1 if task.lengths is None else task.lengths.to(x.device) - 1
+    logits = model.unembed(model.ln_final(resid[torch.arange(len(resid)), last].unsqueeze(1)))
+    return replace(task, lengths=None).metric_per_example(logits)
 
 
 def batch_grads(model: HookedTransformer, saes: SAESet, run: BatchRun, method: Method, steps: int,

@@ -128,7 +128,8 @@ def batch_edges(model: HookedTransformer, saes: SAESet, run: BatchRun, hook: str
             grads = _block_grads(model, saes, hook, sub.layer, ups, acts, g, local[lo:lo + chunk])
             rows = torch.tensor(idx[lo:lo + chunk])
             for u, gu in zip(ups, grads):
-                _accumulate(saes, u, gu, range(n_pos)[window], run.delta(u), sources[u], rows, out[u])
+                if sources[u].latents.any() or sources[u].error.any():
+                    _accumulate(saes, u, gu, range(n_pos)[window], run.delta(u), sources[u], rows, out[u])
     return out
 
 
