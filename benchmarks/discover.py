@@ -91,8 +91,7 @@ def main() -> None:
     # Exact patching of the graph's nodes vs the attribution that scored every node.
     nodes = list(nodes_of(graph).values())
     _, t_exact = timed(exact_effects, model, saes, task, nodes)
-    one = node_effects(model, saes, task.subset(slice(0, 1)), "atp", progress=False)
-    n_all = sum(v.numel() for v in one.latents.values())
+    n_all = sum(saes[h].cfg.d_sae for h in saes) * task.n_pos
     result["exact"] = {"nodes": len(nodes), "exact_s": t_exact, "all_latent_nodes": n_all}
     print(f"\nExact patching of the IG graph's {len(nodes)} nodes vs attribution of all {n_all} latent "
           f"nodes (+ errors) ({args.n} pairs)\n")

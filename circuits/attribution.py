@@ -37,6 +37,10 @@ from sae.saeset import SAESet
 from tasks.task import Task
 
 Method = Literal["atp", "ig"]
+# Token rows per IG forward pass: many paths per pass share the Python overhead, but past a
+# few thousand rows the activations fall out of the CPU's caches (measured on the embedded
+# model: 320 rows of 15 tokens per pass ran 1.36 s per batch, 960 rows 1.85 s).
+IG_TOKENS_PER_PASS = 5_000
 # Rows x positions x vocabulary of the logits one IG forward pass may hold (~256 MB in fp32).
 IG_LOGIT_BUDGET = 64_000_000
 
@@ -150,10 +154,10 @@ def ig_grads(model: HookedTransformer, saes: SAESet, run: BatchRun, hooks: list[
     everything else computed. The SAE's decoder is affine, so interpolating a hook's latents
     and error together is interpolating its activation, and the mean gradient projects onto
     the latents once (``node_grads``). All paths that start at one block run as one batch
-    (rows: one copy of the prompts per (hook, step)), split only where the logits would
-    exceed ``IG_LOGIT_BUDGET``."""
+    (rows: one copy of the prompts per (hook, step)), split into passes of about
+    ``IG_TOKENS_PER_PASS`` tokens (and ``IG_LOGIT_BUDGET`` logits)."""
     b, n_pos = run.part.n_examples, run.part.n_pos
-    per_pass = max(1, IG_LOGIT_BUDGET // max(1, b * n_pos * model.cfg.d_vocab))
+    per_pass = max(1, min(IG_LOGIT_BUDGET // max(1, b * n_pos * model.cfg.d_vocab), IG_TOKENS_PER_PASS // (b * n_pos)))
     sums: dict[str, torch.Tensor] = {}
     by_start: dict[int, list[str]] = {}
     for h in hooks:
