@@ -117,7 +117,7 @@ def clean_grads(model: HookedTransformer, saes: SAESet, run: BatchRun,
     with model.hooks(fwd_hooks=[(h, record) for h in hooks]):
         metric = finite(run.part, run.part.metric_per_example(model(x, start_at_layer=0)).sum())
     grads = torch.autograd.grad(metric, [acts[h] for h in hooks] + [x])
-    return dict(zip(hooks + [EMBED_HOOK], grads))
+    return dict(zip(hooks + [EMBED_HOOK], grads, strict=False))
 
 
 def node_grads(saes: SAESet, hook: str, grad: torch.Tensor) -> NodeValues:
@@ -202,7 +202,7 @@ def _ig_pass(model, run: BatchRun, start: int, copies: list[tuple[str, int]], st
     with model.hooks(fwd_hooks=[(h, patch) for h in inner]):
         metric = finite(run.part, _metric_from(model, tiled, x, start).sum())
     grads = torch.autograd.grad(metric, [points[h][1] for h in hooks])
-    return {h: g.reshape(g.shape[0] // b, b, *g.shape[1:]).sum(0) for h, g in zip(hooks, grads)}
+    return {h: g.reshape(g.shape[0] // b, b, *g.shape[1:]).sum(0) for h, g in zip(hooks, grads, strict=False)}
 
 
 def _metric_from(model: HookedTransformer, task: Task, x: torch.Tensor, start: int) -> torch.Tensor:
@@ -272,7 +272,7 @@ def first_pass(model: HookedTransformer, saes: SAESet, task: Task, method: Metho
                    disable=not (progress and is_main())):
         run = run_batch(model, saes, task.subset(slice(lo, lo + batch_size)))
         sums = torch.stack([run.clean_metric.sum(), run.corrupt_metric.sum()]).double().cpu()
-        for name, value in zip(("clean", "corrupt"), sums.tolist()):
+        for name, value in zip(("clean", "corrupt"), sums.tolist(), strict=False):
             if not math.isfinite(value):  # before any gradient: say which run
                 raise CircuitsError(f"task {task.name}: the {name} metric is not finite ({value})")
         metrics += sums

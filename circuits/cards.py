@@ -78,6 +78,6 @@ def feature_cards(model: HookedTransformer, saes: SAESet, keys: list[tuple[str, 
             up, down = logits.topk(5), (-logits).topk(5)
             cards[(h, latent)] = FeatureCard(
                 h, latent, contexts, hist, peak, float(len(live)) / max(flat.numel(), 1),
-                [(model.to_single_str_token(int(t)), float(v)) for v, t in zip(up.values, up.indices)],
-                [(model.to_single_str_token(int(t)), -float(v)) for v, t in zip(down.values, down.indices)])
+                [(model.to_single_str_token(int(t)), float(v)) for v, t in zip(up.values, up.indices, strict=False)],
+                [(model.to_single_str_token(int(t)), -float(v)) for v, t in zip(down.values, down.indices, strict=False)])
     return cards

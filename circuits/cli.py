@@ -344,11 +344,11 @@ def _default(text: str, value) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from circuits.ablation import ABLATIONS, faithfulness_curve, prune_by_ablation
-    from circuits.discover import DiscoverConfig
-    from circuits.fidelity import check_attribution
     from circuits.behaviour import evaluate_model
     from circuits.demo import run_demo
+    from circuits.discover import DiscoverConfig
     from circuits.edit import CIRCUIT_ACTIONS, FeatureEdit
+    from circuits.fidelity import check_attribution
     from circuits.model import ToyModelConfig
     from sae.evaluate import evaluate_saes
     from sae.train import SAETrainConfig

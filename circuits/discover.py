@@ -40,8 +40,8 @@ from circuits.attribution import (
     prepare,
     run_batch,
 )
-from circuits.edges import batch_edges, source_masks, upstream_hooks
 from circuits.config import Config
+from circuits.edges import batch_edges, source_masks, upstream_hooks
 from circuits.errors import CircuitsError
 from circuits.graph import prune
 from circuits.parallel import all_reduce, batch_starts, is_main
@@ -191,7 +191,7 @@ def _nonzero(hook: str, weights: NodeValues, task: Task) -> list[tuple[Node, flo
         if labels is None:
             mat = mat.sum(0, keepdim=True)
         nz = mat.nonzero()
-        for (p, i), w in zip(nz.tolist(), mat[nz[:, 0], nz[:, 1]].tolist()):
+        for (p, i), w in zip(nz.tolist(), mat[nz[:, 0], nz[:, 1]].tolist(), strict=False):
             out.append((Node.at(hook, p if labels is not None else None, None if error else i, labels), w))
     return out
 
@@ -260,7 +260,7 @@ def _exact_node_effects(model, saes: SAESet, task: Task, max_nodes: int) -> Node
     values = exact_effects(model, saes, task, nodes)
     shapes = {h: saes[h].cfg.d_sae for h in saes} | {EMBED_HOOK: 0}
     effects = {h: NodeValues.zeros((task.n_pos,), d) for h, d in shapes.items()}
-    for n, v in zip(nodes, values.tolist()):
+    for n, v in zip(nodes, values.tolist(), strict=False):
         if n.latent is None:
             effects[n.hook].error[n.position] = v
         else:

@@ -123,11 +123,11 @@ def batch_edges(model: HookedTransformer, saes: SAESet, run: BatchRun, hook: str
         idx = [i for i, t in enumerate(targets) if pos is None or t.position == pos]
         local = [(t.position - (pos or 0), t.latent) for t in (targets[i] for i in idx)]
         acts = {u: run.acts[u][:, window] for u in ups}
-        g = grad.map(lambda t: t[:, window])
+        g = NodeValues(grad.latents[:, window], grad.error[:, window])
         for lo in range(0, len(idx), chunk):
             grads = _block_grads(model, saes, hook, sub.layer, ups, acts, g, local[lo:lo + chunk])
             rows = torch.tensor(idx[lo:lo + chunk])
-            for u, gu in zip(ups, grads):
+            for u, gu in zip(ups, grads, strict=False):
                 if sources[u].latents.any() or sources[u].error.any():
                     _accumulate(saes, u, gu, range(n_pos)[window], run.delta(u), sources[u], rows, out[u])
     return out
@@ -160,7 +160,7 @@ def _block_grads(model, saes: SAESet, hook: str, layer: int, ups: list[str], act
     else:
         grads = torch.autograd.grad(x, inputs, cotangent, is_grads_batched=True, allow_unused=True)
     return [torch.zeros(len(targets), *a.shape, dtype=a.dtype, device=a.device) if g is None else g
-            for g, a in zip(grads, inputs)]
+            for g, a in zip(grads, inputs, strict=False)]
 
 
 def _accumulate(saes: SAESet, u: str, g: torch.Tensor, positions: range, delta: NodeValues,

@@ -249,5 +249,5 @@ def edit_report(model: HookedTransformer, saes: SAESet, edit: Edit, task_name: s
     before = greedy(model, prompts)
     with edited(model, saes, edit):
         after = greedy(model, prompts)
-    completions = [Completion(p, b, a) for p, b, a in zip(task.prompts, before, after)]
+    completions = [Completion(p, b, a) for p, b, a in zip(task.prompts, before, after, strict=False)]
     return EditReport(edit, Path(task_name).stem, rows, completions)

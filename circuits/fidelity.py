@@ -158,7 +158,7 @@ def check_edges(model: HookedTransformer, saes: SAESet, task: Task, n_edges: int
             if 3 <= m.sum() < len(edges):
                 by_kind[kind] = KindCheck(int(m.sum()), pearson(weights["ig"][m], exact[m]),
                                           pearson(weights["atp"][m], exact[m]))
-        samples_out = [EdgeSample(u, v, w, a, x) for (u, v, w), a, x in zip(edges, weights["atp"].tolist(), exact.tolist())]
+        samples_out = [EdgeSample(u, v, w, a, x) for (u, v, w), a, x in zip(edges, weights["atp"].tolist(), exact.tolist(), strict=False)]
         result[name] = EdgeCheck(len(edges), pearson(weights["ig"], exact), pearson(weights["atp"], exact), by_kind,
                                  samples_out)
     return result
@@ -175,8 +175,8 @@ def _edge_weights(model, saes: SAESet, task: Task, pairs: list, method: str, ste
         edges = edges_into(model, saes, task, hook, targets, method=method, steps=steps)
         for k in ks:
             u, d = pairs[k]
-            w = edges.weights[u.hook].map(lambda x, t=targets.index(d): x[t])
-            out[k] = w.error[u.position] if u.latent is None else w.latents[u.position, u.latent]
+            w, t = edges.weights[u.hook], targets.index(d)
+            out[k] = w.error[t, u.position] if u.latent is None else w.latents[t, u.position, u.latent]
     return out
 
 

@@ -93,7 +93,7 @@ def write_report(path: str | Path, graph: nx.DiGraph, svg: str | None = None, va
                               f"{c.random_faithfulness:.3f}"] for c in validation.curve]))
     if cards:
         effects = {}
-        for n, a in graph.nodes(data=True):
+        for _, a in graph.nodes(data=True):
             if a.get("latent") is not None:
                 key = (a["hook"], a["latent"])
                 effects[key] = effects.get(key, 0.0) + a["effect"]

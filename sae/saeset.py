@@ -99,7 +99,7 @@ class SAESet(Mapping[str, SAE]):
             sae.to(**{k: v for k, v in {"device": device, "dtype": dtype}.items() if v is not None})
         return self
 
-    def restrict(self, kinds: Iterable[str]) -> "SAESet":
+    def restrict(self, kinds: Iterable[str]) -> SAESet:
         """The sub-set of SAEs at hooks of ``kinds`` (resid, mlp, attn), in the same order."""
         wanted = set(kinds)
         bad = wanted - set(HOOK_KINDS)

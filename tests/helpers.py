@@ -58,7 +58,6 @@ def tiny_hooked_model(normalization: str | None = "LN", n_layers: int = 2) -> Ho
 
 def tiny_config(**overrides) -> ToyModelConfig:
     """A 1-layer toy config that trains in about a second."""
-    from circuits.cards import FeatureCard
     from circuits.model import ToyModelConfig
 
     base = dict(n_layers=1, d_model=32, n_heads=2, d_mlp=64, n_ctx=32, seq_len=32, steps=6,

@@ -4,8 +4,15 @@ import pytest
 import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 
-from circuits.ablation import (ablated, faithfulness, faithfulness_curve, log_sizes, node_masks,
-                               reference_values, smallest_faithful)
+from circuits.ablation import (
+    ablated,
+    faithfulness,
+    faithfulness_curve,
+    log_sizes,
+    node_masks,
+    reference_values,
+    smallest_faithful,
+)
 from circuits.errors import CircuitsError
 from circuits.vocab import Node
 from sae.saeset import SAESet, hook_names

@@ -142,10 +142,10 @@ def test_a_batch_that_does_not_fit_is_halved(setup, monkeypatch):
     model, saes, task = setup
     real = d.first_pass
 
-    def tight(model, saes, task, method, steps, batch_size, progress):
+    def tight(model, saes, task, method, steps, batch_size, progress, **kwargs):
         if batch_size > 2:
             raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
-        return real(model, saes, task, method, steps, batch_size, progress)
+        return real(model, saes, task, method, steps, batch_size, progress, **kwargs)
 
     monkeypatch.setattr(d, "first_pass", tight)
     with warnings.catch_warnings(record=True) as caught:
@@ -155,6 +155,6 @@ def test_a_batch_that_does_not_fit_is_halved(setup, monkeypatch):
     assert graph.graph["discover"]["batch_size"] == 2
     assert [str(w.message) for w in caught if "does not fit" in str(w.message)] == [
         "batch size 8 does not fit in memory; retrying with 4", "batch size 4 does not fit in memory; retrying with 2"]
-    monkeypatch.setattr(d, "first_pass", lambda *a: (_ for _ in ()).throw(RuntimeError("CUDA out of memory")))
+    monkeypatch.setattr(d, "first_pass", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("CUDA out of memory")))
     with pytest.raises(CircuitsError, match="one prompt pair at a time does not fit"):
         d.discover_fitting(model, saes, task, DiscoverConfig(method="atp", batch_size=1), progress=False)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from circuits.attribution import clean_grads, encode_at, run_batch
+from circuits.attribution import clean_grads, encode_at, node_grads, run_batch
 from circuits.edges import edges_into, upstream_hooks
 from circuits.errors import CircuitsError
 from circuits.values import NodeValues
@@ -51,7 +51,7 @@ def _downstream_value(model, saes, task, hook, eps):
 @pytest.mark.parametrize("hook", HOOKS)
 def test_edges_into_a_node_sum_to_its_linearised_change(setup, hook):
     model, saes, task = setup
-    g = clean_grads(model, saes, run_batch(model, saes, task))[hook]
+    g = node_grads(saes, hook, clean_grads(model, saes, run_batch(model, saes, task))[hook])
     g_f, g_e = g.latents, g.error
     f0, e0 = _downstream_value(model, saes, task, hook, 0.0)
     eps = 1e-5
@@ -97,7 +97,7 @@ def test_resid_only_edges_run_through_the_whole_block(setup):
     model, saes, task = setup
     resid = SAESet({h: saes[h] for h in saes if h.endswith("resid_post")})
     hook = "blocks.1.hook_resid_post"
-    g = clean_grads(model, resid, run_batch(model, resid, task))[hook]
+    g = node_grads(resid, hook, clean_grads(model, resid, run_batch(model, resid, task))[hook])
     g_f, g_e = g.latents, g.error
     eps = 1e-5
     f0, e0 = _downstream_value(model, resid, task, hook, 0.0)

@@ -12,6 +12,7 @@ from circuits.graph import METRIC
 from circuits.pictures import card_keys, draw_graph, to_dot
 from tests.helpers import card, nasty_graph, node_attrs, toy_graph
 
+
 @pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz's dot is not installed (make test installs it)")
 def test_labels_cannot_break_the_dot_file(tmp_path):
     g = nasty_graph()
