@@ -5,13 +5,18 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow benchmark install graphviz chromium
+.PHONY: demo test test-slow benchmark install graphviz chromium lint
 
 demo: $(STAMP) graphviz
 	$(BIN)/circuits demo
 
-test: $(STAMP) graphviz chromium
+test: $(STAMP) graphviz chromium lint
 	$(BIN)/python -m pytest -q
+
+# Ruff keeps the format and the lint rules of pyproject.toml; a finding fails `make test`.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

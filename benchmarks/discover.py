@@ -53,10 +53,16 @@ def main() -> None:
     for method in ("atp", "ig"):
         _, t_nodes = timed(node_effects, model, saes, task, method, progress=False)
         graph, t_total = timed(discover, model, saes, task, DiscoverConfig(method=method), progress=False)
-        result[method] = {"nodes_s": t_nodes, "discover_s": t_total, "graph_nodes": graph.number_of_nodes(),
-                          "graph_edges": graph.number_of_edges()}
-        rows.append(f"| {method} | {args.n} | {t_nodes:.2f} | {t_total:.2f} | {graph.number_of_nodes()} | "
-                    f"{graph.number_of_edges()} |")
+        result[method] = {
+            "nodes_s": t_nodes,
+            "discover_s": t_total,
+            "graph_nodes": graph.number_of_nodes(),
+            "graph_edges": graph.number_of_edges(),
+        }
+        rows.append(
+            f"| {method} | {args.n} | {t_nodes:.2f} | {t_total:.2f} | {graph.number_of_nodes()} | "
+            f"{graph.number_of_edges()} |"
+        )
     print(f"Discovery on the embedded model, IOI, {len(saes)} SAEs, {torch.get_num_threads()} threads\n")
     print("| method | pairs | node attribution (s) | discovery: nodes + edges (s) | nodes | edges |")
     print("|---|---|---|---|---|---|")
@@ -83,9 +89,11 @@ def main() -> None:
     print(f"\nEdges into the {n_targets} SAE nodes of the IG graph, from its nodes ({args.n} pairs)\n")
     print("| edge computation | time (s) | per-node / this |")
     print("|---|---|---|")
-    for name, label in (("per_node", "one forward + one backward per downstream node"),
-                        ("loop", "shared forward, one backward per downstream node"),
-                        ("batched", "shared forward, vmapped backward (default)")):
+    for name, label in (
+        ("per_node", "one forward + one backward per downstream node"),
+        ("loop", "shared forward, one backward per downstream node"),
+        ("batched", "shared forward, vmapped backward (default)"),
+    ):
         print(f"| {label} | {times[name]:.2f} | {times['per_node'] / times[name]:.1f}x |")
 
     # Exact patching of the graph's nodes vs the attribution that scored every node.
@@ -93,16 +101,17 @@ def main() -> None:
     _, t_exact = timed(exact_effects, model, saes, task, nodes)
     n_all = sum(saes[h].cfg.d_sae for h in saes) * task.n_pos
     result["exact"] = {"nodes": len(nodes), "exact_s": t_exact, "all_latent_nodes": n_all}
-    print(f"\nExact patching of the IG graph's {len(nodes)} nodes vs attribution of all {n_all} latent "
-          f"nodes (+ errors) ({args.n} pairs)\n")
+    print(
+        f"\nExact patching of the IG graph's {len(nodes)} nodes vs attribution of all {n_all} latent "
+        f"nodes (+ errors) ({args.n} pairs)\n"
+    )
     print("| method | time (s) | exact / this, same node set |")
     print("|---|---|---|")
     print(f"| exact, one forward pass per node | {t_exact:.2f} | 1.0x |")
     for method in ("atp", "ig"):
         t = result[method]["nodes_s"]
         print(f"| {method}, every node at once | {t:.2f} | {t_exact / t:.1f}x |")
-    print(f"\nexact patching of all {n_all} latent nodes at this rate: "
-          f"{t_exact / len(nodes) * n_all / 60:.0f} min")
+    print(f"\nexact patching of all {n_all} latent nodes at this rate: {t_exact / len(nodes) * n_all / 60:.0f} min")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

@@ -27,7 +27,7 @@ SIZES = [25, 100, 300, 1000, 2000, 3000, 4000, 6000, 10000]
 def few_names(tokenizer, n: int, n_names: int, seed: int):
     """IOI prompts whose IO and S both come from a fixed set of ``n_names`` names (drawn from
     a large sample of the usual eval prompts)."""
-    big = make_task("ioi", tokenizer, n=max(20000, 400 * n * 80 // n_names ** 2), seed=seed)
+    big = make_task("ioi", tokenizer, n=max(20000, 400 * n * 80 // n_names**2), seed=seed)
     names = sorted(set(big.answer[:, 0].tolist()))[:n_names]
     keep = torch.isin(big.answer[:, 0], torch.tensor(names)) & torch.isin(big.wrong[:, 0], torch.tensor(names))
     index = keep.nonzero().flatten()[:n]
@@ -61,8 +61,9 @@ def oracle(model, saes, task, values, ref: Faithfulness, k: int) -> float:
     keep = torch.zeros_like(flat, dtype=torch.bool)
     keep[torch.arange(flat.shape[0]).unsqueeze(1), flat.topk(k, dim=1).indices] = True
     kept = keep.split(sizes, 1)
-    masks = {h: NodeValues(kept[i].reshape(eff[h].latents.shape), kept[len(hooks) + i])
-             for i, h in enumerate(hooks)}  # per example: the nodes it keeps
+    masks = {
+        h: NodeValues(kept[i].reshape(eff[h].latents.shape), kept[len(hooks) + i]) for i, h in enumerate(hooks)
+    }  # per example: the nodes it keeps
     return ref.of(metric_with(model, saes, task, complement(masks), values))
 
 
@@ -80,8 +81,9 @@ def main() -> None:
     ranked = ranked_all(node_effects(model, saes, found, "atp", progress=False), saes, found.n_pos)
     values = reference_values(model, saes, held_out, "mean")
     everything = complement(empty_masks(saes, held_out.n_pos))
-    ref = Faithfulness(metric_with(model, saes, held_out, None, values),
-                       metric_with(model, saes, held_out, everything, values))
+    ref = Faithfulness(
+        metric_with(model, saes, held_out, None, values), metric_with(model, saes, held_out, everything, values)
+    )
     errors = [Node.at(h, p) for h in saes for p in range(held_out.n_pos)]
     features = [n for n in ranked if n.latent is not None]
 
@@ -92,10 +94,14 @@ def main() -> None:
     with spliced(model, saes) as nodes:
         model(held_out.clean)
     active = sum(int((nodes[h].latents != 0).sum()) for h in saes) / held_out.n_examples
-    print(f"IOI, {args.n} pairs found / {args.n} held out; {len(ranked)} nodes with non-zero effect; "
-          f"{active:.0f} latent nodes active per example; m(M) {ref.m_model:.3f}, m(empty) {ref.m_empty:.3f}\n")
-    print(f"| k | F: top-k nodes (features + errors) | F: top-k features + all {len(errors)} error nodes | "
-          "F: each example's own top-k |")
+    print(
+        f"IOI, {args.n} pairs found / {args.n} held out; {len(ranked)} nodes with non-zero effect; "
+        f"{active:.0f} latent nodes active per example; m(M) {ref.m_model:.3f}, m(empty) {ref.m_empty:.3f}\n"
+    )
+    print(
+        f"| k | F: top-k nodes (features + errors) | F: top-k features + all {len(errors)} error nodes | "
+        "F: each example's own top-k |"
+    )
     print("|---|---|---|---|")
     for k in SIZES:
         top = ranked[:k]

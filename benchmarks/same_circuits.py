@@ -30,8 +30,10 @@ def circuit(model, saes, task_name: str, method: str, n: int) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         graph = discover(model, saes, task, DiscoverConfig(method=method), progress=False)
-    return {"nodes": {v: a["effect"] for v, a in graph.nodes(data=True)},
-            "edges": {f"{u} -> {v}": w for u, v, w in graph.edges(data="weight")}}
+    return {
+        "nodes": {v: a["effect"] for v, a in graph.nodes(data=True)},
+        "edges": {f"{u} -> {v}": w for u, v, w in graph.edges(data="weight")},
+    }
 
 
 def compare(old: dict, new: dict, atol: float) -> tuple[str, bool]:
@@ -63,8 +65,10 @@ def main() -> None:
             (folder / f"{task}-{method}.json").write_text(json.dumps(circuit(model, saes, task, method, args.n)))
         print(f"saved {len(CASES)} circuits to {folder}")
         return
-    print("| circuit | nodes ref / now | nodes differing | max |effect diff| | edges ref / now | "
-          "edges differing | max |weight diff| | same |")
+    print(
+        "| circuit | nodes ref / now | nodes differing | max |effect diff| | edges ref / now | "
+        "edges differing | max |weight diff| | same |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     all_same = True
     for task, method in CASES:

@@ -38,15 +38,21 @@ def child(spec: dict) -> dict:
     else:
         model, saes = random_setup(spec)
     task = make_task("ioi", model.tokenizer, n=spec["pairs"])
-    cfg = DiscoverConfig(method=spec.get("method", "atp"), top_n=spec.get("top_n"),
-                         batch_size=spec.get("batch_size", 32))
+    cfg = DiscoverConfig(
+        method=spec.get("method", "atp"), top_n=spec.get("top_n"), batch_size=spec.get("batch_size", 32)
+    )
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     graph = discover(model, saes, task, cfg, progress=False)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": seconds, "peak_mib": peak / 1024, "setup_mib": base / 1024,
-            "nodes": graph.number_of_nodes(), "edges": graph.number_of_edges()}
+    return {
+        "seconds": seconds,
+        "peak_mib": peak / 1024,
+        "setup_mib": base / 1024,
+        "nodes": graph.number_of_nodes(),
+        "edges": graph.number_of_edges(),
+    }
 
 
 def random_setup(spec: dict):
@@ -61,9 +67,18 @@ def random_setup(spec: dict):
 
     tok = build_tokenizer()
     d, layers = spec["d_model"], spec["layers"]
-    cfg = HookedTransformerConfig(n_layers=layers, d_model=d, n_heads=max(1, d // 64), d_head=min(64, d),
-                                  d_mlp=4 * d, n_ctx=64, d_vocab=len(tok), act_fn="gelu",
-                                  normalization_type="LN", seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=layers,
+        d_model=d,
+        n_heads=max(1, d // 64),
+        d_head=min(64, d),
+        d_mlp=4 * d,
+        n_ctx=64,
+        d_vocab=len(tok),
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=0,
+    )
     model = HookedTransformer(cfg, tokenizer=tok)
     model.eval()
     saes = {}
@@ -83,8 +98,23 @@ def measure(spec: dict, extra: list[str] | None = None) -> dict:
 
 
 def nproc_run(nproc: int, pairs: int) -> float:
-    cmd = [sys.executable, "-m", "circuits.cli", "discover", "--task", "ioi", "--n", str(pairs), "--method", "atp",
-           "--quiet", "--nproc", str(nproc), "--out", f"/tmp/sae-circuits-bench-nproc{nproc}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "circuits.cli",
+        "discover",
+        "--task",
+        "ioi",
+        "--n",
+        str(pairs),
+        "--method",
+        "atp",
+        "--quiet",
+        "--nproc",
+        str(nproc),
+        "--out",
+        f"/tmp/sae-circuits-bench-nproc{nproc}",
+    ]
     start = time.perf_counter()
     subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True)
     return time.perf_counter() - start
@@ -120,8 +150,11 @@ def main() -> None:
     for n in pairs:
         r = results.setdefault("pairs", {})[n] = measure({"kind": "embedded", "pairs": n})
         rows.append([n, *fmt(r)])
-    table("Discovery (AtP nodes + edges) on the embedded model, IOI, 12 SAEs, vs prompt pairs",
-          ["pairs", "time (s)", "peak RSS (MiB)", "nodes", "edges"], rows)
+    table(
+        "Discovery (AtP nodes + edges) on the embedded model, IOI, 12 SAEs, vs prompt pairs",
+        ["pairs", "time (s)", "peak RSS (MiB)", "nodes", "edges"],
+        rows,
+    )
     if len(pairs) > 1 and all("peak_mib" in results["pairs"][n] for n in (128, pairs[-1])):
         ratio = results["pairs"][pairs[-1]]["peak_mib"] / results["pairs"][128]["peak_mib"]
         results["peak_ratio"] = ratio
@@ -130,33 +163,53 @@ def main() -> None:
     rows = []
     for width in [512, 1024, 4096, 16384]:
         r = results.setdefault("width", {})[width] = measure(
-            {"kind": "random", "pairs": 128, "layers": 4, "d_model": 128, "width": width, "top_n": 150})
+            {"kind": "random", "pairs": 128, "layers": 4, "d_model": 128, "width": width, "top_n": 150}
+        )
         rows.append([width, *fmt(r)])
-    table("Random 4-layer d_model-128 model, random TopK SAEs (k 32) at 12 hooks, 128 pairs, top 150 nodes, "
-          "vs SAE width",
-          ["SAE width", "time (s)", "peak RSS (MiB)", "nodes", "edges"], rows)
+    table(
+        "Random 4-layer d_model-128 model, random TopK SAEs (k 32) at 12 hooks, 128 pairs, top 150 nodes, vs SAE width",
+        ["SAE width", "time (s)", "peak RSS (MiB)", "nodes", "edges"],
+        rows,
+    )
 
     rows = []
     for layers in [2, 4, 8]:
         r = results.setdefault("layers", {})[layers] = measure(
-            {"kind": "random", "pairs": 128, "layers": layers, "d_model": 128, "width": 1024, "top_n": 150})
+            {"kind": "random", "pairs": 128, "layers": layers, "d_model": 128, "width": 1024, "top_n": 150}
+        )
         rows.append([layers, *fmt(r)])
-    table("Random d_model-128 models, random SAEs (width 1024) at every hook, 128 pairs, top 150 nodes, vs layers",
-          ["layers", "time (s)", "peak RSS (MiB)", "nodes", "edges"], rows)
+    table(
+        "Random d_model-128 models, random SAEs (width 1024) at every hook, 128 pairs, top 150 nodes, vs layers",
+        ["layers", "time (s)", "peak RSS (MiB)", "nodes", "edges"],
+        rows,
+    )
 
     one, two = nproc_run(1, 512), nproc_run(2, 512)
     results["nproc"] = {"pairs": 512, "one_s": one, "two_s": two}
-    table("`circuits discover --task ioi --n 512 --method atp` wall time (process start and loading included)",
-          ["processes", "wall (s)"], [[1, f"{one:.1f}"], [2, f"{two:.1f}"]])
+    table(
+        "`circuits discover --task ioi --n 512 --method atp` wall time (process start and loading included)",
+        ["processes", "wall (s)"],
+        [[1, f"{one:.1f}"], [2, f"{two:.1f}"]],
+    )
 
     if not args.skip_gpt2:
-        spec = {"kind": "random", "pairs": 16, "layers": 12, "d_model": 768, "width": 24576, "top_n": 30,
-                "batch_size": 8}
+        spec = {
+            "kind": "random",
+            "pairs": 16,
+            "layers": 12,
+            "d_model": 768,
+            "width": 24576,
+            "top_n": 30,
+            "batch_size": 8,
+        }
         r = results["gpt2_shaped"] = measure(spec)
-        table("GPT-2-small-shaped random model (12 layers, d_model 768, 12 heads, d_mlp 3072) with random TopK "
-              "SAEs of width 24,576 at all 36 hooks (resid, mlp, attn), toy vocabulary, 16 IOI pairs, AtP, "
-              "edges into the top 30 nodes, batch 8, CPU",
-              ["time (s)", "peak RSS (MiB)", "nodes", "edges"], [fmt(r)])
+        table(
+            "GPT-2-small-shaped random model (12 layers, d_model 768, 12 heads, d_mlp 3072) with random TopK "
+            "SAEs of width 24,576 at all 36 hooks (resid, mlp, attn), toy vocabulary, 16 IOI pairs, AtP, "
+            "edges into the top 30 nodes, batch 8, CPU",
+            ["time (s)", "peak RSS (MiB)", "nodes", "edges"],
+            [fmt(r)],
+        )
 
     print("\nAtP / IG / exact and batched edges (benchmarks/discover.py):")
     sys.stdout.flush()

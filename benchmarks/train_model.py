@@ -34,15 +34,19 @@ def main() -> None:
         seconds = time.perf_counter() - start
     behaviour = evaluate_model(model)
     result = {
-        "steps": cfg.steps, "tokens": cfg.steps * cfg.batch_size * cfg.seq_len,
-        "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+        "steps": cfg.steps,
+        "tokens": cfg.steps * cfg.batch_size * cfg.seq_len,
+        "train_seconds": round(seconds, 1),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
         "behaviour": behaviour.to_dict()["tasks"],
     }
     print("| steps | tokens | threads | train time (s) | tokens/s |")
     print("|---|---|---|---|---|")
-    print(f"| {cfg.steps} | {result['tokens']} | {result['threads']} | {seconds:.1f} | "
-          f"{result['tokens'] / seconds:.0f} |")
+    print(
+        f"| {cfg.steps} | {result['tokens']} | {result['threads']} | {seconds:.1f} | {result['tokens'] / seconds:.0f} |"
+    )
     print()
     print(format_table(behaviour))
     if args.json:

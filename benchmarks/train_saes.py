@@ -35,13 +35,16 @@ def main() -> None:
     quality = evaluate_saes(model, saes, progress=not args.quiet)
     print("| SAEs | arch | width | k | tokens per SAE | threads | train time (s) |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| {len(saes)} | {cfg.arch} | {cfg.width} | {cfg.k} | {cfg.n_tokens} | "
-          f"{torch.get_num_threads()} | {seconds:.1f} |")
+    print(
+        f"| {len(saes)} | {cfg.arch} | {cfg.width} | {cfg.k} | {cfg.n_tokens} | "
+        f"{torch.get_num_threads()} | {seconds:.1f} |"
+    )
     print()
     print(format_table(quality))
     if args.json:
-        Path(args.json).write_text(json.dumps({"train_seconds": seconds, "config": cfg.to_dict(),
-                                               **quality.to_dict()}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"train_seconds": seconds, "config": cfg.to_dict(), **quality.to_dict()}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,7 @@ def node_masks(nodes: list[Node], saes: SAESet, n_pos: int) -> Masks:
         if n.latent is None:
             masks[n.hook].error[where] = True
         elif not 0 <= n.latent < saes[n.hook].cfg.d_sae:
-            raise CircuitsError(f"node {n.hook}/{n.latent}: latent out of range (the SAE has "
-                                f"{saes[n.hook].cfg.d_sae})")
+            raise CircuitsError(f"node {n.hook}/{n.latent}: latent out of range (the SAE has {saes[n.hook].cfg.d_sae})")
         else:
             masks[n.hook].latents[where, n.latent] = True
     return masks
@@ -76,16 +75,18 @@ def check_graph(graph: nx.DiGraph, model: HookedTransformer, saes: SAESet) -> No
         if hook not in saes:
             raise CircuitsError(f"the circuit was found with an SAE at {hook}; this SAE set has none")
         if saes[hook].cfg.d_sae != width:
-            raise CircuitsError(f"the circuit's SAE at {hook} has {width} latents; this set's has "
-                                f"{saes[hook].cfg.d_sae}")
+            raise CircuitsError(
+                f"the circuit's SAE at {hook} has {width} latents; this set's has {saes[hook].cfg.d_sae}"
+            )
     n_layers = graph.graph.get("model", {}).get("n_layers")
     if n_layers is not None and n_layers != model.cfg.n_layers:
         raise CircuitsError(f"the circuit is from a {n_layers}-layer model; this model has {model.cfg.n_layers}")
 
 
 @torch.no_grad()
-def reference_values(model: HookedTransformer, saes: SAESet, task: Task, how: Ablation,
-                     seed: int = 0) -> dict[str, NodeValues]:
+def reference_values(
+    model: HookedTransformer, saes: SAESet, task: Task, how: Ablation, seed: int = 0
+) -> dict[str, NodeValues]:
     """What ablated nodes are set to, per hook: zeros, the per-position mean over the task's
     clean prompts (``[pos, ...]``), or another example's clean values (``[batch, pos, ...]``;
     example i takes a fixed other example's)."""
@@ -116,15 +117,17 @@ def _derangement(n: int, seed: int) -> torch.Tensor:
 def ablated(model: HookedTransformer, saes: SAESet, masks: Masks, values: dict[str, NodeValues]) -> Iterator[None]:
     """Inside the block, forward passes of ``model`` run with the masked nodes replaced by
     ``values`` (from ``reference_values``); hooks are removed on exit, also on error."""
-    edits = {h: (lambda v, m=m, ref=values[h]: v.where(m, ref)) for h, m in masks.items()
-             if m.latents.any() or m.error.any()}
+    edits = {
+        h: (lambda v, m=m, ref=values[h]: v.where(m, ref)) for h, m in masks.items() if m.latents.any() or m.error.any()
+    }
     with spliced(model, saes, hooks=list(edits), edits=edits):
         yield
 
 
 @torch.no_grad()
-def metric_with(model: HookedTransformer, saes: SAESet, task: Task, masks: Masks | None,
-                values: dict[str, NodeValues]) -> float:
+def metric_with(
+    model: HookedTransformer, saes: SAESet, task: Task, masks: Masks | None, values: dict[str, NodeValues]
+) -> float:
     """Mean metric with ``masks`` ablated (None: the plain model)."""
     if masks is None:
         return task.metric_per_example(model(task.clean)).mean().item()
@@ -153,8 +156,10 @@ class Faithfulness:
         """F of a circuit whose ablated run has metric ``m``."""
         denom = self.m_model - self.m_empty
         if abs(denom) <= 1e-6 * max(abs(self.m_model), abs(self.m_empty), 1e-6):
-            raise CircuitsError(f"faithfulness is undefined: the model's metric ({self.m_model:.4g}) equals the "
-                                f"metric with every node ablated ({self.m_empty:.4g})")
+            raise CircuitsError(
+                f"faithfulness is undefined: the model's metric ({self.m_model:.4g}) equals the "
+                f"metric with every node ablated ({self.m_empty:.4g})"
+            )
         return (m - self.m_empty) / denom
 
 
@@ -167,8 +172,10 @@ class _Ablator:
         self.values = reference_values(model, saes, self.task, how, seed)
         self.n_pos = self.task.n_pos
         everything = complement(empty_masks(saes, self.n_pos))
-        self.ref = Faithfulness(metric_with(model, saes, self.task, None, self.values),
-                                metric_with(model, saes, self.task, everything, self.values))
+        self.ref = Faithfulness(
+            metric_with(model, saes, self.task, None, self.values),
+            metric_with(model, saes, self.task, everything, self.values),
+        )
 
     def metric_without(self, nodes: list[Node]) -> float:
         masks = node_masks(nodes, self.saes, self.n_pos)
@@ -182,8 +189,9 @@ class _Ablator:
         return self.ref.of(self.metric_of(nodes))
 
 
-def faithfulness(model: HookedTransformer, saes: SAESet, task: Task, nodes: list[Node],
-                 how: Ablation = "mean", seed: int = 0) -> Faithfulness:
+def faithfulness(
+    model: HookedTransformer, saes: SAESet, task: Task, nodes: list[Node], how: Ablation = "mean", seed: int = 0
+) -> Faithfulness:
     """Faithfulness and completeness of the circuit ``nodes`` on ``task``."""
     ab = _Ablator(model, saes, task, how, seed)
     return Faithfulness(ab.ref.m_model, ab.ref.m_empty, ab.metric_of(nodes), ab.metric_without(nodes))
@@ -269,9 +277,16 @@ class PrunedCircuit:
     path: str = ""
 
 
-def faithfulness_curve(model: HookedTransformer, saes: SAESet, task: Task, ranked: list[Node],
-                       how: Ablation = "mean", n_random: int = 3, seed: int = 0,
-                       progress: bool = True) -> FaithfulnessCurve:
+def faithfulness_curve(
+    model: HookedTransformer,
+    saes: SAESet,
+    task: Task,
+    ranked: list[Node],
+    how: Ablation = "mean",
+    n_random: int = 3,
+    seed: int = 0,
+    progress: bool = True,
+) -> FaithfulnessCurve:
     """F of the top-k ranked nodes for log-spaced k, with a random circuit of the same size
     (same numbers of latents and error nodes, drawn from ``live_nodes``) as a baseline;
     completeness of the whole ranked list; CPR = area under F, CMD = area under |1 - F|, over
@@ -285,20 +300,40 @@ def faithfulness_curve(model: HookedTransformer, saes: SAESet, task: Task, ranke
     for k in tqdm(log_sizes(len(ranked)), desc="faithfulness curve", disable=not progress):
         top = ranked[:k]
         n_lat, n_err = _counts(top)
-        randoms = [ab.faithfulness(rng.sample(pool_lat, min(n_lat, len(pool_lat))) +
-                                   rng.sample(pool_err, min(n_err, len(pool_err)))) for _ in range(n_random)]
+        randoms = [
+            ab.faithfulness(
+                rng.sample(pool_lat, min(n_lat, len(pool_lat))) + rng.sample(pool_err, min(n_err, len(pool_err)))
+            )
+            for _ in range(n_random)
+        ]
         curve.append(CurvePoint(n_lat, n_err, ab.faithfulness(top), sum(randoms) / len(randoms)))
     completeness = ab.ref.of(ab.metric_without(ranked))
     xs = [0.0] + [(c.n_nodes + c.n_error_nodes) / max(len(ranked), 1) for c in curve]
     fs = [0.0] + [c.faithfulness for c in curve]
     cpr = sum((xs[i + 1] - xs[i]) * (fs[i + 1] + fs[i]) / 2 for i in range(len(curve)))
     cmd = sum((xs[i + 1] - xs[i]) * (abs(1 - fs[i + 1]) + abs(1 - fs[i])) / 2 for i in range(len(curve)))
-    return FaithfulnessCurve(how, ab.ref.m_model, ab.ref.m_empty, curve[-1].faithfulness if curve else 0.0,
-                             completeness, cpr, cmd, curve, *_counts(ranked))
+    return FaithfulnessCurve(
+        how,
+        ab.ref.m_model,
+        ab.ref.m_empty,
+        curve[-1].faithfulness if curve else 0.0,
+        completeness,
+        cpr,
+        cmd,
+        curve,
+        *_counts(ranked),
+    )
 
 
-def smallest_faithful(model: HookedTransformer, saes: SAESet, task: Task, ranked: list[Node],
-                      target: float = 0.9, how: Ablation = "mean", seed: int = 0) -> tuple[int, float]:
+def smallest_faithful(
+    model: HookedTransformer,
+    saes: SAESet,
+    task: Task,
+    ranked: list[Node],
+    target: float = 0.9,
+    how: Ablation = "mean",
+    seed: int = 0,
+) -> tuple[int, float]:
     """The smallest k whose top-k ranked nodes reach faithfulness ``target`` (searched over
     log-spaced sizes, then bisected between the last miss and the first hit), with its F;
     ``(len(ranked), F)`` of the whole list when it never does."""
@@ -325,8 +360,15 @@ def smallest_faithful(model: HookedTransformer, saes: SAESet, task: Task, ranked
     return len(ranked), f_of(len(ranked))
 
 
-def prune_by_ablation(graph: nx.DiGraph, model: HookedTransformer, saes: SAESet, task: Task,
-                      target: float = 0.9, how: Ablation = "mean", seed: int = 0) -> tuple[nx.DiGraph, PrunedCircuit]:
+def prune_by_ablation(
+    graph: nx.DiGraph,
+    model: HookedTransformer,
+    saes: SAESet,
+    task: Task,
+    target: float = 0.9,
+    how: Ablation = "mean",
+    seed: int = 0,
+) -> tuple[nx.DiGraph, PrunedCircuit]:
     """The circuit cut to its smallest top-|effect| prefix reaching faithfulness ``target``
     (embeddings kept), and what that prefix achieves."""
     ranked = ranked_nodes(graph)
@@ -334,6 +376,8 @@ def prune_by_ablation(graph: nx.DiGraph, model: HookedTransformer, saes: SAESet,
     keep = set(ranked[:k])
     kept = [n for n, node in nodes_of(graph).items() if node.is_embed or node in keep]
     small = graph.subgraph(kept + [METRIC]).copy()
-    small.graph = {**graph.graph, "pruned_by_ablation": {"target": target, "faithfulness": f,
-                                                          "ablation": how, "nodes": k}}
+    small.graph = {
+        **graph.graph,
+        "pruned_by_ablation": {"target": target, "faithfulness": f, "ablation": how, "nodes": k},
+    }
     return small, PrunedCircuit(*_counts(ranked[:k]), f, f >= target)

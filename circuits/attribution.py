@@ -50,8 +50,10 @@ def prepare(model: HookedTransformer, task: Task) -> Task:
     task.check_fits(model.cfg.n_ctx)
     if task.metric == "kl" and task.reference is None:
         with torch.no_grad():  # in batches: the full [pairs, pos, vocab] logits are never held
-            refs = [task.subset(slice(lo, lo + 64)).with_reference(model(task.clean[lo:lo + 64])).reference
-                    for lo in range(0, task.n_examples, 64)]
+            refs = [
+                task.subset(slice(lo, lo + 64)).with_reference(model(task.clean[lo : lo + 64])).reference
+                for lo in range(0, task.n_examples, 64)
+            ]
         task = replace(task, reference=torch.cat(refs))
     return task
 
@@ -97,12 +99,20 @@ def run_batch(model: HookedTransformer, saes: SAESet, part: Task, hooks: list[st
     hooks = list(saes) if hooks is None else [h for h in hooks if h != EMBED_HOOK]
     clean = {h: encode_at(saes, h, cache[h]) for h in [*hooks, EMBED_HOOK]}
     corrupt = {h: encode_at(saes, h, cache_p[h]) for h in [*hooks, EMBED_HOOK]}
-    return BatchRun(part, clean, corrupt, {n: cache[n] for n in names}, {n: cache_p[n] for n in names},
-                    part.metric_per_example(logits), part.metric_per_example(logits_p))
+    return BatchRun(
+        part,
+        clean,
+        corrupt,
+        {n: cache[n] for n in names},
+        {n: cache_p[n] for n in names},
+        part.metric_per_example(logits),
+        part.metric_per_example(logits_p),
+    )
 
 
-def clean_grads(model: HookedTransformer, saes: SAESet, run: BatchRun,
-                hooks: list[str] | None = None) -> dict[str, torch.Tensor]:
+def clean_grads(
+    model: HookedTransformer, saes: SAESet, run: BatchRun, hooks: list[str] | None = None
+) -> dict[str, torch.Tensor]:
     """dm/d(activation) on the clean run at ``hooks`` (default: every SAE hook) and the
     embeddings, from one backward pass (metric summed over examples, so each example's rows
     hold its own gradient). The splice passes gradients through unchanged, so no SAE need
@@ -147,8 +157,9 @@ def _start_layer(hook: str) -> int:
     return sub.layer if sub.kind == "attn" else sub.layer + 1
 
 
-def ig_grads(model: HookedTransformer, saes: SAESet, run: BatchRun, hooks: list[str],
-             steps: int) -> dict[str, torch.Tensor]:
+def ig_grads(
+    model: HookedTransformer, saes: SAESet, run: BatchRun, hooks: list[str], steps: int
+) -> dict[str, torch.Tensor]:
     """dm/d(activation) at each of ``hooks`` (``EMBED_HOOK`` allowed) averaged over its IG
     path: the activation at clean + (k + 1/2)/steps (corrupt - clean), k = 0..steps-1,
     everything else computed. The SAE's decoder is affine, so interpolating a hook's latents
@@ -165,7 +176,7 @@ def ig_grads(model: HookedTransformer, saes: SAESet, run: BatchRun, hooks: list[
     for start, group in sorted(by_start.items()):
         copies = [(h, k) for h in group for k in range(steps)]
         for lo in range(0, len(copies), per_pass):
-            for h, g in _ig_pass(model, run, start, copies[lo:lo + per_pass], steps).items():
+            for h, g in _ig_pass(model, run, start, copies[lo : lo + per_pass], steps).items():
                 sums[h] = g if h not in sums else sums[h] + g
     return {h: g / steps for h, g in sums.items()}
 
@@ -196,7 +207,7 @@ def _ig_pass(model, run: BatchRun, start: int, copies: list[tuple[str, int]], st
 
     def patch(act: torch.Tensor, hook) -> torch.Tensor:
         rows, path = points[hook.name]
-        return torch.cat([act[:rows.start], path, act[rows.stop:]])
+        return torch.cat([act[: rows.start], path, act[rows.stop :]])
 
     tiled = run.part.subset(torch.arange(b).repeat(row // b))
     with model.hooks(fwd_hooks=[(h, patch) for h in inner]):
@@ -217,8 +228,9 @@ def _metric_from(model: HookedTransformer, task: Task, x: torch.Tensor, start: i
     return replace(task, lengths=None).metric_per_example(logits)
 
 
-def batch_grads(model: HookedTransformer, saes: SAESet, run: BatchRun, method: Method, steps: int,
-                hooks: list[str] | None = None) -> dict[str, torch.Tensor]:
+def batch_grads(
+    model: HookedTransformer, saes: SAESet, run: BatchRun, method: Method, steps: int, hooks: list[str] | None = None
+) -> dict[str, torch.Tensor]:
     """dm/d(activation) by ``method`` at ``hooks`` (default: every SAE hook and the
     embeddings)."""
     if method == "atp":  # one backward pass gives every hook's gradient at the clean point
@@ -254,9 +266,16 @@ def _check_method(method: str, steps: int) -> None:
         raise CircuitsError(f"IG needs at least one step, got steps={steps}")
 
 
-def first_pass(model: HookedTransformer, saes: SAESet, task: Task, method: Method | None = "ig",
-               steps: int = 10, batch_size: int = 32, progress: bool = True,
-               keep_grads: Path | None = None) -> FirstPass:
+def first_pass(
+    model: HookedTransformer,
+    saes: SAESet,
+    task: Task,
+    method: Method | None = "ig",
+    steps: int = 10,
+    batch_size: int = 32,
+    progress: bool = True,
+    keep_grads: Path | None = None,
+) -> FirstPass:
     """Stream over ``task`` in batches: the metrics, mean activations and (unless ``method``
     is None) every node's effect. Memory holds one batch and the running sums; with
     ``keep_grads`` (a folder), each batch's activation gradients are written there as
@@ -268,16 +287,20 @@ def first_pass(model: HookedTransformer, saes: SAESet, task: Task, method: Metho
     effects = {h: NodeValues.zeros((p,), d) for h, (p, d) in shapes.items()}
     acts = {h: NodeValues.zeros((p,), d) for h, (p, d) in shapes.items()}
     metrics = torch.zeros(2, dtype=torch.float64)
-    for lo in tqdm(batch_starts(task.n_examples, batch_size), desc=f"attribution ({method or 'metrics'})",
-                   disable=not (progress and is_main())):
+    for lo in tqdm(
+        batch_starts(task.n_examples, batch_size),
+        desc=f"attribution ({method or 'metrics'})",
+        disable=not (progress and is_main()),
+    ):
         run = run_batch(model, saes, task.subset(slice(lo, lo + batch_size)))
         sums = torch.stack([run.clean_metric.sum(), run.corrupt_metric.sum()]).double().cpu()
         for name, value in zip(("clean", "corrupt"), sums.tolist(), strict=False):
             if not math.isfinite(value):  # before any gradient: say which run
                 raise CircuitsError(f"task {task.name}: the {name} metric is not finite ({value})")
         metrics += sums
-        add_into(acts, {h: NodeValues(v.latents.sum(0), v.error.norm(dim=-1).sum(0)).cpu()
-                        for h, v in run.clean.items()})
+        add_into(
+            acts, {h: NodeValues(v.latents.sum(0), v.error.norm(dim=-1).sum(0)).cpu() for h, v in run.clean.items()}
+        )
         if method is not None:
             grads = batch_grads(model, saes, run, method, steps)
             if keep_grads is not None:  # for discovery's second pass
@@ -285,12 +308,23 @@ def first_pass(model: HookedTransformer, saes: SAESet, task: Task, method: Metho
             add_into(effects, {h: (run.delta(h) @ node_grads(saes, h, g)).sum(0).cpu() for h, g in grads.items()})
     all_reduce([metrics, *flat(effects), *flat(acts)])
     n = task.n_examples
-    return FirstPass(NodeEffects({h: v / n for h, v in effects.items()}, method or "none", n),
-                     {h: v / n for h, v in acts.items()}, metrics[0].item() / n, metrics[1].item() / n)
+    return FirstPass(
+        NodeEffects({h: v / n for h, v in effects.items()}, method or "none", n),
+        {h: v / n for h, v in acts.items()},
+        metrics[0].item() / n,
+        metrics[1].item() / n,
+    )
 
 
-def node_effects(model: HookedTransformer, saes: SAESet, task: Task, method: Method = "ig",
-                 steps: int = 10, batch_size: int = 32, progress: bool = True) -> NodeEffects:
+def node_effects(
+    model: HookedTransformer,
+    saes: SAESet,
+    task: Task,
+    method: Method = "ig",
+    steps: int = 10,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> NodeEffects:
     """Effects of every latent and error node of ``saes`` (and of the embeddings) on
     ``task``'s metric (AtP or IG), streamed over batches of examples so memory does not grow
     with their number."""
@@ -309,8 +343,7 @@ def set_node(values: NodeValues, node: Node, new: NodeValues) -> NodeValues:
     return out
 
 
-def _mean_metric(model: HookedTransformer, task: Task, tokens: torch.Tensor | None = None,
-                 **kwargs) -> torch.Tensor:
+def _mean_metric(model: HookedTransformer, task: Task, tokens: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
     return task.metric_per_example(model(task.clean if tokens is None else tokens, **kwargs)).mean()
 
 

@@ -48,20 +48,25 @@ def evaluate_task(model: HookedTransformer, task: Task, batch_size: int = 256) -
     )
 
 
-def evaluate_model(model: HookedTransformer, tasks: list[str] | None = None, n: int = 256,
-                   seed: int = 0, split: str = "eval") -> ModelEvaluation:
+def evaluate_model(
+    model: HookedTransformer, tasks: list[str] | None = None, n: int = 256, seed: int = 0, split: str = "eval"
+) -> ModelEvaluation:
     """Every task in ``tasks`` (default: the built-in ones) on held-out prompts."""
     names = list(BUILTIN_TASKS) if tasks is None else tasks
-    return ModelEvaluation({name: evaluate_task(model, make_task(name, model.tokenizer, n, seed, split))
-                            for name in names})
+    return ModelEvaluation(
+        {name: evaluate_task(model, make_task(name, model.tokenizer, n, seed, split)) for name in names}
+    )
 
 
-METRIC_NAMES = {"ioi": "logit diff", "sva": "logit diff", "greater_than": "prob diff",
-                "induction": "log-prob"}
+METRIC_NAMES = {"ioi": "logit diff", "sva": "logit diff", "greater_than": "prob diff", "induction": "log-prob"}
 
 
 def format_table(result: ModelEvaluation) -> str:
     """The behaviour table (markdown)."""
-    return markdown_table(["task", "metric", "accuracy", "clean", "corrupt"],
-                          [[name, METRIC_NAMES.get(name, ""), s.accuracy, s.clean_metric, s.corrupt_metric]
-                           for name, s in result.tasks.items()])
+    return markdown_table(
+        ["task", "metric", "accuracy", "clean", "corrupt"],
+        [
+            [name, METRIC_NAMES.get(name, ""), s.accuracy, s.clean_metric, s.corrupt_metric]
+            for name, s in result.tasks.items()
+        ],
+    )

@@ -36,9 +36,17 @@ class FeatureCard:
 
 
 @torch.no_grad()
-def feature_cards(model: HookedTransformer, saes: SAESet, keys: list[tuple[str, int]], n_seqs: int = 256,
-                  seq_len: int = 64, top: int = 8, bins: int = 20, window: int = 6,
-                  batch_size: int = 32) -> dict[tuple[str, int], FeatureCard]:
+def feature_cards(
+    model: HookedTransformer,
+    saes: SAESet,
+    keys: list[tuple[str, int]],
+    n_seqs: int = 256,
+    seq_len: int = 64,
+    top: int = 8,
+    bins: int = 20,
+    window: int = 6,
+    batch_size: int = 32,
+) -> dict[tuple[str, int], FeatureCard]:
     """Cards for ``(hook, latent)`` keys from a fixed sample of the toy corpus (BOS skipped)."""
     from circuits.splice import spliced
     from tasks.corpus import corpus_tokens
@@ -51,7 +59,7 @@ def feature_cards(model: HookedTransformer, saes: SAESet, keys: list[tuple[str, 
     acts = {h: [] for h in hooks}
     for lo in range(0, n_seqs, batch_size):
         with spliced(model, saes, hooks=hooks) as nodes:
-            model(tokens[lo:lo + batch_size])
+            model(tokens[lo : lo + batch_size])
         for h in hooks:
             acts[h].append(nodes[h].latents[:, 1:, index[h]].detach().float())
     cards = {}
@@ -69,15 +77,29 @@ def feature_cards(model: HookedTransformer, saes: SAESet, keys: list[tuple[str, 
                 s, p = divmod(i, col.shape[1])
                 p += 1  # BOS was skipped
                 lo = max(1, p - window)
-                contexts.append({"tokens": model.to_str_tokens(tokens[s, lo:p + 2]), "index": p - lo,
-                                 "activation": float(flat[i])})
+                contexts.append(
+                    {
+                        "tokens": model.to_str_tokens(tokens[s, lo : p + 2]),
+                        "index": p - lo,
+                        "activation": float(flat[i]),
+                    }
+                )
             live = flat[flat > 0]
             peak = float(live.max()) if len(live) else 0.0
             hist = torch.histc(live, bins=bins, min=0, max=peak).int().tolist() if len(live) else [0] * bins
             logits = saes[h].W_dec[latent].detach() @ w_u
             up, down = logits.topk(5), (-logits).topk(5)
             cards[(h, latent)] = FeatureCard(
-                h, latent, contexts, hist, peak, float(len(live)) / max(flat.numel(), 1),
+                h,
+                latent,
+                contexts,
+                hist,
+                peak,
+                float(len(live)) / max(flat.numel(), 1),
                 [(model.to_single_str_token(int(t)), float(v)) for v, t in zip(up.values, up.indices, strict=False)],
-                [(model.to_single_str_token(int(t)), -float(v)) for v, t in zip(down.values, down.indices, strict=False)])
+                [
+                    (model.to_single_str_token(int(t)), -float(v))
+                    for v, t in zip(down.values, down.indices, strict=False)
+                ],
+            )
     return cards

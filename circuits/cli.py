@@ -39,15 +39,21 @@ def _train_saes(args: argparse.Namespace) -> None:
 
     layers = None if args.layers is None else tuple(_int_list(args.layers, "--layers"))
     model = load_model(args.model, progress=not args.quiet)
-    cfg = SAETrainConfig(arch=args.arch, kinds=_kinds(args.hooks), layers=layers, width=args.width, k=args.k,
-                         n_tokens=args.tokens, seed=args.seed,
-                         seq_len=min(field_default(SAETrainConfig, "seq_len"), model.cfg.n_ctx))
+    cfg = SAETrainConfig(
+        arch=args.arch,
+        kinds=_kinds(args.hooks),
+        layers=layers,
+        width=args.width,
+        k=args.k,
+        n_tokens=args.tokens,
+        seed=args.seed,
+        seq_len=min(field_default(SAETrainConfig, "seq_len"), model.cfg.n_ctx),
+    )
     default = default_cache_dir() / ("saes-toy" if args.model == TOY_NAME else f"saes-{Path(args.model).name}")
     folder = Path(args.out) if args.out else default
     start = time.perf_counter()
     saes = train_sae_set(model, cfg, folder, progress=not args.quiet)
-    print(f"trained {len(saes)} {cfg.arch} SAEs (width {cfg.width}) in "
-          f"{time.perf_counter() - start:.0f} s -> {folder}")
+    print(f"trained {len(saes)} {cfg.arch} SAEs (width {cfg.width}) in {time.perf_counter() - start:.0f} s -> {folder}")
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -107,9 +113,15 @@ def _discover_job(args: argparse.Namespace):
 
     model, saes = _load_placed(args)
     task = _load_task(args, model)
-    cfg = DiscoverConfig(method=args.method, steps=args.steps, node_threshold=args.node_threshold,
-                         edge_threshold=args.edge_threshold, top_n=args.top_n,
-                         batch_size=args.batch_size, edges=not args.no_edges)
+    cfg = DiscoverConfig(
+        method=args.method,
+        steps=args.steps,
+        node_threshold=args.node_threshold,
+        edge_threshold=args.edge_threshold,
+        top_n=args.top_n,
+        batch_size=args.batch_size,
+        edges=not args.no_edges,
+    )
     return discover_fitting(model, saes, task, cfg, progress=not args.quiet)
 
 
@@ -144,8 +156,10 @@ def _discover(args: argparse.Namespace) -> None:
     save_graph(graph, path)
     print(summary(graph))
     procs = max(args.nproc, rank_and_world()[1])
-    print(f"\n{graph.graph['discover']['method']} discovery in {time.perf_counter() - start:.1f} s "
-          f"({procs} process{'es' if procs > 1 else ''}) -> {path}")
+    print(
+        f"\n{graph.graph['discover']['method']} discovery in {time.perf_counter() - start:.1f} s "
+        f"({procs} process{'es' if procs > 1 else ''}) -> {path}"
+    )
 
 
 def _writable(folder: Path) -> Path:
@@ -163,8 +177,9 @@ def _check_attribution(args: argparse.Namespace) -> None:
 
     model, saes = _load_placed(args)
     task = _load_task(args, model)
-    result = check_attribution(model, saes, task, n_top=args.top, steps=args.steps,
-                               n_edges=args.edges, progress=not args.quiet)
+    result = check_attribution(
+        model, saes, task, n_top=args.top, steps=args.steps, n_edges=args.edges, progress=not args.quiet
+    )
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
 
 
@@ -179,8 +194,7 @@ def _circuit_setup(args: argparse.Namespace):
     graph = load_graph(args.circuit)
     src = graph.graph.get("sources", {})
     model = load_model(args.model or src.get("model", "toy"), progress=not args.quiet)
-    saes = _restrict(load_saes(args.saes or src.get("saes", "toy"), model, progress=not args.quiet),
-                     src.get("hooks"))
+    saes = _restrict(load_saes(args.saes or src.get("saes", "toy"), model, progress=not args.quiet), src.get("hooks"))
     check_graph(graph, model, saes)
     name = args.task or src.get("task") or graph.graph.get("task")
     seed = args.seed if args.seed is not None else src.get("seed", 0) + 1  # held-out prompts by default
@@ -195,28 +209,36 @@ def _validate(args: argparse.Namespace) -> None:
 
     graph, model, saes, task = _circuit_setup(args)
     folder = _writable(Path(args.circuit).parent)
-    result = faithfulness_curve(model, saes, task, ranked_nodes(graph), args.ablation, seed=args.seed or 0,
-                                progress=not args.quiet)
-    png = plot_faithfulness(result, folder / "faithfulness.png",
-                            title=f"{graph.graph.get('task')}: {result.ablation} ablation, "
-                                  f"{task.n_examples} held-out pairs")
+    result = faithfulness_curve(
+        model, saes, task, ranked_nodes(graph), args.ablation, seed=args.seed or 0, progress=not args.quiet
+    )
+    png = plot_faithfulness(
+        result,
+        folder / "faithfulness.png",
+        title=f"{graph.graph.get('task')}: {result.ablation} ablation, {task.n_examples} held-out pairs",
+    )
     if args.prune:
         small, result.pruned = prune_by_ablation(graph, model, saes, task, args.target, args.ablation)
         result.pruned.path = str(save_graph(small, folder / "circuit.pruned.json"))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return
-    print(f"{result.ablation} ablation, {task.n_examples} pairs: faithfulness {result.faithfulness:.3f}, "
-          f"completeness {result.completeness:.3f}, CPR {result.cpr:.3f}, CMD {result.cmd:.3f} "
-          f"({result.n_nodes} feature nodes, {result.n_error_nodes} error nodes)")
+    print(
+        f"{result.ablation} ablation, {task.n_examples} pairs: faithfulness {result.faithfulness:.3f}, "
+        f"completeness {result.completeness:.3f}, CPR {result.cpr:.3f}, CMD {result.cmd:.3f} "
+        f"({result.n_nodes} feature nodes, {result.n_error_nodes} error nodes)"
+    )
     print("\n| feature nodes | error nodes | faithfulness | random circuit |\n|---|---|---|---|")
     for c in result.curve:
         print(f"| {c.n_nodes} | {c.n_error_nodes} | {c.faithfulness:.3f} | {c.random_faithfulness:.3f} |")
     if result.pruned is not None:
         p = result.pruned
-        print(f"\nsmallest prefix with faithfulness >= {args.target}: {p.n_nodes} feature + {p.n_error_nodes} "
-              f"error nodes, F {p.faithfulness:.3f}" + ("" if p.reached_target else " (target not reached)")
-              + f" -> {p.path}")
+        print(
+            f"\nsmallest prefix with faithfulness >= {args.target}: {p.n_nodes} feature + {p.n_error_nodes} "
+            f"error nodes, F {p.faithfulness:.3f}"
+            + ("" if p.reached_target else " (target not reached)")
+            + f" -> {p.path}"
+        )
     print(f"\n-> {png}")
 
 
@@ -248,9 +270,20 @@ def _edit(args: argparse.Namespace) -> None:
         print(json.dumps(report.to_dict(), indent=2))
         return
     print(f"edit: {edit.description or f'{len(edit.features)} features'}\n")
-    print_table(["task", "accuracy before", "after", "metric before", "after", "moved (share of clean-corrupt range)"],
-                [[name, r.before.accuracy, r.after.accuracy, r.before.clean_metric, r.after.clean_metric,
-                  f"{r.relative_change:+.1%}"] for name, r in report.tasks.items()])
+    print_table(
+        ["task", "accuracy before", "after", "metric before", "after", "moved (share of clean-corrupt range)"],
+        [
+            [
+                name,
+                r.before.accuracy,
+                r.after.accuracy,
+                r.before.clean_metric,
+                r.after.clean_metric,
+                f"{r.relative_change:+.1%}",
+            ]
+            for name, r in report.tasks.items()
+        ],
+    )
     print("\ngreedy completions:\n")
     print_table(["prompt", "before", "after"], [[c.prompt, c.before, c.after] for c in report.completions])
 
@@ -265,12 +298,18 @@ def _demo(args: argparse.Namespace) -> None:
     graph, val = result.graph, result.validation
     g = graph.graph
     print(f"IOI on the embedded model: clean logit diff {g['clean_metric']:.2f}, corrupt {g['corrupt_metric']:.2f}")
-    print(f"circuit: {len(feature_nodes(graph))} feature + {len(error_nodes(graph))} error nodes, "
-          f"{graph.number_of_edges()} edges ({g['discover']['method']}, {g['n_examples']} pairs)")
-    print(f"validation (mean ablation, held-out): faithfulness {val.faithfulness:.3f}, "
-          f"completeness {val.completeness:.3f}\n")
-    print_table(["task", "moved by the edit (top 100 features off)"],
-                [[name, f"{r.relative_change:+.0%}"] for name, r in result.edit.tasks.items()])
+    print(
+        f"circuit: {len(feature_nodes(graph))} feature + {len(error_nodes(graph))} error nodes, "
+        f"{graph.number_of_edges()} edges ({g['discover']['method']}, {g['n_examples']} pairs)"
+    )
+    print(
+        f"validation (mean ablation, held-out): faithfulness {val.faithfulness:.3f}, "
+        f"completeness {val.completeness:.3f}\n"
+    )
+    print_table(
+        ["task", "moved by the edit (top 100 features off)"],
+        [[name, f"{r.relative_change:+.0%}"] for name, r in result.edit.tasks.items()],
+    )
     if result.missing_dot:
         print(f"circuits: warning: {result.missing_dot}", file=sys.stderr)
     print()
@@ -292,7 +331,7 @@ def _export(args: argparse.Namespace) -> None:
     if args.annotations:
         annotations = read_json(args.annotations, "annotation file")
         if not isinstance(annotations, dict):
-            raise CircuitsError(f"annotation file {args.annotations}: expected {{\"node id\": \"text\"}}")
+            raise CircuitsError(f'annotation file {args.annotations}: expected {{"node id": "text"}}')
     cards = {}
     if args.format in (*FORMATS, "circuit-tracer") and not args.no_descriptions:
         cards = _cards_for(graph, args)
@@ -356,9 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="circuits", description="Find feature circuits in transformer language models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("train-model", help="train the embedded toy-language model",
-                       description="Train the embedded default model on the toy language and save "
-                                   "it (resumes an interrupted run from its last checkpoint).")
+    p = sub.add_parser(
+        "train-model",
+        help="train the embedded toy-language model",
+        description="Train the embedded default model on the toy language and save "
+        "it (resumes an interrupted run from its last checkpoint).",
+    )
     p.add_argument("--out", help="model folder (default: the cache's toy/ folder)")
     steps, seed = field_default(ToyModelConfig, "steps"), field_default(ToyModelConfig, "seed")
     p.add_argument("--steps", type=int, default=steps, help=_default("training steps", steps))
@@ -366,9 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_model)
 
-    p = sub.add_parser("eval-model", help="accuracy and metrics of a model on the built-in tasks",
-                       description="Evaluate a model on held-out prompts of the built-in tasks: "
-                                   "accuracy and mean clean / corrupt metric per task.")
+    p = sub.add_parser(
+        "eval-model",
+        help="accuracy and metrics of a model on the built-in tasks",
+        description="Evaluate a model on held-out prompts of the built-in tasks: "
+        "accuracy and mean clean / corrupt metric per task.",
+    )
     p.add_argument("--model", default="toy", help="'toy', a model folder, or a TransformerLens name")
     p.add_argument("--tasks", nargs="+", help="tasks to run (default: all built-in)")
     n, seed = param_default(evaluate_model, "n"), param_default(evaluate_model, "seed")
@@ -379,36 +424,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_eval_model)
 
-    p = sub.add_parser("train-saes", help="train an SAE per hook point of a model",
-                       description="Train one sae-lens SAE per hook (resid_post, mlp_out, attn_out "
-                                   "of every layer by default) on the model's activations over the "
-                                   "toy language, one model pass feeding every SAE; resumable.")
+    p = sub.add_parser(
+        "train-saes",
+        help="train an SAE per hook point of a model",
+        description="Train one sae-lens SAE per hook (resid_post, mlp_out, attn_out "
+        "of every layer by default) on the model's activations over the "
+        "toy language, one model pass feeding every SAE; resumable.",
+    )
     p.add_argument("--model", default="toy", help="'toy' or a model folder (default toy)")
 
     def sae_default(name: str):
         return field_default(SAETrainConfig, name)
 
     # choices are checked by SAETrainConfig (one source of truth, its one-line errors)
-    p.add_argument("--arch", default=sae_default("arch"),
-                   help=_default(f"one of {', '.join(field_choices(SAETrainConfig, 'arch'))}", sae_default("arch")))
-    p.add_argument("--hooks", default=",".join(sae_default("kinds")),
-                   help=_default(f"hook kinds, comma-separated, of {', '.join(field_choices(SAETrainConfig, 'kinds'))}",
-                                 sae_default("kinds")))
+    p.add_argument(
+        "--arch",
+        default=sae_default("arch"),
+        help=_default(f"one of {', '.join(field_choices(SAETrainConfig, 'arch'))}", sae_default("arch")),
+    )
+    p.add_argument(
+        "--hooks",
+        default=",".join(sae_default("kinds")),
+        help=_default(
+            f"hook kinds, comma-separated, of {', '.join(field_choices(SAETrainConfig, 'kinds'))}", sae_default("kinds")
+        ),
+    )
     p.add_argument("--layers", help="layers, comma-separated (default: all)")
-    p.add_argument("--width", type=int, default=sae_default("width"), help=_default("latents per SAE", sae_default("width")))
-    p.add_argument("--k", type=int, default=sae_default("k"),
-                   help=_default("active latents per token for topk/batchtopk", sae_default("k")))
-    p.add_argument("--tokens", type=int, default=sae_default("n_tokens"),
-                   help=_default("training tokens per SAE", sae_default("n_tokens")))
+    p.add_argument(
+        "--width", type=int, default=sae_default("width"), help=_default("latents per SAE", sae_default("width"))
+    )
+    p.add_argument(
+        "--k",
+        type=int,
+        default=sae_default("k"),
+        help=_default("active latents per token for topk/batchtopk", sae_default("k")),
+    )
+    p.add_argument(
+        "--tokens",
+        type=int,
+        default=sae_default("n_tokens"),
+        help=_default("training tokens per SAE", sae_default("n_tokens")),
+    )
     p.add_argument("--seed", type=int, default=sae_default("seed"), help=_default("random seed", sae_default("seed")))
     p.add_argument("--out", help="output folder (default: the cache's saes-toy/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_train_saes)
 
-    p = sub.add_parser("eval-saes", help="quality of an SAE set: L0, FVU, CE recovered, dead/dense",
-                       description="Evaluate an SAE set on held-out toy-language text: per hook L0, "
-                                   "FVU, CE loss recovered, dead and dense fractions; and CE loss "
-                                   "recovered with every SAE spliced at once.")
+    p = sub.add_parser(
+        "eval-saes",
+        help="quality of an SAE set: L0, FVU, CE recovered, dead/dense",
+        description="Evaluate an SAE set on held-out toy-language text: per hook L0, "
+        "FVU, CE loss recovered, dead and dense fractions; and CE loss "
+        "recovered with every SAE spliced at once.",
+    )
     p.add_argument("--model", default="toy", help="'toy' or a model folder (default toy)")
     p.add_argument("--saes", default="toy", help="'toy' (the default set, trained on first use) or a set folder")
     n_seqs = param_default(evaluate_saes, "n_seqs")
@@ -417,66 +485,108 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_eval_saes)
 
-    p = sub.add_parser("discover", help="find the feature circuit of a task",
-                       description="Score every SAE latent and error node (AtP, IG or exact "
-                                   "patching), keep those above the node threshold, compute the "
-                                   "direct-effect edges between them, prune to what reaches the "
-                                   "metric, write DIR/circuit.json and print a summary.")
+    p = sub.add_parser(
+        "discover",
+        help="find the feature circuit of a task",
+        description="Score every SAE latent and error node (AtP, IG or exact "
+        "patching), keep those above the node threshold, compute the "
+        "direct-effect edges between them, prune to what reaches the "
+        "metric, write DIR/circuit.json and print a summary.",
+    )
     _task_args(p)
+
     def disc(name: str):
         return field_default(DiscoverConfig, name)
 
-    p.add_argument("--method", default=disc("method"), help=_default(
-        f"one of {', '.join(field_choices(DiscoverConfig, 'method'))} (exact: one forward pass per node)", disc("method")))
+    p.add_argument(
+        "--method",
+        default=disc("method"),
+        help=_default(
+            f"one of {', '.join(field_choices(DiscoverConfig, 'method'))} (exact: one forward pass per node)",
+            disc("method"),
+        ),
+    )
     p.add_argument("--steps", type=int, default=disc("steps"), help=_default("IG steps", disc("steps")))
-    p.add_argument("--node-threshold", type=float, default=disc("node_threshold"),
-                   help=_default("keep nodes with |effect| >= this fraction of |total effect|", disc("node_threshold")))
-    p.add_argument("--edge-threshold", type=float, default=disc("edge_threshold"),
-                   help=_default("keep edges with |weight| >= this fraction of |total effect|", disc("edge_threshold")))
+    p.add_argument(
+        "--node-threshold",
+        type=float,
+        default=disc("node_threshold"),
+        help=_default("keep nodes with |effect| >= this fraction of |total effect|", disc("node_threshold")),
+    )
+    p.add_argument(
+        "--edge-threshold",
+        type=float,
+        default=disc("edge_threshold"),
+        help=_default("keep edges with |weight| >= this fraction of |total effect|", disc("edge_threshold")),
+    )
     p.add_argument("--top-n", type=int, help="keep at most this many nodes (largest |effect|)")
-    p.add_argument("--batch-size", type=int, default=disc("batch_size"),
-                   help=_default("prompt pairs per batch", disc("batch_size")))
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=disc("batch_size"),
+        help=_default("prompt pairs per batch", disc("batch_size")),
+    )
     p.add_argument("--no-edges", action="store_true", help="nodes only (no edges, no path pruning)")
-    p.add_argument("--nproc", type=int, default=1,
-                   help="processes sharing the prompt batches (torch.distributed, gloo; default 1)")
+    p.add_argument(
+        "--nproc", type=int, default=1, help="processes sharing the prompt batches (torch.distributed, gloo; default 1)"
+    )
     p.add_argument("--out", help="output folder (default outputs/<task>)")
     p.set_defaults(func=_discover)
 
-    p = sub.add_parser("validate", help="faithfulness and completeness of a circuit by ablation",
-                       description="Ablate everything outside the circuit (and, for completeness, "
-                                   "the circuit itself) on held-out prompts; print faithfulness, "
-                                   "completeness, the curve over circuit sizes with a random "
-                                   "baseline, CPR and CMD; write faithfulness.png beside the circuit.")
+    p = sub.add_parser(
+        "validate",
+        help="faithfulness and completeness of a circuit by ablation",
+        description="Ablate everything outside the circuit (and, for completeness, "
+        "the circuit itself) on held-out prompts; print faithfulness, "
+        "completeness, the curve over circuit sizes with a random "
+        "baseline, CPR and CMD; write faithfulness.png beside the circuit.",
+    )
     _circuit_args(p)
     ablation = param_default(faithfulness_curve, "how")
     p.add_argument("--ablation", default=ablation, help=_default(f"one of {', '.join(ABLATIONS)}", ablation))
-    p.add_argument("--prune", action="store_true",
-                   help="also write circuit.pruned.json: the smallest top-|effect| prefix reaching --target")
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="also write circuit.pruned.json: the smallest top-|effect| prefix reaching --target",
+    )
     target = param_default(prune_by_ablation, "target")
     p.add_argument("--target", type=float, default=target, help=_default("faithfulness target for --prune", target))
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_validate)
 
-    p = sub.add_parser("edit", help="switch circuit features off and measure the effect on every task",
-                       description="Ablate (or clamp / scale) SAE features: the top features of a "
-                                   "circuit (--top N) or an edit file; report each built-in task's "
-                                   "metric and accuracy before and after, and a few greedy completions.")
+    p = sub.add_parser(
+        "edit",
+        help="switch circuit features off and measure the effect on every task",
+        description="Ablate (or clamp / scale) SAE features: the top features of a "
+        "circuit (--top N) or an edit file; report each built-in task's "
+        "metric and accuracy before and after, and a few greedy completions.",
+    )
     _circuit_args(p, circuit_required=False)
     p.add_argument("--top", type=int, default=10, help="features from the circuit (default 10)")
     action = field_default(FeatureEdit, "action")
-    p.add_argument("--action", default=action, choices=CIRCUIT_ACTIONS,
-                   help=_default(f"for --top: {' or '.join(CIRCUIT_ACTIONS)}", action))
-    p.add_argument("--everywhere", action="store_true",
-                   help="switch the features off at every position, not only where the circuit uses them")
+    p.add_argument(
+        "--action",
+        default=action,
+        choices=CIRCUIT_ACTIONS,
+        help=_default(f"for --top: {' or '.join(CIRCUIT_ACTIONS)}", action),
+    )
+    p.add_argument(
+        "--everywhere",
+        action="store_true",
+        help="switch the features off at every position, not only where the circuit uses them",
+    )
     p.add_argument("--edit", help="an edit JSON file instead of --circuit/--top")
     p.add_argument("--save-edit", help="write the edit as JSON here")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_edit)
 
-    p = sub.add_parser("check-attribution", help="AtP and IG against exact patching, per submodule",
-                       description="Compare AtP and IG node effects with exact single-latent "
-                                   "patching (Pearson r on the top latents by |exact effect|) and "
-                                   "the sum of IG effects with patching each whole submodule.")
+    p = sub.add_parser(
+        "check-attribution",
+        help="AtP and IG against exact patching, per submodule",
+        description="Compare AtP and IG node effects with exact single-latent "
+        "patching (Pearson r on the top latents by |exact effect|) and "
+        "the sum of IG effects with patching each whole submodule.",
+    )
     _task_args(p, default_n=32)
     top, steps = param_default(check_attribution, "n_top"), param_default(check_attribution, "steps")
     p.add_argument("--top", type=int, default=top, help=_default("latents per submodule in the correlation", top))
@@ -485,10 +595,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_check_attribution)
 
-    p = sub.add_parser("export", help="write a circuit as an image or data file",
-                       description="Draw a circuit (png, svg, pdf via graphviz; the strongest "
-                                   "--max-nodes nodes) or write it as GraphML, node-link JSON or "
-                                   "circuit-tracer's frontend JSON.")
+    p = sub.add_parser(
+        "export",
+        help="write a circuit as an image or data file",
+        description="Draw a circuit (png, svg, pdf via graphviz; the strongest "
+        "--max-nodes nodes) or write it as GraphML, node-link JSON or "
+        "circuit-tracer's frontend JSON.",
+    )
     p.add_argument("--circuit", required=True, help="a circuit.json written by discover")
     p.add_argument("--format", default="png", help="png (default), svg, pdf, graphml, json or circuit-tracer")
     p.add_argument("--out", help="output path without extension (default: beside the circuit)")
@@ -498,11 +611,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("demo", help="run the main job on the embedded default model",
-                       description="Load (or train on first use) the embedded model and SAEs, "
-                                   "discover the IOI circuit, validate it, edit the model with it, "
-                                   "and write every output (circuit.json, graph.png/svg, "
-                                   "faithfulness.png, report.html, ...) to --out.")
+    p = sub.add_parser(
+        "demo",
+        help="run the main job on the embedded default model",
+        description="Load (or train on first use) the embedded model and SAEs, "
+        "discover the IOI circuit, validate it, edit the model with it, "
+        "and write every output (circuit.json, graph.png/svg, "
+        "faithfulness.png, report.html, ...) to --out.",
+    )
     p.add_argument("--out", default="outputs/ioi", help="output folder (default outputs/ioi)")
     n = param_default(run_demo, "n")
     p.add_argument("--n", type=int, default=n, help=_default("prompt pairs", n))
@@ -513,8 +629,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _task_args(p: argparse.ArgumentParser, default_n: int = 128) -> None:
     p.add_argument("--task", required=True, help="ioi, sva, greater_than, induction, or a .jsonl file")
-    p.add_argument("--n", "--pairs", dest="n", type=int, default=default_n,
-                   help=f"prompt pairs (default {default_n}; spell it --pairs under torchrun)")
+    p.add_argument(
+        "--n",
+        "--pairs",
+        dest="n",
+        type=int,
+        default=default_n,
+        help=f"prompt pairs (default {default_n}; spell it --pairs under torchrun)",
+    )
     p.add_argument("--seed", type=int, default=0, help="prompt seed (default 0)")
     p.add_argument("--metric", help="replace the task's metric: logit_diff, prob_diff, logprob or kl")
     p.add_argument("--model", default="toy", help="'toy', a model folder, or a TransformerLens name")

@@ -262,4 +262,3 @@ class Result:
 
     def to_dict(self) -> dict:
         return {f.name: to_plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-

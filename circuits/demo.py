@@ -40,9 +40,15 @@ class DemoResult(Result):
     report: Path
 
     def to_dict(self) -> dict:
-        return {"graph": nx.node_link_data(self.graph, edges="edges"), "validation": self.validation.to_dict(),
-                "edit": self.edit.to_dict(), "times": dict(self.times), "missing_dot": self.missing_dot,
-                "files": list(self.files), "report": str(self.report)}
+        return {
+            "graph": nx.node_link_data(self.graph, edges="edges"),
+            "validation": self.validation.to_dict(),
+            "edit": self.edit.to_dict(),
+            "times": dict(self.times),
+            "missing_dot": self.missing_dot,
+            "files": list(self.files),
+            "report": str(self.report),
+        }
 
 
 def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
@@ -66,10 +72,18 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
     record_sources(graph, "ioi", n)
     save_graph(graph, folder / "circuit.json")
     held_out = make_task("ioi", model.tokenizer, n=n, seed=1)
-    validation = step("validate", faithfulness_curve, model, saes, held_out, ranked_nodes(graph), "mean",
-                      n_random=1, progress=progress)
-    plot_faithfulness(validation, folder / "faithfulness.png",
-                      title=f"IOI circuit: mean ablation, {n} held-out pairs")
+    validation = step(
+        "validate",
+        faithfulness_curve,
+        model,
+        saes,
+        held_out,
+        ranked_nodes(graph),
+        "mean",
+        n_random=1,
+        progress=progress,
+    )
+    plot_faithfulness(validation, folder / "faithfulness.png", title=f"IOI circuit: mean ablation, {n} held-out pairs")
     edit = edit_from_circuit(graph, top=100)
     edit.save(folder / "edit.json")
     edited = step("edit", edit_report, model, saes, edit, "ioi", n=128)
@@ -78,11 +92,35 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
     write_graphml(graph, folder / "circuit.graphml")
     write_circuit_tracer(graph, folder / "circuit-tracer.json", cards)
     quality = step("SAE quality", evaluate_saes, model, saes, n_seqs=64, progress=progress)
-    fidelity = step("fidelity", check_attribution, model, saes, make_task("ioi", model.tokenizer, n=16, seed=2),
-                    n_top=20, n_candidates=40, progress=progress)
+    fidelity = step(
+        "fidelity",
+        check_attribution,
+        model,
+        saes,
+        make_task("ioi", model.tokenizer, n=16, seed=2),
+        n_top=20,
+        n_candidates=40,
+        progress=progress,
+    )
     svg_path = folder / "graph.svg"
     svg = svg_path.read_text() if svg_path.is_file() else None
-    report = write_report(folder / "report.html", graph, svg[svg.index("<svg"):] if svg else None, validation,
-                          edited, quality, fidelity, cards, folder / "faithfulness.png")
-    return DemoResult(graph, validation, edited, times, missing_dot,
-                      sorted(str(p) for p in folder.iterdir() if not p.name.startswith(".")), report)
+    report = write_report(
+        folder / "report.html",
+        graph,
+        svg[svg.index("<svg") :] if svg else None,
+        validation,
+        edited,
+        quality,
+        fidelity,
+        cards,
+        folder / "faithfulness.png",
+    )
+    return DemoResult(
+        graph,
+        validation,
+        edited,
+        times,
+        missing_dot,
+        sorted(str(p) for p in folder.iterdir() if not p.name.startswith(".")),
+        report,
+    )

@@ -81,8 +81,9 @@ class DiscoverConfig(Config):
             raise CircuitsError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
-def discover(model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverConfig | None = None,
-             progress: bool = True) -> nx.DiGraph:
+def discover(
+    model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverConfig | None = None, progress: bool = True
+) -> nx.DiGraph:
     """The feature circuit of ``task``: nodes whose |effect| passes the node threshold, the
     direct-effect edges between them, pruned to what reaches the metric."""
     cfg = cfg or DiscoverConfig()
@@ -92,26 +93,47 @@ def discover(model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverCo
         return _discover(model, saes, task, cfg, progress, Path(grads))
 
 
-def _discover(model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverConfig, progress: bool,
-              grads: Path) -> nx.DiGraph:
-    stats = first_pass(model, saes, task, None if cfg.method == "exact" else cfg.method, cfg.steps,
-                       cfg.batch_size, progress, keep_grads=grads)
+def _discover(
+    model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverConfig, progress: bool, grads: Path
+) -> nx.DiGraph:
+    stats = first_pass(
+        model,
+        saes,
+        task,
+        None if cfg.method == "exact" else cfg.method,
+        cfg.steps,
+        cfg.batch_size,
+        progress,
+        keep_grads=grads,
+    )
     clean_m, corrupt_m = stats.clean_metric, stats.corrupt_metric
     total = corrupt_m - clean_m
     if abs(total) <= 1e-3 * max(abs(clean_m), abs(corrupt_m), 1e-6):
-        warnings.warn(f"task {task.name}: clean and corrupt metric are equal ({clean_m:.4g} vs "
-                      f"{corrupt_m:.4g}): there is nothing to explain", stacklevel=2)
+        warnings.warn(
+            f"task {task.name}: clean and corrupt metric are equal ({clean_m:.4g} vs "
+            f"{corrupt_m:.4g}): there is nothing to explain",
+            stacklevel=2,
+        )
     labels = list(task.position_labels) if task.position_labels is not None else None
-    effects = _exact_node_effects(model, saes, task, cfg.max_exact_nodes) if cfg.method == "exact" \
-        else stats.effects
+    effects = _exact_node_effects(model, saes, task, cfg.max_exact_nodes) if cfg.method == "exact" else stats.effects
     node_cut = cfg.node_threshold * abs(total)
     chosen, n_candidates = _chosen(effects, labels, node_cut, cfg.top_n)
 
     graph = nx.DiGraph()
     for n, effect in chosen.items():
         graph.add_node(n.id, **n.attrs(effect, _activation(stats.activations, n)))
-    graph.add_node(METRIC, hook=None, layer=model.cfg.n_layers, kind="metric", latent=None,
-                   is_error=False, position=None, pos_label="", effect=total, activation=clean_m)
+    graph.add_node(
+        METRIC,
+        hook=None,
+        layer=model.cfg.n_layers,
+        kind="metric",
+        latent=None,
+        is_error=False,
+        position=None,
+        pos_label="",
+        effect=total,
+        activation=clean_m,
+    )
     edge_cut = cfg.edge_threshold * abs(total)
     if cfg.edges:
         ids = {n: n.id for n in chosen}  # nodes compare by site and latent, not by label
@@ -123,21 +145,41 @@ def _discover(model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverC
         if n.hook == last_resid:
             graph.add_edge(n.id, METRIC, weight=effect)
 
-    graph.graph.update({
-        "task": task.name, "metric": task.metric, "n_examples": task.n_examples,
-        "clean_metric": clean_m, "corrupt_metric": corrupt_m, "total_effect": total,
-        "position_labels": labels, "per_position": labels is not None,
-        "model": {"n_layers": model.cfg.n_layers, "d_model": model.cfg.d_model,
-                  "d_vocab": model.cfg.d_vocab, "name": model.cfg.model_name},
-        "saes": {h: int(saes[h].cfg.d_sae) for h in saes},
-        "discover": cfg.to_dict(), "node_threshold_abs": node_cut, "edge_threshold_abs": edge_cut,
-        "n_candidate_nodes": n_candidates,
-    })
+    graph.graph.update(
+        {
+            "task": task.name,
+            "metric": task.metric,
+            "n_examples": task.n_examples,
+            "clean_metric": clean_m,
+            "corrupt_metric": corrupt_m,
+            "total_effect": total,
+            "position_labels": labels,
+            "per_position": labels is not None,
+            "model": {
+                "n_layers": model.cfg.n_layers,
+                "d_model": model.cfg.d_model,
+                "d_vocab": model.cfg.d_vocab,
+                "name": model.cfg.model_name,
+            },
+            "saes": {h: int(saes[h].cfg.d_sae) for h in saes},
+            "discover": cfg.to_dict(),
+            "node_threshold_abs": node_cut,
+            "edge_threshold_abs": edge_cut,
+            "n_candidate_nodes": n_candidates,
+        }
+    )
     return prune(graph, require_path=cfg.edges)
 
 
-def second_pass(model: HookedTransformer, saes: SAESet, task: Task, chosen: list[Node], cfg: DiscoverConfig,
-                progress: bool = True, grads: Path | None = None) -> dict[tuple[Node, Node], float]:
+def second_pass(
+    model: HookedTransformer,
+    saes: SAESet,
+    task: Task,
+    chosen: list[Node],
+    cfg: DiscoverConfig,
+    progress: bool = True,
+    grads: Path | None = None,
+) -> dict[tuple[Node, Node], float]:
     """Edge weights into every chosen SAE node from the chosen nodes upstream of it, keyed by
     (upstream, downstream) node; mean over examples. dm/dd is taken on the clean run for AtP
     circuits and averaged along d's IG path otherwise: read from the first pass's files in
@@ -151,13 +193,18 @@ def second_pass(model: HookedTransformer, saes: SAESet, task: Task, chosen: list
             targets.setdefault(n.hook, []).extend(Node.at(n.hook, p, n.latent) for p in positions)
     hooks = in_forward_order(targets)
     sources = {h: source_masks(chosen, saes, task.n_pos, upstream_hooks(h, saes)) for h in hooks}
-    sums = {h: {u: NodeValues.zeros((len(targets[h]), task.n_pos), m.latents.shape[-1]) for u, m in sources[h].items()}
-            for h in hooks}
+    sums = {
+        h: {u: NodeValues.zeros((len(targets[h]), task.n_pos), m.latents.shape[-1]) for u, m in sources[h].items()}
+        for h in hooks
+    }
     method = "atp" if cfg.method == "atp" else "ig"
     # only the upstream hooks with chosen nodes need their nodes encoded
     encoded = sorted({u for h in hooks for u, m in sources[h].items() if m.latents.any() or m.error.any()})
-    for lo in tqdm(batch_starts(task.n_examples, cfg.batch_size) if hooks else [], desc="edges",
-                   disable=not (progress and is_main())):
+    for lo in tqdm(
+        batch_starts(task.n_examples, cfg.batch_size) if hooks else [],
+        desc="edges",
+        disable=not (progress and is_main()),
+    ):
         run = run_batch(model, saes, task.subset(slice(lo, lo + cfg.batch_size)), hooks=encoded)
         saved = None if grads is None else grads / f"{lo}.pt"
         if saved is not None and saved.is_file():
@@ -221,7 +268,9 @@ def _node(hook: str, index: int, width: int, labels: list[str] | None) -> Node:
     return Node.at(hook, position if labels is not None else None, None if column == 0 else column - 1, labels)
 
 
-def _chosen(effects: NodeEffects, labels: list[str] | None, cut: float, top_n: int | None) -> tuple[dict[Node, float], int]:
+def _chosen(
+    effects: NodeEffects, labels: list[str] | None, cut: float, top_n: int | None
+) -> tuple[dict[Node, float], int]:
     """The nodes with |effect| >= ``cut`` (and not 0), largest first, at most ``top_n``; and
     the number of candidate nodes (non-zero effect)."""
     rows = _effects_by_node(effects, labels)
@@ -255,8 +304,10 @@ def _exact_node_effects(model, saes: SAESet, task: Task, max_nodes: int) -> Node
     embed_moved = (run.corrupt[EMBED_HOOK].error != run.clean[EMBED_HOOK].error).any(-1).any(0)
     nodes += [Node.at(EMBED_HOOK, p) for p in embed_moved.nonzero().flatten().tolist()]
     if len(nodes) > max_nodes:
-        raise CircuitsError(f"--method exact would patch {len(nodes)} nodes one at a time (limit "
-                            f"{max_nodes}): use atp or ig, fewer hooks, or raise the limit")
+        raise CircuitsError(
+            f"--method exact would patch {len(nodes)} nodes one at a time (limit "
+            f"{max_nodes}): use atp or ig, fewer hooks, or raise the limit"
+        )
     values = exact_effects(model, saes, task, nodes)
     shapes = {h: saes[h].cfg.d_sae for h in saes} | {EMBED_HOOK: 0}
     effects = {h: NodeValues.zeros((task.n_pos,), d) for h, d in shapes.items()}
@@ -270,12 +321,17 @@ def _exact_node_effects(model, saes: SAESet, task: Task, max_nodes: int) -> Node
 
 def _out_of_memory(err: BaseException) -> bool:
     text = str(err).lower()
-    return (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
-            or "out of memory" in text or "can't allocate memory" in text)
+    return (
+        isinstance(err, MemoryError)
+        or type(err).__name__ == "OutOfMemoryError"
+        or "out of memory" in text
+        or "can't allocate memory" in text
+    )
 
 
-def discover_fitting(model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverConfig,
-                     progress: bool = True) -> nx.DiGraph:
+def discover_fitting(
+    model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverConfig, progress: bool = True
+) -> nx.DiGraph:
     """``discover`` that halves the batch size while a batch does not fit in memory, saying
     so each time; one error line if even a single prompt pair does not fit."""
     batch = cfg.batch_size
@@ -286,8 +342,10 @@ def discover_fitting(model: HookedTransformer, saes: SAESet, task: Task, cfg: Di
             if not _out_of_memory(err):
                 raise
             if batch == 1:
-                raise CircuitsError(f"one prompt pair at a time does not fit in memory on "
-                                    f"{model.cfg.device}: use a smaller model, fewer SAEs (--hooks) or "
-                                    "--dtype bf16") from None
+                raise CircuitsError(
+                    f"one prompt pair at a time does not fit in memory on "
+                    f"{model.cfg.device}: use a smaller model, fewer SAEs (--hooks) or "
+                    "--dtype bf16"
+                ) from None
             warnings.warn(f"batch size {batch} does not fit in memory; retrying with {batch // 2}", stacklevel=2)
             batch //= 2

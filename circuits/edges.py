@@ -52,8 +52,10 @@ def _width(saes: SAESet, hook: str) -> int:
 
 def full_sources(saes: SAESet, hooks: list[str], n_pos: int) -> dict[str, NodeValues]:
     """Masks keeping every upstream node of ``hooks``."""
-    return {u: NodeValues(torch.ones(n_pos, _width(saes, u), dtype=torch.bool), torch.ones(n_pos, dtype=torch.bool))
-            for u in hooks}
+    return {
+        u: NodeValues(torch.ones(n_pos, _width(saes, u), dtype=torch.bool), torch.ones(n_pos, dtype=torch.bool))
+        for u in hooks
+    }
 
 
 def source_masks(nodes: list[Node], saes: SAESet, n_pos: int, hooks: list[str]) -> dict[str, NodeValues]:
@@ -75,15 +77,30 @@ def _check_targets(saes: SAESet, hook: str, targets: list[Node], n_pos: int) -> 
     if not targets:
         raise CircuitsError(f"edges into {hook}: no target nodes given")
     for t in targets:
-        if t.hook != hook or t.position is None or not 0 <= t.position < n_pos or \
-                (t.latent is not None and not 0 <= t.latent < saes[hook].cfg.d_sae):
-            raise CircuitsError(f"edges into {hook}: target {t.id} (position {t.position}, latent {t.latent}) "
-                                "is out of range")
+        if (
+            t.hook != hook
+            or t.position is None
+            or not 0 <= t.position < n_pos
+            or (t.latent is not None and not 0 <= t.latent < saes[hook].cfg.d_sae)
+        ):
+            raise CircuitsError(
+                f"edges into {hook}: target {t.id} (position {t.position}, latent {t.latent}) is out of range"
+            )
 
 
-def edges_into(model: HookedTransformer, saes: SAESet, task: Task, hook: str, targets: list[Node],
-               sources: dict[str, NodeValues] | None = None, batched: bool = True, batch_size: int = 32,
-               chunk: int = 128, method: Method = "atp", steps: int = 10) -> EdgesInto:
+def edges_into(
+    model: HookedTransformer,
+    saes: SAESet,
+    task: Task,
+    hook: str,
+    targets: list[Node],
+    sources: dict[str, NodeValues] | None = None,
+    batched: bool = True,
+    batch_size: int = 32,
+    chunk: int = 128,
+    method: Method = "atp",
+    steps: int = 10,
+) -> EdgesInto:
     """Edge weights into each target node of ``hook`` from the upstream nodes.
 
     ``sources[u]`` masks (latents ``[pos, d_sae_u]``, error ``[pos]``) restrict the upstream
@@ -106,8 +123,16 @@ def edges_into(model: HookedTransformer, saes: SAESet, task: Task, hook: str, ta
     return EdgesInto(hook, targets, {u: v / task.n_examples for u, v in out.items()})
 
 
-def batch_edges(model: HookedTransformer, saes: SAESet, run: BatchRun, hook: str, targets: list[Node],
-                sources: dict[str, NodeValues], grad: NodeValues, chunk: int = 128) -> dict[str, NodeValues]:
+def batch_edges(
+    model: HookedTransformer,
+    saes: SAESet,
+    run: BatchRun,
+    hook: str,
+    targets: list[Node],
+    sources: dict[str, NodeValues],
+    grad: NodeValues,
+    chunk: int = 128,
+) -> dict[str, NodeValues]:
     """One batch's edges into ``targets`` (nodes of ``hook``), summed over its examples, from
     the kept ``sources`` of each upstream hook, given dm/dd (``grad``). The hook's block runs
     once on the batch's clean inputs, with one backward pass per ``chunk`` targets (vmapped).
@@ -125,16 +150,24 @@ def batch_edges(model: HookedTransformer, saes: SAESet, run: BatchRun, hook: str
         acts = {u: run.acts[u][:, window] for u in ups}
         g = NodeValues(grad.latents[:, window], grad.error[:, window])
         for lo in range(0, len(idx), chunk):
-            grads = _block_grads(model, saes, hook, sub.layer, ups, acts, g, local[lo:lo + chunk])
-            rows = torch.tensor(idx[lo:lo + chunk])
+            grads = _block_grads(model, saes, hook, sub.layer, ups, acts, g, local[lo : lo + chunk])
+            rows = torch.tensor(idx[lo : lo + chunk])
             for u, gu in zip(ups, grads, strict=False):
                 if sources[u].latents.any() or sources[u].error.any():
                     _accumulate(saes, u, gu, range(n_pos)[window], run.delta(u), sources[u], rows, out[u])
     return out
 
 
-def _block_grads(model, saes: SAESet, hook: str, layer: int, ups: list[str], acts: dict[str, torch.Tensor],
-                 grad: NodeValues, targets: list[tuple[int, int | None]]) -> list[torch.Tensor]:
+def _block_grads(
+    model,
+    saes: SAESet,
+    hook: str,
+    layer: int,
+    ups: list[str],
+    acts: dict[str, torch.Tensor],
+    grad: NodeValues,
+    targets: list[tuple[int, int | None]],
+) -> list[torch.Tensor]:
     """Gradients of sum_b dm/dd[b] * d[b], for each target d, with respect to each upstream
     activation (``[T, batch, window, d_model]`` per upstream hook): the block is run from its
     input with attn_L / mlp_L outputs replaced by leaves, which cuts every indirect path."""
@@ -159,12 +192,22 @@ def _block_grads(model, saes: SAESet, hook: str, layer: int, ups: list[str], act
         grads = [None if g is None else g.unsqueeze(0) for g in grads]
     else:
         grads = torch.autograd.grad(x, inputs, cotangent, is_grads_batched=True, allow_unused=True)
-    return [torch.zeros(len(targets), *a.shape, dtype=a.dtype, device=a.device) if g is None else g
-            for g, a in zip(grads, inputs, strict=False)]
+    return [
+        torch.zeros(len(targets), *a.shape, dtype=a.dtype, device=a.device) if g is None else g
+        for g, a in zip(grads, inputs, strict=False)
+    ]
 
 
-def _accumulate(saes: SAESet, u: str, g: torch.Tensor, positions: range, delta: NodeValues,
-                source: NodeValues, rows: torch.Tensor, out: NodeValues) -> None:
+def _accumulate(
+    saes: SAESet,
+    u: str,
+    g: torch.Tensor,
+    positions: range,
+    delta: NodeValues,
+    source: NodeValues,
+    rows: torch.Tensor,
+    out: NodeValues,
+) -> None:
     """Edges from the kept nodes of ``u`` at ``positions``: latent i at position q gets
     sum_b (W_dec[i] . g[t, b, q]) * delta_f[b, q, i] (the decoder is affine), the error
     sum_b g[t, b, q] . delta_e[b, q]."""
@@ -207,8 +250,9 @@ def _hook_cotangents(sae, x: torch.Tensor, grad: NodeValues, targets: list[tuple
 
 
 @torch.no_grad()
-def exact_edge_effects(model: HookedTransformer, saes: SAESet, task: Task,
-                       edges: list[tuple[Node, Node]]) -> torch.Tensor:
+def exact_edge_effects(
+    model: HookedTransformer, saes: SAESet, task: Task, edges: list[tuple[Node, Node]]
+) -> torch.Tensor:
     """Exact two-node patching, mean over examples, for each edge (u, d): patch u to its
     corrupt value along the direct path only (the other upstream nodes of d's block held
     clean), recompute d, put that value of d into an otherwise clean run, and measure
@@ -230,8 +274,10 @@ def exact_edge_effects(model: HookedTransformer, saes: SAESet, task: Task,
             acts[u.hook][:, q] += change.latents[:, q, u.latent].unsqueeze(-1) * saes[u.hook].W_dec[u.latent]
         recorded = {}
         inner = [v for v in ups if Submodule.parse(v).layer == layer]
-        with model.hooks(fwd_hooks=[(v, lambda x, hook, acts=acts: acts[hook.name]) for v in inner]
-                         + [(d.hook, lambda x, hook, rec=recorded: rec.setdefault("x", x))]):
+        with model.hooks(
+            fwd_hooks=[(v, lambda x, hook, acts=acts: acts[hook.name]) for v in inner]
+            + [(d.hook, lambda x, hook, rec=recorded: rec.setdefault("x", x))]
+        ):
             model(acts[ups[0]], start_at_layer=layer, stop_at_layer=layer + 1)
         new = encode_at(saes, d.hook, recorded["x"])
         edit = lambda v, d=d, new=new: set_node(v, d, new)  # noqa: E731

@@ -108,6 +108,7 @@ def _hook_edit(features: list[FeatureEdit]) -> NodeEdit:
                 new = torch.full_like(current, fe.value)
             f[:, pos, fe.latent] = new
         return NodeValues(f, nodes.error)
+
     return edit
 
 
@@ -155,16 +156,22 @@ def attach(model: HookedTransformer, saes: SAESet, edit: Edit) -> AttachedEdit:
 
 
 @torch.no_grad()
-def mean_activations(model: HookedTransformer, saes: SAESet, tokens: torch.Tensor,
-                     hooks: list[str]) -> dict[str, torch.Tensor]:
+def mean_activations(
+    model: HookedTransformer, saes: SAESet, tokens: torch.Tensor, hooks: list[str]
+) -> dict[str, torch.Tensor]:
     """Mean latent activation per hook over ``tokens`` (BOS excluded): ``[d_sae]``."""
     with spliced(model, saes, hooks=hooks) as nodes:
         model(tokens)
     return {h: nodes[h].latents[:, 1:].mean((0, 1)).detach() for h in hooks}
 
 
-def edit_from_circuit(graph: nx.DiGraph, top: int, action: str = "zero",
-                      means: dict[str, torch.Tensor] | None = None, everywhere: bool = False) -> Edit:
+def edit_from_circuit(
+    graph: nx.DiGraph,
+    top: int,
+    action: str = "zero",
+    means: dict[str, torch.Tensor] | None = None,
+    everywhere: bool = False,
+) -> Edit:
     """The ``top`` features the circuit's behaviour relies on most (most negative summed
     effect over their positions). Each is switched off where the circuit uses it, as
     positions counted from the end of the prompt (END = -1), or at every position with
@@ -183,12 +190,18 @@ def edit_from_circuit(graph: nx.DiGraph, top: int, action: str = "zero",
         raise CircuitsError(f"unknown circuit edit action {action!r}: use {', '.join(CIRCUIT_ACTIONS)}")
     if action == "mean" and means is None:
         raise CircuitsError("a mean edit needs the features' mean activations")
-    features = [FeatureEdit(h, i, action, None if action == "zero" else float(means[h][i]),
-                            None if everywhere or (h, i) not in where else sorted(where[(h, i)]))
-                for h, i in chosen]
+    features = [
+        FeatureEdit(
+            h,
+            i,
+            action,
+            None if action == "zero" else float(means[h][i]),
+            None if everywhere or (h, i) not in where else sorted(where[(h, i)]),
+        )
+        for h, i in chosen
+    ]
     scope = "every position" if everywhere or not where else "the circuit's positions"
-    return Edit(features, f"top {len(features)} features of the {graph.graph.get('task')} circuit, "
-                          f"{action} at {scope}")
+    return Edit(features, f"top {len(features)} features of the {graph.graph.get('task')} circuit, {action} at {scope}")
 
 
 @torch.no_grad()
@@ -227,8 +240,15 @@ class EditReport(Result):
     completions: list[Completion]
 
 
-def edit_report(model: HookedTransformer, saes: SAESet, edit: Edit, task_name: str,
-                n: int = 256, seed: int = 0, n_completions: int = 3) -> EditReport:
+def edit_report(
+    model: HookedTransformer,
+    saes: SAESet,
+    edit: Edit,
+    task_name: str,
+    n: int = 256,
+    seed: int = 0,
+    n_completions: int = 3,
+) -> EditReport:
     """Metric and accuracy of every built-in task (and ``task_name``) before and after
     ``edit``; greedy completions of a few ``task_name`` prompts before and after."""
     from tasks.builtin import BUILTIN_TASKS, make_task

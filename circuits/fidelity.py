@@ -72,8 +72,13 @@ class EdgeCheck:
     edges: list[EdgeSample]
 
     def to_dict(self) -> dict:
-        return {"n": self.n, "pearson_ig": self.pearson_ig, "pearson_atp": self.pearson_atp,
-                "by_kind": {k: asdict(v) for k, v in self.by_kind.items()}, "edges": [e.to_dict() for e in self.edges]}
+        return {
+            "n": self.n,
+            "pearson_ig": self.pearson_ig,
+            "pearson_atp": self.pearson_atp,
+            "by_kind": {k: asdict(v) for k, v in self.by_kind.items()},
+            "edges": [e.to_dict() for e in self.edges],
+        }
 
 
 @dataclass
@@ -86,16 +91,26 @@ class AttributionCheck:
     edges: dict[str, EdgeCheck] | None = None
 
     def to_dict(self) -> dict:
-        out = {"task": self.task, "n_examples": self.n_examples,
-               "submodules": {h: asdict(v) for h, v in self.submodules.items()}}
+        out = {
+            "task": self.task,
+            "n_examples": self.n_examples,
+            "submodules": {h: asdict(v) for h, v in self.submodules.items()},
+        }
         if self.edges is not None:
             out["edges"] = {k: v.to_dict() for k, v in self.edges.items()}
         return out
 
 
-def check_attribution(model: HookedTransformer, saes: SAESet, task: Task, n_top: int = 50,
-                      n_candidates: int = 100, steps: int = 10, n_edges: int = 0,
-                      progress: bool = True) -> AttributionCheck:
+def check_attribution(
+    model: HookedTransformer,
+    saes: SAESet,
+    task: Task,
+    n_top: int = 50,
+    n_candidates: int = 100,
+    steps: int = 10,
+    n_edges: int = 0,
+    progress: bool = True,
+) -> AttributionCheck:
     """Per submodule: Pearson r of AtP and of IG with exact single-latent patching over the
     ``n_top`` latents (position, latent) with the largest |exact effect| among the
     ``n_candidates`` largest by |AtP| or |IG| (exact patching of every latent would take one
@@ -115,25 +130,28 @@ def check_attribution(model: HookedTransformer, saes: SAESet, task: Task, n_top:
         top = exact.abs().topk(min(n_top, len(cand))).indices
         idx = torch.tensor(cand)[top]
         out.submodules[hook] = SubmoduleCheck(
-            pearson(a[idx], exact[top]), pearson(g[idx], exact[top]),
+            pearson(a[idx], exact[top]),
+            pearson(g[idx], exact[top]),
             float(ig.values[hook].latents.sum() + ig.values[hook].error.sum()),
             float(atp.values[hook].latents.sum() + atp.values[hook].error.sum()),
-            exact_submodule_effect(model, saes, task, hook), len(idx))
+            exact_submodule_effect(model, saes, task, hook),
+            len(idx),
+        )
     if n_edges:
         out.edges = check_edges(model, saes, task, n_edges, steps, progress)
     return out
 
 
-def check_edges(model: HookedTransformer, saes: SAESet, task: Task, n_edges: int, steps: int = 10,
-                progress: bool = True) -> dict[str, EdgeCheck]:
+def check_edges(
+    model: HookedTransformer, saes: SAESet, task: Task, n_edges: int, steps: int = 10, progress: bool = True
+) -> dict[str, EdgeCheck]:
     """Edge weights against exact two-node patching (``exact_edge_effects``) on two samples of
     the IG circuit's edges (default node threshold, no edge threshold): the ``n_edges``
     strongest of any kind, and the ``n_edges`` strongest feature-to-feature (latent -> latent)
     ones. Each edge is scored with dm/dd on the clean run (``atp``) and averaged along d's IG
     path (``ig``); Pearson r overall and by kind (into a latent, into an error node, from the
     embeddings)."""
-    graph = discover(model, saes, task, DiscoverConfig(method="ig", steps=steps, edge_threshold=0.0),
-                     progress=False)
+    graph = discover(model, saes, task, DiscoverConfig(method="ig", steps=steps, edge_threshold=0.0), progress=False)
 
     nodes = nodes_of(graph)
 
@@ -141,26 +159,37 @@ def check_edges(model: HookedTransformer, saes: SAESet, task: Task, n_edges: int
         return graph.nodes[n]["latent"] is not None
 
     ranked = sorted(((u, v, w) for u, v, w in graph.edges(data="weight") if v != METRIC), key=lambda e: -abs(e[2]))
-    samples = {"strongest": ranked[:n_edges],
-               "latent_to_latent": [e for e in ranked if latent(e[0]) and latent(e[1])][:n_edges]}
+    samples = {
+        "strongest": ranked[:n_edges],
+        "latent_to_latent": [e for e in ranked if latent(e[0]) and latent(e[1])][:n_edges],
+    }
     result: dict[str, EdgeCheck] = {}
     for name, edges in tqdm(samples.items(), desc="exact edge patching", disable=not progress):
         pairs = [(nodes[u], nodes[v]) for u, v, _ in edges]
         exact = exact_edge_effects(model, saes, task, pairs)
-        weights = {"ig": torch.tensor([w for *_, w in edges]),
-                   "atp": _edge_weights(model, saes, task, pairs, "atp", steps)}
-        groups = {"into_latent": [latent(v) for _, v, _ in edges],
-                  "into_error": [graph.nodes[v]["is_error"] for _, v, _ in edges],
-                  "from_embed": [graph.nodes[u]["kind"] == "embed" for u, _, _ in edges]}
+        weights = {
+            "ig": torch.tensor([w for *_, w in edges]),
+            "atp": _edge_weights(model, saes, task, pairs, "atp", steps),
+        }
+        groups = {
+            "into_latent": [latent(v) for _, v, _ in edges],
+            "into_error": [graph.nodes[v]["is_error"] for _, v, _ in edges],
+            "from_embed": [graph.nodes[u]["kind"] == "embed" for u, _, _ in edges],
+        }
         by_kind = {}
         for kind, mask in groups.items():
             m = torch.tensor(mask, dtype=torch.bool)
             if 3 <= m.sum() < len(edges):
-                by_kind[kind] = KindCheck(int(m.sum()), pearson(weights["ig"][m], exact[m]),
-                                          pearson(weights["atp"][m], exact[m]))
-        samples_out = [EdgeSample(u, v, w, a, x) for (u, v, w), a, x in zip(edges, weights["atp"].tolist(), exact.tolist(), strict=False)]
-        result[name] = EdgeCheck(len(edges), pearson(weights["ig"], exact), pearson(weights["atp"], exact), by_kind,
-                                 samples_out)
+                by_kind[kind] = KindCheck(
+                    int(m.sum()), pearson(weights["ig"][m], exact[m]), pearson(weights["atp"][m], exact[m])
+                )
+        samples_out = [
+            EdgeSample(u, v, w, a, x)
+            for (u, v, w), a, x in zip(edges, weights["atp"].tolist(), exact.tolist(), strict=False)
+        ]
+        result[name] = EdgeCheck(
+            len(edges), pearson(weights["ig"], exact), pearson(weights["atp"], exact), by_kind, samples_out
+        )
     return result
 
 
@@ -182,15 +211,26 @@ def _edge_weights(model, saes: SAESet, task: Task, pairs: list, method: str, ste
 
 def format_table(result: AttributionCheck) -> str:
     """Markdown table of a ``check_attribution`` result."""
-    lines = [f"task {result.task}, {result.n_examples} prompt pairs; Pearson r over the top "
-             "latents by |exact effect|; totals: sum over the submodule's nodes vs patching it whole",
-             "", "| submodule | r AtP | r IG | total AtP | total IG | total exact |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"task {result.task}, {result.n_examples} prompt pairs; Pearson r over the top "
+        "latents by |exact effect|; totals: sum over the submodule's nodes vs patching it whole",
+        "",
+        "| submodule | r AtP | r IG | total AtP | total IG | total exact |",
+        "|---|---|---|---|---|---|",
+    ]
     for hook, r in result.submodules.items():
-        lines.append(f"| {hook} | {r.pearson_atp:.3f} | {r.pearson_ig:.3f} | {r.total_atp:.3f} | "
-                     f"{r.total_ig:.3f} | {r.total_exact:.3f} |")
+        lines.append(
+            f"| {hook} | {r.pearson_atp:.3f} | {r.pearson_ig:.3f} | {r.total_atp:.3f} | "
+            f"{r.total_ig:.3f} | {r.total_exact:.3f} |"
+        )
     for name, e in (result.edges or {}).items():
-        lines += ["", f"edges ({name.replace('_', ' ')}, {e.n}) vs exact two-node patching: "
-                      f"r IG {e.pearson_ig:.3f}, r AtP {e.pearson_atp:.3f}"]
-        lines += [f"  {k.replace('_', ' ')} ({v.n}): r IG {v.pearson_ig:.3f}, r AtP {v.pearson_atp:.3f}"
-                  for k, v in e.by_kind.items()]
+        lines += [
+            "",
+            f"edges ({name.replace('_', ' ')}, {e.n}) vs exact two-node patching: "
+            f"r IG {e.pearson_ig:.3f}, r AtP {e.pearson_atp:.3f}",
+        ]
+        lines += [
+            f"  {k.replace('_', ' ')} ({v.n}): r IG {v.pearson_ig:.3f}, r AtP {v.pearson_atp:.3f}"
+            for k, v in e.by_kind.items()
+        ]
     return "\n".join(lines)

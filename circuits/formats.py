@@ -14,6 +14,7 @@ from circuits.graph import METRIC
 if TYPE_CHECKING:
     from circuits.cards import FeatureCard
 
+
 def write_graphml(graph: nx.DiGraph, path: str | Path) -> Path:
     """GraphML for Gephi / Cytoscape: None becomes "" and nested values JSON text."""
     import json
@@ -23,8 +24,9 @@ def write_graphml(graph: nx.DiGraph, path: str | Path) -> Path:
         out.add_node(n, **{k: _scalar(v) for k, v in a.items()})
     for u, v, a in graph.edges(data=True):
         out.add_edge(u, v, **{k: _scalar(x) for k, x in a.items()})
-    out.graph.update({k: _scalar(v) if not isinstance(v, (dict, list)) else json.dumps(v)
-                      for k, v in graph.graph.items()})
+    out.graph.update(
+        {k: _scalar(v) if not isinstance(v, (dict, list)) else json.dumps(v) for k, v in graph.graph.items()}
+    )
     text = "\n".join(nx.generate_graphml(out))
     return write_atomic(Path(path), text)
 
@@ -39,8 +41,12 @@ def _scalar(v):
     return v
 
 
-def to_circuit_tracer(graph: nx.DiGraph, prompt_tokens: list[str] | None = None,
-                      cards: dict[tuple[str, int], FeatureCard] | None = None, slug: str | None = None) -> dict:
+def to_circuit_tracer(
+    graph: nx.DiGraph,
+    prompt_tokens: list[str] | None = None,
+    cards: dict[tuple[str, int], FeatureCard] | None = None,
+    slug: str | None = None,
+) -> dict:
     """The graph in circuit-tracer's frontend schema (metadata / qParams / nodes / links).
 
     circuit-tracer has one transcoder per layer; here a layer has three SAEs, so a feature's
@@ -55,25 +61,50 @@ def to_circuit_tracer(graph: nx.DiGraph, prompt_tokens: list[str] | None = None,
     for n, a in graph.nodes(data=True):
         pos = a.get("position") or 0
         if n == METRIC:
-            node = {"node_id": f"{n_layers + 1}_0_{len(labels) - 1 if labels else 0}", "feature": 0,
-                    "layer": str(n_layers + 1), "ctx_idx": len(labels) - 1 if labels else 0,
-                    "feature_type": "logit", "is_target_logit": True,
-                    "clerp": f"metric: {graph.graph.get('metric', '')}", "influence": a.get("effect")}
+            node = {
+                "node_id": f"{n_layers + 1}_0_{len(labels) - 1 if labels else 0}",
+                "feature": 0,
+                "layer": str(n_layers + 1),
+                "ctx_idx": len(labels) - 1 if labels else 0,
+                "feature_type": "logit",
+                "is_target_logit": True,
+                "clerp": f"metric: {graph.graph.get('metric', '')}",
+                "influence": a.get("effect"),
+            }
         elif a.get("kind") == "embed":
-            node = {"node_id": f"E_{pos}_{pos}", "feature": pos, "layer": "E", "ctx_idx": pos,
-                    "feature_type": "embedding", "clerp": f"embedding @{a['pos_label']}", "influence": a["effect"]}
+            node = {
+                "node_id": f"E_{pos}_{pos}",
+                "feature": pos,
+                "layer": "E",
+                "ctx_idx": pos,
+                "feature_type": "embedding",
+                "clerp": f"embedding @{a['pos_label']}",
+                "influence": a["effect"],
+            }
         elif a.get("is_error"):
             f = -1 - offset[a["kind"]]
-            node = {"node_id": f"{a['layer']}_{f}_{pos}", "feature": f, "layer": str(a["layer"]), "ctx_idx": pos,
-                    "feature_type": "mlp reconstruction error", "clerp": f"{a['hook']} error @{a['pos_label']}",
-                    "influence": a["effect"]}
+            node = {
+                "node_id": f"{a['layer']}_{f}_{pos}",
+                "feature": f,
+                "layer": str(a["layer"]),
+                "ctx_idx": pos,
+                "feature_type": "mlp reconstruction error",
+                "clerp": f"{a['hook']} error @{a['pos_label']}",
+                "influence": a["effect"],
+            }
         else:
             f = offset[a["kind"]] * width + a["latent"]
             card = cards.get((a["hook"], a["latent"]))
-            node = {"node_id": f"{a['layer']}_{f}_{pos}", "feature": f, "layer": str(a["layer"]), "ctx_idx": pos,
-                    "feature_type": "cross layer transcoder", "influence": a["effect"],
-                    "activation": a.get("activation"),
-                    "clerp": f"{a['hook']}/{a['latent']}" + (f": {card.description}" if card else "")}
+            node = {
+                "node_id": f"{a['layer']}_{f}_{pos}",
+                "feature": f,
+                "layer": str(a["layer"]),
+                "ctx_idx": pos,
+                "feature_type": "cross layer transcoder",
+                "influence": a["effect"],
+                "activation": a.get("activation"),
+                "clerp": f"{a['hook']}/{a['latent']}" + (f": {card.description}" if card else ""),
+            }
         node.update({"token_prob": 0.0, "run_idx": 0, "reverse_ctx_idx": 0})
         node.setdefault("is_target_logit", False)
         node["jsNodeId"] = node["node_id"]
@@ -81,16 +112,25 @@ def to_circuit_tracer(graph: nx.DiGraph, prompt_tokens: list[str] | None = None,
         nodes.append(node)
     links = [{"source": ids[u], "target": ids[v], "weight": w} for u, v, w in graph.edges(data="weight")]
     tokens = prompt_tokens or labels
-    return {"metadata": {"slug": slug or str(graph.graph.get("task", "circuit")), "scan": "sae-circuits",
-                         "transcoder_list": sorted(graph.graph.get("saes", {})), "prompt_tokens": tokens,
-                         "prompt": " ".join(tokens), "node_threshold": graph.graph.get("node_threshold_abs"),
-                         "schema_version": 1},
-            "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
-            "nodes": nodes, "links": links}
+    return {
+        "metadata": {
+            "slug": slug or str(graph.graph.get("task", "circuit")),
+            "scan": "sae-circuits",
+            "transcoder_list": sorted(graph.graph.get("saes", {})),
+            "prompt_tokens": tokens,
+            "prompt": " ".join(tokens),
+            "node_threshold": graph.graph.get("node_threshold_abs"),
+            "schema_version": 1,
+        },
+        "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
+        "nodes": nodes,
+        "links": links,
+    }
 
 
-def write_circuit_tracer(graph: nx.DiGraph, path: str | Path,
-                         cards: dict[tuple[str, int], FeatureCard] | None = None) -> Path:
+def write_circuit_tracer(
+    graph: nx.DiGraph, path: str | Path, cards: dict[tuple[str, int], FeatureCard] | None = None
+) -> Path:
     """``to_circuit_tracer(graph, cards=cards)`` written atomically as JSON to ``path``."""
     import json
 

@@ -3,9 +3,10 @@
 Node ids and attributes are ``circuits.vocab.Node``'s: ``blocks.2.hook_mlp_out/317@S2``
 (latent 317 at the position labelled S2), ``blocks.2.hook_mlp_out/err@S2`` (the error term),
 ``embed@IO`` (the embeddings) and ``metric``. Positions are the task's labels for templated
-prompts, ``p<i>`` otherwise, or ``*`` when effects are summed over positions. Edges point downstream (towards ``metric``)
-and carry ``weight``: the change in the metric through that edge when the upstream node is
-patched from clean to corrupt (negative = the behaviour relies on it).
+prompts, ``p<i>`` otherwise, or ``*`` when effects are summed over positions. Edges point
+downstream (towards ``metric``) and carry ``weight``: the change in the metric through that
+edge when the upstream node is patched from clean to corrupt (negative = the behaviour
+relies on it).
 """
 
 from __future__ import annotations
@@ -27,12 +28,27 @@ def nodes_of(graph: nx.DiGraph) -> dict[str, Node]:
     return {n: Node.from_attrs(a) for n, a in graph.nodes(data=True) if n != METRIC}
 
 
-def record_sources(graph: nx.DiGraph, task: str, n: int, seed: int = 0, model: str = "toy", saes: str = "toy",
-                   metric: str | None = None, hooks: str | None = None) -> None:
+def record_sources(
+    graph: nx.DiGraph,
+    task: str,
+    n: int,
+    seed: int = 0,
+    model: str = "toy",
+    saes: str = "toy",
+    metric: str | None = None,
+    hooks: str | None = None,
+) -> None:
     """Record in ``graph`` what ``validate`` and ``edit`` need to rebuild its model, SAE set and
     prompts (by the names the command line takes)."""
-    graph.graph["sources"] = {"model": model, "saes": saes, "task": task, "n": n, "seed": seed,
-                              "metric": metric, "hooks": hooks}
+    graph.graph["sources"] = {
+        "model": model,
+        "saes": saes,
+        "task": task,
+        "n": n,
+        "seed": seed,
+        "metric": metric,
+        "hooks": hooks,
+    }
 
 
 def feature_nodes(graph: nx.DiGraph) -> list[str]:
@@ -44,8 +60,14 @@ def error_nodes(graph: nx.DiGraph) -> list[str]:
     return [n for n, a in graph.nodes(data=True) if a.get("is_error")]
 
 
-def prune(graph: nx.DiGraph, node_threshold: float | None = None, edge_threshold: float | None = None,
-          top_n: int | None = None, cumulative: float | None = None, require_path: bool = True) -> nx.DiGraph:
+def prune(
+    graph: nx.DiGraph,
+    node_threshold: float | None = None,
+    edge_threshold: float | None = None,
+    top_n: int | None = None,
+    cumulative: float | None = None,
+    require_path: bool = True,
+) -> nx.DiGraph:
     """A pruned copy of ``graph`` (thresholds in metric units, on |effect| and |weight|).
 
     Keeps nodes with |effect| >= ``node_threshold``; of those, the ``top_n`` largest by
@@ -74,9 +96,19 @@ def prune(graph: nx.DiGraph, node_threshold: float | None = None, edge_threshold
         reaching = nx.ancestors(out, METRIC) | {METRIC}
         out.remove_nodes_from([n for n in list(out) if n not in reaching])
     out.graph = dict(graph.graph)
-    out.graph["pruning"] = {**graph.graph.get("pruning", {}), **{k: v for k, v in {
-        "node_threshold": node_threshold, "edge_threshold": edge_threshold, "top_n": top_n,
-        "cumulative": cumulative}.items() if v is not None}}
+    out.graph["pruning"] = {
+        **graph.graph.get("pruning", {}),
+        **{
+            k: v
+            for k, v in {
+                "node_threshold": node_threshold,
+                "edge_threshold": edge_threshold,
+                "top_n": top_n,
+                "cumulative": cumulative,
+            }.items()
+            if v is not None
+        },
+    }
     return out
 
 
@@ -91,7 +123,7 @@ def load_graph(path: str | Path) -> nx.DiGraph:
     path = Path(path)
     data = read_json(path, "circuit file")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CircuitsError(f"circuit file {path}: not a sae-circuits graph (no \"format\": \"{FORMAT}\")")
+        raise CircuitsError(f'circuit file {path}: not a sae-circuits graph (no "format": "{FORMAT}")')
     data.pop("format")
     try:
         graph = nx.node_link_graph(data, directed=True, edges="edges")
@@ -109,12 +141,16 @@ def load_graph(path: str | Path) -> nx.DiGraph:
 def summary(graph: nx.DiGraph, n_top: int = 10) -> str:
     """Nodes and edges per layer and kind, and the strongest nodes, as text."""
     g = graph.graph
-    lines = [f"task {g.get('task')} ({g.get('metric')}, {g.get('n_examples')} pairs): clean "
-             f"{g.get('clean_metric', float('nan')):.3f}, corrupt {g.get('corrupt_metric', float('nan')):.3f}, "
-             f"total effect {g.get('total_effect', float('nan')):.3f}",
-             f"{len(feature_nodes(graph))} feature nodes, {len(error_nodes(graph))} error nodes, "
-             f"{graph.number_of_edges()} edges", "",
-             "| layer | kind | nodes | features | errors | edges in |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"task {g.get('task')} ({g.get('metric')}, {g.get('n_examples')} pairs): clean "
+        f"{g.get('clean_metric', float('nan')):.3f}, corrupt {g.get('corrupt_metric', float('nan')):.3f}, "
+        f"total effect {g.get('total_effect', float('nan')):.3f}",
+        f"{len(feature_nodes(graph))} feature nodes, {len(error_nodes(graph))} error nodes, "
+        f"{graph.number_of_edges()} edges",
+        "",
+        "| layer | kind | nodes | features | errors | edges in |",
+        "|---|---|---|---|---|---|",
+    ]
     groups: dict[tuple, list[str]] = {}
     for n, a in graph.nodes(data=True):
         if n != METRIC:
@@ -122,7 +158,9 @@ def summary(graph: nx.DiGraph, n_top: int = 10) -> str:
     for (layer, kind), nodes in sorted(groups.items()):
         feats = sum(1 for n in nodes if graph.nodes[n]["latent"] is not None)
         errs = sum(1 for n in nodes if graph.nodes[n]["is_error"])
-        lines.append(f"| {layer} | {kind} | {len(nodes)} | {feats} | {errs} | {sum(graph.in_degree(n) for n in nodes)} |")
+        lines.append(
+            f"| {layer} | {kind} | {len(nodes)} | {feats} | {errs} | {sum(graph.in_degree(n) for n in nodes)} |"
+        )
     top = sorted((n for n in graph if n != METRIC), key=lambda n: -abs(graph.nodes[n]["effect"]))[:n_top]
     lines += ["", "strongest nodes (effect on the metric when patched to corrupt):"]
     lines += [f"  {graph.nodes[n]['effect']:+.3f}  {n}" for n in top]

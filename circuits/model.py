@@ -87,9 +87,7 @@ class ToyModelConfig(Config):
             if getattr(self, name) <= 0:
                 raise CircuitsError(f"model config: {name} must be positive, got {getattr(self, name)}")
         if self.d_model % self.n_heads:
-            raise CircuitsError(
-                f"model config: d_model {self.d_model} is not divisible by n_heads {self.n_heads}"
-            )
+            raise CircuitsError(f"model config: d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.seq_len > self.n_ctx:
             raise CircuitsError(f"model config: seq_len {self.seq_len} is longer than n_ctx {self.n_ctx}")
         if self.seq_len < 20:
@@ -99,10 +97,17 @@ class ToyModelConfig(Config):
 
     def hooked_config(self, d_vocab: int) -> HookedTransformerConfig:
         return HookedTransformerConfig(
-            n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads,
-            d_head=self.d_model // self.n_heads, d_mlp=self.d_mlp, n_ctx=self.n_ctx,
-            d_vocab=d_vocab, act_fn=self.act_fn, normalization_type=self.normalization_type,
-            seed=self.seed, model_name="toy",
+            n_layers=self.n_layers,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            d_head=self.d_model // self.n_heads,
+            d_mlp=self.d_mlp,
+            n_ctx=self.n_ctx,
+            d_vocab=d_vocab,
+            act_fn=self.act_fn,
+            normalization_type=self.normalization_type,
+            seed=self.seed,
+            model_name="toy",
         )
 
 
@@ -126,9 +131,13 @@ def learning_rate(cfg: ToyModelConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def train_model(cfg: ToyModelConfig, folder: str | Path, progress: bool = True,
-                stop_after: int | None = None, on_step: Callable[[int, float], None] | None = None
-                ) -> HookedTransformer | None:
+def train_model(
+    cfg: ToyModelConfig,
+    folder: str | Path,
+    progress: bool = True,
+    stop_after: int | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> HookedTransformer | None:
     """Train ``cfg`` and save the model to ``folder``, resuming from ``<folder>.training/``.
 
     ``stop_after`` stops (checkpointed) after that many steps of this call without saving the
@@ -141,8 +150,7 @@ def train_model(cfg: ToyModelConfig, folder: str | Path, progress: bool = True,
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = _resume(ckpt_dir, cfg, model, optimizer)
     model.train()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train model",
-               disable=not progress)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train model", disable=not progress)
     for i, step in enumerate(bar):
         if stop_after is not None and i >= stop_after:
             _checkpoint(ckpt_dir, cfg, model, optimizer, step)
@@ -165,8 +173,9 @@ def train_model(cfg: ToyModelConfig, folder: str | Path, progress: bool = True,
     return model
 
 
-def _checkpoint(ckpt_dir: Path, cfg: ToyModelConfig, model: HookedTransformer,
-                optimizer: torch.optim.Optimizer, step: int) -> None:
+def _checkpoint(
+    ckpt_dir: Path, cfg: ToyModelConfig, model: HookedTransformer, optimizer: torch.optim.Optimizer, step: int
+) -> None:
     """Write a checkpoint atomically: a new folder renamed over the old one."""
     tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -182,8 +191,7 @@ def _checkpoint(ckpt_dir: Path, cfg: ToyModelConfig, model: HookedTransformer,
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _resume(ckpt_dir: Path, cfg: ToyModelConfig, model: HookedTransformer,
-            optimizer: torch.optim.Optimizer) -> int:
+def _resume(ckpt_dir: Path, cfg: ToyModelConfig, model: HookedTransformer, optimizer: torch.optim.Optimizer) -> int:
     """Load the last good checkpoint into model and optimizer; return its step (0 if none)."""
     old = ckpt_dir.with_name(ckpt_dir.name + ".old")
     source = ckpt_dir if (ckpt_dir / "state.json").is_file() else old
@@ -191,9 +199,7 @@ def _resume(ckpt_dir: Path, cfg: ToyModelConfig, model: HookedTransformer,
         return 0
     state = json.loads((source / "state.json").read_text())
     if state["config"] != cfg.to_dict():
-        raise CircuitsError(
-            f"{source}: checkpoint was made with a different model config; delete it to start over"
-        )
+        raise CircuitsError(f"{source}: checkpoint was made with a different model config; delete it to start over")
     _load_weights(model, source / WEIGHTS_FILE)
     optimizer.load_state_dict(torch.load(source / "optimizer.pt", weights_only=True))
     return int(state["step"])
@@ -255,8 +261,9 @@ def load_saved_model(folder: str | Path, device: str = "cpu") -> HookedTransform
     return model.to(device, print_details=False)
 
 
-def load_model(name: str = TOY_NAME, device: str = "cpu", cache_dir: str | Path | None = None,
-               progress: bool = True) -> HookedTransformer:
+def load_model(
+    name: str = TOY_NAME, device: str = "cpu", cache_dir: str | Path | None = None, progress: bool = True
+) -> HookedTransformer:
     """The embedded toy model ("toy": cached, trained on first use), a saved model folder, or a
     TransformerLens pretrained model by name (needs the Hugging Face hub or its local cache)."""
     if name == TOY_NAME:
@@ -293,7 +300,6 @@ def load_pretrained(name: str, device: str = "cpu") -> HookedTransformer:
         return HookedTransformer.from_pretrained(official, device=device)
 
 
-
 # ------------------------------------------------------------------------------ placement
 DType = Literal["fp32", "bf16", "fp16"]
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -303,15 +309,17 @@ def check_placement(device: str = "cpu", dtype: DType = "fp32") -> torch.dtype:
     """The torch dtype named by ``dtype``; a one-line `CircuitsError` for an unknown dtype or
     a CUDA device when no GPU is visible (checked before anything is loaded)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CircuitsError(f"--device {device}: no GPU is visible here (torch.cuda.is_available() is False); "
-                            "use --device cpu")
+        raise CircuitsError(
+            f"--device {device}: no GPU is visible here (torch.cuda.is_available() is False); use --device cpu"
+        )
     if dtype not in DTYPES:
         raise CircuitsError(f"--dtype {dtype}: use {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 
-def place(model: HookedTransformer, saes: SAESet | None = None, device: str = "cpu",
-          dtype: DType = "fp32") -> tuple[HookedTransformer, SAESet | None]:
+def place(
+    model: HookedTransformer, saes: SAESet | None = None, device: str = "cpu", dtype: DType = "fp32"
+) -> tuple[HookedTransformer, SAESet | None]:
     """Move ``model`` and ``saes`` (in place) to ``device`` and ``dtype`` (fp32, bf16, fp16);
     returns them. Sums in the library are kept in float32 whatever the dtype."""
     torch_dtype = check_placement(device, dtype)

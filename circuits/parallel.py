@@ -86,8 +86,7 @@ def _worker(rank: int, world: int, port: int, fn: Callable, args: tuple, results
         if rank == 0:
             results.put(("ok", out))
     except BaseException as err:  # every worker's failure reaches the parent as one line
-        results.put(("error", f"worker {rank}: {type(err).__name__}: {err}",
-                     traceback.format_exc(limit=3)))
+        results.put(("error", f"worker {rank}: {type(err).__name__}: {err}", traceback.format_exc(limit=3)))
         raise
     finally:
         dist.destroy_process_group()
@@ -108,8 +107,9 @@ def run_local(nproc: int, fn: Callable, *args):
     ctx = torch.multiprocessing.get_context("spawn")
     results = ctx.SimpleQueue()
     try:
-        torch.multiprocessing.start_processes(_worker, args=(nproc, _free_port(), fn, args, results),
-                                              nprocs=nproc, join=True, start_method="spawn")
+        torch.multiprocessing.start_processes(
+            _worker, args=(nproc, _free_port(), fn, args, results), nprocs=nproc, join=True, start_method="spawn"
+        )
     except torch.multiprocessing.ProcessRaisedException:
         pass  # the worker's message is on the queue
     except torch.multiprocessing.ProcessExitedException as err:

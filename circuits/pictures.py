@@ -57,8 +57,12 @@ def card_keys(graph: nx.DiGraph, max_nodes: int = 40) -> list[tuple[str, int]]:
     return sorted({(a["hook"], a["latent"]) for _, a in sub.nodes(data=True) if a.get("latent") is not None})
 
 
-def to_dot(graph: nx.DiGraph, max_nodes: int = 40, annotations: dict[str, str] | None = None,
-           cards: dict[tuple[str, int], FeatureCard] | None = None):
+def to_dot(
+    graph: nx.DiGraph,
+    max_nodes: int = 40,
+    annotations: dict[str, str] | None = None,
+    cards: dict[tuple[str, int], FeatureCard] | None = None,
+):
     """A graphviz.Digraph of the strongest nodes: bottom (embeddings) to top (metric), one
     rank per layer and submodule, nodes ordered by position, colour = sign and strength of
     the effect, edge width = |weight|, error nodes as dashed boxes, and a legend. Labels are
@@ -70,14 +74,25 @@ def to_dot(graph: nx.DiGraph, max_nodes: int = 40, annotations: dict[str, str] |
     annotations = annotations or {}
     cards = cards or {}
     # colour scale from the SAE nodes (embeddings, often far larger, saturate)
-    scale = max((abs(a["effect"]) for n, a in sub.nodes(data=True) if a.get("kind") in ("attn", "mlp", "resid")),
-                default=1.0)
+    scale = max(
+        (abs(a["effect"]) for n, a in sub.nodes(data=True) if a.get("kind") in ("attn", "mlp", "resid")), default=1.0
+    )
     wmax = max((abs(w) for *_, w in sub.edges(data="weight")), default=1.0)
-    dot = graphviz.Digraph("circuit", graph_attr={
-        "rankdir": "BT", "newrank": "true", "nodesep": "0.25", "ranksep": "0.45", "fontname": "Helvetica",
-        "label": _dot_text(_title(graph, sub, hidden)), "labelloc": "t", "fontsize": "14"},
+    dot = graphviz.Digraph(
+        "circuit",
+        graph_attr={
+            "rankdir": "BT",
+            "newrank": "true",
+            "nodesep": "0.25",
+            "ranksep": "0.45",
+            "fontname": "Helvetica",
+            "label": _dot_text(_title(graph, sub, hidden)),
+            "labelloc": "t",
+            "fontsize": "14",
+        },
         node_attr={"fontname": "Helvetica", "fontsize": "10", "style": "filled", "shape": "box"},
-        edge_attr={"arrowsize": "0.5"})
+        edge_attr={"arrowsize": "0.5"},
+    )
     ranks: dict[tuple, list[str]] = {}
     for n, a in sub.nodes(data=True):
         ranks.setdefault((a.get("layer", 0), KIND_ORDER.get(a.get("kind"), 0)), []).append(n)
@@ -87,22 +102,29 @@ def to_dot(graph: nx.DiGraph, max_nodes: int = 40, annotations: dict[str, str] |
         with dot.subgraph(name=f"rank_{key[0]}_{key[1]}") as r:
             # the metric on top and the embeddings at the bottom, even when no drawn edge reaches them
             r.attr(rank="min" if key == bottom_key and key[1] == KIND_ORDER["embed"] else "same")
-            for n in sorted(ranks[key], key=lambda n: (sub.nodes[n].get("position") or 0)):
+            for n in sorted(ranks[key], key=lambda n: sub.nodes[n].get("position") or 0):
                 r.node(ids[n], **_node_style(n, sub.nodes[n], scale, annotations, cards))
     below = [k for k in ranks if k != top_key]
     if METRIC in sub and below:  # keep the metric on top even when no drawn edge reaches it
         for n in ranks[max(below)]:
             dot.edge(ids[n], ids[METRIC], style="invis")
     for u, v, w in sub.edges(data="weight"):
-        dot.edge(ids[u], ids[v], penwidth=f"{0.6 + 4.4 * abs(w) / wmax:.2f}",
-                 color="#3060d0" if w < 0 else "#d04040", tooltip=_dot_text(f"{u} -> {v}: {w:+.3f}"))
+        dot.edge(
+            ids[u],
+            ids[v],
+            penwidth=f"{0.6 + 4.4 * abs(w) / wmax:.2f}",
+            color="#3060d0" if w < 0 else "#d04040",
+            tooltip=_dot_text(f"{u} -> {v}: {w:+.3f}"),
+        )
     _legend(dot)
     return dot
 
 
 def _title(graph: nx.DiGraph, sub: nx.DiGraph, hidden: int) -> str:
     g = graph.graph
-    head = f"{g.get('task', 'circuit')} ({g.get('metric', '')}): total effect {g.get('total_effect', float('nan')):+.2f}"
+    head = (
+        f"{g.get('task', 'circuit')} ({g.get('metric', '')}): total effect {g.get('total_effect', float('nan')):+.2f}"
+    )
     if len(graph) <= 1:
         return head + " - the circuit is empty"
     return head + (f" - {len(sub) - 1} strongest nodes shown, {hidden} hidden" if hidden else "")
@@ -115,8 +137,12 @@ def _node_style(n: str, a: dict, scale: float, annotations: dict, cards: dict) -
     if desc is None and a.get("latent") is not None and (a["hook"], a["latent"]) in cards:
         desc = cards[(a["hook"], a["latent"])].description
     lines = [_short(a)] + ([desc[:40]] if desc else []) + [f"{a['effect']:+.3f}"]
-    style = {"label": "\n".join(_dot_text(x) for x in lines), "fillcolor": _colour(a["effect"], scale),
-             "tooltip": _dot_text(n), "group": f"pos{a.get('position')}"}
+    style = {
+        "label": "\n".join(_dot_text(x) for x in lines),
+        "fillcolor": _colour(a["effect"], scale),
+        "tooltip": _dot_text(n),
+        "group": f"pos{a.get('position')}",
+    }
     if a.get("is_error"):
         style.update(style="dashed,filled", shape="box", color="#606060")
     elif a.get("kind") == "embed":
@@ -129,19 +155,34 @@ def _node_style(n: str, a: dict, scale: float, annotations: dict, cards: dict) -
 def _legend(dot) -> None:
     with dot.subgraph(name="cluster_legend") as c:
         c.attr(label="legend", fontsize="10", color="#a0a0a0")
-        c.node("leg_rel", "feature the behaviour relies on\n(negative effect)", shape="box",
-               style="rounded,filled", fillcolor=_colour(-1, 1))
-        c.node("leg_opp", "feature working against it\n(positive effect)", shape="box",
-               style="rounded,filled", fillcolor=_colour(1, 1))
+        c.node(
+            "leg_rel",
+            "feature the behaviour relies on\n(negative effect)",
+            shape="box",
+            style="rounded,filled",
+            fillcolor=_colour(-1, 1),
+        )
+        c.node(
+            "leg_opp",
+            "feature working against it\n(positive effect)",
+            shape="box",
+            style="rounded,filled",
+            fillcolor=_colour(1, 1),
+        )
         c.node("leg_err", "SAE error term", shape="box", style="dashed,filled", fillcolor="#ffffff")
         c.node("leg_emb", "token embedding", shape="invhouse", style="filled", fillcolor="#ffffff")
         c.edge("leg_rel", "leg_opp", style="invis")
         c.edge("leg_err", "leg_emb", style="invis")
 
 
-def draw_graph(graph: nx.DiGraph, stem: str | Path, formats: tuple[str, ...] = ("png", "svg"),
-               max_nodes: int = 40, annotations: dict[str, str] | None = None,
-               cards: dict[tuple[str, int], FeatureCard] | None = None) -> tuple[list[Path], str | None]:
+def draw_graph(
+    graph: nx.DiGraph,
+    stem: str | Path,
+    formats: tuple[str, ...] = ("png", "svg"),
+    max_nodes: int = 40,
+    annotations: dict[str, str] | None = None,
+    cards: dict[tuple[str, int], FeatureCard] | None = None,
+) -> tuple[list[Path], str | None]:
     """Write ``stem.dot`` and ``stem.<format>`` for each format. Returns the files written and,
     when the ``dot`` binary is missing, a one-line message saying how to install it (the .dot
     file is still written)."""
@@ -154,8 +195,10 @@ def draw_graph(graph: nx.DiGraph, stem: str | Path, formats: tuple[str, ...] = (
     dot = to_dot(graph, max_nodes, annotations, cards)
     written = [write_atomic(stem.with_suffix(".dot"), dot.source)]
     if shutil.which("dot") is None:
-        return written, ("graphviz's `dot` is not installed, so no images were drawn (the .dot file was "
-                         "written): apt-get install graphviz, or brew install graphviz")
+        return written, (
+            "graphviz's `dot` is not installed, so no images were drawn (the .dot file was "
+            "written): apt-get install graphviz, or brew install graphviz"
+        )
     for fmt in formats:
         data = dot.pipe(format=fmt)
         written.append(write_atomic(stem.with_suffix(f".{fmt}"), data))

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 _CSS = """
 body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1400px}
 h1{font-size:22px} h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:13px;margin:8px 0} td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
 .graph svg{max-width:100%;height:auto} .cards{display:flex;flex-wrap:wrap;gap:12px}
 .card{border:1px solid #ccc;border-radius:6px;padding:8px;width:420px;font-size:12px}
@@ -43,82 +44,156 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 def _card_html(card: FeatureCard, effect: float | None) -> str:
     ctx = "".join(
-        '<div class="ctx">' + " ".join(f'<span class="hi">{_e(t)}</span>' if i == c["index"] else _e(t)
-                                       for i, t in enumerate(c["tokens"]))
-        + f' <span class="muted">({c["activation"]:.2f})</span></div>' for c in card.contexts[:6])
+        '<div class="ctx">'
+        + " ".join(f'<span class="hi">{_e(t)}</span>' if i == c["index"] else _e(t) for i, t in enumerate(c["tokens"]))
+        + f' <span class="muted">({c["activation"]:.2f})</span></div>'
+        for c in card.contexts[:6]
+    )
     peak = max(card.histogram) if card.histogram and max(card.histogram) > 0 else 1
-    bars = "".join(f'<rect x="{i * 10}" y="{40 - 40 * v / peak:.1f}" width="9" height="{40 * v / peak:.1f}" fill="#5c7cfa"/>'
-                   for i, v in enumerate(card.histogram))
-    hist = (f'<svg width="{10 * len(card.histogram)}" height="42" role="img" aria-label="activation histogram">'
-            f"{bars}</svg>")
+    bars = "".join(
+        f'<rect x="{i * 10}" y="{40 - 40 * v / peak:.1f}" width="9" height="{40 * v / peak:.1f}" fill="#5c7cfa"/>'
+        for i, v in enumerate(card.histogram)
+    )
+    hist = (
+        f'<svg width="{10 * len(card.histogram)}" height="42" role="img" aria-label="activation histogram">{bars}</svg>'
+    )
     up = ", ".join(f"{_e(t)} ({v:+.2f})" for t, v in card.promoted)
     down = ", ".join(f"{_e(t)} ({v:+.2f})" for t, v in card.suppressed)
     eff = "" if effect is None else f" · effect {effect:+.3f}"
-    return (f'<div class="card"><b>{_e(card.hook)} / {card.latent}</b>{_e(eff)}<br>'
-            f'<span class="muted">active on {card.frequency:.1%} of corpus tokens, max {card.max_activation:.2f}</span>'
-            f"{ctx or '<div class=muted>never active on the corpus sample</div>'}"
-            f"<div>activations (non-zero): {hist}</div><div>promotes: {up}</div><div>suppresses: {down}</div></div>")
+    return (
+        f'<div class="card"><b>{_e(card.hook)} / {card.latent}</b>{_e(eff)}<br>'
+        f'<span class="muted">active on {card.frequency:.1%} of corpus tokens, max {card.max_activation:.2f}</span>'
+        f"{ctx or '<div class=muted>never active on the corpus sample</div>'}"
+        f"<div>activations (non-zero): {hist}</div><div>promotes: {up}</div><div>suppresses: {down}</div></div>"
+    )
 
 
-def write_report(path: str | Path, graph: nx.DiGraph, svg: str | None = None, validation: FaithfulnessCurve | None = None,
-                 edit: EditReport | None = None, sae_quality: SAEEvaluation | None = None, fidelity: AttributionCheck | None = None,
-                 cards: dict | None = None, faithfulness_png: Path | None = None) -> Path:
+def write_report(
+    path: str | Path,
+    graph: nx.DiGraph,
+    svg: str | None = None,
+    validation: FaithfulnessCurve | None = None,
+    edit: EditReport | None = None,
+    sae_quality: SAEEvaluation | None = None,
+    fidelity: AttributionCheck | None = None,
+    cards: dict | None = None,
+    faithfulness_png: Path | None = None,
+) -> Path:
     """One self-contained HTML file (inline SVG, PNG as data URI, no scripts or remote
     resources): task summary, the graph, validation, feature cards, edit results, SAE
     quality and attribution-vs-exact figures. Every text from the data is escaped."""
     import base64
 
     g = graph.graph
-    parts = [f"<h1>Feature circuit: {_e(g.get('task', ''))}</h1>",
-             _table(["", "value"], [
-                 ["metric", g.get("metric", "")], ["prompt pairs", g.get("n_examples", "")],
-                 ["clean metric", f"{g.get('clean_metric', float('nan')):.3f}"],
-                 ["corrupt metric", f"{g.get('corrupt_metric', float('nan')):.3f}"],
-                 ["method", g.get("discover", {}).get("method", "")],
-                 ["nodes / edges", f"{graph.number_of_nodes()} / {graph.number_of_edges()}"]])]
+    parts = [
+        f"<h1>Feature circuit: {_e(g.get('task', ''))}</h1>",
+        _table(
+            ["", "value"],
+            [
+                ["metric", g.get("metric", "")],
+                ["prompt pairs", g.get("n_examples", "")],
+                ["clean metric", f"{g.get('clean_metric', float('nan')):.3f}"],
+                ["corrupt metric", f"{g.get('corrupt_metric', float('nan')):.3f}"],
+                ["method", g.get("discover", {}).get("method", "")],
+                ["nodes / edges", f"{graph.number_of_nodes()} / {graph.number_of_edges()}"],
+            ],
+        ),
+    ]
     parts.append("<h2>Circuit graph</h2>")
     if len(graph) <= 1:
         parts.append('<p class="bad">The circuit is empty: no node passed the threshold.</p>')
     parts.append(f'<div class="graph">{svg}</div>' if svg else '<p class="muted">(no picture: graphviz missing)</p>')
     if validation:
         parts.append("<h2>Validation by ablation</h2>")
-        parts.append(_table(["faithfulness", "completeness", "CPR", "CMD", "ablation"],
-                            [[f"{validation.faithfulness:.3f}", f"{validation.completeness:.3f}",
-                              f"{validation.cpr:.3f}", f"{validation.cmd:.3f}", validation.ablation]]))
+        parts.append(
+            _table(
+                ["faithfulness", "completeness", "CPR", "CMD", "ablation"],
+                [
+                    [
+                        f"{validation.faithfulness:.3f}",
+                        f"{validation.completeness:.3f}",
+                        f"{validation.cpr:.3f}",
+                        f"{validation.cmd:.3f}",
+                        validation.ablation,
+                    ]
+                ],
+            )
+        )
         if faithfulness_png and Path(faithfulness_png).is_file():
             data = base64.b64encode(Path(faithfulness_png).read_bytes()).decode()
             parts.append(f'<img alt="faithfulness curve" src="data:image/png;base64,{data}">')
-        parts.append(_table(["feature nodes", "error nodes", "faithfulness", "random circuit"],
-                            [[c.n_nodes, c.n_error_nodes, f"{c.faithfulness:.3f}",
-                              f"{c.random_faithfulness:.3f}"] for c in validation.curve]))
+        parts.append(
+            _table(
+                ["feature nodes", "error nodes", "faithfulness", "random circuit"],
+                [
+                    [c.n_nodes, c.n_error_nodes, f"{c.faithfulness:.3f}", f"{c.random_faithfulness:.3f}"]
+                    for c in validation.curve
+                ],
+            )
+        )
     if cards:
         effects = {}
         for _, a in graph.nodes(data=True):
             if a.get("latent") is not None:
                 key = (a["hook"], a["latent"])
                 effects[key] = effects.get(key, 0.0) + a["effect"]
-        parts.append("<h2>Feature cards</h2><div class=cards>"
-                     + "".join(_card_html(c, effects.get(k)) for k, c in cards.items()) + "</div>")
+        parts.append(
+            "<h2>Feature cards</h2><div class=cards>"
+            + "".join(_card_html(c, effects.get(k)) for k, c in cards.items())
+            + "</div>"
+        )
     if edit:
         parts.append(f"<h2>Editing: {_e(edit.edit.description)}</h2>")
-        parts.append(_table(["task", "accuracy before", "after", "metric before", "after", "moved"],
-                            [[name, f"{r.before.accuracy:.3f}", f"{r.after.accuracy:.3f}",
-                              f"{r.before.clean_metric:.3f}", f"{r.after.clean_metric:.3f}",
-                              f"{r.relative_change:+.1%}"] for name, r in edit.tasks.items()]))
-        parts.append(_table(["prompt", "before", "after"],
-                            [[c.prompt, c.before, c.after] for c in edit.completions]))
+        parts.append(
+            _table(
+                ["task", "accuracy before", "after", "metric before", "after", "moved"],
+                [
+                    [
+                        name,
+                        f"{r.before.accuracy:.3f}",
+                        f"{r.after.accuracy:.3f}",
+                        f"{r.before.clean_metric:.3f}",
+                        f"{r.after.clean_metric:.3f}",
+                        f"{r.relative_change:+.1%}",
+                    ]
+                    for name, r in edit.tasks.items()
+                ],
+            )
+        )
+        parts.append(_table(["prompt", "before", "after"], [[c.prompt, c.before, c.after] for c in edit.completions]))
     if sae_quality:
         parts.append("<h2>SAE quality</h2>")
-        parts.append(_table(["hook", "L0", "FVU", "CE recovered", "dead", "dense"],
-                            [[h, f"{r.l0:.1f}", f"{r.fvu:.3f}", f"{r.ce_recovered:.3f}",
-                              f"{r.dead_frac:.3f}", f"{r.dense_frac:.3f}"]
-                             for h, r in sae_quality.saes.items()]))
+        parts.append(
+            _table(
+                ["hook", "L0", "FVU", "CE recovered", "dead", "dense"],
+                [
+                    [
+                        h,
+                        f"{r.l0:.1f}",
+                        f"{r.fvu:.3f}",
+                        f"{r.ce_recovered:.3f}",
+                        f"{r.dead_frac:.3f}",
+                        f"{r.dense_frac:.3f}",
+                    ]
+                    for h, r in sae_quality.saes.items()
+                ],
+            )
+        )
     if fidelity:
         parts.append(f"<h2>Attribution vs exact patching ({fidelity.n_examples} pairs)</h2>")
-        parts.append(_table(["submodule", "r AtP", "r IG", "total IG", "total exact"],
-                            [[h, f"{r.pearson_atp:.3f}", f"{r.pearson_ig:.3f}", f"{r.total_ig:.3f}",
-                              f"{r.total_exact:.3f}"] for h, r in fidelity.submodules.items()]))
-    html_text = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-                 f"<title>{_e(g.get('task', 'circuit'))} circuit</title><style>{_CSS}</style></head><body>"
-                 + "\n".join(parts) + "</body></html>")
+        parts.append(
+            _table(
+                ["submodule", "r AtP", "r IG", "total IG", "total exact"],
+                [
+                    [h, f"{r.pearson_atp:.3f}", f"{r.pearson_ig:.3f}", f"{r.total_ig:.3f}", f"{r.total_exact:.3f}"]
+                    for h, r in fidelity.submodules.items()
+                ],
+            )
+        )
+    html_text = (
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+        f"<title>{_e(g.get('task', 'circuit'))} circuit</title><style>{_CSS}</style></head><body>"
+        + "\n".join(parts)
+        + "</body></html>"
+    )
     return write_atomic(Path(path), html_text)

@@ -42,6 +42,7 @@ def decode(sae, v: NodeValues) -> torch.Tensor:
 def splice_hook(sae, hook_name: str, record: dict[str, NodeValues], edit: NodeEdit | None = None):
     """The TransformerLens hook function that splices ``sae`` in at ``hook_name``, records the
     leaves in ``record[hook_name]`` and applies ``edit`` (see ``spliced``)."""
+
     def hook(x: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001 (TransformerLens passes the HookPoint)
         nodes = encode(sae, x)
         if edit is not None:
@@ -58,8 +59,9 @@ def splice_hook(sae, hook_name: str, record: dict[str, NodeValues], edit: NodeEd
 
 
 @contextmanager
-def spliced(model: HookedTransformer, saes: SAESet, hooks: list[str] | None = None,
-            edits: dict[str, NodeEdit] | None = None) -> Iterator[dict[str, NodeValues]]:
+def spliced(
+    model: HookedTransformer, saes: SAESet, hooks: list[str] | None = None, edits: dict[str, NodeEdit] | None = None
+) -> Iterator[dict[str, NodeValues]]:
     """Inside the block, every forward pass of ``model`` runs with ``saes`` spliced in at
     ``hooks`` (default: all of the set's) and records its nodes (leaves that require grad)
     by hook in the yielded dict. ``edits[hook](nodes)`` returns the nodes to use there
@@ -75,8 +77,9 @@ def spliced(model: HookedTransformer, saes: SAESet, hooks: list[str] | None = No
 
 
 @contextmanager
-def interpolated(model: HookedTransformer, saes: SAESet,
-                 paths: dict[str, tuple[slice, NodeValues]]) -> Iterator[dict[str, NodeValues]]:
+def interpolated(
+    model: HookedTransformer, saes: SAESet, paths: dict[str, tuple[slice, NodeValues]]
+) -> Iterator[dict[str, NodeValues]]:
     """For integrated gradients with many paths in one batch: at each hook of ``paths``, the
     batch rows ``rows`` take the given nodes (their activation becomes D(f) + e of leaves that
     require grad, yielded by hook); every other row passes through unchanged, gradient
@@ -86,7 +89,8 @@ def interpolated(model: HookedTransformer, saes: SAESet,
     def hook_for(name: str, rows: slice, values: NodeValues):
         def hook(x: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001
             record[name] = leaves = values.leaves()
-            return torch.cat([x[:rows.start], decode(saes[name], leaves), x[rows.stop:]])
+            return torch.cat([x[: rows.start], decode(saes[name], leaves), x[rows.stop :]])
+
         return hook
 
     with model.hooks(fwd_hooks=[(h, hook_for(h, rows, v)) for h, (rows, v) in paths.items()]):

@@ -71,8 +71,9 @@ class NodeValues:
         return self.map(lambda t: t.detach().requires_grad_(True))
 
     @classmethod
-    def zeros(cls, lead: tuple[int, ...], d_sae: int, d_error: int | None = None,
-              dtype: torch.dtype = torch.float32) -> NodeValues:
+    def zeros(
+        cls, lead: tuple[int, ...], d_sae: int, d_error: int | None = None, dtype: torch.dtype = torch.float32
+    ) -> NodeValues:
         """Zeros with ``lead`` leading axes; error ``[*lead, d_error]``, or ``[*lead]`` for
         effects and masks (``d_error`` None)."""
         error = lead if d_error is None else (*lead, d_error)

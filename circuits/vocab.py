@@ -62,8 +62,10 @@ class Submodule:
         parts = hook.split(".")
         kinds = {suffix: kind for kind, suffix in _SUFFIX.items()}
         if len(parts) != 3 or parts[0] != "blocks" or not parts[1].isdigit() or parts[2] not in kinds:
-            raise CircuitsError(f"hook {hook!r}: circuits are defined on blocks.L.hook_attn_out, "
-                                f"hook_mlp_out and hook_resid_post (and {EMBED_HOOK}, the embeddings)")
+            raise CircuitsError(
+                f"hook {hook!r}: circuits are defined on blocks.L.hook_attn_out, "
+                f"hook_mlp_out and hook_resid_post (and {EMBED_HOOK}, the embeddings)"
+            )
         return cls(int(parts[1]), kinds[parts[2]])
 
     @property
@@ -95,7 +97,7 @@ class Submodule:
         before = Submodule.embed() if self.layer == 0 else Submodule(self.layer - 1, "resid")
         if not before.is_embed and before.hook not in available:
             raise CircuitsError(f"edges into {self.hook} need an SAE at {before.hook} (the set lacks it)")
-        inner = SAE_KINDS[:SAE_KINDS.index(self.kind)]  # what runs before it in its block
+        inner = SAE_KINDS[: SAE_KINDS.index(self.kind)]  # what runs before it in its block
         return [before] + [s for s in (Submodule(self.layer, k) for k in inner) if s.hook in available]
 
 
@@ -170,8 +172,7 @@ class Node:
     latent: int | None = None
 
     @classmethod
-    def at(cls, hook: str, position: int | None, latent: int | None = None,
-           labels: list[str] | None = None) -> Node:
+    def at(cls, hook: str, position: int | None, latent: int | None = None, labels: list[str] | None = None) -> Node:
         return cls(Site.at(hook, position, labels), latent)
 
     @property
@@ -202,9 +203,17 @@ class Node:
 
     def attrs(self, effect: float, activation: float) -> dict:
         """The attributes the node carries in a circuit graph."""
-        return {"hook": self.hook, "layer": self.submodule.layer, "kind": self.submodule.kind,
-                "latent": self.latent, "is_error": self.is_error, "position": self.position,
-                "pos_label": self.site.label, "effect": float(effect), "activation": float(activation)}
+        return {
+            "hook": self.hook,
+            "layer": self.submodule.layer,
+            "kind": self.submodule.kind,
+            "latent": self.latent,
+            "is_error": self.is_error,
+            "position": self.position,
+            "pos_label": self.site.label,
+            "effect": float(effect),
+            "activation": float(activation),
+        }
 
     @classmethod
     def from_attrs(cls, attrs: dict) -> Node:
@@ -213,5 +222,4 @@ class Node:
         hook = EMBED_HOOK if attrs.get("kind") == "embed" else attrs.get("hook")
         if hook is None:
             raise CircuitsError(f"graph node {attrs!r} is not a latent, error or embedding node")
-        return cls(Site(Submodule.parse(hook), attrs.get("position"), attrs.get("pos_label", "")),
-                   attrs.get("latent"))
+        return cls(Site(Submodule.parse(hook), attrs.get("position"), attrs.get("pos_label", "")), attrs.get("latent"))

@@ -108,8 +108,15 @@ def _recovered(ce_zero: float, ce_sae: float, ce_clean: float) -> float:
 
 
 @torch.no_grad()
-def evaluate_saes(model: HookedTransformer, saes: SAESet, n_seqs: int = 512, seq_len: int | None = None,
-                  batch_size: int = 64, seed: int = 0, progress: bool = True) -> SAEEvaluation:
+def evaluate_saes(
+    model: HookedTransformer,
+    saes: SAESet,
+    n_seqs: int = 512,
+    seq_len: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+) -> SAEEvaluation:
     """Per-hook `SAEScore`s and the all-spliced CE loss recovered on ``n_seqs`` held-out
     sequences of ``seq_len`` tokens (default: 64, or the model's context if shorter)."""
     saes.check_model(model)
@@ -122,35 +129,51 @@ def evaluate_saes(model: HookedTransformer, saes: SAESet, n_seqs: int = 512, seq
     ce_sums.update({(h, kind): 0.0 for h in hooks for kind in ("sae", "zero")})
     n_batches = 0
     for start in tqdm(range(0, n_seqs, batch_size), desc="evaluate SAEs", disable=not progress):
-        tokens = corpus_tokens(model.tokenizer, f"sae-eval/{seed}/{start}",
-                               min(batch_size, n_seqs - start), seq_len).to(model.cfg.device)
+        tokens = corpus_tokens(
+            model.tokenizer, f"sae-eval/{seed}/{start}", min(batch_size, n_seqs - start), seq_len
+        ).to(model.cfg.device)
         loss, cache = model.run_with_cache(tokens, return_type="loss", names_filter=hooks)
         ce_sums["clean"] += loss.item()
         for h in hooks:
             stats[h].update(cache[h][:, 1:], saes[h])
             for kind, fn in (("sae", _reconstruct(saes[h])), ("zero", _zero)):
                 ce_sums[(h, kind)] += model.run_with_hooks(
-                    tokens, return_type="loss", fwd_hooks=[(h, _replace_hook(fn))]).item()
+                    tokens, return_type="loss", fwd_hooks=[(h, _replace_hook(fn))]
+                ).item()
         ce_sums["all_sae"] += model.run_with_hooks(
-            tokens, return_type="loss",
-            fwd_hooks=[(h, _replace_hook(_reconstruct(saes[h]))) for h in hooks]).item()
+            tokens, return_type="loss", fwd_hooks=[(h, _replace_hook(_reconstruct(saes[h]))) for h in hooks]
+        ).item()
         ce_sums["all_zero"] += model.run_with_hooks(
-            tokens, return_type="loss", fwd_hooks=[(h, _replace_hook(_zero)) for h in hooks]).item()
+            tokens, return_type="loss", fwd_hooks=[(h, _replace_hook(_zero)) for h in hooks]
+        ).item()
         n_batches += 1
     ce = {k: v / n_batches for k, v in ce_sums.items()}
-    scores = {h: SAEScore(**stats[h].result(),
-                          ce_recovered=_recovered(ce[(h, "zero")], ce[(h, "sae")], ce["clean"]),
-                          ce_sae=ce[(h, "sae")], ce_zero=ce[(h, "zero")])
-              for h in hooks}
-    return SAEEvaluation(scores, _recovered(ce["all_zero"], ce["all_sae"], ce["clean"]),
-                         ce_clean=ce["clean"], ce_all_spliced=ce["all_sae"], ce_all_zero=ce["all_zero"])
+    scores = {
+        h: SAEScore(
+            **stats[h].result(),
+            ce_recovered=_recovered(ce[(h, "zero")], ce[(h, "sae")], ce["clean"]),
+            ce_sae=ce[(h, "sae")],
+            ce_zero=ce[(h, "zero")],
+        )
+        for h in hooks
+    }
+    return SAEEvaluation(
+        scores,
+        _recovered(ce["all_zero"], ce["all_sae"], ce["clean"]),
+        ce_clean=ce["clean"],
+        ce_all_spliced=ce["all_sae"],
+        ce_all_zero=ce["all_zero"],
+    )
 
 
 def format_table(result: SAEEvaluation) -> str:
     """The evaluation as a markdown table and a line for all SAEs spliced at once."""
-    table = markdown_table(["hook", "L0", "FVU", "CE rec", "dead", "dense"],
-                           [[hook, f"{r.l0:.1f}", r.fvu, r.ce_recovered, r.dead_frac, r.dense_frac]
-                            for hook, r in result.saes.items()])
-    return (f"{table}\n\nall SAEs spliced at once: CE recovered {result.all_spliced_ce_recovered:.3f} "
-            f"(clean CE {result.ce_clean:.3f}, spliced {result.ce_all_spliced:.3f}, "
-            f"all zero-ablated {result.ce_all_zero:.3f})")
+    table = markdown_table(
+        ["hook", "L0", "FVU", "CE rec", "dead", "dense"],
+        [[hook, f"{r.l0:.1f}", r.fvu, r.ce_recovered, r.dead_frac, r.dense_frac] for hook, r in result.saes.items()],
+    )
+    return (
+        f"{table}\n\nall SAEs spliced at once: CE recovered {result.all_spliced_ce_recovered:.3f} "
+        f"(clean CE {result.ce_clean:.3f}, spliced {result.ce_all_spliced:.3f}, "
+        f"all zero-ablated {result.ce_all_zero:.3f})"
+    )

@@ -62,8 +62,7 @@ def check_hooks(model: HookedTransformer, hooks: list[str]) -> None:
 
 def hook_width(model: HookedTransformer, hook: str) -> int:
     """Activation width at a hook point (d_model for resid/mlp_out/attn_out)."""
-    if hook.endswith(("hook_resid_post", "hook_resid_pre", "hook_resid_mid", "hook_mlp_out",
-                      "hook_attn_out")):
+    if hook.endswith(("hook_resid_post", "hook_resid_pre", "hook_resid_mid", "hook_mlp_out", "hook_attn_out")):
         return model.cfg.d_model
     if hook.endswith(("mlp.hook_post", "mlp.hook_pre")):
         return model.cfg.d_mlp
@@ -79,9 +78,7 @@ class SAESet(Mapping[str, SAE]):
 
     def __getitem__(self, hook: str) -> SAE:
         if hook not in self.saes:
-            raise CircuitsError(
-                f"no SAE for hook {hook!r}; the set covers {', '.join(self.saes) or 'nothing'}"
-            )
+            raise CircuitsError(f"no SAE for hook {hook!r}; the set covers {', '.join(self.saes) or 'nothing'}")
         return self.saes[hook]
 
     def __contains__(self, hook: object) -> bool:
@@ -107,8 +104,9 @@ class SAESet(Mapping[str, SAE]):
             raise CircuitsError(f"unknown kind(s) {', '.join(sorted(bad))} (use {', '.join(HOOK_KINDS)})")
         kept = {h: sae for h, sae in self.saes.items() if hook_kind(h) in wanted}
         if not kept:
-            raise CircuitsError(f"the SAE set has no {', '.join(sorted(wanted))} hooks "
-                                f"(it covers {', '.join(self.saes) or 'nothing'})")
+            raise CircuitsError(
+                f"the SAE set has no {', '.join(sorted(wanted))} hooks (it covers {', '.join(self.saes) or 'nothing'})"
+            )
         return SAESet(kept, self.model_name)
 
     def check_model(self, model: HookedTransformer) -> None:
@@ -136,8 +134,7 @@ class SAESet(Mapping[str, SAE]):
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, model: HookedTransformer | None = None,
-             device: str = "cpu") -> SAESet:
+    def load(cls, folder: str | Path, model: HookedTransformer | None = None, device: str = "cpu") -> SAESet:
         """Load a saved set; with ``model``, also check hooks and widths against it."""
         folder = Path(folder)
         manifest_path = folder / MANIFEST

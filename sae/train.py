@@ -90,8 +90,9 @@ class SAETrainConfig(Config):
         return hooks
 
 
-def training_sae(cfg: SAETrainConfig, d_in: int, hook: str, model_name: str, seed: int,
-                 device: str = "cpu") -> TrainingSAE:
+def training_sae(
+    cfg: SAETrainConfig, d_in: int, hook: str, model_name: str, seed: int, device: str = "cpu"
+) -> TrainingSAE:
     """A freshly initialised sae-lens training SAE of ``cfg.arch`` for one hook."""
     sae_cls, cfg_cls = get_sae_training_class(cfg.arch)
     extra = {
@@ -101,8 +102,9 @@ def training_sae(cfg: SAETrainConfig, d_in: int, hook: str, model_name: str, see
         "gated": {"l1_coefficient": cfg.l1_coefficient},
         "jumprelu": {"l0_coefficient": cfg.l0_coefficient},
     }[cfg.arch]
-    sae_cfg = cfg_cls(d_in=d_in, d_sae=cfg.width, device=device,
-                      metadata=SAEMetadata(hook_name=hook, model_name=model_name), **extra)
+    sae_cfg = cfg_cls(
+        d_in=d_in, d_sae=cfg.width, device=device, metadata=SAEMetadata(hook_name=hook, model_name=model_name), **extra
+    )
     torch.manual_seed(seed)
     return sae_cls(sae_cfg)
 
@@ -116,11 +118,13 @@ class ActivationBatches(Iterator[dict[str, torch.Tensor]]):
 
     @torch.no_grad()
     def __next__(self) -> dict[str, torch.Tensor]:
-        tokens = corpus_tokens(self.model.tokenizer, f"sae/{self.cfg.seed}/{self.index}",
-                               self.cfg.seqs_per_batch, self.cfg.seq_len)
+        tokens = corpus_tokens(
+            self.model.tokenizer, f"sae/{self.cfg.seed}/{self.index}", self.cfg.seqs_per_batch, self.cfg.seq_len
+        )
         self.index += 1
-        _, cache = self.model.run_with_cache(tokens.to(self.model.cfg.device), names_filter=self.hooks,
-                                             stop_at_layer=self.stop_at)
+        _, cache = self.model.run_with_cache(
+            tokens.to(self.model.cfg.device), names_filter=self.hooks, stop_at_layer=self.stop_at
+        )
         return {h: cache[h][:, 1:].reshape(-1, cache[h].shape[-1]) for h in self.hooks}
 
 
@@ -145,9 +149,12 @@ class ResamplingMultiSAETrainer(MultiSAETrainer):
             batch = self.data_provider.last
             for name, trainer in self.trainers.items():
                 if self.saes[name].cfg.architecture() in ("topk", "batchtopk"):
-                    resample_dead_latents(trainer, batch[self.hook_names[name]],
-                                          torch.Generator().manual_seed(self.train_cfg.seed * 100003 + step),
-                                          self.train_cfg.dead_window)
+                    resample_dead_latents(
+                        trainer,
+                        batch[self.hook_names[name]],
+                        torch.Generator().manual_seed(self.train_cfg.seed * 100003 + step),
+                        self.train_cfg.dead_window,
+                    )
         super()._checkpoint_if_needed()
 
 
@@ -183,8 +190,13 @@ def resample_dead_latents(trainer, batch: torch.Tensor, generator: torch.Generat
     return n_dead
 
 
-def train_sae_set(model: HookedTransformer, cfg: SAETrainConfig, folder: str | Path,
-                  progress: bool = True, stop_after: int | None = None) -> SAESet | None:
+def train_sae_set(
+    model: HookedTransformer,
+    cfg: SAETrainConfig,
+    folder: str | Path,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> SAESet | None:
     """Train one SAE per hook of ``cfg`` on ``model``'s activations and save the set to ``folder``.
 
     ``stop_after`` stops after that many training steps of this call, leaving a checkpoint
@@ -195,10 +207,19 @@ def train_sae_set(model: HookedTransformer, cfg: SAETrainConfig, folder: str | P
     folder = Path(folder)
     hooks = cfg.hooks(model)
     device = str(model.cfg.device)
-    saes = {h: training_sae(cfg, hook_width(model, h), h, model.cfg.model_name, cfg.seed + i, device)
-            for i, h in enumerate(hooks)}
-    trained = fit_saes(saes, lambda start: ActivationBatches(model, hooks, cfg, start), cfg,
-                       folder.with_name(folder.name + ".training"), progress, stop_after, device)
+    saes = {
+        h: training_sae(cfg, hook_width(model, h), h, model.cfg.model_name, cfg.seed + i, device)
+        for i, h in enumerate(hooks)
+    }
+    trained = fit_saes(
+        saes,
+        lambda start: ActivationBatches(model, hooks, cfg, start),
+        cfg,
+        folder.with_name(folder.name + ".training"),
+        progress,
+        stop_after,
+        device,
+    )
     if trained is None:
         return None
     _save_inference_set(trained, folder, model.cfg.model_name)
@@ -206,10 +227,16 @@ def train_sae_set(model: HookedTransformer, cfg: SAETrainConfig, folder: str | P
     return SAESet.load(folder, model, device=device)
 
 
-def fit_saes(saes: dict[str, TrainingSAE], batches: Callable[[int], Iterator[dict[str, torch.Tensor]]],
-             cfg: SAETrainConfig, ckpt_root: Path, progress: bool = True,
-             stop_after: int | None = None, device: str = "cpu",
-             batch_size: int | None = None) -> dict[str, TrainingSAE] | None:
+def fit_saes(
+    saes: dict[str, TrainingSAE],
+    batches: Callable[[int], Iterator[dict[str, torch.Tensor]]],
+    cfg: SAETrainConfig,
+    ckpt_root: Path,
+    progress: bool = True,
+    stop_after: int | None = None,
+    device: str = "cpu",
+    batch_size: int | None = None,
+) -> dict[str, TrainingSAE] | None:
     """Train ``saes`` (name -> sae-lens training SAE) in lockstep on ``batches(start_step)``,
     an iterator of ``{name: [batch_size, d_in]}`` (default batch size: ``cfg.batch_tokens``);
     checkpoint to and resume from ``ckpt_root``. Returns None when ``stop_after`` ends the
@@ -218,17 +245,29 @@ def fit_saes(saes: dict[str, TrainingSAE], batches: Callable[[int], Iterator[dic
     n_steps = cfg.n_tokens // batch_size
     trainer_cfg = SAETrainerConfig(
         total_training_samples=n_steps * batch_size,
-        train_batch_size_samples=batch_size, lr=cfg.lr, lr_end=cfg.lr / 10,
-        lr_scheduler_name="cosineannealing", lr_warm_up_steps=min(50, n_steps // 10),
-        lr_decay_steps=n_steps // 5, device=device, autocast=cfg.autocast,
-        n_checkpoints=cfg.n_checkpoints, checkpoint_path=str(ckpt_root),
+        train_batch_size_samples=batch_size,
+        lr=cfg.lr,
+        lr_end=cfg.lr / 10,
+        lr_scheduler_name="cosineannealing",
+        lr_warm_up_steps=min(50, n_steps // 10),
+        lr_decay_steps=n_steps // 5,
+        device=device,
+        autocast=cfg.autocast,
+        n_checkpoints=cfg.n_checkpoints,
+        checkpoint_path=str(ckpt_root),
         # sae-lens's dead mask only drives the TopK auxiliary loss; a coefficient of 0 skips it.
         dead_feature_window=cfg.dead_window if cfg.aux_coefficient else n_steps + 1,
         feature_sampling_window=200,
     )
-    trainer = ResamplingMultiSAETrainer(trainer_cfg, saes, {name: name for name in saes}, iter(()),
-                                        save_checkpoint_fn=partial(_mark_complete, cfg),
-                                        train_cfg=cfg, n_steps=n_steps)
+    trainer = ResamplingMultiSAETrainer(
+        trainer_cfg,
+        saes,
+        {name: name for name in saes},
+        iter(()),
+        save_checkpoint_fn=partial(_mark_complete, cfg),
+        train_cfg=cfg,
+        n_steps=n_steps,
+    )
     start = _resume(trainer, ckpt_root, cfg)
     if stop_after is not None:
         # Only the coordinator's loop stops early; per-SAE lr schedules keep the whole run.
@@ -299,8 +338,12 @@ def _save_inference_set(saes: dict[str, TrainingSAE], folder: Path, model_name: 
     tmp.rename(folder)
 
 
-def load_saes(name: str = "toy", model: HookedTransformer | None = None,
-              cache_dir: str | Path | None = None, progress: bool = True) -> SAESet:
+def load_saes(
+    name: str = "toy",
+    model: HookedTransformer | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> SAESet:
     """The embedded model's default SAE set ("toy": cached, trained on first use) or a saved
     set folder; checked against ``model`` when given (``model`` defaults to the toy model)."""
     from circuits.model import TOY_NAME, default_cache_dir, load_model

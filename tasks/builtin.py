@@ -55,18 +55,27 @@ def ioi(tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0, split: 
         io_pos.append(2 if ex["order"] == "ABBA" else 4)
         s1_pos.append(4 if ex["order"] == "ABBA" else 2)
     return Task(
-        name="ioi", clean=_batch(tokenizer, clean), corrupt=_batch(tokenizer, corrupt),
+        name="ioi",
+        clean=_batch(tokenizer, clean),
+        corrupt=_batch(tokenizer, corrupt),
         answer=torch.tensor([_ids(tokenizer, a) for a in answers]),
         wrong=torch.tensor([_ids(tokenizer, w) for w in wrongs]),
-        metric="logit_diff", position_labels=L.IOI_POSITION_LABELS,
-        roles={"IO": torch.tensor(io_pos), "S1": torch.tensor(s1_pos),
-               "S2": torch.full((n,), 10), "END": torch.full((n,), 14)},
-        prompts=[" ".join(p) for p in clean], corrupt_prompts=[" ".join(p) for p in corrupt],
+        metric="logit_diff",
+        position_labels=L.IOI_POSITION_LABELS,
+        roles={
+            "IO": torch.tensor(io_pos),
+            "S1": torch.tensor(s1_pos),
+            "S2": torch.full((n,), 10),
+            "END": torch.full((n,), 14),
+        },
+        prompts=[" ".join(p) for p in clean],
+        corrupt_prompts=[" ".join(p) for p in corrupt],
     )
 
 
-def sva(tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0, split: str = "eval",
-        structure: str = "pp") -> Task:
+def sva(
+    tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0, split: str = "eval", structure: str = "pp"
+) -> Task:
     """Subject-verb agreement across a distractor ("the dog near the cats" -> runs/run);
     corrupt flips the subject's number. Metric logit(agreeing verb) - logit(other form)."""
     rng = _rng(f"sva-{structure}", split, seed)
@@ -83,19 +92,25 @@ def sva(tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0, split: 
         corrupt.append(flipped)
         answers.append([good[verb]])
         wrongs.append([bad[verb]])
-    labels = ("BOS", "the", "N1", "PREP", "the2", "N2") if structure == "pp" else (
-        ("BOS", "the", "N1", "that", "the2", "N2", "V2") if structure == "rc" else ("BOS", "the", "N1"))
+    labels = (
+        ("BOS", "the", "N1", "PREP", "the2", "N2")
+        if structure == "pp"
+        else (("BOS", "the", "N1", "that", "the2", "N2", "V2") if structure == "rc" else ("BOS", "the", "N1"))
+    )
     return Task(
-        name="sva", clean=_batch(tokenizer, clean), corrupt=_batch(tokenizer, corrupt),
+        name="sva",
+        clean=_batch(tokenizer, clean),
+        corrupt=_batch(tokenizer, corrupt),
         answer=torch.tensor([_ids(tokenizer, a) for a in answers]),
         wrong=torch.tensor([_ids(tokenizer, w) for w in wrongs]),
-        metric="logit_diff", position_labels=labels,
-        prompts=[" ".join(p) for p in clean], corrupt_prompts=[" ".join(p) for p in corrupt],
+        metric="logit_diff",
+        position_labels=labels,
+        prompts=[" ".join(p) for p in clean],
+        corrupt_prompts=[" ".join(p) for p in corrupt],
     )
 
 
-def greater_than(tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0,
-                 split: str = "eval") -> Task:
+def greater_than(tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0, split: str = "eval") -> Task:
     """Years: "the war lasted from the year 17 32 to the year 17" -> YY' > 32; corrupt YY = 01.
     Metric: sum p(YY' > YY) - sum p(YY' <= YY) over the two-digit tokens."""
     rng = _rng("greater_than", split, seed)
@@ -104,9 +119,9 @@ def greater_than(tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0
         event, century, yy = rng.choice(L.EVENTS), rng.choice(L.CENTURIES), rng.randint(2, 98)
         clean.append(L.years_prompt(event, century, yy))
         corrupt.append(L.years_prompt(event, century, 1))
-        later = list(L.TWO_DIGITS[yy + 1:])
+        later = list(L.TWO_DIGITS[yy + 1 :])
         answers.append(later + ["<pad>"] * (100 - len(later)))
-        earlier = list(L.TWO_DIGITS[:yy + 1])
+        earlier = list(L.TWO_DIGITS[: yy + 1])
         wrongs.append(earlier + ["<pad>"] * (100 - len(earlier)))
     pad = tokenizer.get_vocab()["<pad>"]
 
@@ -115,16 +130,35 @@ def greater_than(tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0
         return t.masked_fill(t == pad, -1)
 
     return Task(
-        name="greater_than", clean=_batch(tokenizer, clean), corrupt=_batch(tokenizer, corrupt),
-        answer=ids(answers), wrong=ids(wrongs), metric="prob_diff",
-        position_labels=("BOS", "the", "EVENT", "lasted", "from", "the2", "year", "CC", "YY", "to",
-                         "the3", "year2", "CC2"),
-        prompts=[" ".join(p) for p in clean], corrupt_prompts=[" ".join(p) for p in corrupt],
+        name="greater_than",
+        clean=_batch(tokenizer, clean),
+        corrupt=_batch(tokenizer, corrupt),
+        answer=ids(answers),
+        wrong=ids(wrongs),
+        metric="prob_diff",
+        position_labels=(
+            "BOS",
+            "the",
+            "EVENT",
+            "lasted",
+            "from",
+            "the2",
+            "year",
+            "CC",
+            "YY",
+            "to",
+            "the3",
+            "year2",
+            "CC2",
+        ),
+        prompts=[" ".join(p) for p in clean],
+        corrupt_prompts=[" ".join(p) for p in corrupt],
     )
 
 
-def induction(tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0, split: str = "eval",
-              length: int = 8) -> Task:
+def induction(
+    tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0, split: str = "eval", length: int = 8
+) -> Task:
     """A random list of names, repeated ("list : A B C list : A B"); corrupt replaces the first
     copy with other names. Metric: mean log-prob of the repeated names."""
     rng = _rng("induction", split, seed)
@@ -137,24 +171,45 @@ def induction(tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0, s
         answers.append(first)
     # Token index of the second ":" is length + 4; it predicts first[0], and so on.
     score_pos = torch.arange(length + 4, 2 * length + 4)
-    labels = ("BOS", "list", ":", *[f"x{i}" for i in range(length)], "list2", ":2",
-              *[f"y{i}" for i in range(length - 1)])
+    labels = (
+        "BOS",
+        "list",
+        ":",
+        *[f"x{i}" for i in range(length)],
+        "list2",
+        ":2",
+        *[f"y{i}" for i in range(length - 1)],
+    )
     return Task(
-        name="induction", clean=_batch(tokenizer, clean), corrupt=_batch(tokenizer, corrupt),
+        name="induction",
+        clean=_batch(tokenizer, clean),
+        corrupt=_batch(tokenizer, corrupt),
         answer=torch.tensor([_ids(tokenizer, a) for a in answers]),
-        wrong=torch.empty((n, 0), dtype=torch.long), metric="logprob", score_pos=score_pos,
+        wrong=torch.empty((n, 0), dtype=torch.long),
+        metric="logprob",
+        score_pos=score_pos,
         position_labels=labels,
-        prompts=[" ".join(p) for p in clean], corrupt_prompts=[" ".join(p) for p in corrupt],
+        prompts=[" ".join(p) for p in clean],
+        corrupt_prompts=[" ".join(p) for p in corrupt],
     )
 
 
 BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
-    "ioi": ioi, "sva": sva, "greater_than": greater_than, "induction": induction,
+    "ioi": ioi,
+    "sva": sva,
+    "greater_than": greater_than,
+    "induction": induction,
 }
 
 
-def make_task(name: str, tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0,
-              split: str = "eval", metric: str | None = None) -> Task:
+def make_task(
+    name: str,
+    tokenizer: PreTrainedTokenizerBase,
+    n: int = 128,
+    seed: int = 0,
+    split: str = "eval",
+    metric: str | None = None,
+) -> Task:
     """Build a built-in task by name, or load a user task from a ``.jsonl`` file; ``metric``
     replaces the task's own (e.g. ``"kl"``)."""
     if name.endswith(".jsonl"):
@@ -163,9 +218,7 @@ def make_task(name: str, tokenizer: PreTrainedTokenizerBase, n: int = 128, seed:
         task = load_task_jsonl(name, tokenizer)
         task = task.subset(slice(0, n)) if n < task.n_examples else task
     elif name not in BUILTIN_TASKS:
-        raise CircuitsError(
-            f"unknown task {name!r}: built-in tasks are {', '.join(BUILTIN_TASKS)} (or a .jsonl file)"
-        )
+        raise CircuitsError(f"unknown task {name!r}: built-in tasks are {', '.join(BUILTIN_TASKS)} (or a .jsonl file)")
     else:
         task = BUILTIN_TASKS[name](tokenizer, n=n, seed=seed, split=split)
     return task if metric is None else task.with_metric(metric)

@@ -10,8 +10,9 @@ from transformers import PreTrainedTokenizerBase
 from tasks.language import Mixture, document
 
 
-def corpus_tokens(tokenizer: PreTrainedTokenizerBase, key: str, n_seqs: int, seq_len: int,
-                  mixture: Mixture = Mixture()) -> torch.Tensor:
+def corpus_tokens(
+    tokenizer: PreTrainedTokenizerBase, key: str, n_seqs: int, seq_len: int, mixture: Mixture = Mixture()
+) -> torch.Tensor:
     """``[n_seqs, seq_len]`` token ids (BOS + documents), a pure function of ``key``."""
     rng = random.Random(key)
     vocab = tokenizer.get_vocab()

@@ -51,9 +51,7 @@ def load_task_jsonl(path: str | Path, tokenizer: PreTrainedTokenizerBase, name: 
         clean = _tokens(tokenizer, obj["clean"], where, bos=True)
         corrupt = _tokens(tokenizer, obj["corrupt"], where, bos=True)
         if len(clean) != len(corrupt):
-            raise CircuitsError(
-                f"{where}: clean has {len(clean)} tokens and corrupt {len(corrupt)}; they must align"
-            )
+            raise CircuitsError(f"{where}: clean has {len(clean)} tokens and corrupt {len(corrupt)}; they must align")
         answers = []
         for key in ("answer", "wrong_answer"):
             ids = _tokens(tokenizer, obj[key], where, bos=False)
@@ -72,8 +70,13 @@ def load_task_jsonl(path: str | Path, tokenizer: PreTrainedTokenizerBase, name: 
 
     same_length = bool((lengths == width).all())
     return Task(
-        name=name or path.stem, clean=batch(0), corrupt=batch(1),
-        answer=torch.tensor([[r[2]] for r in rows]), wrong=torch.tensor([[r[3]] for r in rows]),
-        metric="logit_diff", lengths=None if same_length else lengths,
-        prompts=[r[4] for r in rows], corrupt_prompts=[r[5] for r in rows],
+        name=name or path.stem,
+        clean=batch(0),
+        corrupt=batch(1),
+        answer=torch.tensor([[r[2]] for r in rows]),
+        wrong=torch.tensor([[r[3]] for r in rows]),
+        metric="logit_diff",
+        lengths=None if same_length else lengths,
+        prompts=[r[4] for r in rows],
+        corrupt_prompts=[r[5] for r in rows],
     )

@@ -22,40 +22,149 @@ from dataclasses import dataclass
 from itertools import product
 
 NAMES: tuple[str, ...] = (
-    "Mary", "John", "Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry",
-    "Irene", "Jack", "Karen", "Leo", "Laura", "Mike", "Nina", "Oscar", "Paula", "Quinn",
-    "Rachel", "Sam", "Tina", "Victor", "Wendy", "Xavier", "Yara", "Zack", "Anna", "Ben",
-    "Clara", "Dan", "Ella", "Fred", "Gina", "Hugo", "Ivy", "James", "Kate", "Luke",
-    "Maria", "Noah", "Olivia", "Peter", "Rose", "Steve", "Sarah", "Tom", "Uma", "Vera",
-    "Will", "Zoe", "Adam", "Beth", "Chris", "Diana", "Eric", "Fiona", "George", "Helen",
-    "Ian", "Julia", "Kevin", "Lily", "Mark", "Nora", "Owen", "Pam", "Ruth", "Simon",
-    "Tara", "Ugo", "Vince", "Walt", "Amy", "Bella", "Carl", "Dora", "Eli", "Faye",
+    "Mary",
+    "John",
+    "Alice",
+    "Bob",
+    "Carol",
+    "David",
+    "Emma",
+    "Frank",
+    "Grace",
+    "Henry",
+    "Irene",
+    "Jack",
+    "Karen",
+    "Leo",
+    "Laura",
+    "Mike",
+    "Nina",
+    "Oscar",
+    "Paula",
+    "Quinn",
+    "Rachel",
+    "Sam",
+    "Tina",
+    "Victor",
+    "Wendy",
+    "Xavier",
+    "Yara",
+    "Zack",
+    "Anna",
+    "Ben",
+    "Clara",
+    "Dan",
+    "Ella",
+    "Fred",
+    "Gina",
+    "Hugo",
+    "Ivy",
+    "James",
+    "Kate",
+    "Luke",
+    "Maria",
+    "Noah",
+    "Olivia",
+    "Peter",
+    "Rose",
+    "Steve",
+    "Sarah",
+    "Tom",
+    "Uma",
+    "Vera",
+    "Will",
+    "Zoe",
+    "Adam",
+    "Beth",
+    "Chris",
+    "Diana",
+    "Eric",
+    "Fiona",
+    "George",
+    "Helen",
+    "Ian",
+    "Julia",
+    "Kevin",
+    "Lily",
+    "Mark",
+    "Nora",
+    "Owen",
+    "Pam",
+    "Ruth",
+    "Simon",
+    "Tara",
+    "Ugo",
+    "Vince",
+    "Walt",
+    "Amy",
+    "Bella",
+    "Carl",
+    "Dora",
+    "Eli",
+    "Faye",
 )
 N_HELDOUT_NAMES = 16
 TRAIN_NAMES: tuple[str, ...] = NAMES[:-N_HELDOUT_NAMES]
 HELDOUT_NAMES: tuple[str, ...] = NAMES[-N_HELDOUT_NAMES:]
 
 PLACES = (
-    "store", "park", "school", "market", "garden", "station", "library", "river", "beach",
-    "office", "church", "museum", "hospital", "restaurant", "cafe", "farm", "bank", "theater",
-    "zoo", "castle",
+    "store",
+    "park",
+    "school",
+    "market",
+    "garden",
+    "station",
+    "library",
+    "river",
+    "beach",
+    "office",
+    "church",
+    "museum",
+    "hospital",
+    "restaurant",
+    "cafe",
+    "farm",
+    "bank",
+    "theater",
+    "zoo",
+    "castle",
 )
 OBJECTS = (
-    "book", "ring", "drink", "bone", "ball", "computer", "necklace", "flower", "letter", "gift",
-    "key", "hat", "cake", "map", "coin", "pen", "lamp", "shoe", "basket", "kite",
+    "book",
+    "ring",
+    "drink",
+    "bone",
+    "ball",
+    "computer",
+    "necklace",
+    "flower",
+    "letter",
+    "gift",
+    "key",
+    "hat",
+    "cake",
+    "map",
+    "coin",
+    "pen",
+    "lamp",
+    "shoe",
+    "basket",
+    "kite",
 )
 
 # IOI templates share one skeleton so every prompt has the same length and role positions:
 # <intro> A and B <motion: 3 words> <place> , S <give> a <object> to -> IO
 IOI_INTROS = ("When", "While", "After", "Once", "Before")
 IOI_MOTIONS = (
-    ("went", "to", "the"), ("arrived", "at", "the"), ("were", "at", "the"),
-    ("walked", "into", "the"), ("came", "to", "the"), ("stayed", "at", "the"),
+    ("went", "to", "the"),
+    ("arrived", "at", "the"),
+    ("were", "at", "the"),
+    ("walked", "into", "the"),
+    ("came", "to", "the"),
+    ("stayed", "at", "the"),
 )
 IOI_GIVES = ("gave", "handed", "passed", "threw", "sent", "showed")
-IOI_TEMPLATES: tuple[tuple[str, tuple[str, str, str], str], ...] = tuple(
-    product(IOI_INTROS, IOI_MOTIONS, IOI_GIVES)
-)
+IOI_TEMPLATES: tuple[tuple[str, tuple[str, str, str], str], ...] = tuple(product(IOI_INTROS, IOI_MOTIONS, IOI_GIVES))
 # Every word of these templates is seen in training, but never in this combination.
 IOI_HELDOUT_TEMPLATES = (
     ("Before", ("walked", "into", "the"), "threw"),
@@ -66,18 +175,66 @@ IOI_HELDOUT_TEMPLATES = (
 IOI_TRAIN_TEMPLATES = tuple(t for t in IOI_TEMPLATES if t not in IOI_HELDOUT_TEMPLATES)
 # Position labels of the IOI skeleton (index 0 is BOS, added by the tokenizer).
 IOI_POSITION_LABELS = (
-    "BOS", "intro", "A", "and", "B", "motion1", "motion2", "the", "PLACE", ",", "S2", "give",
-    "a", "OBJECT", "END",
+    "BOS",
+    "intro",
+    "A",
+    "and",
+    "B",
+    "motion1",
+    "motion2",
+    "the",
+    "PLACE",
+    ",",
+    "S2",
+    "give",
+    "a",
+    "OBJECT",
+    "END",
 )
 
 NOUNS_SG = (
-    "dog", "cat", "boy", "girl", "teacher", "doctor", "farmer", "king", "queen", "bird",
-    "horse", "child", "man", "woman", "student", "baker", "pilot", "singer", "nurse", "lawyer",
+    "dog",
+    "cat",
+    "boy",
+    "girl",
+    "teacher",
+    "doctor",
+    "farmer",
+    "king",
+    "queen",
+    "bird",
+    "horse",
+    "child",
+    "man",
+    "woman",
+    "student",
+    "baker",
+    "pilot",
+    "singer",
+    "nurse",
+    "lawyer",
 )
 NOUNS_PL = (
-    "dogs", "cats", "boys", "girls", "teachers", "doctors", "farmers", "kings", "queens",
-    "birds", "horses", "children", "men", "women", "students", "bakers", "pilots", "singers",
-    "nurses", "lawyers",
+    "dogs",
+    "cats",
+    "boys",
+    "girls",
+    "teachers",
+    "doctors",
+    "farmers",
+    "kings",
+    "queens",
+    "birds",
+    "horses",
+    "children",
+    "men",
+    "women",
+    "students",
+    "bakers",
+    "pilots",
+    "singers",
+    "nurses",
+    "lawyers",
 )
 VERBS_SG = ("runs", "sleeps", "sings", "jumps", "waits", "smiles", "walks", "eats", "laughs", "works")
 VERBS_PL = ("run", "sleep", "sing", "jump", "wait", "smile", "walk", "eat", "laugh", "work")
@@ -86,17 +243,61 @@ TVERBS_PL = ("see", "like", "help", "know", "follow", "call")
 PREPOSITIONS = ("near", "behind", "beside", "with", "above", "under")
 
 EVENTS = (
-    "war", "trip", "project", "reign", "drought", "festival", "expedition", "strike", "siege",
-    "journey", "voyage", "treaty", "famine", "contest", "campaign",
+    "war",
+    "trip",
+    "project",
+    "reign",
+    "drought",
+    "festival",
+    "expedition",
+    "strike",
+    "siege",
+    "journey",
+    "voyage",
+    "treaty",
+    "famine",
+    "contest",
+    "campaign",
 )
 CENTURIES = tuple(str(c) for c in range(11, 20))
 TWO_DIGITS = tuple(f"{i:02d}" for i in range(100))
 
 NARRATIVE_VERBS = ("walked", "ran", "drove", "went", "came")
 FUNCTION_WORDS = (
-    "When", "While", "After", "Once", "Before", "The", "the", "a", "and", "to", "at", "into",
-    "of", "from", "year", "lasted", "that", "list", "it", "his", "her", "saw", "has", "liked",
-    "found", "lost", "said", "hello", "then", "home", "is", "happy", "tired", "very",
+    "When",
+    "While",
+    "After",
+    "Once",
+    "Before",
+    "The",
+    "the",
+    "a",
+    "and",
+    "to",
+    "at",
+    "into",
+    "of",
+    "from",
+    "year",
+    "lasted",
+    "that",
+    "list",
+    "it",
+    "his",
+    "her",
+    "saw",
+    "has",
+    "liked",
+    "found",
+    "lost",
+    "said",
+    "hello",
+    "then",
+    "home",
+    "is",
+    "happy",
+    "tired",
+    "very",
 )
 PUNCTUATION = (",", ".", ":")
 
@@ -119,9 +320,25 @@ class Mixture:
 def vocabulary() -> list[str]:
     """Every word the language can produce, in a fixed order (ids follow this order)."""
     groups = (
-        NAMES, PLACES, OBJECTS, IOI_INTROS, tuple(w for m in IOI_MOTIONS for w in m), IOI_GIVES,
-        NOUNS_SG, NOUNS_PL, VERBS_SG, VERBS_PL, TVERBS_SG, TVERBS_PL, PREPOSITIONS, EVENTS,
-        CENTURIES, TWO_DIGITS, NARRATIVE_VERBS, FUNCTION_WORDS, PUNCTUATION,
+        NAMES,
+        PLACES,
+        OBJECTS,
+        IOI_INTROS,
+        tuple(w for m in IOI_MOTIONS for w in m),
+        IOI_GIVES,
+        NOUNS_SG,
+        NOUNS_PL,
+        VERBS_SG,
+        VERBS_PL,
+        TVERBS_SG,
+        TVERBS_PL,
+        PREPOSITIONS,
+        EVENTS,
+        CENTURIES,
+        TWO_DIGITS,
+        NARRATIVE_VERBS,
+        FUNCTION_WORDS,
+        PUNCTUATION,
     )
     seen: dict[str, None] = {}
     for group in groups:
@@ -144,20 +361,24 @@ def sample_ioi(rng: random.Random, split: str = "train") -> dict:
     names = TRAIN_NAMES if split == "train" else NAMES
     io, s = rng.sample(names, 2)
     return {
-        "template": rng.choice(templates), "io": io, "s": s, "place": rng.choice(PLACES),
-        "obj": rng.choice(OBJECTS), "order": rng.choice(("ABBA", "BABA")),
+        "template": rng.choice(templates),
+        "io": io,
+        "s": s,
+        "place": rng.choice(PLACES),
+        "obj": rng.choice(OBJECTS),
+        "order": rng.choice(("ABBA", "BABA")),
     }
 
 
 def ioi_sentence(rng: random.Random) -> list[str]:
     ex = sample_ioi(rng, "train")
-    return ioi_prompt(ex["template"], ex["io"], ex["s"], ex["place"], ex["obj"], ex["order"]) + [
-        ex["io"], "."]
+    return ioi_prompt(ex["template"], ex["io"], ex["s"], ex["place"], ex["obj"], ex["order"]) + [ex["io"], "."]
 
 
 # ---------------------------------------------------------------------------- SVA
-def sva_subject(rng: random.Random, structure: str, plural: bool, plural2: bool,
-                noun: int | None = None, noun2: int | None = None) -> list[str]:
+def sva_subject(
+    rng: random.Random, structure: str, plural: bool, plural2: bool, noun: int | None = None, noun2: int | None = None
+) -> list[str]:
     """Subject phrase of an agreement sentence: "the dog near the cats" ("pp") or
     "the dog that the cats see" ("rc"). The main verb must agree with the first noun."""
     noun = rng.randrange(len(NOUNS_SG)) if noun is None else noun
@@ -185,8 +406,7 @@ def sva_sentence(rng: random.Random) -> list[str]:
 # ---------------------------------------------------------------------------- years
 def years_prompt(event: str, century: str, yy: int) -> list[str]:
     """Greater-than prompt: "the war lasted from the year 17 32 to the year 17"."""
-    return ["the", event, "lasted", "from", "the", "year", century, TWO_DIGITS[yy], "to", "the",
-            "year", century]
+    return ["the", event, "lasted", "from", "the", "year", century, TWO_DIGITS[yy], "to", "the", "year", century]
 
 
 def years_sentence(rng: random.Random) -> list[str]:
@@ -228,8 +448,11 @@ def narrative_sentence(rng: random.Random) -> list[str]:
 
 
 GENERATORS = {
-    "ioi": ioi_sentence, "sva": sva_sentence, "years": years_sentence,
-    "induction": induction_sentence, "narrative": narrative_sentence,
+    "ioi": ioi_sentence,
+    "sva": sva_sentence,
+    "years": years_sentence,
+    "induction": induction_sentence,
+    "narrative": narrative_sentence,
 }
 
 

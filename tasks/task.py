@@ -75,19 +75,23 @@ class Task:
     def check_fits(self, n_ctx: int) -> None:
         """Raise if the prompts are longer than a model's context."""
         if self.n_pos > n_ctx:
-            raise CircuitsError(
-                f"task {self.name}: prompts are {self.n_pos} tokens but the model's n_ctx is {n_ctx}"
-            )
+            raise CircuitsError(f"task {self.name}: prompts are {self.n_pos} tokens but the model's n_ctx is {n_ctx}")
 
     def subset(self, index: slice | torch.Tensor) -> Task:
         """The same task restricted to some examples (for batching)."""
         return Task(
-            name=self.name, clean=self.clean[index], corrupt=self.corrupt[index],
-            answer=self.answer[index], wrong=self.wrong[index], metric=self.metric,
-            score_pos=self.score_pos, position_labels=self.position_labels,
+            name=self.name,
+            clean=self.clean[index],
+            corrupt=self.corrupt[index],
+            answer=self.answer[index],
+            wrong=self.wrong[index],
+            metric=self.metric,
+            score_pos=self.score_pos,
+            position_labels=self.position_labels,
             roles={k: v[index] for k, v in self.roles.items()},
             lengths=None if self.lengths is None else self.lengths[index],
-            prompts=_take(self.prompts, index), corrupt_prompts=_take(self.corrupt_prompts, index),
+            prompts=_take(self.prompts, index),
+            corrupt_prompts=_take(self.corrupt_prompts, index),
             reference=None if self.reference is None else self.reference[index],
         )
 
@@ -113,8 +117,9 @@ class Task:
             return _sum_ids(probs, answer) - _sum_ids(probs, wrong)
         if self.metric == "kl":
             if self.reference is None:
-                raise CircuitsError(f"task {self.name}: the kl metric needs the clean run's "
-                                    "log-probabilities (Task.with_reference)")
+                raise CircuitsError(
+                    f"task {self.name}: the kl metric needs the clean run's log-probabilities (Task.with_reference)"
+                )
             ref = self.reference.to(logits.device)
             return -(ref.exp() * (ref - self._last(logits).log_softmax(-1))).sum(-1)
         logprobs = logits[:, self.score_pos.to(logits.device)].log_softmax(-1)  # [batch, k, vocab]

@@ -36,10 +36,16 @@ def build_tokenizer(words: list[str] | None = None) -> PreTrainedTokenizerFast:
     core.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, vocab[BOS])]
     )
-    return _prepends_bos(PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token=BOS, eos_token=BOS, pad_token=PAD, unk_token=UNK,
-        padding_side="right",
-    ))
+    return _prepends_bos(
+        PreTrainedTokenizerFast(
+            tokenizer_object=core,
+            bos_token=BOS,
+            eos_token=BOS,
+            pad_token=PAD,
+            unk_token=UNK,
+            padding_side="right",
+        )
+    )
 
 
 def _prepends_bos(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:

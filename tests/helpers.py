@@ -24,8 +24,7 @@ if TYPE_CHECKING:
 TOK = build_tokenizer()
 
 
-def random_saes(hooks, d_in=32, d_sae=64, k=8, *, first_seed=100, enc_bias=False,
-                name_hooks=False) -> SAESet:
+def random_saes(hooks, d_in=32, d_sae=64, k=8, *, first_seed=100, enc_bias=False, name_hooks=False) -> SAESet:
     """Random TopK SAEs at ``hooks`` (seeded per hook, random decoder and optionally encoder biases)."""
     from sae_lens import TopKSAE, TopKSAEConfig
     from sae_lens.saes.sae import SAEMetadata
@@ -50,9 +49,18 @@ def tiny_hooked_model(normalization: str | None = "LN", n_layers: int = 2) -> Ho
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     torch.manual_seed(0)
-    cfg = HookedTransformerConfig(n_layers=n_layers, d_model=32, n_heads=2, d_head=16, d_mlp=64,
-                                  n_ctx=32, d_vocab=len(TOK), act_fn="gelu",
-                                  normalization_type=normalization, seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers,
+        d_model=32,
+        n_heads=2,
+        d_head=16,
+        d_mlp=64,
+        n_ctx=32,
+        d_vocab=len(TOK),
+        act_fn="gelu",
+        normalization_type=normalization,
+        seed=0,
+    )
     return HookedTransformer(cfg, tokenizer=TOK)
 
 
@@ -60,14 +68,25 @@ def tiny_config(**overrides) -> ToyModelConfig:
     """A 1-layer toy config that trains in about a second."""
     from circuits.model import ToyModelConfig
 
-    base = dict(n_layers=1, d_model=32, n_heads=2, d_mlp=64, n_ctx=32, seq_len=32, steps=6,
-                batch_size=4, checkpoint_every=2, warmup=2)
+    base = dict(
+        n_layers=1,
+        d_model=32,
+        n_heads=2,
+        d_mlp=64,
+        n_ctx=32,
+        seq_len=32,
+        steps=6,
+        batch_size=4,
+        checkpoint_every=2,
+        warmup=2,
+    )
     base.update(overrides)
     return ToyModelConfig(**base)
 
 
-def node_attrs(hook: str | None, latent: int | None, position: int | None, label: str, effect: float,
-               activation: float = 1.0) -> dict:
+def node_attrs(
+    hook: str | None, latent: int | None, position: int | None, label: str, effect: float, activation: float = 1.0
+) -> dict:
     """Graph attributes of the node (hook None: the embeddings) at ``position`` labelled ``label``."""
     site = Site(Submodule.parse(hook or EMBED_HOOK), position, label)
     return Node(site, latent).attrs(effect, activation)
@@ -93,7 +112,6 @@ def toy_graph() -> nx.DiGraph:
     return g
 
 
-
 def all_reduced_arange() -> list[float]:
     """For circuits.parallel.run_local workers: each all-reduces [0., 1., 2.] and returns the result."""
     from circuits.parallel import all_reduce
@@ -117,8 +135,13 @@ NASTY = 'say "hi" <b>&amp; \\ back\\slash'
 def nasty_graph() -> nx.DiGraph:
     """The toy circuit with quotes, tags and backslashes in its names and labels."""
     g = toy_graph()
-    g.graph.update(task='t"<x>', metric="logit_diff", total_effect=-3.0, saes={"blocks.0.hook_mlp_out": 8},
-                   position_labels=["a", "b"])
+    g.graph.update(
+        task='t"<x>',
+        metric="logit_diff",
+        total_effect=-3.0,
+        saes={"blocks.0.hook_mlp_out": 8},
+        position_labels=["a", "b"],
+    )
     g.add_node('blocks.0.hook_mlp_out/6@"<\\', **node_attrs("blocks.0.hook_mlp_out", 6, 1, '"<\\', -0.5, 1.0))
     g.add_edge('blocks.0.hook_mlp_out/6@"<\\', "blocks.1.hook_resid_post/7@END", weight=-0.2)
     return g
@@ -128,5 +151,13 @@ def card(hook="blocks.0.hook_mlp_out", latent=5) -> FeatureCard:
     """A feature card whose texts need escaping."""
     from circuits.cards import FeatureCard
 
-    return FeatureCard(hook, latent, [{"tokens": ["x", NASTY, "</div>"], "index": 1, "activation": 1.5}],
-                       [1, 0, 2], 1.5, 0.1, [("<script>", 0.5)], [("\\", -0.4)])
+    return FeatureCard(
+        hook,
+        latent,
+        [{"tokens": ["x", NASTY, "</div>"], "index": 1, "activation": 1.5}],
+        [1, 0, 2],
+        1.5,
+        0.1,
+        [("<script>", 0.5)],
+        [("\\", -0.4)],
+    )

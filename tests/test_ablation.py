@@ -69,8 +69,10 @@ def test_mean_ablation_of_a_node_uses_its_task_mean(setup):
     expected[:, 2] += values[hook].error[2] - e[:, 2]
     masks = node_masks([Node.at(hook, None, 5), Node.at(hook, 2)], saes, task.n_pos)
     seen = {}
-    with ablated(model, saes, masks, values), \
-            model.hooks(fwd_hooks=[(hook, lambda out, hook: seen.setdefault("out", out))]):
+    with (
+        ablated(model, saes, masks, values),
+        model.hooks(fwd_hooks=[(hook, lambda out, hook: seen.setdefault("out", out))]),
+    ):
         model(task.clean)
     assert torch.allclose(seen["out"], expected, atol=1e-5)
     assert torch.allclose(values[hook].latents, saes[hook].encode(x).mean(0))

@@ -23,8 +23,9 @@ def test_atp_equals_exact_when_the_metric_is_linear_in_the_node():
     top = v.latents.abs().flatten().topk(10).indices
     nodes = [Node.at(hook, int(i) // 64, int(i) % 64) for i in top] + [Node.at(hook, 14), Node.at(hook, 10)]
     exact = exact_effects(model, saes, task, nodes)
-    approx = torch.stack([v.latents[n.position, n.latent] if n.latent is not None else v.error[n.position]
-                          for n in nodes])
+    approx = torch.stack(
+        [v.latents[n.position, n.latent] if n.latent is not None else v.error[n.position] for n in nodes]
+    )
     assert exact.abs().max() > 1e-3, "the test needs non-zero effects"
     assert torch.allclose(approx, exact, atol=1e-4, rtol=1e-3)
 
@@ -55,5 +56,6 @@ def test_effects_do_not_depend_on_the_batch_size():
 def test_unknown_method():
     model = tiny_hooked_model(n_layers=1)
     with pytest.raises(CircuitsError, match="unknown attribution method 'eap'"):
-        node_effects(model, random_saes(["blocks.0.hook_resid_post"]),
-                     make_task("ioi", TOK, n=2), method="eap", progress=False)
+        node_effects(
+            model, random_saes(["blocks.0.hook_resid_post"]), make_task("ioi", TOK, n=2), method="eap", progress=False
+        )

@@ -15,9 +15,20 @@ HOOK = "blocks.0.hook_resid_post"
 def tiny_model_and_sae() -> tuple[HookedTransformer, SAESet]:
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
-    model = HookedTransformer(HookedTransformerConfig(n_layers=1, d_model=32, n_heads=2, d_head=16, d_mlp=64, n_ctx=32,
-                                                      d_vocab=len(tokenizer), act_fn="gelu", seed=0),
-                              tokenizer=tokenizer)
+    model = HookedTransformer(
+        HookedTransformerConfig(
+            n_layers=1,
+            d_model=32,
+            n_heads=2,
+            d_head=16,
+            d_mlp=64,
+            n_ctx=32,
+            d_vocab=len(tokenizer),
+            act_fn="gelu",
+            seed=0,
+        ),
+        tokenizer=tokenizer,
+    )
     return model, SAESet({HOOK: TopKSAE(TopKSAEConfig(d_in=32, d_sae=64, k=8))})
 
 
@@ -29,8 +40,9 @@ def test_contexts_highlight_the_strongest_activations():
         _, cache = model.run_with_cache(tokens, names_filter=HOOK)
         acts = saes[HOOK].encode(cache[HOOK])[:, 1:]  # BOS skipped, as in the cards
     latents = acts.flatten(0, 1).max(0).values.topk(3).indices.tolist()
-    cards = feature_cards(model, saes, [(HOOK, i) for i in latents], n_seqs=n_seqs, seq_len=seq_len, top=4,
-                          batch_size=3)
+    cards = feature_cards(
+        model, saes, [(HOOK, i) for i in latents], n_seqs=n_seqs, seq_len=seq_len, top=4, batch_size=3
+    )
     assert set(cards) == {(HOOK, i) for i in latents}
     for latent in latents:
         card, col = cards[(HOOK, latent)], acts[..., latent]

@@ -5,8 +5,21 @@ import pytest
 from circuits.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", ["train-model", "eval-model", "train-saes", "eval-saes", "discover",
-                                     "check-attribution", "validate", "edit", "export", "demo"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "train-model",
+        "eval-model",
+        "train-saes",
+        "eval-saes",
+        "discover",
+        "check-attribution",
+        "validate",
+        "edit",
+        "export",
+        "demo",
+    ],
+)
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([command, "--help"])
@@ -22,13 +35,16 @@ def test_errors_are_one_line(capsys):
     assert len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("argv,expected", [
-    (["eval-model", "--n", "x"], "circuits: error: eval-model: argument --n: invalid int value: 'x'"),
-    (["eval-model", "--bogus"], "circuits: error: unrecognized arguments: --bogus"),
-    (["discover"], "circuits: error: discover: the following arguments are required: --task"),
-    (["edit", "--action", "boost"], "circuits: error: edit: argument --action: invalid choice: 'boost'"),
-    (["no-such-command"], "circuits: error: argument command: invalid choice: 'no-such-command'"),
-])
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["eval-model", "--n", "x"], "circuits: error: eval-model: argument --n: invalid int value: 'x'"),
+        (["eval-model", "--bogus"], "circuits: error: unrecognized arguments: --bogus"),
+        (["discover"], "circuits: error: discover: the following arguments are required: --task"),
+        (["edit", "--action", "boost"], "circuits: error: edit: argument --action: invalid choice: 'boost'"),
+        (["no-such-command"], "circuits: error: argument command: invalid choice: 'no-such-command'"),
+    ],
+)
 def test_argparse_errors_are_one_line(argv, expected, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -42,7 +58,13 @@ def test_defaults_come_from_the_library():
     parser = build_parser()
     train = parser.parse_args(["train-saes"])
     cfg = SAETrainConfig()
-    assert (train.arch, train.width, train.k, train.tokens, train.seed) == (cfg.arch, cfg.width, cfg.k, cfg.n_tokens, cfg.seed)
+    assert (train.arch, train.width, train.k, train.tokens, train.seed) == (
+        cfg.arch,
+        cfg.width,
+        cfg.k,
+        cfg.n_tokens,
+        cfg.seed,
+    )
     assert tuple(train.hooks.split(",")) == cfg.kinds
     assert parser.parse_args(["train-model"]).steps == ToyModelConfig().steps
 
@@ -58,11 +80,32 @@ def test_eval_model_json(tiny_model_dir, capsys):
 
 def test_train_and_eval_saes(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "set"
-    assert main(["train-saes", "--model", str(tiny_model_dir), "--hooks", "attn", "--width", "16",
-                 "--k", "2", "--tokens", "1488", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train-saes",
+                "--model",
+                str(tiny_model_dir),
+                "--hooks",
+                "attn",
+                "--width",
+                "16",
+                "--k",
+                "2",
+                "--tokens",
+                "1488",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "trained 1 topk SAEs (width 16)" in capsys.readouterr().out
-    assert main(["eval-saes", "--model", str(tiny_model_dir), "--saes", str(out),
-                 "--n-seqs", "4", "--json", "--quiet"]) == 0
+    assert (
+        main(["eval-saes", "--model", str(tiny_model_dir), "--saes", str(out), "--n-seqs", "4", "--json", "--quiet"])
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert list(result["saes"]) == ["blocks.0.hook_attn_out"]
     row = result["saes"]["blocks.0.hook_attn_out"]
@@ -74,7 +117,8 @@ def test_train_and_eval_saes(tiny_model_dir, tmp_path, capsys):
 def test_train_saes_bad_input_is_one_line(tiny_model_dir, capsys):
     assert main(["train-saes", "--model", str(tiny_model_dir), "--arch", "relu", "--quiet"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "circuits: error: unknown SAE architecture 'relu': use topk, batchtopk, jumprelu, standard, gated")
+        "circuits: error: unknown SAE architecture 'relu': use topk, batchtopk, jumprelu, standard, gated"
+    )
     assert main(["train-saes", "--model", str(tiny_model_dir), "--layers", "0,x", "--quiet"]) == 2
     assert "--layers takes comma-separated integers" in capsys.readouterr().err
 
@@ -94,8 +138,29 @@ def test_discover_writes_a_circuit(tiny_model_dir, tiny_sae_dir, tmp_path, capsy
     from circuits.graph import METRIC, load_graph
 
     out = tmp_path / "ioi"
-    assert main(["discover", "--task", "ioi", "--model", str(tiny_model_dir), "--saes", str(tiny_sae_dir),
-                 "--n", "8", "--method", "atp", "--top-n", "20", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "discover",
+                "--task",
+                "ioi",
+                "--model",
+                str(tiny_model_dir),
+                "--saes",
+                str(tiny_sae_dir),
+                "--n",
+                "8",
+                "--method",
+                "atp",
+                "--top-n",
+                "20",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     graph = load_graph(out / "circuit.json")
     assert METRIC in graph and graph.graph["task"] == "ioi" and graph.graph["n_examples"] == 8
@@ -104,8 +169,28 @@ def test_discover_writes_a_circuit(tiny_model_dir, tiny_sae_dir, tmp_path, capsy
 
 
 def test_check_attribution_json(tiny_model_dir, tiny_sae_dir, capsys):
-    assert main(["check-attribution", "--task", "ioi", "--model", str(tiny_model_dir), "--saes",
-                 str(tiny_sae_dir), "--n", "4", "--top", "10", "--steps", "2", "--json", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "check-attribution",
+                "--task",
+                "ioi",
+                "--model",
+                str(tiny_model_dir),
+                "--saes",
+                str(tiny_sae_dir),
+                "--n",
+                "4",
+                "--top",
+                "10",
+                "--steps",
+                "2",
+                "--json",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert set(result["submodules"]) == {"blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", "blocks.0.hook_resid_post"}
     for row in result["submodules"].values():
@@ -131,8 +216,29 @@ def test_discover_bad_input_is_one_line(tiny_model_dir, tiny_sae_dir, tmp_path, 
 @pytest.fixture(scope="module")
 def tiny_circuit(tiny_model_dir, tiny_sae_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("circuit")
-    assert main(["discover", "--task", "ioi", "--model", str(tiny_model_dir), "--saes", str(tiny_sae_dir),
-                 "--n", "8", "--method", "atp", "--top-n", "30", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "discover",
+                "--task",
+                "ioi",
+                "--model",
+                str(tiny_model_dir),
+                "--saes",
+                str(tiny_sae_dir),
+                "--n",
+                "8",
+                "--method",
+                "atp",
+                "--top-n",
+                "30",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return out / "circuit.json"
 
 
@@ -152,15 +258,47 @@ def test_validate_json_and_picture(tiny_circuit, capsys):
 def test_edit_report(tiny_circuit, tmp_path, capsys):
     capsys.readouterr()
     saved = tmp_path / "edit.json"
-    assert main(["edit", "--circuit", str(tiny_circuit), "--top", "3", "--n", "8", "--json", "--quiet",
-                 "--save-edit", str(saved)]) == 0
+    assert (
+        main(
+            [
+                "edit",
+                "--circuit",
+                str(tiny_circuit),
+                "--top",
+                "3",
+                "--n",
+                "8",
+                "--json",
+                "--quiet",
+                "--save-edit",
+                str(saved),
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert set(report["tasks"]) == {"ioi", "sva", "greater_than", "induction"}
     assert report["tasks"]["ioi"]["before"]["clean_metric"] != report["tasks"]["ioi"]["after"]["clean_metric"]
     assert len(report["completions"]) == 3 and len(report["edit"]["features"]) <= 3
     src = json.loads(tiny_circuit.read_text())["graph"]["sources"]
-    assert main(["edit", "--edit", str(saved), "--model", src["model"], "--saes", src["saes"], "--n", "8",
-                 "--json", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "edit",
+                "--edit",
+                str(saved),
+                "--model",
+                src["model"],
+                "--saes",
+                src["saes"],
+                "--n",
+                "8",
+                "--json",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     again = json.loads(capsys.readouterr().out)
     assert again["tasks"]["ioi"]["after"] == report["tasks"]["ioi"]["after"]
 
@@ -177,8 +315,10 @@ def test_circuit_from_another_sae_set_is_one_line(tiny_circuit, tiny_model_dir, 
     assert len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("fmt,suffix", [("svg", ".svg"), ("graphml", ".graphml"), ("json", ".json"),
-                                        ("circuit-tracer", ".circuit-tracer.json")])
+@pytest.mark.parametrize(
+    "fmt,suffix",
+    [("svg", ".svg"), ("graphml", ".graphml"), ("json", ".json"), ("circuit-tracer", ".circuit-tracer.json")],
+)
 def test_export_formats(tiny_circuit, tmp_path, fmt, suffix, capsys):
     import shutil
 
@@ -203,8 +343,24 @@ def test_export_bad_input_is_one_line(tiny_circuit, tmp_path, capsys):
 def test_two_processes_find_the_same_circuit_as_one(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
     from circuits.graph import load_graph
 
-    common = ["discover", "--task", "ioi", "--model", str(tiny_model_dir), "--saes", str(tiny_sae_dir),
-              "--n", "12", "--batch-size", "4", "--method", "atp", "--top-n", "30", "--quiet"]
+    common = [
+        "discover",
+        "--task",
+        "ioi",
+        "--model",
+        str(tiny_model_dir),
+        "--saes",
+        str(tiny_sae_dir),
+        "--n",
+        "12",
+        "--batch-size",
+        "4",
+        "--method",
+        "atp",
+        "--top-n",
+        "30",
+        "--quiet",
+    ]
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
     assert main([*common, "--out", str(tmp_path / "two"), "--nproc", "2"]) == 0
     assert "(2 processes)" in capsys.readouterr().out
@@ -219,8 +375,25 @@ def test_two_processes_find_the_same_circuit_as_one(tiny_model_dir, tiny_sae_dir
 
 def test_failed_worker_stops_all_and_writes_nothing(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
     out = tmp_path / "bad"
-    assert main(["discover", "--task", str(tmp_path / "missing.jsonl"), "--model", str(tiny_model_dir),
-                 "--saes", str(tiny_sae_dir), "--nproc", "2", "--out", str(out), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "discover",
+                "--task",
+                str(tmp_path / "missing.jsonl"),
+                "--model",
+                str(tiny_model_dir),
+                "--saes",
+                str(tiny_sae_dir),
+                "--nproc",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "worker" in err[0] and "nothing was written" in err[0]
     assert not (out / "circuit.json").exists()
@@ -233,14 +406,31 @@ def test_bf16_discovery_runs_and_agrees(tiny_model_dir, tiny_sae_dir, tmp_path, 
 
     from circuits.graph import load_graph
 
-    common = ["discover", "--task", "ioi", "--model", str(tiny_model_dir), "--saes", str(tiny_sae_dir),
-              "--n", "8", "--method", "atp", "--top-n", "10", "--quiet"]
+    common = [
+        "discover",
+        "--task",
+        "ioi",
+        "--model",
+        str(tiny_model_dir),
+        "--saes",
+        str(tiny_sae_dir),
+        "--n",
+        "8",
+        "--method",
+        "atp",
+        "--top-n",
+        "10",
+        "--quiet",
+    ]
     assert main([*common, "--out", str(tmp_path / "fp32")]) == 0
     assert main([*common, "--out", str(tmp_path / "bf16"), "--dtype", "bf16"]) == 0
     a, b = load_graph(tmp_path / "fp32" / "circuit.json"), load_graph(tmp_path / "bf16" / "circuit.json")
     top = lambda g: sorted((n for n in g if n != "metric"), key=lambda n: -abs(g.nodes[n]["effect"]))[:3]  # noqa: E731
-    assert top(a)[0] in b and abs(b.nodes[top(a)[0]]["effect"] - a.nodes[top(a)[0]]["effect"]) < 0.1 * abs(
-        a.nodes[top(a)[0]]["effect"]) + 1e-3
+    assert (
+        top(a)[0] in b
+        and abs(b.nodes[top(a)[0]]["effect"] - a.nodes[top(a)[0]]["effect"])
+        < 0.1 * abs(a.nodes[top(a)[0]]["effect"]) + 1e-3
+    )
     if not torch.cuda.is_available():
         assert main([*common, "--out", str(tmp_path / "gpu"), "--device", "cuda"]) == 2
         assert "no GPU is visible here" in capsys.readouterr().err
@@ -254,11 +444,43 @@ def test_torchrun_launch_equals_one_process(tiny_model_dir, tiny_sae_dir, tmp_pa
     from circuits.graph import load_graph
     from circuits.parallel import _free_port
 
-    args = ["discover", "--task", "ioi", "--model", str(tiny_model_dir), "--saes", str(tiny_sae_dir),
-            "--pairs", "12", "--batch-size", "4", "--method", "atp", "--top-n", "20", "--quiet"]
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-port", str(_free_port()), "-m", "circuits.cli", *args,
-                          "--out", str(tmp_path / "torchrun")], capture_output=True, text=True, timeout=300)
+    args = [
+        "discover",
+        "--task",
+        "ioi",
+        "--model",
+        str(tiny_model_dir),
+        "--saes",
+        str(tiny_sae_dir),
+        "--pairs",
+        "12",
+        "--batch-size",
+        "4",
+        "--method",
+        "atp",
+        "--top-n",
+        "20",
+        "--quiet",
+    ]
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(_free_port()),
+            "-m",
+            "circuits.cli",
+            *args,
+            "--out",
+            str(tmp_path / "torchrun"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "(2 processes)" in run.stdout
     assert main([*args, "--out", str(tmp_path / "one")]) == 0

@@ -76,7 +76,11 @@ def test_lists_become_tuples_for_tuple_fields():
 def test_round_trip_through_json():
     cfg = Demo(arch="relu", layers=(1,), inner=Inner(3, 0.25), items=[Item("a"), Item("b", "y")])
     data = json.loads(json.dumps(cfg.to_dict()))
-    assert data["layers"] == [1] and data["inner"] == {"a": 3, "b": 0.25} and data["items"][1] == {"name": "b", "mode": "y"}
+    assert (
+        data["layers"] == [1]
+        and data["inner"] == {"a": 3, "b": 0.25}
+        and data["items"][1] == {"name": "b", "mode": "y"}
+    )
     assert Demo.from_dict(data) == cfg
 
 

@@ -55,8 +55,7 @@ def test_discovered_graph_is_consistent(setup, tmp_path):
 
 def test_graph_edges_match_edges_into(setup):
     model, saes, task = setup
-    graph = discover(model, saes, task, DiscoverConfig(method="atp", top_n=60, edge_threshold=0.0),
-                     progress=False)
+    graph = discover(model, saes, task, DiscoverConfig(method="atp", top_n=60, edge_threshold=0.0), progress=False)
     hook = "blocks.1.hook_resid_post"
     targets = [n for n in graph if graph.nodes[n].get("hook") == hook]
     assert targets
@@ -150,11 +149,14 @@ def test_a_batch_that_does_not_fit_is_halved(setup, monkeypatch):
     monkeypatch.setattr(d, "first_pass", tight)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        graph = d.discover_fitting(model, saes, task, DiscoverConfig(method="atp", top_n=5, batch_size=8),
-                                   progress=False)
+        graph = d.discover_fitting(
+            model, saes, task, DiscoverConfig(method="atp", top_n=5, batch_size=8), progress=False
+        )
     assert graph.graph["discover"]["batch_size"] == 2
     assert [str(w.message) for w in caught if "does not fit" in str(w.message)] == [
-        "batch size 8 does not fit in memory; retrying with 4", "batch size 4 does not fit in memory; retrying with 2"]
+        "batch size 8 does not fit in memory; retrying with 4",
+        "batch size 4 does not fit in memory; retrying with 2",
+    ]
     monkeypatch.setattr(d, "first_pass", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("CUDA out of memory")))
     with pytest.raises(CircuitsError, match="one prompt pair at a time does not fit"):
         d.discover_fitting(model, saes, task, DiscoverConfig(method="atp", batch_size=1), progress=False)

@@ -41,6 +41,7 @@ def _downstream_value(model, saes, task, hook, eps):
 
     def record(x, hook):
         recorded["x"] = x
+
     with torch.no_grad(), model.hooks(fwd_hooks=[(u, lambda x, hook, v=values[u]: v) for u in ups] + [(hook, record)]):
         model(task.clean, stop_at_layer=layer + 1)
         f_d = saes[hook].encode(recorded["x"])
@@ -73,7 +74,10 @@ def test_edges_into_a_node_sum_to_its_linearised_change(setup, hook):
 def test_upstream_layout():
     saes = random_saes(HOOKS)
     assert upstream_hooks("blocks.1.hook_resid_post", saes) == [
-        "blocks.0.hook_resid_post", "blocks.1.hook_attn_out", "blocks.1.hook_mlp_out"]
+        "blocks.0.hook_resid_post",
+        "blocks.1.hook_attn_out",
+        "blocks.1.hook_mlp_out",
+    ]
     assert upstream_hooks("blocks.0.hook_attn_out", saes) == [EMBED_HOOK]
     with pytest.raises(CircuitsError, match="need an SAE at blocks.0.hook_resid_post"):
         upstream_hooks("blocks.1.hook_attn_out", SAESet({"blocks.1.hook_attn_out": saes["blocks.1.hook_attn_out"]}))
@@ -125,8 +129,15 @@ def test_sources_restrict_the_upstream_nodes(setup):
     u = "blocks.1.hook_attn_out"
     keep = torch.zeros(task.n_pos, saes[u].cfg.d_sae, dtype=torch.bool)
     keep[task.n_pos - 1, :5] = True
-    part = edges_into(model, saes, task, hook, targets, sources={u: NodeValues(keep, torch.zeros(task.n_pos, dtype=torch.bool))},
-                      batch_size=3)
+    part = edges_into(
+        model,
+        saes,
+        task,
+        hook,
+        targets,
+        sources={u: NodeValues(keep, torch.zeros(task.n_pos, dtype=torch.bool))},
+        batch_size=3,
+    )
     part_u, dense_u = part.weights[u], dense.weights[u]
     assert torch.allclose(part_u.latents[:, keep], dense_u.latents[:, keep], atol=1e-9)
     assert part_u.latents[:, ~keep].abs().sum() == 0 and part_u.error.abs().sum() == 0

@@ -36,8 +36,11 @@ def test_an_edit_changes_the_hook_by_exactly_the_feature(setup, action, value):
     edit = Edit([FeatureEdit(hook, latent, action, value, positions=[task.n_pos - 1])])
     with edited(model, saes, edit):
         y = _hook_output(model, task.clean, hook)
-    new = {"zero": torch.zeros_like(f[:, -1, latent]), "clamp": torch.full_like(f[:, -1, latent], 3.0),
-           "scale": 2 * f[:, -1, latent]}[action]
+    new = {
+        "zero": torch.zeros_like(f[:, -1, latent]),
+        "clamp": torch.full_like(f[:, -1, latent], 3.0),
+        "scale": 2 * f[:, -1, latent],
+    }[action]
     expected = x.clone()
     expected[:, -1] += (new - f[:, -1, latent]).unsqueeze(-1) * saes[hook].W_dec[latent]
     assert torch.allclose(y, expected, atol=1e-5)
@@ -66,8 +69,10 @@ def test_attached_edit_stays_until_removed(setup):
 
 
 def test_edit_json_round_trip(tmp_path):
-    edit = Edit([FeatureEdit("blocks.0.hook_mlp_out", 3, "mean", 0.25, [1, 2]),
-                 FeatureEdit("blocks.1.hook_attn_out", 5)], "two features")
+    edit = Edit(
+        [FeatureEdit("blocks.0.hook_mlp_out", 3, "mean", 0.25, [1, 2]), FeatureEdit("blocks.1.hook_attn_out", 5)],
+        "two features",
+    )
     path = edit.save(tmp_path / "edit.json")
     assert Edit.load(path) == edit
     assert json.loads(path.read_text())["features"][0]["positions"] == [1, 2]
@@ -95,8 +100,10 @@ def test_bad_edits_are_one_line(setup, tmp_path):
 def test_edit_from_circuit_takes_the_features_the_behaviour_relies_on():
     edit = edit_from_circuit(toy_graph(), top=2)
     # effects: mlp/5 -2.0, resid/7 -1.0, attn/9 -0.1 (embed and error nodes are not features)
-    assert [(f.hook, f.latent) for f in edit.features] == [("blocks.0.hook_mlp_out", 5),
-                                                           ("blocks.1.hook_resid_post", 7)]
+    assert [(f.hook, f.latent) for f in edit.features] == [
+        ("blocks.0.hook_mlp_out", 5),
+        ("blocks.1.hook_resid_post", 7),
+    ]
     assert all(f.action == "zero" and f.positions is None for f in edit.features)
 
 
@@ -115,9 +122,15 @@ def test_negative_positions_count_from_the_end(setup):
 def test_attached_edits_are_independent(setup, first_removed):
     """attach A, attach B, remove one: the output is the other alone; remove both: the model."""
     model, saes, task = setup
-    edits = {"a": Edit([FeatureEdit("blocks.0.hook_mlp_out", 3, "clamp", 2.0)]),
-             "b": Edit([FeatureEdit("blocks.0.hook_mlp_out", 7, "scale", 0.0),
-                        FeatureEdit("blocks.1.hook_resid_post", 5, "clamp", 1.5)])}
+    edits = {
+        "a": Edit([FeatureEdit("blocks.0.hook_mlp_out", 3, "clamp", 2.0)]),
+        "b": Edit(
+            [
+                FeatureEdit("blocks.0.hook_mlp_out", 7, "scale", 0.0),
+                FeatureEdit("blocks.1.hook_resid_post", 5, "clamp", 1.5),
+            ]
+        ),
+    }
     plain = model(task.clean)
     alone = {}
     for name, edit in edits.items():

@@ -21,10 +21,15 @@ def test_circuit_tracer_schema():
     assert set(data) == {"metadata", "qParams", "nodes", "links"}
     ids = [n["node_id"] for n in data["nodes"]]
     assert len(ids) == len(set(ids))
-    assert all({"node_id", "feature", "layer", "ctx_idx", "feature_type", "jsNodeId", "clerp"} <= set(n)
-               for n in data["nodes"])
-    assert {n["feature_type"] for n in data["nodes"]} == {"embedding", "cross layer transcoder",
-                                                         "mlp reconstruction error", "logit"}
+    assert all(
+        {"node_id", "feature", "layer", "ctx_idx", "feature_type", "jsNodeId", "clerp"} <= set(n) for n in data["nodes"]
+    )
+    assert {n["feature_type"] for n in data["nodes"]} == {
+        "embedding",
+        "cross layer transcoder",
+        "mlp reconstruction error",
+        "logit",
+    }
     assert all(link["source"] in ids and link["target"] in ids for link in data["links"])
     assert sum(n["is_target_logit"] for n in data["nodes"]) == 1
 

@@ -12,18 +12,31 @@ from tests.helpers import toy_graph
 def test_prune_drops_nodes_without_a_path_to_the_metric():
     g = prune(toy_graph())
     assert "blocks.0.hook_attn_out/9@S2" not in g
-    assert set(g) == {"embed@IO", "blocks.0.hook_mlp_out/5@END", "blocks.1.hook_resid_post/7@END",
-                      "blocks.1.hook_resid_post/err@END", METRIC}
+    assert set(g) == {
+        "embed@IO",
+        "blocks.0.hook_mlp_out/5@END",
+        "blocks.1.hook_resid_post/7@END",
+        "blocks.1.hook_resid_post/err@END",
+        METRIC,
+    }
     assert feature_nodes(g) and error_nodes(g) == ["blocks.1.hook_resid_post/err@END"]
 
 
 def test_prune_thresholds():
     g = toy_graph()
     assert set(prune(g, node_threshold=1.5)) == {METRIC}  # embed and mlp/5 no longer reach the metric
-    assert set(prune(g, node_threshold=0.75)) == {"embed@IO", "blocks.0.hook_mlp_out/5@END",
-                                                  "blocks.1.hook_resid_post/7@END", METRIC}
-    assert set(prune(g, top_n=3)) == {"embed@IO", "blocks.0.hook_mlp_out/5@END",
-                                      "blocks.1.hook_resid_post/7@END", METRIC}
+    assert set(prune(g, node_threshold=0.75)) == {
+        "embed@IO",
+        "blocks.0.hook_mlp_out/5@END",
+        "blocks.1.hook_resid_post/7@END",
+        METRIC,
+    }
+    assert set(prune(g, top_n=3)) == {
+        "embed@IO",
+        "blocks.0.hook_mlp_out/5@END",
+        "blocks.1.hook_resid_post/7@END",
+        METRIC,
+    }
     # |effects| 3, 2, 1, 0.5, 0.1 (total 6.6): 80% needs the three largest
     assert len(prune(g, cumulative=0.8)) == 4
     cut = prune(g, edge_threshold=1.0)

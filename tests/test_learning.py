@@ -11,9 +11,18 @@ from tests.helpers import tiny_config
 
 
 def test_tiny_config_learns_ioi_well_above_chance(tmp_path):
-    cfg = tiny_config(n_layers=2, d_model=64, n_heads=4, d_mlp=128, steps=800, batch_size=32,
-                      lr=3e-3, warmup=20, checkpoint_every=1000,
-                      mixture=Mixture(ioi=1.0, sva=0.0, years=0.0, induction=0.0, narrative=0.0))
+    cfg = tiny_config(
+        n_layers=2,
+        d_model=64,
+        n_heads=4,
+        d_mlp=128,
+        steps=800,
+        batch_size=32,
+        lr=3e-3,
+        warmup=20,
+        checkpoint_every=1000,
+        mixture=Mixture(ioi=1.0, sva=0.0, years=0.0, induction=0.0, narrative=0.0),
+    )
     model = train_model(cfg, tmp_path / "ioi", progress=False)
     result = evaluate_task(model, make_task("ioi", model.tokenizer, n=200, split="train"))
     # chance: 0.5 accuracy, logit diff 0 (both names are equally plausible)

@@ -23,11 +23,14 @@ def test_all_reduce_is_a_no_op_in_one_process():
     assert all_reduce_floats([1.5, 2.0]) == [1.5, 2.0]
 
 
-@pytest.mark.parametrize("nproc, message", [
-    (0, "--nproc must be at least 1, got 0"),
-    (-3, "--nproc must be at least 1, got -3"),
-    ((os.cpu_count() or 1) + 1, f"--nproc {(os.cpu_count() or 1) + 1} is more than this machine's"),
-])
+@pytest.mark.parametrize(
+    "nproc, message",
+    [
+        (0, "--nproc must be at least 1, got 0"),
+        (-3, "--nproc must be at least 1, got -3"),
+        ((os.cpu_count() or 1) + 1, f"--nproc {(os.cpu_count() or 1) + 1} is more than this machine's"),
+    ],
+)
 def test_bad_nproc_is_one_line(nproc, message):
     with pytest.raises(CircuitsError) as err:
         check_nproc(nproc)

@@ -1,5 +1,5 @@
 """Pictures: labels escaped for DOT, the node cap, a missing dot binary, the empty circuit, and
-which latents get feature cards. """
+which latents get feature cards."""
 
 import shutil
 import subprocess
@@ -50,8 +50,11 @@ def test_empty_circuit_is_drawn_and_named():
 
 def test_card_keys_are_the_drawn_latents():
     g = toy_graph()
-    assert card_keys(g) == [("blocks.0.hook_attn_out", 9), ("blocks.0.hook_mlp_out", 5),
-                            ("blocks.1.hook_resid_post", 7)]
+    assert card_keys(g) == [
+        ("blocks.0.hook_attn_out", 9),
+        ("blocks.0.hook_mlp_out", 5),
+        ("blocks.1.hook_resid_post", 7),
+    ]
     assert card_keys(g, max_nodes=2) == [("blocks.0.hook_mlp_out", 5)]  # embed@IO and mlp/5 are the strongest
 
 

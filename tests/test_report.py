@@ -34,16 +34,38 @@ def test_report_renders_in_headless_chromium(tmp_path):
     svg_dir = tmp_path / "g"
     draw_graph(nasty_graph(), svg_dir / "graph", ("svg", "png"))
     svg = (svg_dir / "graph.svg").read_text() if (svg_dir / "graph.svg").exists() else None
-    report = write_report(tmp_path / "report.html", nasty_graph(), svg[svg.index("<svg"):] if svg else None,
-                          cards={("blocks.0.hook_mlp_out", 5): card()}, faithfulness_png=svg_dir / "graph.png")
+    report = write_report(
+        tmp_path / "report.html",
+        nasty_graph(),
+        svg[svg.index("<svg") :] if svg else None,
+        cards={("blocks.0.hook_mlp_out", 5): card()},
+        faithfulness_png=svg_dir / "graph.png",
+    )
     shot = tmp_path / "shot.png"
-    run = subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
-                          "--v=0", f"--screenshot={shot}", "--window-size=1200,1600", report.as_uri()],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--screenshot={shot}",
+            "--window-size=1200,1600",
+            report.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 10_000
     console = [line for line in run.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert not console, console
-    dom = subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--dump-dom", report.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--dump-dom", report.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert "Feature circuit:" in dom and "<svg" in dom and "Feature cards" in dom

@@ -16,8 +16,17 @@ from tasks.corpus import corpus_tokens
 
 def tiny_sae_config(**overrides) -> SAETrainConfig:
     """Two hooks of a 1-layer model, 4 training steps of 4 x 31 tokens."""
-    base = dict(kinds=("resid", "mlp"), width=64, k=4, n_tokens=4 * 124, seqs_per_batch=4,
-                seq_len=32, n_checkpoints=0, resample_every=2, dead_window=1)
+    base = dict(
+        kinds=("resid", "mlp"),
+        width=64,
+        k=4,
+        n_tokens=4 * 124,
+        seqs_per_batch=4,
+        seq_len=32,
+        n_checkpoints=0,
+        resample_every=2,
+        dead_window=1,
+    )
     base.update(overrides)
     return SAETrainConfig(**base)
 
@@ -56,18 +65,30 @@ def test_resampling_revives_dead_latents(tiny_model, tmp_path):
 
     results = {}
     for every in (0, 1):
-        cfg = tiny_sae_config(kinds=("resid",), width=128, k=2, n_tokens=30 * 124, resample_every=every,
-                              resample_until=0.8, dead_window=2, aux_coefficient=1.0)
+        cfg = tiny_sae_config(
+            kinds=("resid",),
+            width=128,
+            k=2,
+            n_tokens=30 * 124,
+            resample_every=every,
+            resample_until=0.8,
+            dead_window=2,
+            aux_coefficient=1.0,
+        )
         saes = train_sae_set(tiny_model, cfg, tmp_path / f"r{every}", progress=False)
-        results[every] = evaluate_saes(tiny_model, saes, n_seqs=32, progress=False).saes[
-            "blocks.0.hook_resid_post"].dead_frac
+        results[every] = (
+            evaluate_saes(tiny_model, saes, n_seqs=32, progress=False).saes["blocks.0.hook_resid_post"].dead_frac
+        )
     assert results[1] < results[0]
 
 
 def test_hook_names_order_and_kinds():
     assert hook_names(["resid", "attn"], [0, 1]) == [
-        "blocks.0.hook_attn_out", "blocks.0.hook_resid_post",
-        "blocks.1.hook_attn_out", "blocks.1.hook_resid_post"]
+        "blocks.0.hook_attn_out",
+        "blocks.0.hook_resid_post",
+        "blocks.1.hook_attn_out",
+        "blocks.1.hook_resid_post",
+    ]
     with pytest.raises(CircuitsError, match="unknown hook kind 'mlps'"):
         hook_names(["mlps"], [0])
 

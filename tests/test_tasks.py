@@ -44,8 +44,9 @@ def test_ioi_roles_and_abc_corruption():
 
 def test_sva_corrupt_flips_subject_number():
     task = make_task("sva", TOK, n=30)
-    for clean, corrupt, good, bad in zip(task.prompts, task.corrupt_prompts, task.answer[:, 0], task.wrong[:, 0],
-                                         strict=True):
+    for clean, corrupt, good, bad in zip(
+        task.prompts, task.corrupt_prompts, task.answer[:, 0], task.wrong[:, 0], strict=True
+    ):
         n1, n1c = clean.split()[1], corrupt.split()[1]
         assert (n1 in L.NOUNS_PL) != (n1c in L.NOUNS_PL)
         verb = TOK.convert_ids_to_tokens(int(good))
@@ -61,16 +62,27 @@ def _logits_with(values: dict[int, float], vocab: int = len(TOK), n_pos: int = 3
 
 
 def test_logit_diff_metric():
-    task = Task("t", torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long),
-                answer=torch.tensor([[5]]), wrong=torch.tensor([[6]]))
+    task = Task(
+        "t",
+        torch.zeros(1, 3, dtype=torch.long),
+        torch.ones(1, 3, dtype=torch.long),
+        answer=torch.tensor([[5]]),
+        wrong=torch.tensor([[6]]),
+    )
     logits = _logits_with({5: 2.0, 6: -1.5})
     assert task.metric_per_example(logits).item() == pytest.approx(3.5)
     assert task.correct_per_example(logits).item() == 1.0
 
 
 def test_prob_diff_metric_ignores_padding():
-    task = Task("t", torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long),
-                answer=torch.tensor([[5, 6, -1]]), wrong=torch.tensor([[7, -1, -1]]), metric="prob_diff")
+    task = Task(
+        "t",
+        torch.zeros(1, 3, dtype=torch.long),
+        torch.ones(1, 3, dtype=torch.long),
+        answer=torch.tensor([[5, 6, -1]]),
+        wrong=torch.tensor([[7, -1, -1]]),
+        metric="prob_diff",
+    )
     logits = _logits_with({5: 10.0, 6: 10.0, 7: 10.0}, vocab=8)
     probs = logits[0, -1].softmax(-1)
     expected = (probs[5] + probs[6] - probs[7]).item()
@@ -96,5 +108,10 @@ def test_bad_task_inputs():
     with pytest.raises(CircuitsError, match="unknown task 'iio'"):
         make_task("iio", TOK)
     with pytest.raises(CircuitsError, match="differ in shape"):
-        Task("t", torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long),
-             answer=torch.tensor([[1]]), wrong=torch.tensor([[2]]))
+        Task(
+            "t",
+            torch.zeros(1, 3, dtype=torch.long),
+            torch.zeros(1, 4, dtype=torch.long),
+            answer=torch.tensor([[1]]),
+            wrong=torch.tensor([[2]]),
+        )

@@ -20,10 +20,18 @@ def test_hook_names_round_trip():
 
 def test_forward_order():
     assert hook_names(["resid", "attn"], [0, 1]) == [
-        "blocks.0.hook_attn_out", "blocks.0.hook_resid_post", "blocks.1.hook_attn_out", "blocks.1.hook_resid_post"]
+        "blocks.0.hook_attn_out",
+        "blocks.0.hook_resid_post",
+        "blocks.1.hook_attn_out",
+        "blocks.1.hook_resid_post",
+    ]
     shuffled = ["blocks.1.hook_attn_out", "blocks.0.hook_resid_post", EMBED_HOOK, "blocks.0.hook_mlp_out"]
-    assert in_forward_order(shuffled) == [EMBED_HOOK, "blocks.0.hook_mlp_out", "blocks.0.hook_resid_post",
-                                          "blocks.1.hook_attn_out"]
+    assert in_forward_order(shuffled) == [
+        EMBED_HOOK,
+        "blocks.0.hook_mlp_out",
+        "blocks.0.hook_resid_post",
+        "blocks.1.hook_attn_out",
+    ]
     with pytest.raises(CircuitsError, match="unknown hook kind 'mlps'"):
         submodules(["mlps"], [0])
 
@@ -32,7 +40,10 @@ def test_direct_effect_layout():
     full = set(hook_names(["attn", "mlp", "resid"], range(2)))
     up = [s.hook for s in Submodule(1, "resid").upstream(full)]
     assert up == ["blocks.0.hook_resid_post", "blocks.1.hook_attn_out", "blocks.1.hook_mlp_out"]
-    assert [s.hook for s in Submodule(1, "mlp").upstream(full)] == ["blocks.0.hook_resid_post", "blocks.1.hook_attn_out"]
+    assert [s.hook for s in Submodule(1, "mlp").upstream(full)] == [
+        "blocks.0.hook_resid_post",
+        "blocks.1.hook_attn_out",
+    ]
     assert Submodule(0, "attn").upstream(full) == [Submodule.embed()]
     resid_only = {h for h in full if h.endswith("resid_post")}
     assert Submodule(1, "resid").upstream(resid_only) == [Submodule(0, "resid")]
