@@ -21,6 +21,7 @@ from typing import Literal, get_args
 from circuits.errors import CircuitsError
 
 Kind = Literal["embed", "attn", "mlp", "resid"]
+HookKind = Literal["resid", "mlp", "attn"]  # the kinds users name (--hooks resid,mlp,attn)
 SAE_KINDS: tuple[str, ...] = ("attn", "mlp", "resid")  # forward order inside a block
 _SUFFIX = {"attn": "hook_attn_out", "mlp": "hook_mlp_out", "resid": "hook_resid_post"}
 EMBED_HOOK = "blocks.0.hook_resid_pre"  # token + position embeddings: the graph's input nodes
@@ -118,6 +119,16 @@ def submodules(kinds: Iterable[str], layers: Iterable[int]) -> list[Submodule]:
 def hook_names(kinds: Iterable[str], layers: Iterable[int]) -> list[str]:
     """TransformerLens hook names for every (layer, kind), in forward order."""
     return [s.hook for s in submodules(kinds, layers)]
+
+
+def activation_width(hook: str, d_model: int, d_mlp: int) -> int:
+    """Width of the activation at a hook an SAE may read: d_model on the residual stream
+    (resid_pre / resid_mid / resid_post), attn_out and mlp_out; d_mlp inside the MLP."""
+    if hook.endswith(("hook_resid_post", "hook_resid_pre", "hook_resid_mid", "hook_mlp_out", "hook_attn_out")):
+        return d_model
+    if hook.endswith(("mlp.hook_post", "mlp.hook_pre")):
+        return d_mlp
+    raise CircuitsError(f"hook {hook!r}: SAEs are supported on resid, mlp_out and attn_out hooks")
 
 
 def in_forward_order(hooks: Iterable[str]) -> list[str]:

@@ -12,7 +12,7 @@ import json
 import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 from sae_lens import SAE
@@ -21,34 +21,11 @@ from transformer_lens import HookedTransformer
 
 from circuits.errors import CircuitsError
 from circuits.hub import hub_reachable, in_hf_cache, offline
+from circuits.vocab import HookKind, Submodule, activation_width
 
 MANIFEST = "manifest.json"
 SAE_CFG, SAE_WEIGHTS = "cfg.json", "sae_weights.safetensors"
 FORMAT = "sae-circuits/sae-set/1"
-
-# Hook kinds users name on the command line, and the TransformerLens hook each stands for.
-HookKind = Literal["resid", "mlp", "attn"]
-HOOK_KINDS: dict[HookKind, str] = {
-    "resid": "blocks.{layer}.hook_resid_post",
-    "mlp": "blocks.{layer}.hook_mlp_out",
-    "attn": "blocks.{layer}.hook_attn_out",
-}
-assert tuple(HOOK_KINDS) == get_args(HookKind)
-
-
-def hook_names(kinds: list[str] | tuple[str, ...], layers: list[int] | range) -> list[str]:
-    """Hook names for every (layer, kind), in forward order: attn, mlp, resid per layer."""
-    unknown = [k for k in kinds if k not in HOOK_KINDS]
-    if unknown:
-        raise CircuitsError(f"unknown hook kind {unknown[0]!r}: use {', '.join(HOOK_KINDS)}")
-    order = [k for k in ("attn", "mlp", "resid") if k in kinds]
-    return [HOOK_KINDS[k].format(layer=layer) for layer in layers for k in order]
-
-
-def hook_kind(hook: str) -> str:
-    """The kind of a hook name: ``blocks.2.hook_mlp_out`` -> ``mlp``."""
-    parts = hook.split(".")[-1].split("_")
-    return parts[1] if len(parts) > 1 else parts[0]
 
 
 def check_hooks(model: HookedTransformer, hooks: list[str]) -> None:
@@ -61,12 +38,8 @@ def check_hooks(model: HookedTransformer, hooks: list[str]) -> None:
 
 
 def hook_width(model: HookedTransformer, hook: str) -> int:
-    """Activation width at a hook point (d_model for resid/mlp_out/attn_out)."""
-    if hook.endswith(("hook_resid_post", "hook_resid_pre", "hook_resid_mid", "hook_mlp_out", "hook_attn_out")):
-        return model.cfg.d_model
-    if hook.endswith(("mlp.hook_post", "mlp.hook_pre")):
-        return model.cfg.d_mlp
-    raise CircuitsError(f"hook {hook!r}: SAEs are supported on resid, mlp_out and attn_out hooks")
+    """Activation width at a hook point (d_model for the residual stream, mlp_out, attn_out)."""
+    return activation_width(hook, model.cfg.d_model, model.cfg.d_mlp)
 
 
 class SAESet(Mapping[str, SAE]):
@@ -99,10 +72,10 @@ class SAESet(Mapping[str, SAE]):
     def restrict(self, kinds: Iterable[str]) -> SAESet:
         """The sub-set of SAEs at hooks of ``kinds`` (resid, mlp, attn), in the same order."""
         wanted = set(kinds)
-        bad = wanted - set(HOOK_KINDS)
+        bad = wanted - set(get_args(HookKind))
         if bad:
-            raise CircuitsError(f"unknown kind(s) {', '.join(sorted(bad))} (use {', '.join(HOOK_KINDS)})")
-        kept = {h: sae for h, sae in self.saes.items() if hook_kind(h) in wanted}
+            raise CircuitsError(f"unknown kind(s) {', '.join(sorted(bad))} (use {', '.join(get_args(HookKind))})")
+        kept = {h: sae for h, sae in self.saes.items() if Submodule.parse(h).kind in wanted}
         if not kept:
             raise CircuitsError(
                 f"the SAE set has no {', '.join(sorted(wanted))} hooks (it covers {', '.join(self.saes) or 'nothing'})"

@@ -29,7 +29,8 @@ from transformer_lens import HookedTransformer
 
 from circuits.config import Config
 from circuits.errors import CircuitsError
-from sae.saeset import MANIFEST, HookKind, SAESet, check_hooks, hook_names, hook_width, write_manifest
+from circuits.vocab import HookKind, Submodule, hook_names
+from sae.saeset import MANIFEST, SAESet, check_hooks, hook_width, write_manifest
 from tasks.corpus import corpus_tokens
 
 Architecture = Literal["topk", "batchtopk", "jumprelu", "standard", "gated"]
@@ -114,7 +115,7 @@ class ActivationBatches(Iterator[dict[str, torch.Tensor]]):
 
     def __init__(self, model: HookedTransformer, hooks: list[str], cfg: SAETrainConfig, start: int = 0):
         self.model, self.hooks, self.cfg, self.index = model, hooks, cfg, start
-        self.stop_at = max(int(h.split(".")[1]) for h in hooks) + 1
+        self.stop_at = max(Submodule.parse(h).layer for h in hooks) + 1
 
     @torch.no_grad()
     def __next__(self) -> dict[str, torch.Tensor]:

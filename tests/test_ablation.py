@@ -14,8 +14,8 @@ from circuits.ablation import (
     smallest_faithful,
 )
 from circuits.errors import CircuitsError
-from circuits.vocab import Node
-from sae.saeset import SAESet, hook_names
+from circuits.vocab import Node, hook_names
+from sae.saeset import SAESet
 from tasks.builtin import make_task
 from tests.helpers import TOK, random_saes, tiny_hooked_model
 

@@ -5,8 +5,7 @@ import torch
 
 from circuits.attribution import exact_effects, exact_submodule_effect, node_effects
 from circuits.errors import CircuitsError
-from circuits.vocab import Node
-from sae.saeset import hook_names
+from circuits.vocab import Node, hook_names
 from tasks.builtin import make_task
 from tests.helpers import TOK, random_saes, tiny_hooked_model
 

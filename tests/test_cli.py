@@ -126,7 +126,7 @@ def test_train_saes_bad_input_is_one_line(tiny_model_dir, capsys):
 @pytest.fixture(scope="module")
 def tiny_sae_dir(tiny_model_dir, tmp_path_factory):
     """A random SAE set for the tiny 1-layer model (all three kinds)."""
-    from sae.saeset import hook_names
+    from circuits.vocab import hook_names
     from tests.helpers import random_saes
 
     folder = tmp_path_factory.mktemp("saes") / "set"
@@ -304,7 +304,7 @@ def test_edit_report(tiny_circuit, tmp_path, capsys):
 
 
 def test_circuit_from_another_sae_set_is_one_line(tiny_circuit, tiny_model_dir, tmp_path, capsys):
-    from sae.saeset import hook_names
+    from circuits.vocab import hook_names
     from tests.helpers import random_saes
 
     other = tmp_path / "wide"

@@ -11,8 +11,8 @@ from circuits.discover import DiscoverConfig, discover
 from circuits.edges import edges_into
 from circuits.errors import CircuitsError
 from circuits.graph import METRIC, load_graph, save_graph
-from circuits.vocab import Node
-from sae.saeset import SAESet, hook_names
+from circuits.vocab import Node, hook_names
+from sae.saeset import SAESet
 from tasks.builtin import make_task
 from tests.helpers import TOK, random_saes, tiny_hooked_model
 

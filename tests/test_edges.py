@@ -7,8 +7,8 @@ from circuits.attribution import clean_grads, encode_at, node_grads, run_batch
 from circuits.edges import edges_into, upstream_hooks
 from circuits.errors import CircuitsError
 from circuits.values import NodeValues
-from circuits.vocab import EMBED_HOOK, Node
-from sae.saeset import SAESet, hook_names
+from circuits.vocab import EMBED_HOOK, Node, hook_names
+from sae.saeset import SAESet
 from tasks.builtin import make_task
 from tests.helpers import TOK, random_saes, tiny_hooked_model
 

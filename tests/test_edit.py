@@ -7,7 +7,7 @@ import torch
 
 from circuits.edit import Edit, FeatureEdit, attach, edit_from_circuit, edited
 from circuits.errors import CircuitsError
-from sae.saeset import hook_names
+from circuits.vocab import hook_names
 from tasks.builtin import make_task
 from tests.helpers import TOK, random_saes, tiny_hooked_model, toy_graph
 

@@ -8,8 +8,9 @@ from safetensors.torch import load_file
 import sae.saeset as S
 from circuits.errors import CircuitsError
 from circuits.model import load_saved_model
+from circuits.vocab import hook_names
 from sae.evaluate import evaluate_saes
-from sae.saeset import SAESet, hook_names
+from sae.saeset import SAESet
 from sae.train import ARCHITECTURES, SAETrainConfig, train_sae_set
 from tasks.corpus import corpus_tokens
 

@@ -6,7 +6,7 @@ import torch
 
 from circuits.model import build_model
 from circuits.splice import spliced
-from sae.saeset import hook_names
+from circuits.vocab import hook_names
 from tasks.builtin import make_task
 from tests.helpers import random_saes, tiny_config
 
