@@ -74,24 +74,3 @@ def spliced(
     record: dict[str, NodeValues] = {}
     with model.hooks(fwd_hooks=[(h, splice_hook(saes[h], h, record, edits.get(h))) for h in hooks]):
         yield record
-
-
-@contextmanager
-def interpolated(
-    model: HookedTransformer, saes: SAESet, paths: dict[str, tuple[slice, NodeValues]]
-) -> Iterator[dict[str, NodeValues]]:
-    """For integrated gradients with many paths in one batch: at each hook of ``paths``, the
-    batch rows ``rows`` take the given nodes (their activation becomes D(f) + e of leaves that
-    require grad, yielded by hook); every other row passes through unchanged, gradient
-    included. Hooks are removed when the block ends."""
-    record: dict[str, NodeValues] = {}
-
-    def hook_for(name: str, rows: slice, values: NodeValues):
-        def hook(x: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001
-            record[name] = leaves = values.leaves()
-            return torch.cat([x[: rows.start], decode(saes[name], leaves), x[rows.stop :]])
-
-        return hook
-
-    with model.hooks(fwd_hooks=[(h, hook_for(h, rows, v)) for h, (rows, v) in paths.items()]):
-        yield record

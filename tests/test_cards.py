@@ -1,35 +1,18 @@
 """Feature cards on a tiny random model: the contexts are where the latent fires most."""
 
 import torch
-from sae_lens import TopKSAE, TopKSAEConfig
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import HookedTransformer
 
 from circuits.cards import feature_cards
 from sae.saeset import SAESet
 from tasks.corpus import corpus_tokens
-from tasks.tokenizer import build_tokenizer
+from tests.helpers import random_saes, tiny_hooked_model
 
 HOOK = "blocks.0.hook_resid_post"
 
 
 def tiny_model_and_sae() -> tuple[HookedTransformer, SAESet]:
-    tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    model = HookedTransformer(
-        HookedTransformerConfig(
-            n_layers=1,
-            d_model=32,
-            n_heads=2,
-            d_head=16,
-            d_mlp=64,
-            n_ctx=32,
-            d_vocab=len(tokenizer),
-            act_fn="gelu",
-            seed=0,
-        ),
-        tokenizer=tokenizer,
-    )
-    return model, SAESet({HOOK: TopKSAE(TopKSAEConfig(d_in=32, d_sae=64, k=8))})
+    return tiny_hooked_model(n_layers=1), random_saes([HOOK])
 
 
 def test_contexts_highlight_the_strongest_activations():
