@@ -1,0 +1,43 @@
+"""circuits.plots: the faithfulness curve is a PNG written atomically."""
+
+from circuits.ablation import CurvePoint, FaithfulnessCurve
+from circuits.plots import plot_faithfulness
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _curve() -> FaithfulnessCurve:
+    points = [
+        CurvePoint(n_nodes=0, n_error_nodes=2, faithfulness=0.1, random_faithfulness=0.05),
+        CurvePoint(n_nodes=10, n_error_nodes=2, faithfulness=0.9, random_faithfulness=0.2),
+    ]
+    return FaithfulnessCurve(
+        ablation="mean",
+        m_model=2.0,
+        m_empty=-1.0,
+        faithfulness=0.9,
+        completeness=0.8,
+        cpr=0.7,
+        cmd=0.1,
+        curve=points,
+        n_nodes=10,
+        n_error_nodes=2,
+    )
+
+
+def test_plot_faithfulness_writes_png_atomically(tmp_path):
+    folder = tmp_path / "plots"  # does not exist yet
+    path = plot_faithfulness(_curve(), folder / "faithfulness.png")
+    assert path == folder / "faithfulness.png"
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    assert len(data) > 1000
+    assert sorted(p.name for p in folder.iterdir()) == ["faithfulness.png"]
+
+
+def test_plot_faithfulness_replaces_old_file_with_title(tmp_path):
+    path = tmp_path / "f.png"
+    path.write_bytes(b"old")
+    plot_faithfulness(_curve(), path, title="a title")
+    assert path.read_bytes().startswith(PNG_MAGIC)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png"]
