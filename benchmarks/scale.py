@@ -160,6 +160,17 @@ def main() -> None:
         results["peak_ratio"] = ratio
         print(f"\npeak memory at {pairs[-1]} pairs / at 128 pairs: {ratio:.2f}x")
 
+    # IG discovery keeps each batch's gradients on disk between its two passes, not in memory
+    rows = []
+    for n in [128, 1024]:
+        r = results.setdefault("ig_pairs", {})[n] = measure({"kind": "embedded", "pairs": n, "method": "ig"})
+        rows.append([n, *fmt(r)])
+    table(
+        "IG discovery on the embedded model, IOI, 12 SAEs, vs prompt pairs",
+        ["pairs", "time (s)", "peak RSS (MiB)", "nodes", "edges"],
+        rows,
+    )
+
     rows = []
     for width in [512, 1024, 4096, 16384]:
         r = results.setdefault("width", {})[width] = measure(
