@@ -20,7 +20,7 @@ first pass.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -83,9 +83,23 @@ class BatchRun:
     acts_p: dict[str, torch.Tensor]
     clean_metric: torch.Tensor
     corrupt_metric: torch.Tensor
+    _deltas: dict[str, NodeValues] = field(default_factory=dict, repr=False)
 
     def delta(self, hook: str) -> NodeValues:
         return self.corrupt[hook] - self.clean[hook]
+
+    def delta_at(self, saes: SAESet, hook: str, positions: list[int]) -> NodeValues:
+        """corrupt - clean nodes of ``hook``, encoded at ``positions`` only when the run did
+        not encode that hook (zero elsewhere: for edges, which read the kept nodes' positions)."""
+        if hook in self.clean:
+            return self.delta(hook)
+        if hook not in self._deltas:
+            x_c, x_p = self.acts[hook], self.acts_p[hook]
+            part = encode_at(saes, hook, x_p[:, positions]) - encode_at(saes, hook, x_c[:, positions])
+            full = NodeValues(x_c.new_zeros(*x_c.shape[:2], part.latents.shape[-1]), torch.zeros_like(x_c))
+            full.latents[:, positions], full.error[:, positions] = part.latents, part.error
+            self._deltas[hook] = full
+        return self._deltas[hook]
 
 
 @torch.no_grad()

@@ -198,14 +198,14 @@ def second_pass(
         for h in hooks
     }
     method = "atp" if cfg.method == "atp" else "ig"
-    # only the upstream hooks with chosen nodes need their nodes encoded
-    encoded = sorted({u for h in hooks for u, m in sources[h].items() if m.latents.any() or m.error.any()})
     for lo in tqdm(
         batch_starts(task.n_examples, cfg.batch_size) if hooks else [],
         desc="edges",
         disable=not (progress and is_main()),
     ):
-        run = run_batch(model, saes, task.subset(slice(lo, lo + cfg.batch_size)), hooks=encoded)
+        run = run_batch(
+            model, saes, task.subset(slice(lo, lo + cfg.batch_size)), hooks=[]
+        )  # edges encode what they read
         saved = None if grads is None else grads / f"{lo}.pt"
         if saved is not None and saved.is_file():
             batch = torch.load(saved, weights_only=True, map_location=run.acts[EMBED_HOOK].device)

@@ -143,6 +143,11 @@ def batch_edges(
     n_pos = run.part.n_pos
     out = {u: NodeValues.zeros((len(targets), n_pos), _width(saes, u)) for u in ups}
     per_position = sub.kind != "attn" and Submodule(sub.layer, "attn").hook in ups
+    kept = {}  # the positions of each upstream hook's kept nodes
+    for u in ups:
+        positions = (sources[u].latents.any(-1) | sources[u].error).nonzero().flatten().tolist()
+        if positions:
+            kept[u] = positions
     for pos in sorted({t.position for t in targets}) if per_position else [None]:
         window = slice(pos, pos + 1) if per_position else slice(None)
         idx = [i for i, t in enumerate(targets) if pos is None or t.position == pos]
@@ -152,9 +157,10 @@ def batch_edges(
         for lo in range(0, len(idx), chunk):
             grads = _block_grads(model, saes, hook, sub.layer, ups, acts, g, local[lo : lo + chunk])
             rows = torch.tensor(idx[lo : lo + chunk])
-            for u, gu in zip(ups, grads, strict=False):
-                if sources[u].latents.any() or sources[u].error.any():
-                    _accumulate(saes, u, gu, range(n_pos)[window], run.delta(u), sources[u], rows, out[u])
+            for u, gu in zip(ups, grads, strict=True):
+                if u in kept:
+                    delta = run.delta_at(saes, u, kept[u])
+                    _accumulate(saes, u, gu, range(n_pos)[window], delta, sources[u], rows, out[u])
     return out
 
 
