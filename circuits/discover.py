@@ -1,16 +1,17 @@
 """Circuit discovery: two streamed passes over the prompts, then the graph.
 
-Pass 1 (``attribution.first_pass``), per batch: the clean and corrupt metrics, every node's
-effect (AtP or IG) and mean activation. The nodes whose |effect| passes the node threshold
-are chosen. Pass 2 (``second_pass``), per batch: one clean and one corrupt run and the
-metric's gradients (clean, or along each target submodule's IG path), reused for the edges
-into every chosen node of every submodule.
+Pass 1 (``attribution.first_pass``), per batch: the clean and corrupt metrics, the metric's
+activation gradients (clean, or along each submodule's IG path), every node's effect (AtP or
+IG) and mean activation; the gradients are written to a temporary folder. The nodes whose
+|effect| passes the node threshold are chosen. Pass 2 (``second_pass``), per batch: one
+clean and one corrupt plain run, that batch's gradients read back, and the edges into every
+chosen node of every submodule.
 
 The trade-off: memory holds one batch and running sums, so it is flat in the number of
 prompts, at the price of running each batch twice (the choice of nodes needs every batch's
-effects before any edge is computed; keeping pass 1's per-batch gradients for pass 2 would
-make memory grow with the prompts). For IG circuits pass 2 repeats the IG paths of the
-submodules that have chosen nodes.
+effects before any edge is computed) and of a few bytes of disk per prompt pair
+(4 x positions x d_model per hook: keeping pass 1's gradients in memory would make it grow
+with the prompts, recomputing them — IG's steps x submodules paths — would double the cost).
 
 Thresholds are fractions of the task's total effect |m(corrupt) - m(clean)|, so one default
 fits logit differences, probabilities and log-probabilities alike; the graph records them in
