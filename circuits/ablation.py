@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from circuits.attribution import prepare
+from circuits.edges import source_masks
 from circuits.errors import CircuitsError
 from circuits.graph import nodes_of
 from circuits.splice import spliced
@@ -40,13 +41,12 @@ Masks = dict[str, NodeValues]  # per hook: which latents [pos, d_sae] and error 
 
 
 def empty_masks(saes: SAESet, n_pos: int) -> Masks:
-    return {h: NodeValues.zeros((n_pos,), saes[h].cfg.d_sae).map(torch.Tensor.bool) for h in saes}
+    return source_masks([], saes, n_pos, list(saes))
 
 
 def node_masks(nodes: list[Node], saes: SAESet, n_pos: int) -> Masks:
     """Masks of ``nodes`` (position None: every position); a hook without an SAE, a latent or
     position out of range is one line. Embedding nodes are not ablatable and are skipped."""
-    masks = empty_masks(saes, n_pos)
     for n in nodes:
         if n.is_embed:
             continue
@@ -54,14 +54,9 @@ def node_masks(nodes: list[Node], saes: SAESet, n_pos: int) -> Masks:
             raise CircuitsError(f"node {n.hook}/{n.latent}: the SAE set has no SAE at {n.hook}")
         if n.position is not None and not 0 <= n.position < n_pos:
             raise CircuitsError(f"node {n.hook}/{n.latent}@{n.position}: position out of range (prompts have {n_pos})")
-        where = slice(None) if n.position is None else n.position
-        if n.latent is None:
-            masks[n.hook].error[where] = True
-        elif not 0 <= n.latent < saes[n.hook].cfg.d_sae:
+        if n.latent is not None and not 0 <= n.latent < saes[n.hook].cfg.d_sae:
             raise CircuitsError(f"node {n.hook}/{n.latent}: latent out of range (the SAE has {saes[n.hook].cfg.d_sae})")
-        else:
-            masks[n.hook].latents[where, n.latent] = True
-    return masks
+    return source_masks(nodes, saes, n_pos, list(saes))
 
 
 def complement(masks: Masks) -> Masks:
