@@ -1,10 +1,19 @@
 """Ablation: switch node sets off and measure the task metric; faithfulness and completeness.
 
 Nodes are ``circuits.vocab.Node`` (position None: every position); node sets travel as
-masks, one ``NodeValues`` of booleans per hook. Ablating a node replaces its value by zero,
-by its mean over the task's clean prompts at that position (``mean``), or by its value on
-another example's clean prompt (``resample``); all hooks are ablated in one forward pass,
-each computed from the already-ablated layers before it (docs/design.md, "Ablation").
+masks, one ``NodeValues`` of booleans per hook. Ablating a node replaces its value by
+(the convention, ``Ablation``):
+
+* ``mean`` — its mean over the task's clean prompts at that position;
+* ``mean_corrupt`` — its mean over the corrupt prompts at that position (SFC's evaluation);
+* ``counterfactual`` — its value on the example's own corrupt prompt (MIB's interchange
+  intervention; ablating every node gives the corrupt run);
+* ``zero``;
+* ``resample`` — its value on another example's clean prompt.
+
+All hooks are ablated in one forward pass, each computed from the already-ablated layers
+before it; submodules of layers below ``start_layer`` are never ablated (SFC's
+``start_layer``: early layers given for free). See docs/design.md, "Ablation".
 
 Faithfulness F(C) = (m(C) - m(empty)) / (m(M) - m(empty)): m(M) the model, m(empty) every
 node ablated, m(C) every node outside C ablated. Completeness is F of the complement
@@ -15,7 +24,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Literal, get_args
@@ -29,13 +38,13 @@ from circuits.attribution import prepare
 from circuits.edges import source_masks
 from circuits.errors import CircuitsError
 from circuits.graph import nodes_of
-from circuits.splice import spliced
+from circuits.splice import decode, spliced
 from circuits.values import NodeValues
-from circuits.vocab import METRIC, Node
+from circuits.vocab import METRIC, Node, Submodule
 from sae.saeset import SAESet
 from tasks.task import Task
 
-Ablation = Literal["mean", "zero", "resample"]
+Ablation = Literal["mean", "mean_corrupt", "counterfactual", "zero", "resample"]
 ABLATIONS: tuple[str, ...] = get_args(Ablation)
 Masks = dict[str, NodeValues]  # per hook: which latents [pos, d_sae] and error terms [pos]
 
@@ -82,19 +91,25 @@ def check_graph(graph: nx.DiGraph, model: HookedTransformer, saes: SAESet) -> No
 def reference_values(
     model: HookedTransformer, saes: SAESet, task: Task, how: Ablation, seed: int = 0
 ) -> dict[str, NodeValues]:
-    """What ablated nodes are set to, per hook: zeros, the per-position mean over the task's
-    clean prompts (``[pos, ...]``), or another example's clean values (``[batch, pos, ...]``;
-    example i takes a fixed other example's)."""
-    if how not in ABLATIONS:
-        raise CircuitsError(f"unknown ablation {how!r}: use {', '.join(ABLATIONS)}")
+    """What ablated nodes are set to, per hook: zeros, a per-position mean over the task's
+    clean or corrupt prompts (``[pos, ...]``), or per example (``[batch, pos, ...]``) its own
+    corrupt values or a fixed other example's clean values."""
+    check_ablation(how)
     if how == "zero":
         return {h: NodeValues.zeros((task.n_pos,), saes[h].cfg.d_sae, saes[h].cfg.d_in) for h in saes}
     with spliced(model, saes) as nodes:
-        model(task.clean)
-    if how == "mean":
+        model(task.corrupt if how in ("mean_corrupt", "counterfactual") else task.clean)
+    if how in ("mean", "mean_corrupt"):
         return {h: nodes[h].map(lambda t: t.detach().mean(0)) for h in saes}
+    if how == "counterfactual":
+        return {h: nodes[h].detach() for h in saes}
     perm = _derangement(task.n_examples, seed)
     return {h: nodes[h].map(lambda t: t.detach()[perm]) for h in saes}
+
+
+def check_ablation(how: str) -> None:
+    if how not in ABLATIONS:
+        raise CircuitsError(f"unknown ablation {how!r}: use {', '.join(ABLATIONS)}")
 
 
 def _derangement(n: int, seed: int) -> torch.Tensor:
@@ -108,14 +123,52 @@ def _derangement(n: int, seed: int) -> torch.Tensor:
     return perm
 
 
+def ablation_hook(sae, ref: NodeValues, full: torch.Tensor, mixed: torch.Tensor, keep: NodeValues | None):
+    """The TransformerLens hook that ablates one submodule: positions ``full`` (``[pos]``
+    booleans) replaced by the reference activation D(ref) + ref error, positions ``mixed``
+    encoded and each node moved to its reference value by 1 - ``keep`` (``keep`` at the mixed
+    positions: booleans, or floats for a learned mask, whose gradient then flows), the rest
+    left alone. Gradients flow through the encoder at mixed positions, so a mask upstream
+    sees its effect through every kept node downstream."""
+    ref_act = decode(sae, ref)
+    full_at, mixed_at = full.nonzero().flatten(), mixed.nonzero().flatten()
+    ref_mixed = ref.map(lambda t: t[..., mixed_at, :]) if len(mixed_at) else None
+
+    def hook(x: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001 (TransformerLens passes the HookPoint)
+        out = x.clone()
+        if len(full_at):
+            out[:, full_at] = ref_act[..., full_at, :].to(x.dtype)
+        if ref_mixed is not None:
+            xm = x[:, mixed_at]
+            f = sae.encode(xm)
+            e = xm - sae.decode(f)
+            if keep.latents.dtype == torch.bool:
+                f = torch.where(keep.latents, f, ref_mixed.latents)
+                e = torch.where(keep.error[..., None], e, ref_mixed.error)
+            else:
+                f = ref_mixed.latents + keep.latents * (f - ref_mixed.latents)
+                e = ref_mixed.error + keep.error[..., None] * (e - ref_mixed.error)
+            out[:, mixed_at] = sae.decode(f) + e
+        return out
+
+    return hook
+
+
 @contextmanager
 def ablated(model: HookedTransformer, saes: SAESet, masks: Masks, values: dict[str, NodeValues]) -> Iterator[None]:
     """Inside the block, forward passes of ``model`` run with the masked nodes replaced by
-    ``values`` (from ``reference_values``); hooks are removed on exit, also on error."""
-    edits = {
-        h: (lambda v, m=m, ref=values[h]: v.where(m, ref)) for h, m in masks.items() if m.latents.any() or m.error.any()
-    }
-    with spliced(model, saes, hooks=list(edits), edits=edits):
+    ``values`` (from ``reference_values``); hooks are removed on exit, also on error.
+    Positions whose nodes are all ablated need no SAE (their activation becomes the
+    reference activation), so site-level circuits cost plain forward passes."""
+    saes.check_model(model)
+    hooks = []
+    for h, m in masks.items():
+        full = m.latents.all(-1) & m.error
+        mixed = (m.latents.any(-1) | m.error) & ~full
+        if full.any() or mixed.any():
+            keep = NodeValues(~m.latents[mixed], ~m.error[mixed])
+            hooks.append((h, ablation_hook(saes[h], values[h], full, mixed, keep)))
+    with model.hooks(fwd_hooks=hooks):
         yield
 
 
@@ -158,37 +211,58 @@ class Faithfulness:
         return (m - self.m_empty) / denom
 
 
-class _Ablator:
+class Ablator:
     """One task, SAE set and ablation convention: reference values computed once, then the
-    metric of any node set kept (everything else ablated) or removed."""
+    metric of any node set kept (everything else ablated) or removed. Hooks of layers below
+    ``start_layer`` are never ablated."""
 
-    def __init__(self, model: HookedTransformer, saes: SAESet, task: Task, how: Ablation, seed: int = 0):
+    def __init__(
+        self, model: HookedTransformer, saes: SAESet, task: Task, how: Ablation, seed: int = 0, start_layer: int = 0
+    ):
         self.model, self.saes, self.task = model, saes, prepare(model, task)
+        self.how, self.start_layer = how, start_layer
         self.values = reference_values(model, saes, self.task, how, seed)
         self.n_pos = self.task.n_pos
-        everything = complement(empty_masks(saes, self.n_pos))
         self.ref = Faithfulness(
-            metric_with(model, saes, self.task, None, self.values),
-            metric_with(model, saes, self.task, everything, self.values),
+            metric_with(model, saes, self.task, None, self.values), self.metric_removing(self.everything())
         )
 
-    def metric_without(self, nodes: list[Node]) -> float:
-        masks = node_masks(nodes, self.saes, self.n_pos)
+    def everything(self) -> Masks:
+        return complement(empty_masks(self.saes, self.n_pos))
+
+    def ablatable(self, hook: str) -> bool:
+        return Submodule.parse(hook).layer >= self.start_layer
+
+    def metric_removing(self, masks: Masks) -> float:
+        """The metric with the nodes of ``masks`` ablated."""
+        masks = {h: m for h, m in masks.items() if self.ablatable(h)}
         return metric_with(self.model, self.saes, self.task, masks, self.values)
 
+    def metric_keeping(self, masks: Masks) -> float:
+        """The metric with every node outside ``masks`` ablated."""
+        return self.metric_removing(complement(masks))
+
+    def metric_without(self, nodes: list[Node]) -> float:
+        return self.metric_removing(node_masks(nodes, self.saes, self.n_pos))
+
     def metric_of(self, nodes: list[Node]) -> float:
-        masks = complement(node_masks(nodes, self.saes, self.n_pos))
-        return metric_with(self.model, self.saes, self.task, masks, self.values)
+        return self.metric_keeping(node_masks(nodes, self.saes, self.n_pos))
 
     def faithfulness(self, nodes: list[Node]) -> float:
         return self.ref.of(self.metric_of(nodes))
 
 
 def faithfulness(
-    model: HookedTransformer, saes: SAESet, task: Task, nodes: list[Node], how: Ablation = "mean", seed: int = 0
+    model: HookedTransformer,
+    saes: SAESet,
+    task: Task,
+    nodes: list[Node],
+    how: Ablation = "mean",
+    seed: int = 0,
+    start_layer: int = 0,
 ) -> Faithfulness:
     """Faithfulness and completeness of the circuit ``nodes`` on ``task``."""
-    ab = _Ablator(model, saes, task, how, seed)
+    ab = Ablator(model, saes, task, how, seed, start_layer)
     return Faithfulness(ab.ref.m_model, ab.ref.m_empty, ab.metric_of(nodes), ab.metric_without(nodes))
 
 
@@ -253,6 +327,7 @@ class FaithfulnessCurve:
     n_nodes: int
     n_error_nodes: int
     pruned: PrunedCircuit | None = field(default=None)
+    start_layer: int = 0
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -280,14 +355,15 @@ def faithfulness_curve(
     how: Ablation = "mean",
     n_random: int = 3,
     seed: int = 0,
+    start_layer: int = 0,
     progress: bool = True,
 ) -> FaithfulnessCurve:
     """F of the top-k ranked nodes for log-spaced k, with a random circuit of the same size
     (same numbers of latents and error nodes, drawn from ``live_nodes``) as a baseline;
     completeness of the whole ranked list; CPR = area under F, CMD = area under |1 - F|, over
     circuit size as a fraction of the ranked list (trapezoid rule, F(0) = 0)."""
-    ab = _Ablator(model, saes, task, how, seed)
-    pool = live_nodes(model, saes, ab.task)
+    ab = Ablator(model, saes, task, how, seed, start_layer)
+    pool = [n for n in live_nodes(model, saes, ab.task) if ab.ablatable(n.hook)]
     pool_lat = [n for n in pool if n.latent is not None]
     pool_err = [n for n in pool if n.latent is None]
     rng = random.Random(seed)
@@ -303,10 +379,7 @@ def faithfulness_curve(
         ]
         curve.append(CurvePoint(n_lat, n_err, ab.faithfulness(top), sum(randoms) / len(randoms)))
     completeness = ab.ref.of(ab.metric_without(ranked))
-    xs = [0.0] + [(c.n_nodes + c.n_error_nodes) / max(len(ranked), 1) for c in curve]
-    fs = [0.0] + [c.faithfulness for c in curve]
-    cpr = sum((xs[i + 1] - xs[i]) * (fs[i + 1] + fs[i]) / 2 for i in range(len(curve)))
-    cmd = sum((xs[i + 1] - xs[i]) * (abs(1 - fs[i + 1]) + abs(1 - fs[i])) / 2 for i in range(len(curve)))
+    cpr, cmd = areas([c.n_nodes + c.n_error_nodes for c in curve], [c.faithfulness for c in curve], len(ranked))
     return FaithfulnessCurve(
         how,
         ab.ref.m_model,
@@ -317,7 +390,18 @@ def faithfulness_curve(
         cmd,
         curve,
         *_counts(ranked),
+        start_layer=start_layer,
     )
+
+
+def areas(sizes: list[int], fs: list[float], total: int) -> tuple[float, float]:
+    """MIB's CPR (area under F) and CMD (area under |1 - F|) over circuit size as a fraction
+    of ``total`` (trapezoid rule from F(0) = 0)."""
+    xs = [0.0] + [k / max(total, 1) for k in sizes]
+    fs = [0.0] + list(fs)
+    cpr = sum((xs[i + 1] - xs[i]) * (fs[i + 1] + fs[i]) / 2 for i in range(len(sizes)))
+    cmd = sum((xs[i + 1] - xs[i]) * (abs(1 - fs[i + 1]) + abs(1 - fs[i])) / 2 for i in range(len(sizes)))
+    return cpr, cmd
 
 
 def smallest_faithful(
@@ -328,31 +412,41 @@ def smallest_faithful(
     target: float = 0.9,
     how: Ablation = "mean",
     seed: int = 0,
+    start_layer: int = 0,
 ) -> tuple[int, float]:
     """The smallest k whose top-k ranked nodes reach faithfulness ``target`` (searched over
     log-spaced sizes, then bisected between the last miss and the first hit), with its F;
     ``(len(ranked), F)`` of the whole list when it never does."""
-    ab = _Ablator(model, saes, task, how, seed)
+    ab = Ablator(model, saes, task, how, seed, start_layer)
+    return smallest_prefix(len(ranked), lambda k: ab.faithfulness(ranked[:k]), target)
+
+
+def smallest_prefix(n: int, f_of: Callable[[int], float], target: float) -> tuple[int, float]:
+    """The smallest k in 1..n with ``f_of(k) >= target``, assuming F grows with k: searched
+    over log-spaced sizes, then bisected between the last miss and the first hit; ``(n,
+    f_of(n))`` when none does (and ``(0, 0.0)`` for n = 0)."""
+    if n == 0:
+        return 0, 0.0
     cache: dict[int, float] = {}
 
-    def f_of(k: int) -> float:
+    def f(k: int) -> float:
         if k not in cache:
-            cache[k] = ab.faithfulness(ranked[:k])
+            cache[k] = f_of(k)
         return cache[k]
 
     lo = 0
-    for k in log_sizes(len(ranked)):
-        if f_of(k) >= target:
+    for k in log_sizes(n):
+        if f(k) >= target:
             hi = k
             while hi - lo > 1:  # F(lo) < target <= F(hi)
                 mid = (lo + hi) // 2
-                if f_of(mid) >= target:
+                if f(mid) >= target:
                     hi = mid
                 else:
                     lo = mid
-            return hi, f_of(hi)
+            return hi, f(hi)
         lo = k
-    return len(ranked), f_of(len(ranked))
+    return n, f(n)
 
 
 def prune_by_ablation(
@@ -363,16 +457,23 @@ def prune_by_ablation(
     target: float = 0.9,
     how: Ablation = "mean",
     seed: int = 0,
+    start_layer: int = 0,
 ) -> tuple[nx.DiGraph, PrunedCircuit]:
     """The circuit cut to its smallest top-|effect| prefix reaching faithfulness ``target``
     (embeddings kept), and what that prefix achieves."""
     ranked = ranked_nodes(graph)
-    k, f = smallest_faithful(model, saes, task, ranked, target, how, seed)
+    k, f = smallest_faithful(model, saes, task, ranked, target, how, seed, start_layer)
     keep = set(ranked[:k])
     kept = [n for n, node in nodes_of(graph).items() if node.is_embed or node in keep]
     small = graph.subgraph(kept + [METRIC]).copy()
     small.graph = {
         **graph.graph,
-        "pruned_by_ablation": {"target": target, "faithfulness": f, "ablation": how, "nodes": k},
+        "pruned_by_ablation": {
+            "target": target,
+            "faithfulness": f,
+            "ablation": how,
+            "start_layer": start_layer,
+            "nodes": k,
+        },
     }
     return small, PrunedCircuit(*_counts(ranked[:k]), f, f >= target)

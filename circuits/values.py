@@ -51,15 +51,6 @@ class NodeValues:
         """Summed over leading axes (``dim`` must not include the last one)."""
         return NodeValues(self.latents.sum(dim), self.error.sum(dim))
 
-    def where(self, mask: NodeValues, other: NodeValues) -> NodeValues:
-        """``other`` where ``mask`` (latents ``[..., d_sae]``, error ``[...]``) is set, else
-        self; ``other`` and ``mask`` broadcast from the right (e.g. ``[pos, ...]``)."""
-        n_pos = self.latents.shape[-2]
-        dev = self.latents.device
-        m_l, m_e = mask.latents[..., :n_pos, :].to(dev), mask.error[..., :n_pos].to(dev)
-        o_l, o_e = other.latents[..., :n_pos, :].to(dev), other.error[..., :n_pos, :].to(dev)
-        return NodeValues(torch.where(m_l, o_l, self.latents), torch.where(m_e[..., None], o_e, self.error))
-
     def detach(self) -> NodeValues:
         return self.map(Tensor.detach)
 

@@ -5,6 +5,8 @@ import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 
 from circuits.ablation import (
+    ABLATIONS,
+    Ablator,
     ablated,
     faithfulness,
     faithfulness_curve,
@@ -31,7 +33,7 @@ def all_nodes(saes, n_pos):
     return [Node.at(h, p, i) for h in saes for p in range(n_pos) for i in [None, *range(saes[h].cfg.d_sae)]]
 
 
-@pytest.mark.parametrize("how", ["mean", "zero", "resample"])
+@pytest.mark.parametrize("how", ABLATIONS)
 def test_full_circuit_is_faithful_and_empty_is_not(setup, how):
     model, saes, task = setup
     full = faithfulness(model, saes, task, all_nodes(saes, task.n_pos), how)
@@ -40,6 +42,52 @@ def test_full_circuit_is_faithful_and_empty_is_not(setup, how):
     empty = faithfulness(model, saes, task, [], how)
     assert empty.faithfulness == pytest.approx(0.0, abs=1e-5)
     assert empty.completeness == pytest.approx(1.0, abs=1e-5)
+
+
+def last_resid_replaced(model, task, value) -> float:
+    """The metric with the last residual stream set to ``value`` (nothing downstream but
+    the unembedding): what ablating every node must give, computed directly."""
+    hook = "blocks.1.hook_resid_post"
+    logits = model.run_with_hooks(task.clean, fwd_hooks=[(hook, lambda x, hook: value.expand_as(x).clone())])
+    return task.metric_per_example(logits).mean().item()
+
+
+@pytest.mark.parametrize("how", ABLATIONS)
+def test_empty_circuit_equals_a_direct_computation(setup, how):
+    model, saes, task = setup
+    hook = "blocks.1.hook_resid_post"
+    _, clean = model.run_with_cache(task.clean, names_filter=[hook])
+    _, corrupt = model.run_with_cache(task.corrupt, names_filter=[hook])
+    ab = Ablator(model, saes, task, how, seed=3)
+    if how == "counterfactual":  # every node at its own corrupt value: the corrupt run
+        direct = task.metric_per_example(model(task.corrupt)).mean().item()
+    elif how == "resample":  # example i scored on example perm[i]'s clean logits
+        perm = ab.values[hook].latents.new_tensor(
+            [int((saes[hook].encode(clean[hook]) == r).all(-1).all(-1).nonzero()[0]) for r in ab.values[hook].latents]
+        ).long()
+        assert not (perm == torch.arange(task.n_examples)).any()
+        direct = task.metric_per_example(model(task.clean)[perm]).mean().item()
+    else:
+        value = {
+            "mean": clean[hook].mean(0),
+            "mean_corrupt": corrupt[hook].mean(0),
+            "zero": saes[hook].b_dec.detach(),  # no latent and no error: the decoder bias
+        }[how]
+        direct = last_resid_replaced(model, task, value)
+    assert ab.ref.m_empty == pytest.approx(direct, abs=1e-4)
+    assert ab.ref.m_model == pytest.approx(task.metric_per_example(model(task.clean)).mean().item(), abs=1e-5)
+
+
+def test_start_layer_gives_early_layers_for_free(setup):
+    model, saes, task = setup
+    layer0 = [h for h in saes if h.startswith("blocks.0.")]
+    ab = Ablator(model, saes, task, "mean", start_layer=1)
+    everything = ab.everything()
+    assert ab.metric_removing({h: everything[h] for h in layer0}) == pytest.approx(ab.ref.m_model, abs=1e-6)
+    plain = Ablator(model, saes, task, "mean")
+    assert plain.metric_removing({h: everything[h] for h in layer0}) != pytest.approx(plain.ref.m_model, abs=1e-3)
+    nothing = Ablator(model, saes, task, "mean", start_layer=2)  # every layer given for free
+    assert nothing.ref.m_empty == pytest.approx(nothing.ref.m_model, abs=1e-6)
 
 
 def test_ablation_hooks_are_removed_also_on_error(setup):

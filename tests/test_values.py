@@ -29,18 +29,10 @@ def test_delta_at_grad_is_the_effect_of_each_node():
     assert summed.latents.shape == (3, 5) and torch.allclose(summed.error, effect.error.sum(0))
 
 
-def test_where_takes_the_masked_nodes_from_the_reference():
-    values = _random()
-    ref = NodeValues.zeros((3,), 5, 4)  # per position, broadcast over the batch
+def test_mask_count_and_complement():
     mask = NodeValues.zeros((3,), 5).map(torch.Tensor.bool)
     mask.latents[1, 2] = True
     mask.error[0] = True
-    out = values.where(mask, ref)
-    assert (out.latents[:, 1, 2] == 0).all() and (out.error[:, 0] == 0).all()
-    keep = torch.ones_like(values.latents, dtype=torch.bool)
-    keep[:, 1, 2] = False
-    assert torch.equal(out.latents[keep], values.latents[keep])
-    assert torch.equal(out.error[:, 1:], values.error[:, 1:])
     assert mask.count() == (1, 1) and mask.complement().count() == (14, 2)
 
 
