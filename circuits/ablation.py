@@ -123,14 +123,15 @@ def _derangement(n: int, seed: int) -> torch.Tensor:
     return perm
 
 
-def ablation_hook(sae, ref: NodeValues, full: torch.Tensor, mixed: torch.Tensor, keep: NodeValues | None):
+def ablation_hook(
+    sae, ref: NodeValues, ref_act: torch.Tensor, full: torch.Tensor, mixed: torch.Tensor, keep: NodeValues | None
+):
     """The TransformerLens hook that ablates one submodule: positions ``full`` (``[pos]``
-    booleans) replaced by the reference activation D(ref) + ref error, positions ``mixed``
+    booleans) replaced by the reference activation ``ref_act`` = D(ref) + ref error, positions ``mixed``
     encoded and each node moved to its reference value by 1 - ``keep`` (``keep`` at the mixed
     positions: booleans, or floats for a learned mask, whose gradient then flows), the rest
     left alone. Gradients flow through the encoder at mixed positions, so a mask upstream
     sees its effect through every kept node downstream."""
-    ref_act = decode(sae, ref)
     full_at, mixed_at = full.nonzero().flatten(), mixed.nonzero().flatten()
     ref_mixed = ref.map(lambda t: t[..., mixed_at, :]) if len(mixed_at) else None
 
@@ -155,9 +156,16 @@ def ablation_hook(sae, ref: NodeValues, full: torch.Tensor, mixed: torch.Tensor,
 
 
 @contextmanager
-def ablated(model: HookedTransformer, saes: SAESet, masks: Masks, values: dict[str, NodeValues]) -> Iterator[None]:
+def ablated(
+    model: HookedTransformer,
+    saes: SAESet,
+    masks: Masks,
+    values: dict[str, NodeValues],
+    acts: dict[str, torch.Tensor] | None = None,
+) -> Iterator[None]:
     """Inside the block, forward passes of ``model`` run with the masked nodes replaced by
-    ``values`` (from ``reference_values``); hooks are removed on exit, also on error.
+    ``values`` (from ``reference_values``; ``acts``: their activations, computed when not
+    given); hooks are removed on exit, also on error.
     Positions whose nodes are all ablated need no SAE (their activation becomes the
     reference activation), so site-level circuits cost plain forward passes."""
     saes.check_model(model)
@@ -167,19 +175,25 @@ def ablated(model: HookedTransformer, saes: SAESet, masks: Masks, values: dict[s
         mixed = (m.latents.any(-1) | m.error) & ~full
         if full.any() or mixed.any():
             keep = NodeValues(~m.latents[mixed], ~m.error[mixed])
-            hooks.append((h, ablation_hook(saes[h], values[h], full, mixed, keep)))
+            act = acts[h] if acts is not None else decode(saes[h], values[h])
+            hooks.append((h, ablation_hook(saes[h], values[h], act, full, mixed, keep)))
     with model.hooks(fwd_hooks=hooks):
         yield
 
 
 @torch.no_grad()
 def metric_with(
-    model: HookedTransformer, saes: SAESet, task: Task, masks: Masks | None, values: dict[str, NodeValues]
+    model: HookedTransformer,
+    saes: SAESet,
+    task: Task,
+    masks: Masks | None,
+    values: dict[str, NodeValues],
+    acts: dict[str, torch.Tensor] | None = None,
 ) -> float:
     """Mean metric with ``masks`` ablated (None: the plain model)."""
     if masks is None:
         return task.metric_per_example(model(task.clean)).mean().item()
-    with ablated(model, saes, masks, values):
+    with ablated(model, saes, masks, values, acts):
         return task.metric_per_example(model(task.clean)).mean().item()
 
 
@@ -222,6 +236,8 @@ class Ablator:
         self.model, self.saes, self.task = model, saes, prepare(model, task)
         self.how, self.start_layer = how, start_layer
         self.values = reference_values(model, saes, self.task, how, seed)
+        with torch.no_grad():
+            self.acts = {h: decode(saes[h], v) for h, v in self.values.items()}
         self.n_pos = self.task.n_pos
         self.ref = Faithfulness(
             metric_with(model, saes, self.task, None, self.values), self.metric_removing(self.everything())
@@ -236,7 +252,7 @@ class Ablator:
     def metric_removing(self, masks: Masks) -> float:
         """The metric with the nodes of ``masks`` ablated."""
         masks = {h: m for h, m in masks.items() if self.ablatable(h)}
-        return metric_with(self.model, self.saes, self.task, masks, self.values)
+        return metric_with(self.model, self.saes, self.task, masks, self.values, self.acts)
 
     def metric_keeping(self, masks: Masks) -> float:
         """The metric with every node outside ``masks`` ablated."""

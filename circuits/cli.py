@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from circuits.config import field_choices, field_default, param_default
@@ -107,6 +108,9 @@ def _restrict(saes, kinds: str | None):
         raise CircuitsError(f"--hooks: {err}") from None
 
 
+MIN_HELD_OUT = 4  # prompt pairs on each side of a held-out split
+
+
 def _discover_job(args: argparse.Namespace):
     """Load what the arguments name and find the circuit (also run in each --nproc worker)."""
     from circuits.discover import DiscoverConfig, discover_fitting
@@ -121,8 +125,41 @@ def _discover_job(args: argparse.Namespace):
         top_n=args.top_n,
         batch_size=args.batch_size,
         edges=not args.no_edges,
+        target_faithfulness=args.target_faithfulness,
+        ablation=args.ablation,
+        start_layer=args.start_layer,
+        mask_steps=args.mask_steps,
+        mask_sparsity=args.mask_sparsity,
     )
-    return discover_fitting(model, saes, task, cfg, progress=not args.quiet)
+    held_out = None
+    if cfg.target_faithfulness is not None:
+        task, held_out = _held_out(args, model, task)
+    return discover_fitting(model, saes, task, cfg, progress=not args.quiet, held_out=held_out)
+
+
+def _held_out_record(args: argparse.Namespace, graph) -> dict:
+    """Which prompts the hierarchical circuit was validated on."""
+    if args.task.endswith(".jsonl"):
+        n = graph.graph["n_examples"]  # the discovery half
+        return {"task": args.task, "rows": [n, n + graph.graph["hierarchy"]["n_held_out"]]}
+    return {"task": args.task, "n": args.n, "seed": args.seed + 1}
+
+
+def _held_out(args: argparse.Namespace, model, task):
+    """(discovery prompts, held-out prompts): a built-in task's next seed, or the second
+    half of a prompt file."""
+    from circuits.errors import CircuitsError
+    from tasks.builtin import make_task
+
+    if not args.task.endswith(".jsonl"):
+        return task, make_task(args.task, model.tokenizer, n=args.n, seed=args.seed + 1, metric=args.metric)
+    if task.n_examples < MIN_HELD_OUT * 2:
+        raise CircuitsError(
+            f"{args.task}: {task.n_examples} prompt pairs are too few to hold out half for validation "
+            f"(--target-faithfulness needs at least {2 * MIN_HELD_OUT})"
+        )
+    half = task.n_examples // 2
+    return task.subset(slice(0, half)), task.subset(slice(half, task.n_examples))
 
 
 def _discover(args: argparse.Namespace) -> None:
@@ -153,13 +190,49 @@ def _discover(args: argparse.Namespace) -> None:
                 print(f"circuits: warning: {w.message}", file=sys.stderr)
     # what validate / edit need to rebuild the model, SAE set and prompts
     record_sources(graph, args.task, args.n, args.seed, args.model, args.saes, args.metric, args.hooks)
+    if "hierarchy" in graph.graph:
+        graph.graph["hierarchy"]["held_out"] = _held_out_record(args, graph)
     save_graph(graph, path)
     print(summary(graph))
+    if "hierarchy" in graph.graph:
+        _print_hierarchy(graph.graph["hierarchy"], path)
     procs = max(args.nproc, rank_and_world()[1])
     print(
         f"\n{graph.graph['discover']['method']} discovery in {time.perf_counter() - start:.1f} s "
         f"({procs} process{'es' if procs > 1 else ''}) -> {path}"
     )
+
+
+def _print_hierarchy(h: dict, path: Path) -> None:
+    """Both levels of a hierarchical circuit as a table, and one line when the target was
+    missed (the circuit is kept)."""
+    start = f", layers < {h['start_layer']} kept" if h["start_layer"] else ""
+    print(f"\nhierarchical circuit, {h['ablation']} ablation{start}, held-out prompts, target F >= {h['target']}:")
+    rows = []
+    for name, level in (("sites", h["site_level"]), ("features (attribution prefix)", h["attribution"])) + (
+        (("features (optimised)", h["optimised"]),) if h.get("optimised") else ()
+    ):
+        size = str(level["n_nodes"]) if name == "sites" else f"{level['n_nodes']} + {level['n_error_nodes']} err"
+        rows.append(
+            [
+                name,
+                size,
+                f"{level['faithfulness']:.3f}",
+                f"{level['completeness']:.3f}",
+                f"{level['random_faithfulness']:.3f}",
+            ]
+        )
+    print_table(["level", "size", "faithfulness", "completeness", "random same size"], rows)
+    print(f"circuit: {len(h['sites'])} sites, features from the {h['feature_level']['ranking']} ranking")
+    print_table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in h["times"].items()])
+    if not (h["site_level"]["reached_target"] and h["feature_level"]["reached_target"]):
+        sl, fl = h["site_level"], h["feature_level"]
+        print(
+            f"circuits: warning: target faithfulness {h['target']} not reached: best found "
+            f"F {sl['faithfulness']:.3f} at {sl['n_nodes']} sites, F {fl['faithfulness']:.3f} at "
+            f"{fl['n_nodes']} features + {fl['n_error_nodes']} error nodes (circuit kept: {path})",
+            file=sys.stderr,
+        )
 
 
 def _writable(folder: Path) -> Path:
@@ -199,6 +272,9 @@ def _circuit_setup(args: argparse.Namespace):
     name = args.task or src.get("task") or graph.graph.get("task")
     seed = args.seed if args.seed is not None else src.get("seed", 0) + 1  # held-out prompts by default
     task = make_task(name, model.tokenizer, n=args.n or src.get("n", 128), seed=seed, metric=src.get("metric"))
+    rows = graph.graph.get("hierarchy", {}).get("held_out", {}).get("rows")
+    if rows and name.endswith(".jsonl") and args.n is None:  # the file's held-out half
+        task = task.subset(slice(*rows))
     return graph, model, saes, task
 
 
@@ -209,8 +285,25 @@ def _validate(args: argparse.Namespace) -> None:
 
     graph, model, saes, task = _circuit_setup(args)
     folder = _writable(Path(args.circuit).parent)
+    record = graph.graph.get("hierarchy")
+    how = args.ablation or (record["ablation"] if record else "mean")
+    start_layer = args.start_layer if args.start_layer is not None else (record["start_layer"] if record else 0)
+    levels = _validate_levels(graph, model, saes, task, how, start_layer, args) if record else None
+    if record is None and not args.json:
+        print(
+            f"circuits: note: {args.circuit} has no site and feature levels (found without "
+            "--target-faithfulness): validating its nodes only",
+            file=sys.stderr,
+        )
     result = faithfulness_curve(
-        model, saes, task, ranked_nodes(graph), args.ablation, seed=args.seed or 0, progress=not args.quiet
+        model,
+        saes,
+        task,
+        ranked_nodes(graph),
+        how,
+        seed=args.seed or 0,
+        start_layer=start_layer,
+        progress=not args.quiet,
     )
     png = plot_faithfulness(
         result,
@@ -218,11 +311,25 @@ def _validate(args: argparse.Namespace) -> None:
         title=f"{graph.graph.get('task')}: {result.ablation} ablation, {task.n_examples} held-out pairs",
     )
     if args.prune:
-        small, result.pruned = prune_by_ablation(graph, model, saes, task, args.target, args.ablation)
+        small, result.pruned = prune_by_ablation(graph, model, saes, task, args.target, how, start_layer=start_layer)
         result.pruned.path = str(save_graph(small, folder / "circuit.pruned.json"))
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        out = result.to_dict()
+        if levels is not None:
+            out["site_level"], out["feature_level"] = (asdict(level) for level in levels)
+        print(json.dumps(out, indent=2))
         return
+    if levels is not None:
+        rows = [
+            [name, size, f"{lv.faithfulness:.3f}", f"{lv.completeness:.3f}", f"{lv.random_faithfulness:.3f}"]
+            for name, size, lv in (
+                ("sites", str(levels[0].n_nodes), levels[0]),
+                ("features", f"{levels[1].n_nodes} + {levels[1].n_error_nodes} err", levels[1]),
+            )
+        ]
+        print(f"hierarchical circuit, {how} ablation, {task.n_examples} pairs:")
+        print_table(["level", "size", "faithfulness", "completeness", "random same size"], rows)
+        print()
     print(
         f"{result.ablation} ablation, {task.n_examples} pairs: faithfulness {result.faithfulness:.3f}, "
         f"completeness {result.completeness:.3f}, CPR {result.cpr:.3f}, CMD {result.cmd:.3f} "
@@ -240,6 +347,18 @@ def _validate(args: argparse.Namespace) -> None:
             + f" -> {p.path}"
         )
     print(f"\n-> {png}")
+
+
+def _validate_levels(graph, model, saes, task, how: str, start_layer: int, args: argparse.Namespace):
+    """A hierarchical circuit's (site level, feature level) measured on ``task``."""
+    from circuits.ablation import ranked_nodes
+    from circuits.hierarchy import site_from_record, validate_hierarchy
+
+    record = graph.graph["hierarchy"]
+    sites = [site_from_record(r) for r in record["sites"]]
+    return validate_hierarchy(
+        model, saes, task, sites, ranked_nodes(graph), how, start_layer, record["target"], seed=args.seed or 0
+    )
 
 
 def _edit(args: argparse.Namespace) -> None:
@@ -382,7 +501,7 @@ def _default(text: str, value) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from circuits.ablation import ABLATIONS, faithfulness_curve, prune_by_ablation
+    from circuits.ablation import ABLATIONS, prune_by_ablation
     from circuits.behaviour import evaluate_model
     from circuits.demo import run_demo
     from circuits.discover import DiscoverConfig
@@ -528,6 +647,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-edges", action="store_true", help="nodes only (no edges, no path pruning)")
     p.add_argument(
+        "--target-faithfulness",
+        type=float,
+        help="find a hierarchical circuit (sites, then features inside them) reaching this "
+        "faithfulness on held-out prompts (the next seed's, or the second half of a .jsonl file)",
+    )
+    p.add_argument(
+        "--ablation",
+        default=disc("ablation"),
+        help=_default(f"ablation convention for --target-faithfulness: {', '.join(ABLATIONS)}", disc("ablation")),
+    )
+    p.add_argument(
+        "--start-layer",
+        type=int,
+        default=disc("start_layer"),
+        help=_default("layers below this are never ablated (given for free)", disc("start_layer")),
+    )
+    p.add_argument(
+        "--mask-steps",
+        type=int,
+        default=disc("mask_steps"),
+        help=_default("Adam steps of the feature mask optimiser (0: attribution ranking only)", disc("mask_steps")),
+    )
+    p.add_argument(
+        "--mask-sparsity",
+        type=float,
+        default=disc("mask_sparsity"),
+        help=_default("sparsity weight of the mask optimiser", disc("mask_sparsity")),
+    )
+    p.add_argument(
         "--nproc", type=int, default=1, help="processes sharing the prompt batches (torch.distributed, gloo; default 1)"
     )
     p.add_argument("--out", help="output folder (default outputs/<task>)")
@@ -542,8 +690,13 @@ def build_parser() -> argparse.ArgumentParser:
         "baseline, CPR and CMD; write faithfulness.png beside the circuit.",
     )
     _circuit_args(p)
-    ablation = param_default(faithfulness_curve, "how")
-    p.add_argument("--ablation", default=ablation, help=_default(f"one of {', '.join(ABLATIONS)}", ablation))
+    p.add_argument(
+        "--ablation",
+        help=f"one of {', '.join(ABLATIONS)} (default: the circuit's, else mean)",
+    )
+    p.add_argument(
+        "--start-layer", type=int, help="layers below this are never ablated (default: the circuit's, else 0)"
+    )
     p.add_argument(
         "--prune",
         action="store_true",

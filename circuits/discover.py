@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from circuits.ablation import Ablation
 from circuits.attribution import (
     NodeEffects,
     batch_grads,
@@ -41,10 +42,12 @@ from circuits.attribution import (
     prepare,
     run_batch,
 )
-from circuits.config import Config
+from circuits.config import Config, field_default
 from circuits.edges import batch_edges, source_masks, upstream_hooks
 from circuits.errors import CircuitsError
-from circuits.graph import prune
+from circuits.graph import nodes_of, prune
+from circuits.hierarchy import HierarchyConfig, find_hierarchy
+from circuits.optimise import MaskConfig
 from circuits.parallel import all_reduce, batch_starts, is_main
 from circuits.values import NodeValues, add_into, flat
 from circuits.vocab import EMBED_HOOK, METRIC, Node, Submodule, in_forward_order
@@ -69,6 +72,12 @@ class DiscoverConfig(Config):
     batch_size: int = 32
     max_exact_nodes: int = 5000
     edges: bool = True  # False: nodes only (no edges, no path pruning), e.g. for long ranked lists
+    # a hierarchical circuit held to this faithfulness on held-out prompts (None: thresholds)
+    target_faithfulness: float | None = None
+    ablation: Ablation = "mean"
+    start_layer: int = 0
+    mask_steps: int = field_default(MaskConfig, "steps")
+    mask_sparsity: float = field_default(MaskConfig, "sparsity")
 
     def validate(self) -> None:
         for name in ("node_threshold", "edge_threshold"):
@@ -80,22 +89,47 @@ class DiscoverConfig(Config):
             raise CircuitsError(f"IG needs at least one step, got steps={self.steps}")
         if self.batch_size < 1:
             raise CircuitsError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.target_faithfulness is not None:
+            self.hierarchy()  # validates the target, ablation and mask settings
+            self.mask()
+
+    def hierarchy(self) -> HierarchyConfig:
+        return HierarchyConfig(self.target_faithfulness or 0.9, self.ablation, self.start_layer)
+
+    def mask(self) -> MaskConfig:
+        return MaskConfig(steps=self.mask_steps, sparsity=self.mask_sparsity)
 
 
 def discover(
-    model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverConfig | None = None, progress: bool = True
+    model: HookedTransformer,
+    saes: SAESet,
+    task: Task,
+    cfg: DiscoverConfig | None = None,
+    progress: bool = True,
+    held_out: Task | None = None,
 ) -> nx.DiGraph:
     """The feature circuit of ``task``: nodes whose |effect| passes the node threshold, the
-    direct-effect edges between them, pruned to what reaches the metric."""
+    direct-effect edges between them, pruned to what reaches the metric. With a target
+    faithfulness, the nodes are instead a hierarchical circuit (``circuits.hierarchy``:
+    sites, then features inside them) validated on the ``held_out`` prompts, recorded in
+    ``graph.graph["hierarchy"]``."""
     cfg = cfg or DiscoverConfig()
     _check_hooks(saes, model)
+    if cfg.target_faithfulness is not None and held_out is None:
+        raise CircuitsError("a target faithfulness needs held-out prompts to validate on")
     task = prepare(model, task)
     with tempfile.TemporaryDirectory(prefix="sae-circuits-grads-") as grads:
-        return _discover(model, saes, task, cfg, progress, Path(grads))
+        return _discover(model, saes, task, cfg, progress, Path(grads), held_out)
 
 
 def _discover(
-    model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverConfig, progress: bool, grads: Path
+    model: HookedTransformer,
+    saes: SAESet,
+    task: Task,
+    cfg: DiscoverConfig,
+    progress: bool,
+    grads: Path,
+    held_out: Task | None = None,
 ) -> nx.DiGraph:
     stats = first_pass(
         model,
@@ -119,6 +153,11 @@ def _discover(
     effects = _exact_node_effects(model, saes, task, cfg.max_exact_nodes) if cfg.method == "exact" else stats.effects
     node_cut = cfg.node_threshold * abs(total)
     chosen, n_candidates = _chosen(effects, labels, node_cut, cfg.top_n)
+    hierarchy = None
+    if cfg.target_faithfulness is not None:
+        hierarchy = find_hierarchy(model, saes, task, held_out, effects, cfg.hierarchy(), cfg.mask(), progress)
+        embeds = {n: e for n, e in chosen.items() if n.is_embed}  # the inputs, by the node threshold
+        chosen = embeds | {n: _effect(effects, n) for n in hierarchy.features}
 
     graph = nx.DiGraph()
     for n, effect in chosen.items():
@@ -169,7 +208,18 @@ def _discover(
             "n_candidate_nodes": n_candidates,
         }
     )
-    return prune(graph, require_path=cfg.edges)
+    if hierarchy is None:
+        return prune(graph, require_path=cfg.edges)
+    graph.graph["hierarchy"] = hierarchy.to_dict()
+    # every validated feature stays; inputs only where they feed one
+    graph.remove_nodes_from([n for n, node in nodes_of(graph).items() if node.is_embed and not graph.out_degree(n)])
+    return graph
+
+
+def _effect(effects: NodeEffects, n: Node) -> float:
+    v = effects.values[n.hook]
+    values = v.error if n.latent is None else v.latents[:, n.latent]
+    return float(values.sum() if n.position is None else values[n.position])
 
 
 def second_pass(
@@ -331,14 +381,19 @@ def _out_of_memory(err: BaseException) -> bool:
 
 
 def discover_fitting(
-    model: HookedTransformer, saes: SAESet, task: Task, cfg: DiscoverConfig, progress: bool = True
+    model: HookedTransformer,
+    saes: SAESet,
+    task: Task,
+    cfg: DiscoverConfig,
+    progress: bool = True,
+    held_out: Task | None = None,
 ) -> nx.DiGraph:
     """``discover`` that halves the batch size while a batch does not fit in memory, saying
     so each time; one error line if even a single prompt pair does not fit."""
     batch = cfg.batch_size
     while True:
         try:
-            return discover(model, saes, task, replace(cfg, batch_size=batch), progress)
+            return discover(model, saes, task, replace(cfg, batch_size=batch), progress, held_out)
         except (RuntimeError, MemoryError) as err:
             if not _out_of_memory(err):
                 raise

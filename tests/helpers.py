@@ -161,3 +161,73 @@ def card(hook="blocks.0.hook_mlp_out", latent=5) -> FeatureCard:
         [("<script>", 0.5)],
         [("\\", -0.4)],
     )
+
+
+PLANTED_HOOK = "blocks.0.hook_resid_post"
+
+
+def planted():
+    """A 1-layer model with no LayerNorm (logits linear in the last residual stream) and one
+    SAE latent whose decoder row writes a large logit(answer) - logit(wrong) and whose
+    encoder reads the clean prompts' last token: the circuit is that latent (7) at END.
+    Returns (model, SAE set, task restricted to the examples sharing one answer)."""
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    from sae.saeset import SAESet
+    from tasks.builtin import make_task
+
+    torch.manual_seed(0)
+    model = tiny_hooked_model(normalization=None, n_layers=1)
+    task = make_task("ioi", TOK, n=8, split="train")
+    sae = TopKSAE(TopKSAEConfig(d_in=32, d_sae=16, k=4))
+    with torch.no_grad():
+        sae.W_dec.mul_(0.01)
+        answer, wrong = task.answer[0, 0], task.wrong[0, 0]
+        direction = model.W_U[:, answer] - model.W_U[:, wrong]
+        sae.W_dec[7] = 50 * direction / direction.norm() ** 2
+        _, cache = model.run_with_cache(task.clean, names_filter=[PLANTED_HOOK])
+        end = cache[PLANTED_HOOK][:, -1].mean(0)
+        sae.W_enc[:, 7] = 10 * end / end.norm()
+    task = task.subset(task.answer[:, 0] == answer)  # examples sharing that answer
+    return model, SAESet({PLANTED_HOOK: sae}), task
+
+
+CARRIER, DECOY = 3, 9  # latents of ``planted_two_paths``
+
+
+def planted_two_paths():
+    """Two paths from one SAE to the logit difference, where attribution picks the wrong
+    one. Latent ``CARRIER`` is 1 on every prompt, clean and corrupt, and writes +8 to
+    logit(answer) - logit(wrong): patching it to its corrupt value changes nothing (AtP 0),
+    but zero-ablating it removes the behaviour. Latent ``DECOY`` is 0 on every clean prompt
+    and fires on corrupt ones, writing the same direction: a large AtP, yet ablating it on
+    clean prompts does nothing. The other latents never fire. 1 layer, no LayerNorm."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    from sae.saeset import SAESet
+    from tasks.builtin import make_task
+
+    torch.manual_seed(0)
+    model = tiny_hooked_model(normalization=None, n_layers=1)
+    task = make_task("ioi", TOK, n=16, split="train")
+    answer, wrong = task.answer[0, 0], task.wrong[0, 0]
+    task = task.subset(task.answer[:, 0] == answer)
+    sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=16))
+    with torch.no_grad():
+        _, clean = model.run_with_cache(task.clean, names_filter=[PLANTED_HOOK])
+        _, corrupt = model.run_with_cache(task.corrupt, names_filter=[PLANTED_HOOK])
+        x_clean, x_corrupt = clean[PLANTED_HOOK][:, -1], corrupt[PLANTED_HOOK][:, -1]
+        direction = model.W_U[:, answer] - model.W_U[:, wrong]
+        sae.b_dec.zero_()
+        sae.W_enc.zero_()
+        sae.b_enc.fill_(-1.0)
+        sae.W_dec.normal_(0, 0.01)
+        sae.b_enc[CARRIER] = 1.0
+        sae.W_dec[CARRIER] = 8 * direction / direction.norm() ** 2
+        v = x_corrupt.mean(0) - x_clean.mean(0)
+        v = v / v.norm()
+        sae.W_enc[:, DECOY] = v
+        sae.b_enc[DECOY] = -float((x_clean @ v).max())  # off on every clean prompt
+        sae.W_dec[DECOY] = 8 * direction / direction.norm() ** 2
+    assert float((x_corrupt @ v).max()) > float((x_clean @ v).max()), "the decoy never fires"
+    return model, SAESet({PLANTED_HOOK: sae}), task

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from sae_lens import TopKSAE, TopKSAEConfig
 
 from circuits.ablation import (
     ABLATIONS,
@@ -17,9 +16,8 @@ from circuits.ablation import (
 )
 from circuits.errors import CircuitsError
 from circuits.vocab import Node, hook_names
-from sae.saeset import SAESet
 from tasks.builtin import make_task
-from tests.helpers import TOK, random_saes, tiny_hooked_model
+from tests.helpers import TOK, planted, random_saes, tiny_hooked_model
 
 HOOKS = hook_names(["resid", "mlp", "attn"], range(2))
 
@@ -62,9 +60,16 @@ def test_empty_circuit_equals_a_direct_computation(setup, how):
     if how == "counterfactual":  # every node at its own corrupt value: the corrupt run
         direct = task.metric_per_example(model(task.corrupt)).mean().item()
     elif how == "resample":  # example i scored on example perm[i]'s clean logits
-        perm = ab.values[hook].latents.new_tensor(
-            [int((saes[hook].encode(clean[hook]) == r).all(-1).all(-1).nonzero()[0]) for r in ab.values[hook].latents]
-        ).long()
+        perm = (
+            ab.values[hook]
+            .latents.new_tensor(
+                [
+                    int((saes[hook].encode(clean[hook]) == r).all(-1).all(-1).nonzero()[0])
+                    for r in ab.values[hook].latents
+                ]
+            )
+            .long()
+        )
         assert not (perm == torch.arange(task.n_examples)).any()
         direct = task.metric_per_example(model(task.clean)[perm]).mean().item()
     else:
@@ -151,27 +156,6 @@ def test_log_sizes():
     assert log_sizes(1) == [1]
     sizes = log_sizes(1000)
     assert sizes[0] == 1 and sizes[-1] == 1000 and sizes == sorted(set(sizes)) and len(sizes) >= 15
-
-
-def planted():
-    """A 1-layer model with no LayerNorm (logits linear in the last residual stream) and one
-    SAE latent whose decoder row writes a large logit(answer) - logit(wrong) and whose
-    encoder reads the clean prompts' last token: the circuit is that latent at END."""
-    torch.manual_seed(0)
-    model = tiny_hooked_model(normalization=None, n_layers=1)
-    task = make_task("ioi", TOK, n=8, split="train")
-    hook = "blocks.0.hook_resid_post"
-    sae = TopKSAE(TopKSAEConfig(d_in=32, d_sae=16, k=4))
-    with torch.no_grad():
-        sae.W_dec.mul_(0.01)
-        answer, wrong = task.answer[0, 0], task.wrong[0, 0]
-        direction = model.W_U[:, answer] - model.W_U[:, wrong]
-        sae.W_dec[7] = 50 * direction / direction.norm() ** 2
-        _, cache = model.run_with_cache(task.clean, names_filter=[hook])
-        end = cache[hook][:, -1].mean(0)
-        sae.W_enc[:, 7] = 10 * end / end.norm()
-    task = task.subset(task.answer[:, 0] == answer)  # examples sharing that answer
-    return model, SAESet({hook: sae}), task
 
 
 def test_planted_circuit_is_found_and_faithful():

@@ -1,0 +1,151 @@
+"""Hierarchical circuits on tiny models: sites, then features found by the mask optimiser,
+each level validated by ablation; planted circuits whose answer is known."""
+
+import pytest
+import torch
+
+from circuits.ablation import Ablator
+from circuits.attribution import node_effects
+from circuits.errors import CircuitsError
+from circuits.hierarchy import (
+    HierarchyConfig,
+    find_hierarchy,
+    ranked_sites,
+    site_from_record,
+    site_masks,
+    site_record,
+    site_scores,
+    validate_hierarchy,
+)
+from circuits.optimise import MaskConfig, initial_logits, optimise_mask
+from circuits.vocab import Node, Site, hook_names
+from tasks.builtin import make_task
+from tests.helpers import CARRIER, DECOY, PLANTED_HOOK, TOK, planted, planted_two_paths, random_saes, tiny_hooked_model
+
+QUIET = {"progress": False}
+
+
+def test_site_masks_cover_every_node_of_a_site():
+    saes = random_saes(hook_names(["resid", "mlp"], range(2)))
+    masks = site_masks([Site.at("blocks.1.hook_mlp_out", 2), Site.at("blocks.0.hook_resid_post", None)], saes, 5)
+    assert masks["blocks.1.hook_mlp_out"].count() == (64, 1)  # one position: 64 latents, 1 error
+    assert masks["blocks.0.hook_resid_post"].count() == (5 * 64, 5)  # every position
+    assert masks["blocks.0.hook_mlp_out"].count() == (0, 0)
+    site = Site.at("blocks.1.hook_mlp_out", 2, ["a", "b", "END"])
+    assert site_from_record(site_record(site)) == site and site_from_record(site_record(site)).label == "END"
+
+
+def test_sites_rank_by_summed_effect():
+    model, saes, task = planted()
+    effects = node_effects(model, saes, task, "atp", **QUIET)
+    labels = list(task.position_labels)
+    scores = site_scores(effects, saes, labels)
+    assert all(v.shape == (17,) for v in scores.values())  # 16 latents + the error
+    top = ranked_sites(scores)[0]
+    assert top == Site.at(PLANTED_HOOK, task.n_pos - 1)
+    v = effects.values[PLANTED_HOOK]
+    assert float(scores[top].sum()) == pytest.approx(float(v.latents[-1].sum() + v.error[-1]), rel=1e-5)
+    summed = site_scores(effects, saes, None)  # untemplated prompts: one site per submodule
+    assert list(summed) == [Site.at(PLANTED_HOOK, None)]
+
+
+def test_planted_circuit_is_recovered_at_both_levels():
+    model, saes, task = planted()
+    effects = node_effects(model, saes, task, "atp", **QUIET)
+    h = find_hierarchy(
+        model,
+        saes,
+        task,
+        task,
+        effects,
+        HierarchyConfig(target=0.9, ablation="zero", n_random=1),
+        MaskConfig(steps=60, sparsity=0.5),
+        **QUIET,
+    )
+    assert h.sites == [Site.at(PLANTED_HOOK, task.n_pos - 1)]
+    assert h.site_level.faithfulness >= 0.9 and h.site_level.completeness < 0.2
+    assert Node(h.sites[0], 7) in h.features and h.feature_level.reached_target
+    assert h.feature_level.size <= 2  # the latent (and at most the error term)
+
+
+def test_optimiser_finds_the_node_attribution_misses():
+    model, saes, task = planted_two_paths()
+    end = Site.at(PLANTED_HOOK, task.n_pos - 1)
+    effects = node_effects(model, saes, task, "atp", **QUIET)
+    lat = effects.values[PLANTED_HOOK].latents[-1]
+    assert abs(float(lat[DECOY])) > 10 * abs(float(lat[CARRIER]))  # attribution prefers the decoy
+    h = find_hierarchy(
+        model,
+        saes,
+        task,
+        task,
+        effects,
+        HierarchyConfig(target=0.9, ablation="zero", n_random=1),
+        MaskConfig(steps=100, sparsity=0.5, init_nodes=2),
+        **QUIET,
+    )
+    assert h.sites == [end]
+    assert h.optimised is not None and h.optimised.reached_target
+    assert Node(end, CARRIER) in h.features and Node(end, DECOY) not in h.features
+    assert h.optimised.size < h.attribution.size  # attribution needs the decoy (and more) first
+    assert h.feature_level.ranking == "optimised"
+
+
+def test_the_mask_never_sees_held_out_prompts():
+    model, saes, task = planted()
+    held_out = make_task("ioi", TOK, n=8, seed=5, split="eval")
+    seen: list[torch.Tensor] = []
+    original = model.forward
+
+    def spy(tokens, *args, **kwargs):
+        if torch.is_grad_enabled() and isinstance(tokens, torch.Tensor) and tokens.dtype == torch.long:
+            seen.append(tokens.clone())
+        return original(tokens, *args, **kwargs)
+
+    train = Ablator(model, saes, task, "zero")
+    sites = [Site.at(PLANTED_HOOK, task.n_pos - 1)]
+    init = initial_logits({sites[0]: torch.rand(17)}, 4)
+    model.forward = spy
+    try:
+        result = optimise_mask(model, saes, train, sites, init, MaskConfig(steps=5), **QUIET)
+    finally:
+        del model.forward
+    assert len(seen) == 5 and all(torch.equal(t, task.clean) for t in seen)
+    assert not any(t.shape == held_out.clean.shape and torch.equal(t, held_out.clean) for t in seen)
+    assert set(result.logits) == set(sites) and result.history[-1][0] == 4
+
+
+def test_validate_hierarchy_measures_a_recorded_circuit():
+    model, saes, task = planted()
+    end = Site.at(PLANTED_HOOK, task.n_pos - 1)
+    sites, features = validate_hierarchy(model, saes, task, [end], [Node(end, 7), Node(end)], "zero", n_random=2)
+    assert sites.n_nodes == 1 and sites.faithfulness == pytest.approx(1.0, abs=1e-4)
+    assert features.n_nodes == 1 and features.n_error_nodes == 1 and features.faithfulness > 0.9
+    assert features.completeness < 0.2 and features.reached_target
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"target": 0.0}, "target faithfulness must be in"),
+        ({"target": 1.2}, "target faithfulness must be in"),
+        ({"ablation": "median"}, "unknown .*ablation 'median'"),
+        ({"start_layer": -1}, "start_layer must be >= 0"),
+    ],
+)
+def test_bad_hierarchy_settings_are_one_line(kwargs, message):
+    with pytest.raises(CircuitsError, match=message):
+        HierarchyConfig(**kwargs)
+
+
+def test_mask_on_a_two_layer_model_learns_through_later_sites():
+    """Gradients reach an early site's mask through a later site's SAE encoder."""
+    model = tiny_hooked_model()
+    saes = random_saes(hook_names(["resid"], range(2)))
+    task = make_task("ioi", TOK, n=8, split="train")
+    ab = Ablator(model, saes, task, "mean_corrupt")
+    sites = [Site.at("blocks.0.hook_resid_post", task.n_pos - 1), Site.at("blocks.1.hook_resid_post", task.n_pos - 1)]
+    init = {s: torch.full((65,), 1.0) for s in sites}
+    result = optimise_mask(model, saes, ab, sites, init, MaskConfig(steps=3, lr=0.05), **QUIET)
+    moved = {s: float((result.logits[s] - init[s]).abs().max()) for s in sites}
+    assert all(m > 0 for m in moved.values())
