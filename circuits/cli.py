@@ -414,16 +414,24 @@ def _demo(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     folder = _writable(Path(args.out))
     result = run_demo(folder, n=args.n, progress=not args.quiet)
-    graph, val = result.graph, result.validation
+    graph = result.graph
     g = graph.graph
     print(f"IOI on the embedded model: clean logit diff {g['clean_metric']:.2f}, corrupt {g['corrupt_metric']:.2f}")
     print(
         f"circuit: {len(feature_nodes(graph))} feature + {len(error_nodes(graph))} error nodes, "
         f"{graph.number_of_edges()} edges ({g['discover']['method']}, {g['n_examples']} pairs)"
     )
+    h = g["hierarchy"]
+    sl, fl = h["site_level"], h["feature_level"]
     print(
-        f"validation (mean ablation, held-out): faithfulness {val.faithfulness:.3f}, "
-        f"completeness {val.completeness:.3f}\n"
+        f"held-out prompts, {h['ablation']} ablation, target F >= {h['target']}:\n"
+        f"  sites:    {sl['n_nodes']} sites, faithfulness {sl['faithfulness']:.3f}, completeness "
+        f"{sl['completeness']:.3f}, random same-size {sl['random_faithfulness']:.3f}\n"
+        f"  features: {fl['n_nodes']} latents + {fl['n_error_nodes']} error terms ({fl['ranking']} ranking), "
+        f"faithfulness {fl['faithfulness']:.3f}, completeness {fl['completeness']:.3f}, random same-size "
+        f"{fl['random_faithfulness']:.3f}"
+        + ("" if sl["reached_target"] and fl["reached_target"] else "  (target not reached)")
+        + "\n"
     )
     print_table(
         ["task", "moved by the edit (top 100 features off)"],

@@ -94,7 +94,8 @@ class DiscoverConfig(Config):
             self.mask()
 
     def hierarchy(self) -> HierarchyConfig:
-        return HierarchyConfig(self.target_faithfulness or 0.9, self.ablation, self.start_layer)
+        target = 0.9 if self.target_faithfulness is None else self.target_faithfulness
+        return HierarchyConfig(target, self.ablation, self.start_layer)
 
     def mask(self) -> MaskConfig:
         return MaskConfig(steps=self.mask_steps, sparsity=self.mask_sparsity)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 import torch
@@ -112,6 +112,8 @@ class HierarchicalCircuit:
     optimised: Level | None  # inside the skeleton, ranked by the mask (None: no mask steps)
     mask_history: list[tuple[int, float, int]]
     times: dict[str, float]
+    # the skeleton's nodes in each ranking's order (not saved: rebuilt by find_hierarchy)
+    rankings: dict[str, list[Node]] = field(default_factory=dict, repr=False)
 
     @property
     def reached_target(self) -> bool:
@@ -119,6 +121,7 @@ class HierarchicalCircuit:
 
     def to_dict(self) -> dict:
         out = asdict(self)
+        out.pop("rankings")
         out["sites"] = [site_record(s) for s in self.sites]
         out["features"] = [n.id for n in self.features]
         return out
@@ -268,6 +271,8 @@ def find_hierarchy(
         optimised,
         history,
         times,
+        {"attribution": nodes_of(by_attribution, len(by_attribution))}
+        | ({"optimised": nodes_of(by_mask, len(by_mask))} if optimised is not None else {}),
     )
 
 

@@ -68,6 +68,38 @@ def _card_html(card: FeatureCard, effect: float | None) -> str:
     )
 
 
+def _hierarchy_html(h: dict) -> str:
+    """Both levels of a hierarchical circuit: sizes, F, completeness, random baselines."""
+    rows = []
+    for name, key in (
+        ("sites", "site_level"),
+        ("features, attribution prefix", "attribution"),
+        ("features, optimised", "optimised"),
+    ):
+        lv = h.get(key)
+        if not lv:
+            continue
+        size = lv["n_nodes"] if key == "site_level" else f"{lv['n_nodes']} latents + {lv['n_error_nodes']} errors"
+        rows.append(
+            [
+                name,
+                size,
+                f"{lv['faithfulness']:.3f}",
+                f"{lv['completeness']:.3f}",
+                f"{lv['random_faithfulness']:.3f}",
+                "yes" if lv["reached_target"] else "no",
+            ]
+        )
+    start = f", layers below {h['start_layer']} never ablated" if h.get("start_layer") else ""
+    return (
+        f"<h2>Hierarchical circuit: {h['ablation']} ablation{_e(start)}, target F ≥ {h['target']}, "
+        f"{h.get('n_held_out', '')} held-out pairs</h2>"
+        + _table(["level", "size", "faithfulness", "completeness", "random same size", "target reached"], rows)
+        + f"<p>Sites: {_e(', '.join(r['id'] for r in h['sites']))}. The circuit's features come from the "
+        f"{_e(h['feature_level']['ranking'])} ranking.</p>"
+    )
+
+
 def write_report(
     path: str | Path,
     graph: nx.DiGraph,
@@ -103,6 +135,8 @@ def write_report(
     if len(graph) <= 1:
         parts.append('<p class="bad">The circuit is empty: no node passed the threshold.</p>')
     parts.append(f'<div class="graph">{svg}</div>' if svg else '<p class="muted">(no picture: graphviz missing)</p>')
+    if "hierarchy" in g:
+        parts.append(_hierarchy_html(g["hierarchy"]))
     if validation:
         parts.append("<h2>Validation by ablation</h2>")
         parts.append(

@@ -255,6 +255,99 @@ def test_validate_json_and_picture(tiny_circuit, capsys):
     assert result["pruned"]["reached_target"] == (result["pruned"]["faithfulness"] >= 0.5)
 
 
+@pytest.fixture(scope="module")
+def hierarchical_circuit(tiny_model_dir, tiny_sae_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hierarchical")
+    argv = ["discover", "--task", "ioi", "--model", str(tiny_model_dir), "--saes", str(tiny_sae_dir)]
+    argv += ["--n", "16", "--method", "atp", "--target-faithfulness", "0.8", "--ablation", "mean_corrupt"]
+    assert main([*argv, "--mask-steps", "10", "--out", str(out), "--quiet"]) == 0
+    return out / "circuit.json"
+
+
+def test_discover_with_a_target_records_both_levels(hierarchical_circuit, capsys):
+    from circuits.graph import load_graph
+    from circuits.vocab import Node
+
+    graph = load_graph(hierarchical_circuit)
+    h = graph.graph["hierarchy"]
+    assert h["ablation"] == "mean_corrupt" and h["target"] == 0.8 and h["n_held_out"] == 16
+    assert h["held_out"] == {"task": "ioi", "n": 16, "seed": 1}
+    for level in ("site_level", "feature_level", "attribution", "optimised"):
+        lv = h[level]
+        assert lv["reached_target"] == (lv["faithfulness"] >= 0.8)
+        assert {"completeness", "random_faithfulness", "curve"} <= set(lv)
+    assert h["site_level"]["n_nodes"] == len(h["sites"]) >= 1
+    features = [Node.from_attrs(a) for n, a in graph.nodes(data=True) if a.get("kind") not in ("embed", "metric")]
+    n_err = sum(f.latent is None for f in features)
+    assert (len(features) - n_err, n_err) == (h["feature_level"]["n_nodes"], h["feature_level"]["n_error_nodes"])
+    sites = {(r["hook"], r["position"]) for r in h["sites"]}
+    assert all((f.hook, f.position) in sites for f in features)  # features live inside the skeleton
+
+
+def test_validate_reads_both_levels(hierarchical_circuit, capsys):
+    capsys.readouterr()
+    assert main(["validate", "--circuit", str(hierarchical_circuit), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "hierarchical circuit, mean_corrupt ablation, 16 pairs" in out and "| sites |" in out
+    assert main(["validate", "--circuit", str(hierarchical_circuit), "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ablation"] == "mean_corrupt"
+    assert result["site_level"]["n_nodes"] >= 1 and "completeness" in result["feature_level"]
+
+
+def test_validate_an_older_circuit_says_so_once(tiny_circuit, capsys):
+    capsys.readouterr()
+    assert main(["validate", "--circuit", str(tiny_circuit), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("has no site and feature levels") == 1 and len(err.strip().splitlines()) == 1
+
+
+def test_missed_target_is_one_line_and_keeps_the_circuit(hierarchical_circuit, capsys):
+    from circuits.cli import _print_hierarchy
+    from circuits.graph import load_graph
+
+    h = load_graph(hierarchical_circuit).graph["hierarchy"]
+    h["feature_level"] = {**h["feature_level"], "reached_target": False, "faithfulness": 0.5}
+    _print_hierarchy(h, hierarchical_circuit)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not reached" in err and "F 0.500" in err
+    assert str(hierarchical_circuit) in err
+
+
+def test_hierarchy_bad_input_is_one_line(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
+    common = [
+        "--model",
+        str(tiny_model_dir),
+        "--saes",
+        str(tiny_sae_dir),
+        "--n",
+        "4",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+    ]
+    for extra, message in [
+        (["--target-faithfulness", "0"], "target faithfulness must be in (0, 1], got 0.0"),
+        (["--target-faithfulness", "1.5"], "target faithfulness must be in (0, 1], got 1.5"),
+        (["--target-faithfulness", "0.9", "--ablation", "median"], "ablation 'median'"),
+    ]:
+        assert main(["discover", "--task", "ioi", *extra, *common]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+    few = tmp_path / "few.jsonl"
+    row = {
+        "clean": "When Mary and John went",
+        "corrupt": "When Alice and Bob went",
+        "answer": "to",
+        "wrong_answer": "and",
+    }
+    rows = [row] * 5
+    few.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["discover", "--task", str(few), "--target-faithfulness", "0.9", *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "too few to hold out" in err and len(err.splitlines()) == 1
+
+
 def test_edit_report(tiny_circuit, tmp_path, capsys):
     capsys.readouterr()
     saved = tmp_path / "edit.json"

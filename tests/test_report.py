@@ -26,6 +26,37 @@ def test_report_escapes_text(tmp_path):
     assert "say &quot;hi&quot; &lt;b&gt;&amp;amp;" in html
 
 
+def test_report_shows_both_levels_of_a_hierarchical_circuit(tmp_path):
+    g = nasty_graph()
+
+    def level(n, f, reached):
+        return {
+            "n_nodes": n,
+            "n_error_nodes": 2,
+            "faithfulness": f,
+            "completeness": 0.05,
+            "random_faithfulness": 0.01,
+            "reached_target": reached,
+            "ranking": "optimised",
+        }
+
+    g.graph["hierarchy"] = {
+        "ablation": "counterfactual",
+        "start_layer": 1,
+        "target": 0.9,
+        "n_held_out": 64,
+        "sites": [{"id": "blocks.0.hook_mlp_out@<END>"}],
+        "site_level": level(7, 0.97, True),
+        "attribution": level(900, 0.91, True),
+        "optimised": level(412, 0.902, True),
+        "feature_level": level(412, 0.902, True),
+    }
+    html = write_report(tmp_path / "r.html", g).read_text()
+    assert "Hierarchical circuit: counterfactual ablation, layers below 1 never ablated" in html
+    assert "412 latents + 2 errors" in html and "0.902" in html and "0.970" in html
+    assert "blocks.0.hook_mlp_out@&lt;END&gt;" in html  # site ids escaped
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
