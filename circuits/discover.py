@@ -45,7 +45,7 @@ from circuits.attribution import (
 from circuits.config import Config, field_default
 from circuits.edges import batch_edges, source_masks, upstream_hooks
 from circuits.errors import CircuitsError
-from circuits.graph import nodes_of, prune
+from circuits.graph import nodes_of, prune, site_graph
 from circuits.hierarchy import HierarchyConfig, find_hierarchy
 from circuits.optimise import MaskConfig
 from circuits.parallel import all_reduce, batch_starts, is_main
@@ -214,6 +214,8 @@ def _discover(
     graph.graph["hierarchy"] = hierarchy.to_dict()
     # every validated feature stays; inputs only where they feed one
     graph.remove_nodes_from([n for n, node in nodes_of(graph).items() if node.is_embed and not graph.out_degree(n)])
+    sites = site_graph(graph)
+    graph.graph["hierarchy"]["site_edges"] = [[u, v, w] for u, v, w in sites.edges(data="weight")]
     return graph
 
 

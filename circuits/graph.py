@@ -112,6 +112,38 @@ def prune(
     return out
 
 
+def site_graph(graph: nx.DiGraph) -> nx.DiGraph:
+    """The circuit one level up: a node per site (a submodule at a position; id
+    ``hook@label``, ``embed@label``) carrying the summed effect and the number of its
+    circuit nodes, and a site -> site edge carrying the sum of the node edges between them
+    (``metric`` stays). A hierarchical circuit's skeleton sites without a kept node are
+    included, with no node and no effect."""
+    out = nx.DiGraph(**{k: v for k, v in graph.graph.items() if k in ("task", "metric", "n_examples")})
+    site_of = {METRIC: METRIC}
+    for n, node in nodes_of(graph).items():
+        site = node.site
+        site_of[n] = site.id
+        if site.id not in out:
+            out.add_node(site.id, hook=site.hook, position=site.position, pos_label=site.label, effect=0.0, nodes=0)
+        out.nodes[site.id]["effect"] += graph.nodes[n]["effect"]
+        out.nodes[site.id]["nodes"] += 1
+    for record in graph.graph.get("hierarchy", {}).get("sites", []):
+        if record["id"] not in out:
+            out.add_node(
+                record["id"], hook=record["hook"], position=record["position"], pos_label=record["label"], effect=0.0
+            )
+            out.nodes[record["id"]]["nodes"] = 0
+    if METRIC in graph:
+        out.add_node(METRIC, **graph.nodes[METRIC])
+    for u, v, w in graph.edges(data="weight"):
+        su, sv = site_of[u], site_of[v]
+        if out.has_edge(su, sv):
+            out[su][sv]["weight"] += w
+        else:
+            out.add_edge(su, sv, weight=w)
+    return out
+
+
 def save_graph(graph: nx.DiGraph, path: str | Path) -> Path:
     """Write ``graph`` as node-link JSON, atomically (a crash leaves the old file or none)."""
     data = {"format": FORMAT, **nx.node_link_data(graph, edges="edges")}

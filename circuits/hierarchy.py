@@ -296,7 +296,16 @@ def _live(ab: Ablator, sites: list[Site], d_sae: dict[Site, int]) -> list[tuple[
     return out
 
 
-def _level(ab: Ablator, ranking: str, masks_of, counts_of, n: int, random_masks, cfg: HierarchyConfig) -> Level:
+def _level(
+    ab: Ablator,
+    ranking: str,
+    masks_of,
+    counts_of,
+    n: int,
+    random_masks,
+    cfg: HierarchyConfig,
+    target: float | None = None,
+) -> Level:
     """Cut a ranking at its smallest prefix reaching the target on ``ab``'s (held-out)
     prompts; F over log-spaced prefixes up to the cut (and a little beyond) with a random
     same-size baseline at each; completeness and the random baseline at the cut."""

@@ -5,18 +5,26 @@ set, and the embedded model computes densely, so many small effects add up and r
 nodes hide each other. The optimiser instead trains one logit per candidate node (every
 latent and the error term of each site) against the metric of the ablated forward pass
 itself: keep = 1[logit > 0] forward, d keep / d logit = sigmoid'(logit) backward (straight-
-through), loss max(0, aim - F)^2 + sparsity x (mean of sigmoid(logit)), Adam. Everything outside the
-sites is ablated throughout, exactly as in evaluation (``ablation.ablation_hook``), so what
-the mask learns is what faithfulness measures. It sees only the prompts it is given — the
-discovery prompts — never the held-out ones. The result is a ranking (by logit), cut to a
-size by ablation on held-out prompts (``circuits.hierarchy``).
+through), loss max(0, aim - F)^2 + sparsity x (mean of sigmoid(logit)), Adam, full batch.
+The sparsity weight ramps up from 0 over the steps (a regularisation path: nodes drop out
+least-needed first), and the ranking is by the last step a node was kept, then by logit.
+Everything outside the sites is ablated throughout, exactly as in evaluation
+(``ablation.ablation_hook``), so what the mask learns is what faithfulness measures. It sees
+only the prompts it is given — the discovery prompts — never the held-out ones; the ranking
+is cut to a size by ablation on held-out prompts (``circuits.hierarchy``).
+
+Measured on the embedded model (128 discovery pairs, held-out cut at F 0.9, mean ablation):
+a constant sparsity of 0.05–2 or the ramp give IOI 989–1,038 nodes and SVA 330–347, the ramp
+among the best on both; a per-example loss (each example's metric matched) was worse on IOI
+(1,166). The mask keeps fewer nodes than the held-out cut needs (IOI ~600–800 at train F ~0.9–1):
+the gap is generalisation to new prompts, not optimisation.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -38,7 +46,8 @@ class MaskConfig(Config):
 
     steps: int = 300  # Adam steps over the discovery prompts (full batch)
     lr: float = 0.1
-    sparsity: float = 0.5  # weight of the mean keep probability in the loss
+    sparsity: float = 3.0  # weight of the mean keep probability in the loss (at the end, for a ramp)
+    schedule: Literal["constant", "ramp"] = "ramp"  # ramp: sparsity grows from 0 over the steps
     aim: float = 1.0  # faithfulness aimed at on the training prompts: no reward above it
     init_nodes: int = 1000  # nodes switched on at the start: the attribution top list
 
@@ -61,7 +70,12 @@ class MaskResult:
     is more needed. ``history`` holds (step, F on the training prompts, nodes kept)."""
 
     logits: dict[Site, torch.Tensor]
+    last_on: dict[Site, torch.Tensor]  # the last step each node was kept (-1: never)
     history: list[tuple[int, float, int]]
+
+    def order(self, site: Site, index: int) -> tuple[float, float]:
+        """Sort key, most needed first: kept longest, then largest logit."""
+        return -float(self.last_on[site][index]), -float(self.logits[site][index])
 
 
 def initial_logits(scores: dict[Site, torch.Tensor], n_on: int, spread: float = 3.0) -> dict[Site, torch.Tensor]:
@@ -101,6 +115,7 @@ def optimise_mask(
     n_nodes = sum(t.numel() for t in logits.values())
     opt = torch.optim.Adam(list(logits.values()), lr=cfg.lr)
     history: list[tuple[int, float, int]] = []
+    last_on = {s: torch.full_like(t, -1.0) for s, t in logits.items()}
     denom = ab.ref.m_model - ab.ref.m_empty
     for step in tqdm(range(cfg.steps), desc="mask", disable=not progress):
         keep = {s: _straight_through(t) for s, t in logits.items()}
@@ -113,13 +128,17 @@ def optimise_mask(
         m = task.metric_per_example(logits_out).mean()
         f = (m - ab.ref.m_empty) / denom
         density = torch.cat([torch.sigmoid(t) for t in logits.values()]).sum() / n_nodes
-        loss = (cfg.aim - f).clamp(min=0) ** 2 + cfg.sparsity * density
+        weight = cfg.sparsity * (step / max(cfg.steps - 1, 1) if cfg.schedule == "ramp" else 1.0)
+        loss = (cfg.aim - f).clamp(min=0) ** 2 + weight * density
         opt.zero_grad()
         loss.backward()
         opt.step()
+        with torch.no_grad():
+            for s, t in logits.items():
+                last_on[s][t > 0] = step
         if step % 25 == 0 or step == cfg.steps - 1:
             history.append((step, float(f.detach()), int(sum((t > 0).sum() for t in logits.values()))))
-    return MaskResult({s: t.detach() for s, t in logits.items()}, history)
+    return MaskResult({s: t.detach() for s, t in logits.items()}, last_on, history)
 
 
 def _straight_through(logit: torch.Tensor) -> torch.Tensor:

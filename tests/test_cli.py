@@ -282,6 +282,11 @@ def test_discover_with_a_target_records_both_levels(hierarchical_circuit, capsys
     assert (len(features) - n_err, n_err) == (h["feature_level"]["n_nodes"], h["feature_level"]["n_error_nodes"])
     sites = {(r["hook"], r["position"]) for r in h["sites"]}
     assert all((f.hook, f.position) in sites for f in features)  # features live inside the skeleton
+    weights = {}
+    for u, v, w in graph.edges(data="weight"):
+        key = tuple(x if x == "metric" else Node.from_attrs(graph.nodes[x]).site.id for x in (u, v))
+        weights[key] = weights.get(key, 0.0) + w
+    assert {(u, v): w for u, v, w in h["site_edges"]} == pytest.approx(weights)  # site edges sum node edges
 
 
 def test_validate_reads_both_levels(hierarchical_circuit, capsys):

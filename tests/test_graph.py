@@ -6,6 +6,7 @@ import pytest
 
 from circuits.errors import CircuitsError
 from circuits.graph import METRIC, error_nodes, feature_nodes, load_graph, prune, save_graph
+from circuits.vocab import Node
 from tests.helpers import toy_graph
 
 
@@ -74,3 +75,24 @@ def test_bad_circuit_files(tmp_path):
     bad.write_text(json.dumps(data))
     with pytest.raises(CircuitsError, match="has no 'weight'"):
         load_graph(bad)
+
+
+def test_site_graph_sums_node_edges_between_sites():
+    from circuits.graph import site_graph
+
+    g = toy_graph()
+    sites = site_graph(g)
+    node_sites = {n: Node.from_attrs(a).site.id for n, a in g.nodes(data=True) if n != METRIC} | {METRIC: METRIC}
+    expected: dict = {}
+    for u, v, w in g.edges(data="weight"):
+        key = (node_sites[u], node_sites[v])
+        expected[key] = expected.get(key, 0.0) + w
+    assert {(u, v): w for u, v, w in sites.edges(data="weight")} == pytest.approx(expected)
+    for site in set(node_sites.values()) - {METRIC}:
+        members = [n for n, s in node_sites.items() if s == site]
+        assert sites.nodes[site]["nodes"] == len(members)
+        assert sites.nodes[site]["effect"] == pytest.approx(sum(g.nodes[n]["effect"] for n in members))
+    g.graph["hierarchy"] = {
+        "sites": [{"id": "blocks.3.hook_mlp_out@END", "hook": "blocks.3.hook_mlp_out", "position": 2, "label": "END"}]
+    }
+    assert site_graph(g).nodes["blocks.3.hook_mlp_out@END"]["nodes"] == 0  # a skeleton site with no kept node
