@@ -22,6 +22,7 @@ node per latent and position; other tasks sum effects over positions (position `
 from __future__ import annotations
 
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -132,6 +133,7 @@ def _discover(
     grads: Path,
     held_out: Task | None = None,
 ) -> nx.DiGraph:
+    start = time.perf_counter()
     stats = first_pass(
         model,
         saes,
@@ -142,6 +144,7 @@ def _discover(
         progress,
         keep_grads=grads,
     )
+    times = {"attribution (pass 1)": time.perf_counter() - start}
     clean_m, corrupt_m = stats.clean_metric, stats.corrupt_metric
     total = corrupt_m - clean_m
     if abs(total) <= 1e-3 * max(abs(clean_m), abs(corrupt_m), 1e-6):
@@ -177,10 +180,12 @@ def _discover(
     )
     edge_cut = cfg.edge_threshold * abs(total)
     if cfg.edges:
+        start = time.perf_counter()
         ids = {n: n.id for n in chosen}  # nodes compare by site and latent, not by label
         for (u, d), w in second_pass(model, saes, task, list(chosen), cfg, progress, grads).items():
             if u in chosen and abs(w) >= edge_cut and w != 0:
                 graph.add_edge(ids[u], ids[d], weight=w)
+        times["edges (pass 2)"] = time.perf_counter() - start
     last_resid = max((h for h in saes if Submodule.parse(h).kind == "resid"), key=lambda h: Submodule.parse(h).layer)
     for n, effect in chosen.items():
         if n.hook == last_resid:
@@ -212,6 +217,8 @@ def _discover(
     if hierarchy is None:
         return prune(graph, require_path=cfg.edges)
     graph.graph["hierarchy"] = hierarchy.to_dict()
+    steps = {k: v for k, v in times.items() if k != "edges (pass 2)"} | hierarchy.times
+    graph.graph["hierarchy"]["times"] = steps | {k: v for k, v in times.items() if k == "edges (pass 2)"}
     # every validated feature stays; inputs only where they feed one
     graph.remove_nodes_from([n for n, node in nodes_of(graph).items() if node.is_embed and not graph.out_degree(n)])
     sites = site_graph(graph)
