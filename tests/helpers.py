@@ -192,16 +192,20 @@ def planted():
     return model, SAESet({PLANTED_HOOK: sae}), task
 
 
-CARRIER, DECOY = 3, 9  # latents of ``planted_two_paths``
+CARRIERS, DECOY = (3, 4), 9  # latents of ``planted_two_paths``
 
 
 def planted_two_paths():
-    """Two paths from one SAE to the logit difference, where attribution picks the wrong
-    one. Latent ``CARRIER`` is 1 on every prompt, clean and corrupt, and writes +8 to
-    logit(answer) - logit(wrong): patching it to its corrupt value changes nothing (AtP 0),
-    but zero-ablating it removes the behaviour. Latent ``DECOY`` is 0 on every clean prompt
-    and fires on corrupt ones, writing the same direction: a large AtP, yet ablating it on
-    clean prompts does nothing. The other latents never fire. 1 layer, no LayerNorm."""
+    """Two redundant paths from one SAE to the answer, and a decoy attribution prefers.
+    The model's MLP output bias writes, at every position, a vector that puts the answer's
+    logit 14 above every other token's; the SAE explains it as two latents ``CARRIERS``, 1 on
+    every prompt, clean and corrupt, each writing half: either alone saturates the
+    probability difference (the task's metric here), so the circuit needs one of them, not
+    both. Patching them to their
+    corrupt values changes nothing, so their attribution is 0. Latent ``DECOY`` is 0 on
+    every clean prompt and fires on corrupt ones, writing the same direction: attribution
+    ranks it first, yet ablating it on clean prompts does nothing. The other latents never
+    fire. 1 layer, no LayerNorm."""
     from sae_lens import StandardSAE, StandardSAEConfig
 
     from sae.saeset import SAESet
@@ -209,25 +213,31 @@ def planted_two_paths():
 
     torch.manual_seed(0)
     model = tiny_hooked_model(normalization=None, n_layers=1)
-    task = make_task("ioi", TOK, n=16, split="train")
-    answer, wrong = task.answer[0, 0], task.wrong[0, 0]
+    task = make_task("ioi", TOK, n=64, split="train", metric="prob_diff")
+    answer = task.answer[0, 0]
     task = task.subset(task.answer[:, 0] == answer)
     sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=16))
     with torch.no_grad():
+        unit = model.W_U[:, answer] / model.W_U[:, answer].norm()
+        scores = model.W_U.T @ unit
+        margin = scores[answer] - torch.cat([scores[:answer], scores[answer + 1 :]]).max()
+        assert margin > 0, "the answer's unembedding is not its own best match"
+        half = 7 / margin * unit  # one carrier: the answer 7 logits above the rest
+        model.blocks[0].mlp.b_out += 2 * half
         _, clean = model.run_with_cache(task.clean, names_filter=[PLANTED_HOOK])
         _, corrupt = model.run_with_cache(task.corrupt, names_filter=[PLANTED_HOOK])
         x_clean, x_corrupt = clean[PLANTED_HOOK][:, -1], corrupt[PLANTED_HOOK][:, -1]
-        direction = model.W_U[:, answer] - model.W_U[:, wrong]
         sae.b_dec.zero_()
         sae.W_enc.zero_()
         sae.b_enc.fill_(-1.0)
         sae.W_dec.normal_(0, 0.01)
-        sae.b_enc[CARRIER] = 1.0
-        sae.W_dec[CARRIER] = 8 * direction / direction.norm() ** 2
+        for c in CARRIERS:
+            sae.b_enc[c] = 1.0
+            sae.W_dec[c] = half
         v = x_corrupt.mean(0) - x_clean.mean(0)
         v = v / v.norm()
         sae.W_enc[:, DECOY] = v
         sae.b_enc[DECOY] = -float((x_clean @ v).max())  # off on every clean prompt
-        sae.W_dec[DECOY] = 8 * direction / direction.norm() ** 2
+        sae.W_dec[DECOY] = half
     assert float((x_corrupt @ v).max()) > float((x_clean @ v).max()), "the decoy never fires"
     return model, SAESet({PLANTED_HOOK: sae}), task

@@ -20,7 +20,7 @@ from circuits.hierarchy import (
 from circuits.optimise import MaskConfig, initial_logits, optimise_mask
 from circuits.vocab import Node, Site, hook_names
 from tasks.builtin import make_task
-from tests.helpers import CARRIER, DECOY, PLANTED_HOOK, TOK, planted, planted_two_paths, random_saes, tiny_hooked_model
+from tests.helpers import CARRIERS, DECOY, PLANTED_HOOK, TOK, planted, planted_two_paths, random_saes, tiny_hooked_model
 
 QUIET = {"progress": False}
 
@@ -68,12 +68,12 @@ def test_planted_circuit_is_recovered_at_both_levels():
     assert h.feature_level.size <= 2  # the latent (and at most the error term)
 
 
-def test_optimiser_finds_the_node_attribution_misses():
+def test_optimiser_takes_one_of_two_redundant_paths_that_attribution_misses():
     model, saes, task = planted_two_paths()
     end = Site.at(PLANTED_HOOK, task.n_pos - 1)
     effects = node_effects(model, saes, task, "atp", **QUIET)
     lat = effects.values[PLANTED_HOOK].latents[-1]
-    assert abs(float(lat[DECOY])) > 10 * abs(float(lat[CARRIER]))  # attribution prefers the decoy
+    assert abs(float(lat[DECOY])) > 0 and all(float(lat[c]) == 0 for c in CARRIERS)  # attribution: the decoy
     h = find_hierarchy(
         model,
         saes,
@@ -81,13 +81,14 @@ def test_optimiser_finds_the_node_attribution_misses():
         task,
         effects,
         HierarchyConfig(target=0.9, ablation="zero", n_random=1),
-        MaskConfig(steps=100, sparsity=0.5, init_nodes=2),
+        MaskConfig(steps=100, init_nodes=2),
         **QUIET,
     )
     assert h.sites == [end]
     assert h.optimised is not None and h.optimised.reached_target
-    assert Node(end, CARRIER) in h.features and Node(end, DECOY) not in h.features
-    assert h.optimised.size < h.attribution.size  # attribution needs the decoy (and more) first
+    carriers = [c for c in CARRIERS if Node(end, c) in h.features]
+    assert len(carriers) == 1 and Node(end, DECOY) not in h.features  # one path suffices
+    assert h.optimised.size < h.attribution.size  # attribution takes the decoy (and more) first
     assert h.feature_level.ranking == "optimised"
 
 
