@@ -50,6 +50,8 @@ class MaskConfig(Config):
     schedule: Literal["constant", "ramp"] = "ramp"  # ramp: sparsity grows from 0 over the steps
     aim: float = 1.0  # faithfulness aimed at on the training prompts: no reward above it
     init_nodes: int = 1000  # nodes switched on at the start: the attribution top list
+    batch_size: int | None = None  # prompt pairs per step, drawn at random (None: all, full batch)
+    seed: int = 0
 
     def validate(self) -> None:
         if self.steps < 0:
@@ -60,6 +62,8 @@ class MaskConfig(Config):
             raise CircuitsError(f"mask sparsity must be >= 0, got {self.sparsity}")
         if not 0 < self.aim <= 1.5:
             raise CircuitsError(f"mask aim must be in (0, 1.5], got {self.aim}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise CircuitsError(f"mask batch_size must be >= 1, got {self.batch_size}")
         if self.init_nodes < 1:
             raise CircuitsError(f"mask init_nodes must be >= 1, got {self.init_nodes}")
 
@@ -117,15 +121,23 @@ def optimise_mask(
     history: list[tuple[int, float, int]] = []
     last_on = {s: torch.full_like(t, -1.0) for s, t in logits.items()}
     denom = ab.ref.m_model - ab.ref.m_empty
+    rng = torch.Generator().manual_seed(cfg.seed)
+    n = task.n_examples
     for step in tqdm(range(cfg.steps), desc="mask", disable=not progress):
+        idx = (
+            None
+            if cfg.batch_size is None or cfg.batch_size >= n
+            else torch.randperm(n, generator=rng)[: cfg.batch_size]
+        )
+        batch = task if idx is None else task.subset(idx)
         keep = {s: _straight_through(t) for s, t in logits.items()}
         hooks = [
-            (h, _hook(saes[h], ab.values[h], ab.acts[h], n_pos, by_hook.get(h, []), keep))
+            (h, _hook(saes[h], *_rows(ab.values[h], ab.acts[h], idx), n_pos, by_hook.get(h, []), keep))
             for h in saes
             if ab.ablatable(h)
         ]
-        logits_out = model.run_with_hooks(task.clean, fwd_hooks=hooks)
-        m = task.metric_per_example(logits_out).mean()
+        logits_out = model.run_with_hooks(batch.clean, fwd_hooks=hooks)
+        m = batch.metric_per_example(logits_out).mean()
         f = (m - ab.ref.m_empty) / denom
         density = torch.cat([torch.sigmoid(t) for t in logits.values()]).sum() / n_nodes
         weight = cfg.sparsity * (step / max(cfg.steps - 1, 1) if cfg.schedule == "ramp" else 1.0)
@@ -139,6 +151,14 @@ def optimise_mask(
         if step % 25 == 0 or step == cfg.steps - 1:
             history.append((step, float(f.detach()), int(sum((t > 0).sum() for t in logits.values()))))
     return MaskResult({s: t.detach() for s, t in logits.items()}, last_on, history)
+
+
+def _rows(ref: NodeValues, act: torch.Tensor, idx: torch.Tensor | None) -> tuple[NodeValues, torch.Tensor]:
+    """A batch's rows of per-example reference values (``[batch, pos, ...]``); per-position
+    ones (``[pos, ...]``) are shared by every example."""
+    if idx is None or act.dim() == 2:
+        return ref, act
+    return ref.map(lambda t: t[idx]), act[idx]
 
 
 def _straight_through(logit: torch.Tensor) -> torch.Tensor:

@@ -114,6 +114,21 @@ def test_the_mask_never_sees_held_out_prompts():
     assert len(seen) == 5 and all(torch.equal(t, task.clean) for t in seen)
     assert not any(t.shape == held_out.clean.shape and torch.equal(t, held_out.clean) for t in seen)
     assert set(result.logits) == set(sites) and result.history[-1][0] == 4
+    # minibatches (with per-example reference values) are rows of the discovery prompts only
+    seen.clear()
+    model, task = tiny_hooked_model(), make_task("ioi", TOK, n=8, split="train")
+    saes = random_saes(hook_names(["resid"], range(2)))
+    train = Ablator(model, saes, task, "counterfactual")
+    sites = [Site.at("blocks.1.hook_resid_post", task.n_pos - 1)]
+    original = model.forward
+    model.forward = spy
+    try:
+        optimise_mask(model, saes, train, sites, {sites[0]: torch.ones(65)}, MaskConfig(steps=4, batch_size=2), **QUIET)
+    finally:
+        del model.forward
+    rows = {tuple(r) for r in task.clean.tolist()}
+    assert len(seen) == 4 and all(t.shape[0] == 2 and {tuple(r) for r in t.tolist()} <= rows for t in seen)
+    assert not {tuple(r) for t in seen for r in t.tolist()} & {tuple(r) for r in held_out.clean.tolist()}
 
 
 def test_validate_hierarchy_measures_a_recorded_circuit():
