@@ -126,15 +126,32 @@ def _discover_job(args: argparse.Namespace):
         batch_size=args.batch_size,
         edges=not args.no_edges,
         target_faithfulness=args.target_faithfulness,
-        ablation=args.ablation,
-        start_layer=args.start_layer,
-        mask_steps=args.mask_steps,
-        mask_sparsity=args.mask_sparsity,
+        **_hierarchy_settings(args),
     )
     held_out = None
     if cfg.target_faithfulness is not None:
         task, held_out = _held_out(args, model, task)
     return discover_fitting(model, saes, task, cfg, progress=not args.quiet, held_out=held_out)
+
+
+HIERARCHY_FLAGS = {
+    "ablation": "--ablation",
+    "start_layer": "--start-layer",
+    "mask_steps": "--mask-steps",
+    "mask_sparsity": "--mask-sparsity",
+}
+
+
+def _hierarchy_settings(args: argparse.Namespace) -> dict:
+    """The settings that only a hierarchical circuit uses: given without
+    --target-faithfulness they would do nothing, which is an error."""
+    from circuits.discover import DiscoverConfig
+
+    given = {k: getattr(args, k) for k in HIERARCHY_FLAGS if getattr(args, k) is not None}
+    if given and args.target_faithfulness is None:
+        flags = ", ".join(HIERARCHY_FLAGS[k] for k in given)
+        raise CircuitsError(f"{flags} only apply with --target-faithfulness (not given)")
+    return {k: given.get(k, field_default(DiscoverConfig, k)) for k in HIERARCHY_FLAGS}
 
 
 def _held_out_record(args: argparse.Namespace, graph) -> dict:
@@ -662,25 +679,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--ablation",
-        default=disc("ablation"),
         help=_default(f"ablation convention for --target-faithfulness: {', '.join(ABLATIONS)}", disc("ablation")),
     )
     p.add_argument(
         "--start-layer",
         type=int,
-        default=disc("start_layer"),
         help=_default("layers below this are never ablated (given for free)", disc("start_layer")),
     )
     p.add_argument(
         "--mask-steps",
         type=int,
-        default=disc("mask_steps"),
         help=_default("Adam steps of the feature mask optimiser (0: attribution ranking only)", disc("mask_steps")),
     )
     p.add_argument(
         "--mask-sparsity",
         type=float,
-        default=disc("mask_sparsity"),
         help=_default("sparsity weight of the mask optimiser", disc("mask_sparsity")),
     )
     p.add_argument(

@@ -335,6 +335,7 @@ def test_hierarchy_bad_input_is_one_line(tiny_model_dir, tiny_sae_dir, tmp_path,
         (["--target-faithfulness", "0"], "target faithfulness must be in (0, 1], got 0.0"),
         (["--target-faithfulness", "1.5"], "target faithfulness must be in (0, 1], got 1.5"),
         (["--target-faithfulness", "0.9", "--ablation", "median"], "ablation 'median'"),
+        (["--ablation", "zero", "--mask-steps", "5"], "--ablation, --mask-steps only apply with --target-faithfulness"),
     ]:
         assert main(["discover", "--task", "ioi", *extra, *common]) == 2
         err = capsys.readouterr().err.strip()
