@@ -20,7 +20,7 @@ from circuits.formats import write_circuit_tracer, write_graphml
 from circuits.graph import record_sources, save_graph
 from circuits.model import load_model
 from circuits.pictures import card_keys, draw_graph
-from circuits.plots import plot_faithfulness
+from circuits.plots import plot_faithfulness, plot_rankings
 from circuits.report import write_report
 from sae.evaluate import evaluate_saes
 from sae.train import load_saes
@@ -55,7 +55,8 @@ class DemoResult(Result):
 
 def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
     """Write circuit.json, graph.{png,svg,dot}, circuit.graphml, circuit-tracer.json,
-    faithfulness.png, edit.json and report.html into ``folder``; return the figures."""
+    faithfulness.png, rankings.png, edit.json and report.html into ``folder``; return the
+    figures."""
     folder.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
 
@@ -88,6 +89,7 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
         progress=progress,
     )
     plot_faithfulness(validation, folder / "faithfulness.png", title=f"IOI circuit: mean ablation, {n} held-out pairs")
+    plot_rankings(graph.graph["hierarchy"], folder / "rankings.png")
     edit = edit_from_circuit(graph, top=100)
     edit.save(folder / "edit.json")
     edited = step("edit", edit_report, model, saes, edit, "ioi", n=128)
@@ -118,6 +120,7 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
         fidelity,
         cards,
         folder / "faithfulness.png",
+        folder / "rankings.png",
     )
     return DemoResult(
         graph,

@@ -1,4 +1,5 @@
-"""Matplotlib figures: the faithfulness curve of a validated circuit."""
+"""Matplotlib figures: the faithfulness curve of a validated circuit, and the two feature
+rankings of a hierarchical circuit."""
 
 from __future__ import annotations
 
@@ -32,11 +33,43 @@ def plot_faithfulness(result: FaithfulnessCurve, path: str | Path, title: str = 
     ax.set_ylabel(f"faithfulness ({result.ablation} ablation)")
     ax.set_title(title or f"CPR {result.cpr:.2f}, CMD {result.cmd:.2f}, completeness {result.completeness:.2f}")
     ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_rankings(hierarchy: dict, path: str | Path) -> Path:
+    """A hierarchical circuit's feature level (``graph.graph["hierarchy"]``): F against
+    latent + error nodes inside the site skeleton, attribution prefix vs optimised ranking,
+    each with its random same-size baseline and its cut, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for key, colour in (("attribution", "tab:blue"), ("optimised", "tab:orange")):
+        level = hierarchy.get(key)
+        if not level:
+            continue
+        sizes = [max(c["n_nodes"] + c["n_error_nodes"], 1) for c in level["curve"]]
+        ax.plot(sizes, [c["faithfulness"] for c in level["curve"]], "o-", color=colour, label=f"{key} ranking")
+        ax.plot(sizes, [c["random_faithfulness"] for c in level["curve"]], ":", color=colour, label=f"random ({key})")
+        ax.axvline(level["n_nodes"] + level["n_error_nodes"], color=colour, linewidth=0.8, linestyle="--")
+    ax.axhline(hierarchy["target"], color="green", linewidth=0.6, label=f"target {hierarchy['target']}")
+    ax.axhline(0.0, color="black", linewidth=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"latent + error nodes inside the {len(hierarchy['sites'])} sites")
+    ax.set_ylabel(f"faithfulness ({hierarchy['ablation']} ablation, held-out)")
+    ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buffer = io.BytesIO()
     try:
         fig.savefig(buffer, format="png")
     finally:
         plt.close(fig)
-    path = write_atomic(path, buffer.getvalue())
-    return path
+    return write_atomic(path, buffer.getvalue())

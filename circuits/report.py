@@ -110,6 +110,7 @@ def write_report(
     fidelity: AttributionCheck | None = None,
     cards: dict | None = None,
     faithfulness_png: Path | None = None,
+    rankings_png: Path | None = None,
 ) -> Path:
     """One self-contained HTML file (inline SVG, PNG as data URI, no scripts or remote
     resources): task summary, the graph, validation, feature cards, edit results, SAE
@@ -137,6 +138,9 @@ def write_report(
     parts.append(f'<div class="graph">{svg}</div>' if svg else '<p class="muted">(no picture: graphviz missing)</p>')
     if "hierarchy" in g:
         parts.append(_hierarchy_html(g["hierarchy"]))
+        if rankings_png and Path(rankings_png).is_file():
+            data = base64.b64encode(Path(rankings_png).read_bytes()).decode()
+            parts.append(f'<img alt="feature rankings: attribution vs optimised" src="data:image/png;base64,{data}">')
     if validation:
         parts.append("<h2>Validation by ablation</h2>")
         parts.append(

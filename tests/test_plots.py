@@ -1,7 +1,7 @@
 """circuits.plots: the faithfulness curve is a PNG written atomically."""
 
 from circuits.ablation import CurvePoint, FaithfulnessCurve
-from circuits.plots import plot_faithfulness
+from circuits.plots import plot_faithfulness, plot_rankings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -41,3 +41,19 @@ def test_plot_faithfulness_replaces_old_file_with_title(tmp_path):
     plot_faithfulness(_curve(), path, title="a title")
     assert path.read_bytes().startswith(PNG_MAGIC)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png"]
+
+
+def test_plot_rankings_draws_both_feature_rankings(tmp_path):
+    def level(sizes, fs):
+        curve = [
+            {"n_nodes": k, "n_error_nodes": 1, "faithfulness": f, "random_faithfulness": 0.0}
+            for k, f in zip(sizes, fs, strict=True)
+        ]
+        return {"n_nodes": sizes[-1], "n_error_nodes": 1, "curve": curve}
+
+    h = {"target": 0.9, "ablation": "mean", "sites": [{}] * 3}
+    h["attribution"], h["optimised"] = level([1, 10, 100], [0.0, 0.5, 0.95]), level([1, 10, 50], [0.1, 0.7, 0.92])
+    path = plot_rankings(h, tmp_path / "rankings.png")
+    assert path.read_bytes().startswith(PNG_MAGIC) and sorted(p.name for p in tmp_path.iterdir()) == ["rankings.png"]
+    h.pop("optimised")  # no mask steps: the attribution ranking alone
+    assert plot_rankings(h, tmp_path / "one.png").read_bytes().startswith(PNG_MAGIC)
