@@ -77,7 +77,7 @@ def row(model, saes, task_name: str, how: str, n: int, n_discovery: int, mask: M
     times["whole-model prefix, CPR, CMD"] = time.perf_counter() - t
     h = find_hierarchy(model, saes, task, held, effects, HierarchyConfig(TARGET, how), mask, progress=False)
     times.update(h.times)
-    opt = h.rankings.get("optimised", [])
+    opt = h.ranking("optimised")
     at_opt = [test.faithfulness(opt[:k]) if len(opt) >= k else float("nan") for k in AT]
     train = Ablator(model, saes, task, how)  # the gap between these prompts and held-out ones
     k_train, _ = smallest_prefix(len(opt), lambda k: train.faithfulness(opt[:k]), TARGET) if opt else (0, 0.0)

@@ -311,7 +311,7 @@ def live_nodes(model: HookedTransformer, saes: SAESet, task: Task) -> list[Node]
     return out
 
 
-def _counts(nodes: list[Node]) -> tuple[int, int]:
+def node_counts(nodes: list[Node]) -> tuple[int, int]:
     """(feature nodes, error nodes)."""
     n_err = sum(1 for n in nodes if n.latent is None)
     return len(nodes) - n_err, n_err
@@ -386,7 +386,7 @@ def faithfulness_curve(
     curve = []
     for k in tqdm(log_sizes(len(ranked)), desc="faithfulness curve", disable=not progress):
         top = ranked[:k]
-        n_lat, n_err = _counts(top)
+        n_lat, n_err = node_counts(top)
         randoms = [
             ab.faithfulness(
                 rng.sample(pool_lat, min(n_lat, len(pool_lat))) + rng.sample(pool_err, min(n_err, len(pool_err)))
@@ -405,7 +405,7 @@ def faithfulness_curve(
         cpr,
         cmd,
         curve,
-        *_counts(ranked),
+        *node_counts(ranked),
         start_layer=start_layer,
     )
 
@@ -492,4 +492,4 @@ def prune_by_ablation(
             "nodes": k,
         },
     }
-    return small, PrunedCircuit(*_counts(ranked[:k]), f, f >= target)
+    return small, PrunedCircuit(*node_counts(ranked[:k]), f, f >= target)

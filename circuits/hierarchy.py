@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import ClassVar
 
 import torch
@@ -39,6 +39,7 @@ from circuits.ablation import (
     check_ablation,
     empty_masks,
     log_sizes,
+    node_counts,
     node_masks,
     smallest_prefix,
 )
@@ -46,6 +47,7 @@ from circuits.attribution import NodeEffects
 from circuits.config import Config
 from circuits.errors import CircuitsError
 from circuits.optimise import MaskConfig, MaskResult, initial_logits, optimise_mask
+from circuits.splice import spliced
 from circuits.vocab import Node, Site, Submodule
 from sae.saeset import SAESet
 from tasks.task import Task
@@ -112,16 +114,23 @@ class HierarchicalCircuit:
     optimised: Level | None  # inside the skeleton, ranked by the mask (None: no mask steps)
     mask_history: list[tuple[int, float, int]]
     times: dict[str, float]
-    # the skeleton's nodes in each ranking's order (not saved: rebuilt by find_hierarchy)
-    rankings: dict[str, list[Node]] = field(default_factory=dict, repr=False)
+    # per ranking, the skeleton's (site, index into its [d_sae + 1] row) in order, and each
+    # site's d_sae; not saved (rebuilt by find_hierarchy), read as nodes with ``ranking``
+    ranked: dict[str, list[tuple[Site, int]]] = field(default_factory=dict, repr=False)
+    widths: dict[Site, int] = field(default_factory=dict, repr=False)
+
+    def ranking(self, name: str) -> list[Node]:
+        """Every node of the skeleton in the ``attribution`` or ``optimised`` order."""
+        return [site_nodes(s, i, self.widths[s]) for s, i in self.ranked.get(name, [])]
 
     @property
     def reached_target(self) -> bool:
         return self.site_level.reached_target and self.feature_level.reached_target
 
     def to_dict(self) -> dict:
-        out = asdict(self)
-        out.pop("rankings")
+        out = asdict(replace(self, ranked={}, widths={}))  # Site keys are not JSON
+        out.pop("ranked")
+        out.pop("widths")
         out["sites"] = [site_record(s) for s in self.sites]
         out["features"] = [n.id for n in self.features]
         return out
@@ -216,11 +225,7 @@ def find_hierarchy(
     def nodes_of(ranked: list[tuple[Site, int]], k: int) -> list[Node]:
         return [site_nodes(s, i, d_sae[s]) for s, i in ranked[:k]]
 
-    def random_features(k_lat: int, k_err: int) -> Masks:
-        lat = [c for c in live if c[1] != d_sae[c[0]]]
-        err = [c for c in live if c[1] == d_sae[c[0]]]
-        picked = rng.sample(lat, min(k_lat, len(lat))) + rng.sample(err, min(k_err, len(err)))
-        return node_masks(nodes_of(picked, len(picked)), saes, test.n_pos)
+    random_features = _random_features(live, d_sae, rng, saes, test.n_pos)
 
     def feature_level(ranking: str, ranked: list[tuple[Site, int]]) -> Level:
         t0 = time.perf_counter()
@@ -228,9 +233,9 @@ def find_hierarchy(
             test,
             ranking,
             lambda k: node_masks(nodes_of(ranked, k), saes, test.n_pos),
-            lambda k: _counts(nodes_of(ranked, k)),
+            lambda k: node_counts(nodes_of(ranked, k)),
             len(ranked),
-            lambda k: random_features(*_counts(nodes_of(ranked, k))),
+            lambda k: random_features(*node_counts(nodes_of(ranked, k))),
             cfg,
         )
         out.seconds = time.perf_counter() - t0
@@ -271,21 +276,14 @@ def find_hierarchy(
         optimised,
         history,
         times,
-        {"attribution": nodes_of(by_attribution, len(by_attribution))}
-        | ({"optimised": nodes_of(by_mask, len(by_mask))} if optimised is not None else {}),
+        {"attribution": by_attribution} | ({"optimised": by_mask} if optimised is not None else {}),
+        d_sae,
     )
-
-
-def _counts(nodes: list[Node]) -> tuple[int, int]:
-    n_err = sum(1 for n in nodes if n.latent is None)
-    return len(nodes) - n_err, n_err
 
 
 def _live(ab: Ablator, sites: list[Site], d_sae: dict[Site, int]) -> list[tuple[Site, int]]:
     """The sites' latents active on some held-out clean prompt, and their error terms: the
     pool of the random baseline (an inactive latent ablated to ~0 does nothing)."""
-    from circuits.splice import spliced
-
     with torch.no_grad(), spliced(ab.model, ab.saes, hooks=sorted({s.hook for s in sites})) as nodes:
         ab.model(ab.task.clean)
     out = []
@@ -294,6 +292,20 @@ def _live(ab: Ablator, sites: list[Site], d_sae: dict[Site, int]) -> list[tuple[
         active = (lat != 0).flatten(0, -2).any(0) if s.position is None else (lat[:, s.position] != 0).any(0)
         out += [(s, int(i)) for i in active.nonzero().flatten()] + [(s, d_sae[s])]
     return out
+
+
+def _random_features(
+    live: list[tuple[Site, int]], d_sae: dict[Site, int], rng: random.Random, saes: SAESet, n_pos: int
+):
+    """Draws of random circuits from the live pool: ``(k latents, k error terms) -> masks``."""
+    lat = [c for c in live if c[1] != d_sae[c[0]]]
+    err = [c for c in live if c[1] == d_sae[c[0]]]
+
+    def draw(k_lat: int, k_err: int) -> Masks:
+        picked = rng.sample(lat, min(k_lat, len(lat))) + rng.sample(err, min(k_err, len(err)))
+        return node_masks([site_nodes(s, i, d_sae[s]) for s, i in picked], saes, n_pos)
+
+    return draw
 
 
 def _level(
@@ -347,20 +359,14 @@ def validate_hierarchy(
     rng = random.Random(seed)
     pool = [s for s in all_sites(saes, task) if ab.ablatable(s.hook)]
     d_sae = {s: saes[s.hook].cfg.d_sae for s in sites}
-    live = _live(ab, sites, d_sae)
-    lat = [c for c in live if c[1] != d_sae[c[0]]]
-    err = [c for c in live if c[1] == d_sae[c[0]]]
-    n_lat, n_err = _counts(features)
-
-    def random_features() -> Masks:
-        picked = rng.sample(lat, min(n_lat, len(lat))) + rng.sample(err, min(n_err, len(err)))
-        return node_masks([site_nodes(s, i, d_sae[s]) for s, i in picked], saes, ab.n_pos)
+    random_features = _random_features(_live(ab, sites, d_sae), d_sae, rng, saes, ab.n_pos)
+    n_lat, n_err = node_counts(features)
 
     site_level = _measure(
         ab, site_masks(sites, saes, ab.n_pos), lambda: site_masks(rng.sample(pool, len(sites)), saes, ab.n_pos), cfg
     )
     site_level.n_nodes = len(sites)
-    feature_level = _measure(ab, node_masks(features, saes, ab.n_pos), random_features, cfg)
+    feature_level = _measure(ab, node_masks(features, saes, ab.n_pos), lambda: random_features(n_lat, n_err), cfg)
     feature_level.n_nodes, feature_level.n_error_nodes = n_lat, n_err
     return site_level, feature_level
 

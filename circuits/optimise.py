@@ -7,7 +7,7 @@ latent and the error term of each site) against the metric of the ablated forwar
 itself: keep = 1[logit > 0] forward, d keep / d logit = sigmoid'(logit) backward (straight-
 through), loss max(0, aim - F)^2 + sparsity x (mean of sigmoid(logit)), Adam, full batch.
 The sparsity weight ramps up from 0 over the steps (a regularisation path: nodes drop out
-least-needed first), and the ranking is by the last step a node was kept, then by logit.
+least-needed first), and the ranking is by final logit (ties broken by attribution).
 Everything outside the sites is ablated throughout, exactly as in evaluation
 (``ablation.ablation_hook``), so what the mask learns is what faithfulness measures. It sees
 only the prompts it is given — the discovery prompts — never the held-out ones; the ranking
@@ -74,12 +74,7 @@ class MaskResult:
     is more needed. ``history`` holds (step, F on the training prompts, nodes kept)."""
 
     logits: dict[Site, torch.Tensor]
-    last_on: dict[Site, torch.Tensor]  # the last step each node was kept (-1: never)
     history: list[tuple[int, float, int]]
-
-    def order(self, site: Site, index: int) -> tuple[float, float]:
-        """Sort key, most needed first: kept longest, then largest logit."""
-        return -float(self.last_on[site][index]), -float(self.logits[site][index])
 
 
 def initial_logits(scores: dict[Site, torch.Tensor], n_on: int, spread: float = 3.0) -> dict[Site, torch.Tensor]:
@@ -119,7 +114,6 @@ def optimise_mask(
     n_nodes = sum(t.numel() for t in logits.values())
     opt = torch.optim.Adam(list(logits.values()), lr=cfg.lr)
     history: list[tuple[int, float, int]] = []
-    last_on = {s: torch.full_like(t, -1.0) for s, t in logits.items()}
     denom = ab.ref.m_model - ab.ref.m_empty
     rng = torch.Generator().manual_seed(cfg.seed)
     n = task.n_examples
@@ -145,12 +139,9 @@ def optimise_mask(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            for s, t in logits.items():
-                last_on[s][t > 0] = step
         if step % 25 == 0 or step == cfg.steps - 1:
             history.append((step, float(f.detach()), int(sum((t > 0).sum() for t in logits.values()))))
-    return MaskResult({s: t.detach() for s, t in logits.items()}, last_on, history)
+    return MaskResult({s: t.detach() for s, t in logits.items()}, history)
 
 
 def _rows(ref: NodeValues, act: torch.Tensor, idx: torch.Tensor | None) -> tuple[NodeValues, torch.Tensor]:
