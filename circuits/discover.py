@@ -212,6 +212,7 @@ def _discover(
             "node_threshold_abs": node_cut,
             "edge_threshold_abs": edge_cut,
             "n_candidate_nodes": n_candidates,
+            "example": example_record(model, task),
         }
     )
     if hierarchy is None:
@@ -224,6 +225,30 @@ def _discover(
     sites = site_graph(graph)
     graph.graph["hierarchy"]["site_edges"] = [[u, v, w] for u, v, w in sites.edges(data="weight")]
     return graph
+
+
+@torch.no_grad()
+def example_record(model: HookedTransformer, task: Task, top: int = 5) -> dict:
+    """The first prompt pair as text, for pictures and viewers to label positions with: its
+    clean and corrupt tokens, the first answer and wrong-answer token with the model's
+    probabilities for them, and the model's ``top`` next tokens at the last position."""
+    n = int(task.lengths[0]) if task.lengths is not None else task.n_pos
+    probs = model(task.clean[:1, :n].to(model.cfg.device))[0, -1].softmax(-1).float().cpu()
+    answer, wrong = int(task.answer[0, 0]), int(task.wrong[0, 0])
+    best = probs.topk(min(top, probs.numel()))
+
+    def text(i: int) -> str:
+        return model.tokenizer.decode([i])
+
+    return {
+        "prompt_tokens": [str(t) for t in model.to_str_tokens(task.clean[0, :n])],
+        "corrupt_tokens": [str(t) for t in model.to_str_tokens(task.corrupt[0, :n])],
+        "answer": text(answer),
+        "answer_prob": float(probs[answer]),
+        "wrong_answer": text(wrong) if wrong >= 0 else None,
+        "wrong_prob": float(probs[wrong]) if wrong >= 0 else None,
+        "top_outputs": [[text(i), float(p)] for p, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)],
+    }
 
 
 def _effect(effects: NodeEffects, n: Node) -> float:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from circuits.attribution import exact_effects, node_effects
-from circuits.discover import DiscoverConfig, discover
+from circuits.discover import DiscoverConfig, discover, example_record
 from circuits.edges import edges_into
 from circuits.errors import CircuitsError
 from circuits.graph import METRIC, load_graph, save_graph
@@ -51,6 +51,19 @@ def test_discovered_graph_is_consistent(setup, tmp_path):
         assert graph.nodes[u]["hook"] == "blocks.1.hook_resid_post" and w == graph.nodes[u]["effect"]
     back = load_graph(save_graph(graph, tmp_path / "circuit.json"))
     assert sorted(back.edges(data="weight")) == sorted(graph.edges(data="weight"))
+    assert back.graph["example"] == graph.graph["example"]
+
+
+def test_example_record_is_the_first_prompt_and_the_models_probabilities(setup):
+    model, _, task = setup
+    example = example_record(model, task, top=3)
+    assert example["prompt_tokens"] == model.to_str_tokens(task.clean[0])
+    assert example["corrupt_tokens"] == model.to_str_tokens(task.corrupt[0])
+    probs = model(task.clean[:1])[0, -1].softmax(-1)
+    answer = int(task.answer[0, 0])
+    assert example["answer"] == TOK.decode([answer])
+    assert example["answer_prob"] == pytest.approx(probs[answer].item(), abs=1e-6)
+    assert [p for _, p in example["top_outputs"]] == pytest.approx(probs.topk(3).values.tolist(), abs=1e-6)
 
 
 def test_graph_edges_match_edges_into(setup):

@@ -104,3 +104,15 @@ def test_read_json_bad_json(tmp_path, content):
     with pytest.raises(CircuitsError) as info:
         read_json(path, "annotations")
     _assert_one_line_naming(info.value, path, "annotations")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_write_atomic_gives_the_mode_the_umask_gives_any_new_file(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = write_atomic(tmp_path / "shared.json", "{}")
+        with open(tmp_path / "plain.json", "w") as f:  # what the user's own files get
+            f.write("{}")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == (tmp_path / "plain.json").stat().st_mode & 0o777 == 0o666 & ~umask
