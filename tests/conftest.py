@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny configs that train in seconds."""
+"""Shared fixtures: tiny configs that train in seconds, and a headless browser."""
+
+import shutil
 
 import pytest
 import torch
@@ -18,3 +20,43 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """The system's Chromium in headless mode, driven by Playwright (no browser download);
+    skipped, saying why, where either is missing."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (make test installs it when it can)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    """A fresh page that records console messages and uncaught errors in ``page.problems``
+    (the test asserts it is empty) and no network: every request that is not a local file
+    or a server on this machine (127.0.0.1) is aborted and recorded."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.problems = []
+    pg.on(
+        "console",
+        lambda m: pg.problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None,
+    )
+    pg.on("pageerror", lambda e: pg.problems.append(f"uncaught: {e}"))
+
+    def offline(route):
+        if route.request.url.startswith(("file:", "data:", "blob:", "about:", "http://127.0.0.1")):
+            route.continue_()
+        else:
+            pg.problems.append(f"network request: {route.request.url}")
+            route.abort()
+
+    context.route("**/*", offline)
+    yield pg
+    context.close()
