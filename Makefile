@@ -35,6 +35,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --no-deps "circuit-tracer==0.5.0"  # its graph schema + frontend for the export tests; --no-deps: those need only pydantic, its deps (nnsight, pinned transformers) are GBs
 	touch $(STAMP)
 
 # Install a Debian package when its command is missing and we may (root with apt);

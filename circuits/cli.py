@@ -487,8 +487,9 @@ def _export(args: argparse.Namespace) -> None:
         files = [write_graphml(graph, stem.with_suffix(".graphml"))]
     elif args.format == "json":
         files = [save_graph(graph, stem.with_suffix(".json"))]
-    elif args.format == "circuit-tracer":
-        files = [write_circuit_tracer(graph, stem.with_name(stem.name + ".circuit-tracer.json"), cards)]
+    elif args.format == "circuit-tracer":  # --out is a folder: {slug}.json + graph-metadata.json
+        folder = Path(args.out) if args.out else Path(args.circuit).parent / "circuit-tracer"
+        files = write_circuit_tracer(graph, _writable(folder), cards, args.slug)
     else:
         raise CircuitsError(f"unknown format {args.format!r}: use png, svg, pdf, graphml, json, circuit-tracer")
     if len(graph) <= 1:
@@ -782,6 +783,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-nodes", type=int, default=40, help="nodes drawn (default 40)")
     p.add_argument("--annotations", help='JSON file {"node id": "label"} replacing automatic descriptions')
     p.add_argument("--no-descriptions", action="store_true", help="no feature descriptions (no model needed)")
+    p.add_argument(
+        "--slug",
+        help="circuit-tracer: the graph's name (default: the task's); --out is then a folder "
+        "(default circuit-tracer/ beside the circuit) that gets SLUG.json and graph-metadata.json",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_export)
 

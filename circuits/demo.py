@@ -54,7 +54,7 @@ class DemoResult(Result):
 
 
 def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
-    """Write circuit.json, graph.{png,svg,dot}, circuit.graphml, circuit-tracer.json,
+    """Write circuit.json, graph.{png,svg,dot}, circuit.graphml, circuit-tracer/ (ioi.json),
     faithfulness.png, rankings.png, edit.json and report.html into ``folder``; return the
     figures."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
     cards = step("feature cards", feature_cards, model, saes, card_keys(graph, 40))
     _, missing_dot = step("draw", draw_graph, graph, folder / "graph", ("png", "svg"), 40, None, cards)
     write_graphml(graph, folder / "circuit.graphml")
-    write_circuit_tracer(graph, folder / "circuit-tracer.json", cards)
+    write_circuit_tracer(graph, folder / "circuit-tracer", cards, slug="ioi")
     quality = step("SAE quality", evaluate_saes, model, saes, n_seqs=64, progress=progress)
     fidelity = step(
         "fidelity",

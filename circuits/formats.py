@@ -1,29 +1,41 @@
 """Circuits as data files for other tools: GraphML (Gephi, Cytoscape) and circuit-tracer's
-frontend JSON."""
+frontend folder (``{slug}.json`` + ``graph-metadata.json``)."""
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import networkx as nx
 
-from circuits.files import write_atomic
+from circuits.errors import CircuitsError
+from circuits.files import read_json, write_atomic
 from circuits.graph import METRIC
+from circuits.vocab import SAE_KINDS, Submodule
 
 if TYPE_CHECKING:
     from circuits.cards import FeatureCard
 
+CT_SCHEMA_VERSION = 1  # circuit-tracer's graph schema: ``feature`` = cantor(layer, index)
+CT_METADATA = "graph-metadata.json"
+SLUG_RULE = "letters, digits, '.', '_' and '-', not starting with '.'"
+_SLUG = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+ROWS = "layer = 3 × block + 0 (attn_out), 1 (mlp_out) or 2 (resid_post); E = embeddings; logits on top"
+
 
 def write_graphml(graph: nx.DiGraph, path: str | Path) -> Path:
-    """GraphML for Gephi / Cytoscape: None becomes "" and nested values JSON text."""
-    import json
-
+    """GraphML for Gephi / Cytoscape: None becomes "" and nested values JSON text. Nodes also
+    get a short ``label`` (Gephi shows it) and ``abs_effect``, edges ``abs_weight`` (for sizes)."""
     out = nx.DiGraph()
     for n, a in graph.nodes(data=True):
-        out.add_node(n, **{k: _scalar(v) for k, v in a.items()})
+        extra = {"label": _short_label(n, a), "abs_effect": abs(_number(a.get("effect")))}
+        out.add_node(n, **{k: _scalar(v) for k, v in (extra | a).items()})
     for u, v, a in graph.edges(data=True):
-        out.add_edge(u, v, **{k: _scalar(x) for k, x in a.items()})
+        extra = {"abs_weight": abs(_number(a.get("weight")))}
+        out.add_edge(u, v, **{k: _scalar(x) for k, x in (extra | a).items()})
     out.graph.update(
         {k: _scalar(v) if not isinstance(v, (dict, list)) else json.dumps(v) for k, v in graph.graph.items()}
     )
@@ -31,14 +43,95 @@ def write_graphml(graph: nx.DiGraph, path: str | Path) -> Path:
     return write_atomic(Path(path), text)
 
 
-def _scalar(v):
-    import json
+def _short_label(n: str, a: dict) -> str:
+    """``L2 mlp 317 @S2``, ``L2 mlp err @S2``, ``embed @S2``, ``metric``."""
+    if n == METRIC or a.get("kind") in (None, "metric"):
+        return str(n)
+    if a.get("kind") == "embed":
+        return f"embed @{a.get('pos_label', '')}"
+    what = "err" if a.get("is_error") else a.get("latent")
+    return f"L{a.get('layer')} {a.get('kind')} {what} @{a.get('pos_label', '')}"
 
+
+def _scalar(v):
     if v is None:
         return ""
     if isinstance(v, (dict, list, tuple)):
         return json.dumps(v)
     return v
+
+
+def _number(v) -> float:
+    """A finite float (None, NaN and infinities count as 0)."""
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return 0.0
+    return x if math.isfinite(x) else 0.0
+
+
+# --- circuit-tracer ---------------------------------------------------------------------
+
+
+def cantor(x: int, y: int) -> int:
+    """Cantor's pairing of two non-negative integers (circuit-tracer's ``feature`` for
+    schema_version >= 1: x = the node's ``layer`` value, y = the latent)."""
+    if x < 0 or y < 0:
+        raise CircuitsError(f"cantor pairing needs non-negative integers, got ({x}, {y})")
+    return (x + y) * (x + y + 1) // 2 + y
+
+
+def uncantor(z: int) -> tuple[int, int]:
+    """The inverse of :func:`cantor`."""
+    w = (math.isqrt(8 * z + 1) - 1) // 2
+    y = z - w * (w + 1) // 2
+    return w - y, y
+
+
+def ct_row(layer: int, kind: str) -> int:
+    """The ``layer`` value a submodule's nodes get in circuit-tracer's frontend, which draws
+    one row per value (row = value + 1, embeddings row 0, logits above the highest): one row
+    per SAE, ``3 × layer + (0 attn, 1 mlp, 2 resid)``."""
+    return 3 * layer + SAE_KINDS.index(kind)
+
+
+def check_slug(slug: str) -> str:
+    """``slug`` if a URL path and a file name can carry it, else a one-line CircuitsError."""
+    if not isinstance(slug, str) or not _SLUG.fullmatch(slug) or slug == Path(CT_METADATA).stem:
+        raise CircuitsError(f"slug {slug!r}: use 1 to 200 of {SLUG_RULE} (and not {Path(CT_METADATA).stem!r})")
+    return slug
+
+
+def default_slug(graph: nx.DiGraph) -> str:
+    """The task's name with the characters a slug cannot hold replaced by ``-``."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", str(graph.graph.get("task") or "circuit")).strip("-.")[:200]
+    return slug if slug and slug != Path(CT_METADATA).stem else "circuit"
+
+
+def ct_influence(graph: nx.DiGraph) -> dict[str, float]:
+    """circuit-tracer's ``influence`` for every node but the metric: the cumulative share of
+    total influence, in (0, 1], smaller = more important. circuit-tracer ranks nodes by their
+    influence on the logits (paths through the row-normalised |adjacency|) and gives each
+    node the sum of the scores ranked at or above it over the sum of all scores. Here the score
+    is the node's |effect| (its total effect on the metric, which is what that influence
+    estimates; edges may be thresholded or absent, effects are not): ties share the largest
+    value of their group, so influence never decreases as |effect| decreases, and the weakest
+    nodes get 1. With no effect at all every node gets 1."""
+    scores = {n: abs(_number(e)) for n, e in graph.nodes(data="effect") if n != METRIC}
+    total = sum(scores.values())
+    if total <= 0:
+        return dict.fromkeys(scores, 1.0)
+    order = sorted(scores, key=lambda n: -scores[n])
+    out, running, i = {}, 0.0, 0
+    while i < len(order):
+        j = i
+        while j < len(order) and scores[order[j]] == scores[order[i]]:
+            running += scores[order[j]]
+            j += 1
+        share = 1.0 if j == len(order) else min(running / total, 1.0)
+        out.update(dict.fromkeys(order[i:j], share))
+        i = j
+    return out
 
 
 def to_circuit_tracer(
@@ -47,80 +140,148 @@ def to_circuit_tracer(
     cards: dict[tuple[str, int], FeatureCard] | None = None,
     slug: str | None = None,
 ) -> dict:
-    """The graph in circuit-tracer's frontend schema (metadata / qParams / nodes / links).
+    """The graph as one circuit-tracer graph file (metadata / qParams / nodes / links,
+    ``schema_version`` 1, validated by ``circuit_tracer.frontend.graph_models.Model``).
 
-    circuit-tracer has one transcoder per layer; here a layer has three SAEs, so a feature's
-    index is offset by its submodule (attn 0, mlp 1, resid 2 times the widest SAE) and error
-    nodes use feature -1, -2, -3 (attn, mlp, resid). The metric is a target "logit" node."""
+    * Rows: circuit-tracer has one transcoder per layer; here a block has three SAEs, so a
+      node's ``layer`` is its row, ``3 × block + (0 attn, 1 mlp, 2 resid)`` (``ct_row``;
+      ``metadata.transcoder_list[row]`` is that row's hook), embeddings ``E``, the logits
+      ``3 × n_layers``. The frontend labels its rows ``L<row>``.
+    * Features: ``node_id`` is our node id, ``feature`` = cantor(row, latent), ``clerp`` the
+      hook/latent and the feature card's description when ``cards`` has one, ``activation``
+      the mean clean activation. Error nodes are ``mlp reconstruction error`` (the type the
+      frontend draws as errors, whatever the submodule; the clerp names the hook), feature -1.
+    * Tokens: one ``embedding`` node per prompt token (the frontend labels its token axis from
+      them); tokens without an embedding node in the circuit get a link-less one with
+      influence 1. Tokens are ``prompt_tokens``, else the graph's first clean prompt
+      (``graph.graph["example"]``), else the position labels. Nodes summed over positions
+      (``@*``) stand at the last token.
+    * Logits: the metric node becomes the target logit node of the answer,
+      ``Output "TOKEN" (p=0.734)`` with the model's probability on that prompt (the frontend
+      parses that label); the wrong answer gets a link-less logit node. Without an example
+      the label says the metric and that p is unknown, in the same format.
+    * ``influence``: ``ct_influence`` (cumulative |effect| share); ``node_threshold`` is 1, so
+      the frontend's pruning slider starts with every node shown.
+    * Link weights are our weights negated: ours are the change in the metric when the edge
+      is patched to its corrupt value (negative = the behaviour relies on it), circuit-tracer's
+      are contributions (positive = the source supports the target).
+    """
     cards = cards or {}
-    width = max(graph.graph.get("saes", {}).values(), default=0)
-    n_layers = graph.graph.get("model", {}).get("n_layers", 0)
-    offset = {"attn": 0, "mlp": 1, "resid": 2}
-    labels = graph.graph.get("position_labels") or []
-    ids, nodes = {}, []
+    slug = check_slug(slug) if slug is not None else default_slug(graph)
+    example = graph.graph.get("example") or {}
+    labels = list(graph.graph.get("position_labels") or [])
+    positions = [p for _, p in graph.nodes(data="position") if isinstance(p, int)]
+    layers = [a["layer"] for n, a in graph.nodes(data=True) if n != METRIC and isinstance(a.get("layer"), int)]
+    n_layers = int((graph.graph.get("model") or {}).get("n_layers") or max(layers, default=-1) + 1)
+    tokens = [str(t) for t in (prompt_tokens or example.get("prompt_tokens") or labels)]
+    needed = max(max(positions, default=-1) + 1, 1)
+    tokens += [labels[i] if i < len(labels) else f"p{i}" for i in range(len(tokens), needed)]
+    last = len(tokens) - 1
+    influence = ct_influence(graph)
+
+    ids: dict[str, str] = {}
+    nodes: list[dict] = []
+    embedded: set[int] = set()
     for n, a in graph.nodes(data=True):
-        pos = a.get("position") or 0
         if n == METRIC:
+            continue
+        pos = a.get("position") if isinstance(a.get("position"), int) else last
+        common = {"node_id": n, "ctx_idx": pos, "influence": influence[n], "effect": _number(a.get("effect"))}
+        if a.get("kind") == "embed":
+            embedded.add(pos)
+            node = {"feature": pos, "layer": "E", "feature_type": "embedding", "clerp": f"Emb: “{tokens[pos]}”"}
+        elif a.get("is_error"):
+            row = ct_row(a["layer"], a["kind"])
             node = {
-                "node_id": f"{n_layers + 1}_0_{len(labels) - 1 if labels else 0}",
-                "feature": 0,
-                "layer": str(n_layers + 1),
-                "ctx_idx": len(labels) - 1 if labels else 0,
-                "feature_type": "logit",
-                "is_target_logit": True,
-                "clerp": f"metric: {graph.graph.get('metric', '')}",
-                "influence": a.get("effect"),
+                "feature": -1,
+                "layer": str(row),
+                "feature_type": "mlp reconstruction error",
+                "clerp": f"Err: {a['hook']} “{tokens[pos]}”",
             }
-        elif a.get("kind") == "embed":
+        else:
+            row = ct_row(a["layer"], a["kind"])
+            card = cards.get((a["hook"], a["latent"]))
             node = {
-                "node_id": f"E_{pos}_{pos}",
+                "feature": cantor(row, int(a["latent"])),
+                "layer": str(row),
+                "feature_type": "cross layer transcoder",
+                "activation": _number(a.get("activation")),
+                "clerp": (f"{card.description} " if card else "") + f"[{a['hook']}/{a['latent']}]",
+            }
+            if card:  # the frontend lists these as the feature's top / bottom outputs
+                node["top_logit_effects"] = [str(t) for t, _ in card.promoted]
+                node["bottom_logit_effects"] = [str(t) for t, _ in card.suppressed]
+        nodes.append(common | node)
+        ids[n] = n
+    taken = set(graph.nodes)
+    for pos in sorted(set(range(len(tokens))) - embedded):
+        node_id = f"embed@{labels[pos] if pos < len(labels) else f'p{pos}'}"
+        while node_id in taken:
+            node_id += "'"
+        taken.add(node_id)
+        nodes.append(
+            {
+                "node_id": node_id,
                 "feature": pos,
                 "layer": "E",
                 "ctx_idx": pos,
                 "feature_type": "embedding",
-                "clerp": f"embedding @{a['pos_label']}",
-                "influence": a["effect"],
+                "clerp": f"Emb: “{tokens[pos]}”",
+                "influence": 1.0,
             }
-        elif a.get("is_error"):
-            f = -1 - offset[a["kind"]]
-            node = {
-                "node_id": f"{a['layer']}_{f}_{pos}",
-                "feature": f,
-                "layer": str(a["layer"]),
-                "ctx_idx": pos,
-                "feature_type": "mlp reconstruction error",
-                "clerp": f"{a['hook']} error @{a['pos_label']}",
-                "influence": a["effect"],
+        )
+    logit_row = str(3 * n_layers)
+    metric = str(graph.graph.get("metric") or "metric")
+    if example.get("answer") is not None and example.get("answer_prob") is not None:
+        outputs = [(example["answer"], _number(example["answer_prob"]))]
+    else:
+        outputs = [(f"{metric}, p unknown", 0.0)]
+    if example.get("wrong_answer") is not None and example.get("wrong_prob") is not None:
+        outputs.append((example["wrong_answer"], _number(example["wrong_prob"])))
+    ids[METRIC] = METRIC  # the target logit node stands for the metric
+    for i, (token, p) in enumerate(outputs):
+        nodes.append(
+            {
+                "node_id": METRIC if i == 0 else "wrong_answer",
+                "feature": i,
+                "layer": logit_row,
+                "ctx_idx": last,
+                "feature_type": "logit",
+                "token_prob": p,
+                "is_target_logit": i == 0,
+                "clerp": f'Output "{token}" (p={p:.3f})',
             }
-        else:
-            f = offset[a["kind"]] * width + a["latent"]
-            card = cards.get((a["hook"], a["latent"]))
-            node = {
-                "node_id": f"{a['layer']}_{f}_{pos}",
-                "feature": f,
-                "layer": str(a["layer"]),
-                "ctx_idx": pos,
-                "feature_type": "cross layer transcoder",
-                "influence": a["effect"],
-                "activation": a.get("activation"),
-                "clerp": f"{a['hook']}/{a['latent']}" + (f": {card.description}" if card else ""),
-            }
-        node.update({"token_prob": 0.0, "run_idx": 0, "reverse_ctx_idx": 0})
+        )
+    for node in nodes:
         node.setdefault("is_target_logit", False)
-        node["jsNodeId"] = node["node_id"]
-        ids[n] = node["node_id"]
-        nodes.append(node)
-    links = [{"source": ids[u], "target": ids[v], "weight": w} for u, v, w in graph.edges(data="weight")]
-    tokens = prompt_tokens or labels
+        node.update({"run_idx": 0, "reverse_ctx_idx": 0, "jsNodeId": node["node_id"]})
+    links = [
+        {"source": ids[u], "target": ids[v], "weight": -_number(w)}
+        for u, v, w in graph.edges(data="weight")
+        if u in ids and v in ids
+    ]
+    rows = [Submodule(layer, kind).hook for layer in range(n_layers) for kind in SAE_KINDS]
+    answer = f" ({metric}" + (f": {outputs[0][0]!r}" if example.get("answer") is not None else "")
+    answer += (f" vs {outputs[1][0]!r}" if len(outputs) > 1 else "") + ")"
+    model = str((graph.graph.get("model") or {}).get("name") or "")
     return {
         "metadata": {
-            "slug": slug or str(graph.graph.get("task", "circuit")),
-            "scan": "sae-circuits",
-            "transcoder_list": sorted(graph.graph.get("saes", {})),
+            "slug": slug,
+            "scan": "sae-circuits" + (f"-{model}" if model else ""),
+            "transcoder_list": rows,
             "prompt_tokens": tokens,
-            "prompt": " ".join(tokens),
-            "node_threshold": graph.graph.get("node_threshold_abs"),
-            "schema_version": 1,
+            "prompt": _join(tokens),
+            "node_threshold": 1.0,
+            "schema_version": CT_SCHEMA_VERSION,
+            "title_prefix": f"{graph.graph.get('task', 'circuit')}{answer}",
+            "sae_circuits": {
+                "task": graph.graph.get("task"),
+                "metric": metric,
+                "rows": ROWS,
+                "influence": "cumulative share of |effect| (nodes by decreasing |effect|)",
+                "weights": "negated edge effects: positive = the source supports the target",
+                "target_logit": "the metric node, labelled with the answer",
+            },
         },
         "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
         "nodes": nodes,
@@ -128,10 +289,38 @@ def to_circuit_tracer(
     }
 
 
-def write_circuit_tracer(
-    graph: nx.DiGraph, path: str | Path, cards: dict[tuple[str, int], FeatureCard] | None = None
-) -> Path:
-    """``to_circuit_tracer(graph, cards=cards)`` written atomically as JSON to ``path``."""
-    import json
+def _join(tokens: list[str]) -> str:
+    """The prompt as text: tokens that carry their own spaces are concatenated, words joined."""
+    if any(t[:1].isspace() for t in tokens[1:]):
+        return "".join(tokens)
+    return " ".join(tokens)
 
-    return write_atomic(Path(path), json.dumps(to_circuit_tracer(graph, cards=cards), indent=1))
+
+def write_circuit_tracer(
+    graph: nx.DiGraph,
+    folder: str | Path,
+    cards: dict[tuple[str, int], FeatureCard] | None = None,
+    slug: str | None = None,
+) -> list[Path]:
+    """Write ``folder/{slug}.json`` (``to_circuit_tracer``) and add its metadata to
+    ``folder/graph-metadata.json`` (``{"graphs": [metadata, ...]}``: an entry with the same
+    slug is replaced in place, others are kept), the folder circuit-tracer's server reads
+    (``circuit_tracer.frontend.local_server.serve(data_dir=folder)``). Returns both paths."""
+    slug = check_slug(slug) if slug is not None else default_slug(graph)
+    data = to_circuit_tracer(graph, cards=cards, slug=slug)
+    folder = Path(folder)
+    meta_path = folder / CT_METADATA
+    graphs: list = []
+    if meta_path.exists():
+        existing = read_json(meta_path, "circuit-tracer metadata file")
+        if not isinstance(existing, dict) or not isinstance(existing.get("graphs"), list):
+            raise CircuitsError(f'circuit-tracer metadata file {meta_path}: expected {{"graphs": [...]}}')
+        graphs = existing["graphs"]
+    same = [i for i, g in enumerate(graphs) if isinstance(g, dict) and g.get("slug") == slug]
+    if same:
+        graphs[same[0]] = data["metadata"]
+        graphs = [g for i, g in enumerate(graphs) if i not in same[1:]]
+    else:
+        graphs.append(data["metadata"])
+    graph_file = write_atomic(folder / f"{slug}.json", json.dumps(data, indent=1, allow_nan=False))
+    return [graph_file, write_atomic(meta_path, json.dumps({"graphs": graphs}, indent=1, allow_nan=False))]

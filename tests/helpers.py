@@ -241,3 +241,34 @@ def planted_two_paths():
         sae.W_dec[DECOY] = half
     assert float((x_corrupt @ v).max()) > float((x_clean @ v).max()), "the decoy never fires"
     return model, SAESet({PLANTED_HOOK: sae}), task
+
+
+EXAMPLE_TOKENS = "<bos> When Mary and John went to the store , John gave a".split() + ['say "hi"', "to"]
+
+
+def example_graph() -> nx.DiGraph:
+    """The toy circuit as discover writes it today: model, SAE widths, metric, position labels
+    and the first clean prompt with the answer's probabilities (``graph.graph["example"]``);
+    15 tokens, the circuit's embedding only at position 2."""
+    g = toy_graph()
+    labels = ["BOS", "intro", "IO", "and", "S1", "m1", "m2", "the", "PLACE", ",", "S2", "give", "a", "OBJ", "END"]
+    g.graph.update(
+        task="ioi",
+        metric="logit_diff",
+        total_effect=-3.0,
+        position_labels=labels,
+        per_position=True,
+        model={"n_layers": 2, "d_model": 32, "d_vocab": 300, "name": "toy"},
+        saes={f"blocks.{layer}.hook_{k}": 64 for layer in (0, 1) for k in ("attn_out", "mlp_out", "resid_post")},
+        example={
+            "prompt_tokens": list(EXAMPLE_TOKENS),
+            "corrupt_tokens": list(EXAMPLE_TOKENS),
+            "answer": "Mary",
+            "answer_prob": 0.734,
+            "wrong_answer": "John",
+            "wrong_prob": 0.0123,
+            "top_outputs": [["Mary", 0.734], ["John", 0.0123]],
+        },
+    )
+    g.add_edge("blocks.0.hook_attn_out/9@S2", "blocks.1.hook_resid_post/7@END", weight=0.05)
+    return g
