@@ -272,3 +272,56 @@ def example_graph() -> nx.DiGraph:
     )
     g.add_edge("blocks.0.hook_attn_out/9@S2", "blocks.1.hook_resid_post/7@END", weight=0.05)
     return g
+
+
+def hierarchical_graph() -> nx.DiGraph:
+    """A small hierarchical circuit on the prompt "<bos> Mary John John to" (slots BOS A B S2
+    END). Sites (``hierarchy.sites``): L0 attn, L0 mlp (six latents: more than a picture's
+    cap of four), L1 resid at END, L0 attn at A (its only path to the metric is a weak edge)
+    and L1 mlp at END (a skeleton site with no node kept); the embeddings at S2 (relied on)
+    and A (a positive edge). The site edge L0 attn -> L1 resid at END is weak and not needed.
+    The position B has no site."""
+    labels = ["BOS", "A", "B", "S2", "END"]
+    g = nx.DiGraph(
+        task="ioi",
+        metric="logit_diff",
+        total_effect=-2.0,
+        clean_metric=2.5,
+        corrupt_metric=0.5,
+        position_labels=labels,
+        per_position=True,
+        example={
+            "prompt_tokens": ["<bos>", "Mary", "John", "John", "to"],
+            "answer": "Mary",
+            "wrong_answer": "John",
+        },
+    )
+    attn, mlp, resid = "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", "blocks.1.hook_resid_post"
+
+    def add(hook, latent, pos, effect):
+        node = Node.at(hook or EMBED_HOOK, pos, latent, labels)
+        g.add_node(node.id, **node.attrs(effect, 1.0))
+        return node.id
+
+    s2, a = add(None, None, 3, -2.0), add(None, None, 1, 0.4)
+    a1, a8 = add(attn, 1, 4, -1.5), add(attn, 8, 1, 0.05)
+    add(attn, None, 4, -0.2)
+    mlps = [add(mlp, 10 + i, 4, -0.6 + 0.1 * i) for i in range(6)]
+    m_err = add(mlp, None, 4, -0.3)
+    r3, r_err = add(resid, 3, 4, -1.8), add(resid, None, 4, -0.1)
+    g.add_node(METRIC, effect=-2.0, kind="metric", layer=2, latent=None, is_error=False)
+    edges = [(s2, a1, -2.0), (a, a1, 0.5), (a1, mlps[0], -1.0), (a1, r3, -0.01), (m_err, r3, -0.1), (a8, r3, 0.02)]
+    edges += [(m, r3, -0.2) for m in mlps] + [(r3, METRIC, -1.8), (r_err, METRIC, -0.1)]
+    for u, v, w in edges:
+        g.add_edge(u, v, weight=w)
+    sites = [
+        Site.at(h, p, labels) for h, p in [(attn, 4), (mlp, 4), (resid, 4), (attn, 1), ("blocks.1.hook_mlp_out", 4)]
+    ]
+    g.graph["hierarchy"] = {
+        "ablation": "mean",
+        "n_held_out": 16,
+        "sites": [{"id": s.id, "hook": s.hook, "position": s.position, "label": s.label} for s in sites],
+        "site_level": {"n_nodes": 5, "faithfulness": 0.97},
+        "feature_level": {"n_nodes": 9, "n_error_nodes": 3, "faithfulness": 0.91, "ranking": "optimised"},
+    }
+    return g
