@@ -35,6 +35,12 @@ class FeatureCard:
         return " · ".join(seen[:3]) if seen else "(never active)"
 
 
+def latent_keys(graph) -> list[tuple[str, int]]:
+    """The ``(hook, latent)`` of every latent in a circuit graph: the cards its report's viewer
+    can open."""
+    return sorted({(a["hook"], a["latent"]) for _, a in graph.nodes(data=True) if a.get("latent") is not None})
+
+
 @torch.no_grad()
 def feature_cards(
     model: HookedTransformer,

@@ -11,7 +11,7 @@ from pathlib import Path
 import networkx as nx
 
 from circuits.ablation import FaithfulnessCurve, faithfulness_curve, ranked_nodes
-from circuits.cards import feature_cards
+from circuits.cards import feature_cards, latent_keys
 from circuits.config import Result
 from circuits.discover import DiscoverConfig, discover
 from circuits.edit import EditReport, edit_from_circuit, edit_report
@@ -19,7 +19,7 @@ from circuits.fidelity import check_attribution
 from circuits.formats import write_circuit_tracer, write_graphml
 from circuits.graph import record_sources, save_graph
 from circuits.model import load_model
-from circuits.pictures import card_keys, draw_graph
+from circuits.pictures import draw_graph
 from circuits.plots import plot_faithfulness, plot_rankings
 from circuits.report import write_report
 from sae.evaluate import evaluate_saes
@@ -93,7 +93,7 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
     edit = edit_from_circuit(graph, top=100)
     edit.save(folder / "edit.json")
     edited = step("edit", edit_report, model, saes, edit, "ioi", n=128)
-    cards = step("feature cards", feature_cards, model, saes, card_keys(graph, 40))
+    cards = step("feature cards", feature_cards, model, saes, latent_keys(graph))  # the viewer opens any
     _, missing_dot = step("draw", draw_graph, graph, folder / "graph", ("png", "svg"), 40, None, cards)
     write_graphml(graph, folder / "circuit.graphml")
     write_circuit_tracer(graph, folder / "circuit-tracer", cards, slug="ioi")

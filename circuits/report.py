@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import networkx as nx
 
 from circuits.files import write_atomic
+from circuits.viewer import viewer_html
 
 if TYPE_CHECKING:
     from circuits.ablation import FaithfulnessCurve
@@ -112,9 +113,10 @@ def write_report(
     faithfulness_png: Path | None = None,
     rankings_png: Path | None = None,
 ) -> Path:
-    """One self-contained HTML file (inline SVG, PNG as data URI, no scripts or remote
-    resources): task summary, the graph, validation, feature cards, edit results, SAE
-    quality and attribution-vs-exact figures. Every text from the data is escaped."""
+    """One self-contained HTML file that works offline (the interactive viewer with its
+    library inlined, inline SVG, PNG as data URIs, no remote resources): task summary, the
+    graph, validation, feature cards, edit results, SAE quality and attribution-vs-exact
+    figures. Every text from the data is escaped."""
     import base64
 
     g = graph.graph
@@ -135,7 +137,12 @@ def write_report(
     parts.append("<h2>Circuit graph</h2>")
     if len(graph) <= 1:
         parts.append('<p class="bad">The circuit is empty: no node passed the threshold.</p>')
-    parts.append(f'<div class="graph">{svg}</div>' if svg else '<p class="muted">(no picture: graphviz missing)</p>')
+    parts.append(viewer_html(graph, cards))
+    parts.append(
+        f'<details><summary>Static picture (graphviz)</summary><div class="graph">{svg}</div></details>'
+        if svg
+        else '<p class="muted">(no static picture: graphviz missing)</p>'
+    )
     if "hierarchy" in g:
         parts.append(_hierarchy_html(g["hierarchy"]))
         if rankings_png and Path(rankings_png).is_file():

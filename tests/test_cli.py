@@ -416,7 +416,7 @@ def test_circuit_from_another_sae_set_is_one_line(tiny_circuit, tiny_model_dir, 
 
 @pytest.mark.parametrize(
     "fmt,suffix",
-    [("svg", ".svg"), ("graphml", ".graphml"), ("json", ".json"), ("circuit-tracer", ".circuit-tracer.json")],
+    [("svg", ".svg"), ("graphml", ".graphml"), ("json", ".json")],
 )
 def test_export_formats(tiny_circuit, tmp_path, fmt, suffix, capsys):
     import shutil

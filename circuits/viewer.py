@@ -1,0 +1,201 @@
+"""The interactive circuit viewer inside ``report.html``: the circuit's sites on a grid (rows:
+submodules from the embeddings up to the metric; columns: prompt positions, labelled with an
+example prompt's tokens), click a site to expand its features, click a feature for its card,
+filters on |effect| and |edge weight|, the faithfulness curves beside it.
+
+Python lays out the grid and gathers the data (``viewer_data``); ``viewer.js`` draws it with
+cytoscape.js, vendored whole under ``circuits/vendor`` with its licence and inlined into the
+page, so the report stays one file that works offline. Cytoscape because it draws compound
+nodes (a site holding its features) natively, renders thousands of elements on a canvas,
+has no dependencies, and is MIT-licensed and actively maintained; the grid positions are
+ours (a ``preset`` layout) so the page shows the same story as the static picture.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import networkx as nx
+
+from circuits.graph import nodes_of
+from circuits.hierarchy import site_from_record
+from circuits.vocab import METRIC, Node, Site, Submodule
+
+if TYPE_CHECKING:
+    from circuits.cards import FeatureCard
+
+HERE = Path(__file__).parent
+CYTOSCAPE_VERSION = "3.34.4"
+CONTEXTS_PER_CARD = 5  # top contexts a card in the viewer shows
+
+
+def _row_label(sub: Submodule) -> str:
+    return "embeddings" if sub.is_embed else f"L{sub.layer} {sub.kind}"
+
+
+def _sites(graph: nx.DiGraph, nodes: dict[str, Node]) -> list[Site]:
+    """The circuit's sites: a hierarchical circuit's skeleton (every site, kept node or not)
+    plus the sites of its nodes (embeddings among them), in forward order then position."""
+    found: dict[str, Site] = {}
+    for record in graph.graph.get("hierarchy", {}).get("sites", []):
+        site = site_from_record(record)
+        found.setdefault(site.id, site)
+    for node in nodes.values():
+        found.setdefault(node.site.id, node.site)
+    return sorted(found.values(), key=lambda s: (s.submodule.order, -1 if s.position is None else s.position))
+
+
+def _columns(graph: nx.DiGraph, sites: list[Site]) -> tuple[list[dict], dict]:
+    """One column per position that holds a site, labelled with the example prompt's token
+    (when the graph records one) and the position's label (the template slot)."""
+    tokens = graph.graph.get("example", {}).get("prompt_tokens") or []
+    positions = sorted({s.position for s in sites}, key=lambda p: -1 if p is None else p)
+    labels = {s.position: s.label for s in sites}
+    columns = []
+    for p in positions:
+        token = tokens[p] if p is not None and p < len(tokens) else None
+        columns.append({"position": p, "token": token, "slot": "all positions" if p is None else labels[p]})
+    return columns, {p: i for i, p in enumerate(positions)}
+
+
+def viewer_data(graph: nx.DiGraph, cards: dict[tuple[str, int], FeatureCard] | None = None) -> dict:
+    """Everything ``viewer.js`` draws, as JSON-ready data: rows, columns, sites, nodes (by
+    index; -1 is the metric), node edges, the faithfulness curves and the feature cards."""
+    cards = cards or {}
+    g = graph.graph
+    nodes = nodes_of(graph)
+    sites = _sites(graph, nodes)
+    subs = sorted({s.submodule for s in sites}, key=lambda s: s.order)
+    row_of = {sub: i for i, sub in enumerate(subs)}
+    columns, col_of = _columns(graph, sites)
+    site_index = {s.id: i for i, s in enumerate(sites)}
+    ids = list(nodes)
+    index = {n: i for i, n in enumerate(ids)} | {METRIC: -1}
+    site_rows = []
+    for s in sites:
+        site_rows.append(
+            {
+                "id": s.id,
+                "row": row_of[s.submodule],
+                "col": col_of[s.position],
+                "label": f"{_row_label(s.submodule)} @ {s.label}",
+                "embed": s.submodule.is_embed,
+            }
+        )
+    node_rows = []
+    for n in ids:
+        node, a = nodes[n], graph.nodes[n]
+        node_rows.append(
+            {
+                "id": n,
+                "site": site_index[node.site.id],
+                "kind": "embed" if node.is_embed else "error" if node.latent is None else "feature",
+                "latent": node.latent,
+                "effect": float(a["effect"]),
+                "activation": None if a.get("activation") is None else float(a["activation"]),
+                "card": f"{node.hook}/{node.latent}" if (node.hook, node.latent) in cards else None,
+            }
+        )
+    example = g.get("example") or {}
+    metric_label = g.get("metric", "metric")
+    if example.get("answer") is not None:
+        metric_label += f": {example['answer']!s}" + (
+            f" vs {example['wrong_answer']!s}" if example.get("wrong_answer") is not None else ""
+        )
+    return {
+        "task": g.get("task", "circuit"),
+        "metric": metric_label,
+        "total_effect": g.get("total_effect"),
+        "rows": [_row_label(s) for s in subs],
+        "columns": columns,
+        "sites": site_rows,
+        "nodes": node_rows,
+        "edges": [
+            [index[u], index[v], float(w)] for u, v, w in graph.edges(data="weight") if u in index and v in index
+        ],
+        "curves": _curves(g.get("hierarchy")),
+        "cards": {f"{k[0]}/{k[1]}": _card(c) for k, c in cards.items()},
+    }
+
+
+def _curves(h: dict | None) -> list[dict]:
+    """Faithfulness against circuit size with random same-size baselines, per level (sites,
+    then each feature ranking), as recorded by a hierarchical circuit."""
+    if not h:
+        return []
+    out = []
+    for key, name in (
+        ("site_level", "sites"),
+        ("attribution", "features, attribution"),
+        ("optimised", "features, optimised"),
+    ):
+        level = h.get(key)
+        if not level or not level.get("curve"):
+            continue
+        out.append(
+            {
+                "name": name,
+                "unit": "sites" if key == "site_level" else "nodes",
+                "chosen": level["n_nodes"] + level.get("n_error_nodes", 0),
+                "target": h.get("target"),
+                "ablation": h.get("ablation"),
+                "points": [
+                    [p["n_nodes"] + p.get("n_error_nodes", 0), p["faithfulness"], p["random_faithfulness"]]
+                    for p in level["curve"]
+                ],
+            }
+        )
+    return out
+
+
+def _card(card: FeatureCard) -> dict:
+    return {
+        "description": card.description,
+        "contexts": card.contexts[:CONTEXTS_PER_CARD],
+        "histogram": card.histogram,
+        "max": card.max_activation,
+        "frequency": card.frequency,
+        "promoted": card.promoted,
+        "suppressed": card.suppressed,
+    }
+
+
+def _script_json(data: dict) -> str:
+    """JSON safe inside a <script> element: every "<" written as its escape, so no text in
+    the data ("</script>", "<!--") can end or change the element."""
+    return json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
+
+
+def viewer_html(graph: nx.DiGraph, cards: dict[tuple[str, int], FeatureCard] | None = None) -> str:
+    """The viewer as one HTML fragment: its markup and style, cytoscape.js (with its licence
+    header), the circuit's data and ``viewer.js``; nothing is fetched at view time."""
+    library = (HERE / "vendor" / "cytoscape.min.js").read_text(encoding="utf-8")
+    script = (HERE / "viewer.js").read_text(encoding="utf-8")
+    style = (HERE / "viewer.css").read_text(encoding="utf-8")
+    return (
+        f"<style>{style}</style>"
+        '<div id="viewer" class="viewer">'
+        '<div class="viewer-controls">'
+        '<label>|effect| ≥ <input id="effect-filter" type="range" min="0" max="1000" value="0">'
+        ' <output id="effect-value">0</output></label>'
+        '<label>|edge weight| ≥ <input id="edge-filter" type="range" min="0" max="1000" value="0">'
+        ' <output id="edge-value">0</output></label>'
+        '<label>features per site <input id="per-site" type="number" min="1" max="500" value="24"></label>'
+        '<button id="expand-all" type="button">expand all</button>'
+        '<button id="collapse-all" type="button">collapse all</button>'
+        '<button id="fit" type="button">fit</button>'
+        '<span id="viewer-status" class="muted"></span>'
+        "</div>"
+        '<div class="viewer-body"><div id="cy" class="viewer-canvas" aria-label="circuit graph"></div>'
+        '<aside class="viewer-side"><div id="card" class="viewer-card">'
+        '<p class="muted">Click a site to show or hide its features; click a feature for its card.</p></div>'
+        '<div id="curves" class="viewer-curves"></div></aside></div>'
+        '<div id="tip" class="viewer-tip" hidden></div>'
+        "</div>"
+        f"<!-- cytoscape.js {CYTOSCAPE_VERSION} (MIT licence, in its header below), vendored from npm -->"
+        f"<script>{library}</script>"
+        f'<script type="application/json" id="circuit-data">{_script_json(viewer_data(graph, cards))}</script>'
+        f"<script>{script}</script>"
+    )
