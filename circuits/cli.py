@@ -780,7 +780,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--circuit", required=True, help="a circuit.json written by discover")
     p.add_argument("--format", default="png", help="png (default), svg, pdf, graphml, json or circuit-tracer")
     p.add_argument("--out", help="output path without extension (default: beside the circuit)")
-    p.add_argument("--max-nodes", type=int, default=40, help="nodes drawn (default 40)")
+    p.add_argument(
+        "--max-nodes",
+        type=int,
+        default=40,
+        help="latents drawn at most, spread over the sites, strongest first (default 40)",
+    )
     p.add_argument("--annotations", help='JSON file {"node id": "label"} replacing automatic descriptions')
     p.add_argument("--no-descriptions", action="store_true", help="no feature descriptions (no model needed)")
     p.add_argument(

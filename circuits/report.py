@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from circuits.fidelity import AttributionCheck
     from sae.evaluate import SAEEvaluation
 
+STATIC_CARDS = 24  # cards written out as HTML; the viewer opens any latent's
+
 _CSS = """
 body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1400px}
 h1{font-size:22px} h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
@@ -182,9 +184,11 @@ def write_report(
             if a.get("latent") is not None:
                 key = (a["hook"], a["latent"])
                 effects[key] = effects.get(key, 0.0) + a["effect"]
+        strongest = sorted(cards, key=lambda k: -abs(effects.get(k, 0.0)))[:STATIC_CARDS]
+        more = f" ({len(cards) - len(strongest)} more in the viewer above)" if len(cards) > len(strongest) else ""
         parts.append(
-            "<h2>Feature cards</h2><div class=cards>"
-            + "".join(_card_html(c, effects.get(k)) for k, c in cards.items())
+            f"<h2>Feature cards: the {len(strongest)} strongest latents{_e(more)}</h2><div class=cards>"
+            + "".join(_card_html(cards[k], effects.get(k)) for k in strongest)
             + "</div>"
         )
     if edit:

@@ -331,5 +331,5 @@
   }
 
   render(true);
-  window.circuitViewer = { cy: cy, state: state, render: render, data: data };
+  window.circuitViewer = { cy: cy, state: state, render: render, data: data, readyAt: performance.now() };
 })();
