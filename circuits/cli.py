@@ -476,6 +476,15 @@ def _export(args: argparse.Namespace) -> None:
         annotations = read_json(args.annotations, "annotation file")
         if not isinstance(annotations, dict):
             raise CircuitsError(f'annotation file {args.annotations}: expected {{"node id": "text"}}')
+        unknown = [k for k in annotations if k not in graph]
+        if unknown:
+            raise CircuitsError(
+                f"annotation file {args.annotations}: {len(unknown)} node id(s) not in the circuit "
+                f"{args.circuit}: {', '.join(map(repr, unknown[:5]))}" + (" ..." if len(unknown) > 5 else "")
+            )
+        bad = [k for k, v in annotations.items() if not isinstance(v, str)]
+        if bad:
+            raise CircuitsError(f"annotation file {args.annotations}: the label of {bad[0]!r} must be a string")
     cards = {}
     if args.format in (*FORMATS, "circuit-tracer") and not args.no_descriptions:
         cards = _cards_for(graph, args)

@@ -437,6 +437,11 @@ def test_export_bad_input_is_one_line(tiny_circuit, tmp_path, capsys):
     bad.write_text("[")
     assert main(["export", "--circuit", str(tiny_circuit), "--annotations", str(bad), "--no-descriptions"]) == 2
     assert capsys.readouterr().err.startswith("circuits: error: annotation file")
+    bad.write_text('{"metric": "the output", "blocks.9.hook_mlp_out/3@END": "x", "nowhere": "y"}')
+    assert main(["export", "--circuit", str(tiny_circuit), "--annotations", str(bad), "--no-descriptions"]) == 2
+    err = capsys.readouterr().err
+    assert "2 node id(s) not in the circuit" in err and "'blocks.9.hook_mlp_out/3@END', 'nowhere'" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_two_processes_find_the_same_circuit_as_one(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
