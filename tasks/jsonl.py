@@ -8,7 +8,9 @@ of tokens so that positions align for patching.
 
 from __future__ import annotations
 
+import codecs
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -29,16 +31,34 @@ def _tokens(tokenizer: PreTrainedTokenizerBase, text: str, where: str, bos: bool
     return tokenizer.encode(text, add_special_tokens=bos)
 
 
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The file's lines, numbered from 1, read as they are needed (a huge file streams). UTF-8
+    with or without a byte-order mark, Unix or Windows (CRLF) line ends. Each line is decoded
+    on its own, so text that is not UTF-8 is one error naming the file and that line."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            try:
+                yield number, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                raise CircuitsError(
+                    f"{path}:{number}: not UTF-8 text (byte {raw[err.start]:#04x}); save the file as UTF-8"
+                ) from None
+
+
 def load_task_jsonl(path: str | Path, tokenizer: PreTrainedTokenizerBase, name: str | None = None) -> Task:
     """A logit-difference `Task` from a JSONL file (see the module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise CircuitsError(f"{path}: no such task file")
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in _lines(path):
         if not line.strip():
             continue
         where = f"{path}:{number}"
+        if "\x00" in line:
+            raise CircuitsError(f"{where}: a NUL byte: this is a binary file, not UTF-8 JSONL text")
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
@@ -46,8 +66,15 @@ def load_task_jsonl(path: str | Path, tokenizer: PreTrainedTokenizerBase, name: 
         if not isinstance(obj, dict):
             raise CircuitsError(f"{where}: expected a JSON object with {', '.join(FIELDS)}")
         for key in FIELDS:
-            if not isinstance(obj.get(key), str) or not obj[key].strip():
-                raise CircuitsError(f"{where}: missing or empty field {key!r}")
+            value = obj.get(key)
+            if value is None:
+                raise CircuitsError(f"{where}: missing field {key!r}")
+            if not isinstance(value, str):
+                raise CircuitsError(
+                    f"{where}: field {key!r} must be a string, not {type(value).__name__} ({value!r:.40})"
+                )
+            if not value.strip():
+                raise CircuitsError(f"{where}: field {key!r} is empty")
         clean = _tokens(tokenizer, obj["clean"], where, bos=True)
         corrupt = _tokens(tokenizer, obj["corrupt"], where, bos=True)
         if len(clean) != len(corrupt):

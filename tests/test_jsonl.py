@@ -53,7 +53,7 @@ def test_loads_and_pads_prompts_of_different_lengths(tmp_path):
         ("{not json", r"task.jsonl:2: not JSON"),
         (
             json.dumps({"clean": "Mary", "answer": "Mary", "wrong_answer": "John"}),
-            r"task.jsonl:2: missing or empty field 'corrupt'",
+            r"task.jsonl:2: missing field 'corrupt'",
         ),
         (json.dumps({**GOOD[0], "answer": "Mary John"}), r"task.jsonl:2: answer 'Mary John' is 2 tokens, not one"),
         (json.dumps({**GOOD[0], "clean": "When Mary and Jonh went"}), r"task.jsonl:2: word 'Jonh'"),
@@ -75,3 +75,49 @@ def test_empty_or_missing_file(tmp_path):
         load_task_jsonl(write(tmp_path, [""]), TOK)
     with pytest.raises(CircuitsError, match="no such task file"):
         load_task_jsonl(tmp_path / "nope.jsonl", TOK)
+
+
+def test_byte_order_mark_and_windows_line_ends_are_accepted(tmp_path):
+    plain = load_task_jsonl(write(tmp_path, GOOD), TOK)
+    path = tmp_path / "windows.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(json.dumps(g) for g in GOOD).encode() + b"\r\n")
+    task = load_task_jsonl(path, TOK)
+    assert torch.equal(task.clean, plain.clean) and task.prompts == plain.prompts
+
+
+def test_text_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    lines = [json.dumps(GOOD[0]), json.dumps({**GOOD[0], "clean": "Café"}, ensure_ascii=False)]
+    path.write_bytes("\n".join(lines).encode("latin-1"))
+    with pytest.raises(CircuitsError, match=r"latin1.jsonl:2: not UTF-8 text \(byte 0xe9\)"):
+        load_task_jsonl(path, TOK)
+    binary = tmp_path / "picture.jsonl"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    with pytest.raises(CircuitsError, match=r"picture.jsonl:1: not UTF-8 text"):
+        load_task_jsonl(binary, TOK)
+    nul = tmp_path / "nul.jsonl"
+    nul.write_bytes(b'{"clean": "a\x00"}\n')
+    with pytest.raises(CircuitsError, match=r"nul.jsonl:1: a NUL byte: this is a binary file"):
+        load_task_jsonl(nul, TOK)
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        (7, "field 'answer' must be a string, not int"),
+        ([], "field 'answer' must be a string, not list"),
+        ("  ", "field 'answer' is empty"),
+    ],
+)
+def test_a_field_of_the_wrong_type_says_so(tmp_path, value, message):
+    with pytest.raises(CircuitsError, match=rf"task.jsonl:2: {message}"):
+        load_task_jsonl(write(tmp_path, [GOOD[0], json.dumps({**GOOD[0], "answer": value})]), TOK)
+
+
+def test_a_huge_file_streams_and_names_the_right_line(tmp_path, monkeypatch):
+    path = tmp_path / "huge.jsonl"
+    good = json.dumps(GOOD[0])
+    path.write_text("\n".join([good] * 3000 + ["", good, "{oops"]) + "\n")
+    monkeypatch.setattr(type(path), "read_text", lambda *a, **k: pytest.fail("the whole file was read at once"))
+    with pytest.raises(CircuitsError, match=r"huge.jsonl:3003: not JSON"):
+        load_task_jsonl(path, TOK)
