@@ -18,7 +18,7 @@ import networkx as nx
 
 from circuits.errors import CircuitsError
 from circuits.files import read_json, write_atomic
-from circuits.vocab import METRIC, Node
+from circuits.vocab import METRIC, Node, Site, Submodule
 
 FORMAT = "sae-circuits/graph-v1"
 
@@ -112,6 +112,20 @@ def prune(
     return out
 
 
+def sites_of(graph: nx.DiGraph) -> list[Site]:
+    """The circuit's sites in forward order, then position: a hierarchical circuit's skeleton
+    (every site, kept node or not) and the sites of its nodes (embeddings among them)."""
+    found = {r["id"]: Site(Submodule.parse(r["hook"]), r.get("position"), r.get("label", "")) for r in _skeleton(graph)}
+    for node in nodes_of(graph).values():
+        found.setdefault(node.site.id, node.site)
+    return sorted(found.values(), key=lambda s: (s.submodule.order, -1 if s.position is None else s.position))
+
+
+def _skeleton(graph: nx.DiGraph) -> list[dict]:
+    """A hierarchical circuit's site records (none for other circuits)."""
+    return graph.graph.get("hierarchy", {}).get("sites", [])
+
+
 def site_graph(graph: nx.DiGraph) -> nx.DiGraph:
     """The circuit one level up: a node per site (a submodule at a position; id
     ``hook@label``, ``embed@label``) carrying the summed effect and the number of its
@@ -127,7 +141,7 @@ def site_graph(graph: nx.DiGraph) -> nx.DiGraph:
             out.add_node(site.id, hook=site.hook, position=site.position, pos_label=site.label, effect=0.0, nodes=0)
         out.nodes[site.id]["effect"] += graph.nodes[n]["effect"]
         out.nodes[site.id]["nodes"] += 1
-    for record in graph.graph.get("hierarchy", {}).get("sites", []):
+    for record in _skeleton(graph):
         if record["id"] not in out:
             out.add_node(
                 record["id"], hook=record["hook"], position=record["position"], pos_label=record["label"], effect=0.0

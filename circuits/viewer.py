@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING
 
 import networkx as nx
 
-from circuits.graph import nodes_of
-from circuits.hierarchy import site_from_record
-from circuits.vocab import METRIC, Node, Site, Submodule
+from circuits.graph import nodes_of, sites_of
+from circuits.vocab import METRIC, Site, Submodule
 
 if TYPE_CHECKING:
     from circuits.cards import FeatureCard
@@ -35,22 +34,10 @@ def _row_label(sub: Submodule) -> str:
     return "embeddings" if sub.is_embed else f"L{sub.layer} {sub.kind}"
 
 
-def _sites(graph: nx.DiGraph, nodes: dict[str, Node]) -> list[Site]:
-    """The circuit's sites: a hierarchical circuit's skeleton (every site, kept node or not)
-    plus the sites of its nodes (embeddings among them), in forward order then position."""
-    found: dict[str, Site] = {}
-    for record in graph.graph.get("hierarchy", {}).get("sites", []):
-        site = site_from_record(record)
-        found.setdefault(site.id, site)
-    for node in nodes.values():
-        found.setdefault(node.site.id, node.site)
-    return sorted(found.values(), key=lambda s: (s.submodule.order, -1 if s.position is None else s.position))
-
-
 def _columns(graph: nx.DiGraph, sites: list[Site]) -> tuple[list[dict], dict]:
     """One column per position that holds a site, labelled with the example prompt's token
     (when the graph records one) and the position's label (the template slot)."""
-    tokens = graph.graph.get("example", {}).get("prompt_tokens") or []
+    tokens = (graph.graph.get("example") or {}).get("prompt_tokens") or []
     positions = sorted({s.position for s in sites}, key=lambda p: -1 if p is None else p)
     labels = {s.position: s.label for s in sites}
     columns = []
@@ -66,7 +53,7 @@ def viewer_data(graph: nx.DiGraph, cards: dict[tuple[str, int], FeatureCard] | N
     cards = cards or {}
     g = graph.graph
     nodes = nodes_of(graph)
-    sites = _sites(graph, nodes)
+    sites = sites_of(graph)
     subs = sorted({s.submodule for s in sites}, key=lambda s: s.order)
     row_of = {sub: i for i, sub in enumerate(subs)}
     columns, col_of = _columns(graph, sites)
