@@ -38,7 +38,7 @@ from circuits.attribution import prepare
 from circuits.edges import source_masks
 from circuits.errors import CircuitsError
 from circuits.graph import nodes_of
-from circuits.splice import decode, spliced
+from circuits.splice import decode, on_flat, spliced
 from circuits.values import NodeValues
 from circuits.vocab import METRIC, Node, Submodule
 from sae.saeset import SAESet
@@ -49,8 +49,14 @@ ABLATIONS: tuple[str, ...] = get_args(Ablation)
 Masks = dict[str, NodeValues]  # per hook: which latents [pos, d_sae] and error terms [pos]
 
 
+def ablatable_hooks(saes: SAESet) -> list[str]:
+    """The set's hooks whose nodes ablation may switch off: all but an SAE on the embeddings,
+    which are the circuit's inputs (its latents and error are inputs too)."""
+    return [h for h in saes if not Submodule.parse(h).is_embed]
+
+
 def empty_masks(saes: SAESet, n_pos: int) -> Masks:
-    return source_masks([], saes, n_pos, list(saes))
+    return source_masks([], saes, n_pos, ablatable_hooks(saes))
 
 
 def node_masks(nodes: list[Node], saes: SAESet, n_pos: int) -> Masks:
@@ -65,7 +71,7 @@ def node_masks(nodes: list[Node], saes: SAESet, n_pos: int) -> Masks:
             raise CircuitsError(f"node {n.hook}/{n.latent}@{n.position}: position out of range (prompts have {n_pos})")
         if n.latent is not None and not 0 <= n.latent < saes[n.hook].cfg.d_sae:
             raise CircuitsError(f"node {n.hook}/{n.latent}: latent out of range (the SAE has {saes[n.hook].cfg.d_sae})")
-    return source_masks(nodes, saes, n_pos, list(saes))
+    return source_masks(nodes, saes, n_pos, ablatable_hooks(saes))
 
 
 def complement(masks: Masks) -> Masks:
@@ -135,6 +141,7 @@ def ablation_hook(
     full_at, mixed_at = full.nonzero().flatten(), mixed.nonzero().flatten()
     ref_mixed = ref.map(lambda t: t[..., mixed_at, :]) if len(mixed_at) else None
 
+    @on_flat
     def hook(x: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001 (TransformerLens passes the HookPoint)
         out = x.clone()
         if len(full_at):
@@ -247,7 +254,8 @@ class Ablator:
         return complement(empty_masks(self.saes, self.n_pos))
 
     def ablatable(self, hook: str) -> bool:
-        return Submodule.parse(hook).layer >= self.start_layer
+        sub = Submodule.parse(hook)
+        return not sub.is_embed and sub.layer >= self.start_layer
 
     def metric_removing(self, masks: Masks) -> float:
         """The metric with the nodes of ``masks`` ablated."""
@@ -305,7 +313,7 @@ def live_nodes(model: HookedTransformer, saes: SAESet, task: Task) -> list[Node]
     with torch.no_grad(), spliced(model, saes) as nodes:
         model(task.clean)
     out: list[Node] = []
-    for h in saes:
+    for h in ablatable_hooks(saes):
         out += [Node.at(h, p, i) for p, i in (nodes[h].latents != 0).any(0).nonzero().tolist()]
         out += [Node.at(h, p) for p in range(task.n_pos)]
     return out

@@ -30,7 +30,7 @@ from transformer_lens import HookedTransformer
 
 from circuits.errors import CircuitsError
 from circuits.parallel import all_reduce, batch_starts, is_main
-from circuits.splice import encode, spliced
+from circuits.splice import encode, flat_act, on_flat, spliced
 from circuits.values import NodeValues, add_into, flat
 from circuits.vocab import EMBED_HOOK, Node, Submodule, resid_pre
 from sae.saeset import SAESet
@@ -110,15 +110,14 @@ def run_batch(model: HookedTransformer, saes: SAESet, part: Task, hooks: list[st
     names = list(dict.fromkeys([*saes, *_stream_names(model)]))
     logits, cache = model.run_with_cache(part.clean, names_filter=names)
     logits_p, cache_p = model.run_with_cache(part.corrupt, names_filter=names)
-    hooks = list(saes) if hooks is None else [h for h in hooks if h != EMBED_HOOK]
-    clean = {h: encode_at(saes, h, cache[h]) for h in [*hooks, EMBED_HOOK]}
-    corrupt = {h: encode_at(saes, h, cache_p[h]) for h in [*hooks, EMBED_HOOK]}
+    acts, acts_p = ({n: flat_act(c[n]) for n in names} for c in (cache, cache_p))
+    hooks = with_inputs(list(saes) if hooks is None else hooks)
     return BatchRun(
         part,
-        clean,
-        corrupt,
-        {n: cache[n] for n in names},
-        {n: cache_p[n] for n in names},
+        {h: encode_at(saes, h, acts[h]) for h in hooks},
+        {h: encode_at(saes, h, acts_p[h]) for h in hooks},
+        acts,
+        acts_p,
         part.metric_per_example(logits),
         part.metric_per_example(logits_p),
     )
@@ -131,10 +130,11 @@ def clean_grads(
     embeddings, from one backward pass (metric summed over examples, so each example's rows
     hold its own gradient). The splice passes gradients through unchanged, so no SAE need
     run: ``node_grads`` turns them into dm/d(nodes)."""
-    hooks = list(saes) if hooks is None else [h for h in hooks if h != EMBED_HOOK]
+    hooks = [h for h in (list(saes) if hooks is None else hooks) if h != EMBED_HOOK]
     x = run.acts[EMBED_HOOK].detach().clone().requires_grad_(True)
     acts: dict[str, torch.Tensor] = {}
 
+    @on_flat
     def record(act: torch.Tensor, hook) -> None:
         acts[hook.name] = act
 
@@ -147,7 +147,7 @@ def clean_grads(
 def node_grads(saes: SAESet, hook: str, grad: torch.Tensor) -> NodeValues:
     """dm/d(nodes) from dm/d(activation) ``grad``: the error term is added as it is and the
     decoder is affine, so dm/de = dm/dx and dm/df_i = W_dec[i] . dm/dx."""
-    if hook == EMBED_HOOK:
+    if hook == EMBED_HOOK and hook not in saes:  # the embedding vector
         return NodeValues(_empty_latents(grad), grad)
     return NodeValues(grad @ saes[hook].W_dec.detach().T, grad)
 
@@ -162,13 +162,16 @@ def _stream(model: HookedTransformer, layer: int) -> str:
     return _stream_names(model)[layer]
 
 
-def _start_layer(hook: str) -> int:
-    """Where an IG path through ``hook`` starts: a residual-stream hook (resid_{L-1} or the
-    embeddings) is block L's input itself; mlp_L is the last thing block L adds to the
-    residual stream, so its paths start at block L + 1 too (from the clean resid_L with
-    mlp_L's change added); attn_L sits inside block L."""
-    sub = Submodule.parse(hook)
-    return sub.layer if sub.kind == "attn" else sub.layer + 1
+def with_inputs(hooks: list[str]) -> list[str]:
+    """``hooks`` and the embeddings (once: they may have an SAE of their own)."""
+    return list(dict.fromkeys([*hooks, EMBED_HOOK]))
+
+
+# How an IG path at each kind enters a forward pass that starts at ``Submodule.start_block``:
+# as that block's input (the residual stream there); patched inside the block, whose input
+# stays clean; or, for mlp_L (the last thing block L adds), as its change added to the
+# clean stream leaving the block.
+_IG_ENTRY = {"embed": "input", "resid_pre": "input", "resid": "input", "mlp": "added"}
 
 
 def ig_grads(
@@ -186,7 +189,7 @@ def ig_grads(
     sums: dict[str, torch.Tensor] = {}
     by_start: dict[int, list[str]] = {}
     for h in hooks:
-        by_start.setdefault(_start_layer(h), []).append(h)
+        by_start.setdefault(Submodule.parse(h).start_block, []).append(h)
     for start, group in sorted(by_start.items()):
         copies = [(h, k) for h in group for k in range(steps)]
         for lo in range(0, len(copies), per_pass):
@@ -209,16 +212,17 @@ def _ig_pass(model, run: BatchRun, start: int, copies: list[tuple[str, int]], st
         path = (x_c.repeat(len(ks), 1, 1) + (x_p - x_c).repeat(len(ks), 1, 1) * alphas).requires_grad_(True)
         points[h] = (slice(row, row + len(path)), path)
         row += len(path)
-        kind = Submodule.parse(h).kind
-        if kind == "attn":  # patched inside the block, whose input stays clean
+        entry = _IG_ENTRY.get(Submodule.parse(h).kind, "inner")
+        if entry == "inner":  # patched inside the block, whose input stays clean
             inputs.append(run.acts[_stream(model, start)].repeat(len(ks), 1, 1))
-        elif kind == "mlp":  # the block's clean output with mlp_out's change
+        elif entry == "added":  # the block's clean output with mlp_out's change
             inputs.append(run.acts[_stream(model, start)].repeat(len(ks), 1, 1) + (path - x_c.repeat(len(ks), 1, 1)))
         else:
             inputs.append(path)
     x = torch.cat(inputs)
-    inner = [h for h in hooks if Submodule.parse(h).kind == "attn"]
+    inner = [h for h in hooks if Submodule.parse(h).kind not in _IG_ENTRY]
 
+    @on_flat
     def patch(act: torch.Tensor, hook) -> torch.Tensor:
         rows, path = points[hook.name]
         return torch.cat([act[: rows.start], path, act[rows.stop :]])
@@ -249,7 +253,7 @@ def batch_grads(
     embeddings)."""
     if method == "atp":  # one backward pass gives every hook's gradient at the clean point
         return clean_grads(model, saes, run, hooks)
-    return ig_grads(model, saes, run, list(saes) + [EMBED_HOOK] if hooks is None else hooks, steps)
+    return ig_grads(model, saes, run, with_inputs(list(saes)) if hooks is None else hooks, steps)
 
 
 @dataclass
@@ -297,7 +301,7 @@ def first_pass(
     if method is not None:
         _check_method(method, steps)
     task = prepare(model, task)
-    shapes = {h: (task.n_pos, saes[h].cfg.d_sae) for h in saes} | {EMBED_HOOK: (task.n_pos, 0)}
+    shapes = {EMBED_HOOK: (task.n_pos, 0)} | {h: (task.n_pos, saes[h].cfg.d_sae) for h in saes}
     effects = {h: NodeValues.zeros((p,), d) for h, (p, d) in shapes.items()}
     acts = {h: NodeValues.zeros((p,), d) for h, (p, d) in shapes.items()}
     metrics = torch.zeros(2, dtype=torch.float64)
@@ -370,7 +374,7 @@ def exact_effects(model: HookedTransformer, saes: SAESet, task: Task, nodes: lis
     base = run.clean_metric.mean()
     out = []
     for node in nodes:
-        if node.is_embed:
+        if node.is_embed and node.hook not in saes:  # the embedding vector
             x = run.acts[EMBED_HOOK].clone()
             x[:, node.position] = run.corrupt[EMBED_HOOK].error[:, node.position]
             out.append(_mean_metric(model, task, x, start_at_layer=0) - base)
@@ -391,7 +395,8 @@ def exact_submodule_effect(model: HookedTransformer, saes: SAESet, task: Task, h
 
 
 def encode_at(saes: SAESet, hook: str, x: torch.Tensor) -> NodeValues:
-    """The nodes of activation ``x`` at ``hook`` (the embeddings: no latents, x itself)."""
-    if hook == EMBED_HOOK:
+    """The nodes of activation ``x`` at ``hook`` (the embeddings without an SAE: no latents,
+    x itself)."""
+    if hook == EMBED_HOOK and hook not in saes:
         return NodeValues(_empty_latents(x), x.clone())
     return encode(saes[hook], x)

@@ -51,7 +51,7 @@ from circuits.hierarchy import HierarchyConfig, find_hierarchy
 from circuits.optimise import MaskConfig
 from circuits.parallel import all_reduce, batch_starts, is_main
 from circuits.values import NodeValues, add_into, flat
-from circuits.vocab import EMBED_HOOK, METRIC, Node, Submodule, in_forward_order
+from circuits.vocab import EMBED_HOOK, METRIC, Node, in_forward_order, metric_inputs
 from sae.saeset import SAESet
 from tasks.task import Task
 
@@ -186,9 +186,12 @@ def _discover(
             if u in chosen and abs(w) >= edge_cut and w != 0:
                 graph.add_edge(ids[u], ids[d], weight=w)
         times["edges (pass 2)"] = time.perf_counter() - start
-    last_resid = max((h for h in saes if Submodule.parse(h).kind == "resid"), key=lambda h: Submodule.parse(h).layer)
+    # The metric's direct inputs: the last residual-stream submodule and the outputs that join
+    # the stream after it. A node's edge into the metric is its effect: exactly its direct
+    # effect when no SAE'd submodule lies between it and the metric.
+    last = {s.hook for s in metric_inputs(saes, model.cfg.n_layers, model.cfg.parallel_attn_mlp)}
     for n, effect in chosen.items():
-        if n.hook == last_resid:
+        if n.hook in last:
             graph.add_edge(n.id, METRIC, weight=effect)
 
     graph.graph.update(
@@ -278,7 +281,7 @@ def second_pass(
             positions = [n.position] if n.position is not None else range(task.n_pos)
             targets.setdefault(n.hook, []).extend(Node.at(n.hook, p, n.latent) for p in positions)
     hooks = in_forward_order(targets)
-    sources = {h: source_masks(chosen, saes, task.n_pos, upstream_hooks(h, saes)) for h in hooks}
+    sources = {h: source_masks(chosen, saes, task.n_pos, upstream_hooks(h, saes, model)) for h in hooks}
     sums = {
         h: {u: NodeValues.zeros((len(targets[h]), task.n_pos), m.latents.shape[-1]) for u, m in sources[h].items()}
         for h in hooks
@@ -330,12 +333,11 @@ def _nonzero(hook: str, weights: NodeValues, task: Task) -> list[tuple[Node, flo
 
 
 def _check_hooks(saes: SAESet, model: HookedTransformer) -> None:
-    """The set must be spliceable into ``model`` and hold the resid chain edges run along."""
+    """The set must be spliceable into ``model``: hooks it has and computes, widths that
+    match, decoders circuits can splice (``SAESet.check_model``)."""
+    if not len(saes):
+        raise CircuitsError("the SAE set is empty")
     saes.check_model(model)
-    for hook in saes:
-        upstream_hooks(hook, saes)  # raises naming the missing hook
-    if not any(Submodule.parse(h).kind == "resid" for h in saes):
-        raise CircuitsError("discover needs SAEs at blocks.L.hook_resid_post (the set has none)")
 
 
 def _effects_by_node(effects: NodeEffects, labels: list[str] | None) -> dict[str, torch.Tensor]:
@@ -387,15 +389,16 @@ def _exact_node_effects(model, saes: SAESet, task: Task, max_nodes: int) -> Node
         moved = (run.corrupt[h].latents != run.clean[h].latents).any(0)  # [pos, d_sae]
         nodes += [Node.at(h, p, i) for p, i in moved.nonzero().tolist()]
         nodes += [Node.at(h, p) for p in range(task.n_pos)]
-    embed_moved = (run.corrupt[EMBED_HOOK].error != run.clean[EMBED_HOOK].error).any(-1).any(0)
-    nodes += [Node.at(EMBED_HOOK, p) for p in embed_moved.nonzero().flatten().tolist()]
+    if EMBED_HOOK not in saes:  # the embedding vector, where it changes
+        embed_moved = (run.corrupt[EMBED_HOOK].error != run.clean[EMBED_HOOK].error).any(-1).any(0)
+        nodes += [Node.at(EMBED_HOOK, p) for p in embed_moved.nonzero().flatten().tolist()]
     if len(nodes) > max_nodes:
         raise CircuitsError(
             f"--method exact would patch {len(nodes)} nodes one at a time (limit "
             f"{max_nodes}): use atp or ig, fewer hooks, or raise the limit"
         )
     values = exact_effects(model, saes, task, nodes)
-    shapes = {h: saes[h].cfg.d_sae for h in saes} | {EMBED_HOOK: 0}
+    shapes = {EMBED_HOOK: 0} | {h: saes[h].cfg.d_sae for h in saes}
     effects = {h: NodeValues.zeros((task.n_pos,), d) for h, d in shapes.items()}
     for n, v in zip(nodes, values.tolist(), strict=False):
         if n.latent is None:

@@ -1,16 +1,20 @@
 """Edge attribution: direct effects between SAE nodes of connected submodules.
 
-The direct-effect layout (SFC's scheme; docs/design.md, "Edges") is ``Submodule.upstream``:
-resid_{L-1} -> {attn_L, mlp_L, resid_L}, attn_L -> {mlp_L, resid_L}, mlp_L -> resid_L, with
-the embeddings as resid_{-1}. For an upstream node u and a downstream node d,
+The direct-effect layout (docs/design.md, "Edges") is ``Submodule.upstream``: into each
+submodule, the nearest submodule before it on the residual stream (the embeddings if none)
+and the attention / MLP outputs with an SAE that join the stream after that. For SFC's set
+(attn, mlp, resid_post) that is resid_{L-1} -> {attn_L, mlp_L, resid_L}, attn_L -> {mlp_L,
+resid_L}, mlp_L -> resid_L; for a residual-only set, resid -> resid through a whole block.
+For an upstream node u and a downstream node d,
 
     edge(u -> d) = dm/dd . (dd/du along the direct path) . (u_p - u_c),
 
-per example, then averaged. Block L alone is run once, from its input, with each upstream
-activation a leaf (attn_L and mlp_L outputs replaced by their clean values, which cuts every
-indirect path); d's latents and error are recomputed from its hook with gradient. The
-backward pass goes to the upstream *activations* only; an upstream latent's edge follows
-from the decoder being affine: d/df_i = W_dec[i] . d/da.
+per example, then averaged. The model is run once from the residual-stream upstream's
+activation to d's hook, with each upstream activation a leaf (attention and MLP outputs
+replaced by their clean values, which cuts every indirect path); d's latents and error are
+recomputed from its hook with gradient. The backward pass goes to the upstream
+*activations* only; an upstream latent's edge follows from the decoder being affine:
+d/df_i = W_dec[i] . d/da.
 """
 
 from __future__ import annotations
@@ -23,16 +27,17 @@ from transformer_lens import HookedTransformer
 from circuits.attribution import BatchRun, Method, batch_grads, encode_at, node_grads, prepare, run_batch, set_node
 from circuits.errors import CircuitsError
 from circuits.parallel import all_reduce, batch_starts
-from circuits.splice import spliced
+from circuits.splice import on_flat, spliced
 from circuits.values import NodeValues, add_into, flat
-from circuits.vocab import EMBED_HOOK, Node, Submodule
+from circuits.vocab import Node, Submodule, resid_pre
 from sae.saeset import SAESet
 from tasks.task import Task
 
 
-def upstream_hooks(hook: str, saes: SAESet) -> list[str]:
-    """The hooks with a direct edge into ``hook`` (``Submodule.upstream``)."""
-    return [s.hook for s in Submodule.parse(hook).upstream(saes)]
+def upstream_hooks(hook: str, saes: SAESet, model: HookedTransformer) -> list[str]:
+    """The hooks with a direct edge into ``hook`` in ``model`` (``Submodule.upstream``), the
+    residual stream first."""
+    return [s.hook for s in Submodule.parse(hook).upstream(saes, model.cfg.parallel_attn_mlp)]
 
 
 @dataclass
@@ -47,7 +52,7 @@ class EdgesInto:
 
 
 def _width(saes: SAESet, hook: str) -> int:
-    return 0 if hook == EMBED_HOOK else saes[hook].cfg.d_sae
+    return saes[hook].cfg.d_sae if hook in saes else 0  # the embedding vector: no latents
 
 
 def full_sources(saes: SAESet, hooks: list[str], n_pos: int) -> dict[str, NodeValues]:
@@ -112,7 +117,7 @@ def edges_into(
         raise CircuitsError(f"unknown edge method {method!r}: use atp or ig")
     task = prepare(model, task)
     _check_targets(saes, hook, targets, task.n_pos)
-    ups = upstream_hooks(hook, saes)
+    ups = upstream_hooks(hook, saes, model)
     sources = {**full_sources(saes, ups, task.n_pos), **(sources or {})}
     out = {u: NodeValues.zeros((len(targets), task.n_pos), _width(saes, u)) for u in ups}
     for lo in batch_starts(task.n_examples, batch_size):
@@ -136,13 +141,15 @@ def batch_edges(
     """One batch's edges into ``targets`` (nodes of ``hook``), summed over its examples, from
     the kept ``sources`` of each upstream hook, given dm/dd (``grad``). The hook's block runs
     once on the batch's clean inputs, with one backward pass per ``chunk`` targets (vmapped).
-    mlp_out and resid_post act on each position alone once attn_L is a leaf, so for them the
-    block runs on the targets' position only."""
+    Where no attention between the upstream stream and ``hook`` is left computed (each one
+    is a leaf), every position is computed alone, so the span runs on the targets' position
+    only."""
     sub = Submodule.parse(hook)
-    ups = upstream_hooks(hook, saes)
+    ups = upstream_hooks(hook, saes, model)
     n_pos = run.part.n_pos
     out = {u: NodeValues.zeros((len(targets), n_pos), _width(saes, u)) for u in ups}
-    per_position = sub.kind != "attn" and Submodule(sub.layer, "attn").hook in ups
+    per_position = _per_position(sub, [Submodule.parse(u) for u in ups], model.cfg.parallel_attn_mlp)
+    stream_in = _stream_in(run, ups)
     kept = {}  # the positions of each upstream hook's kept nodes
     for u in ups:
         positions = (sources[u].latents.any(-1) | sources[u].error).nonzero().flatten().tolist()
@@ -153,9 +160,10 @@ def batch_edges(
         idx = [i for i, t in enumerate(targets) if pos is None or t.position == pos]
         local = [(t.position - (pos or 0), t.latent) for t in (targets[i] for i in idx)]
         acts = {u: run.acts[u][:, window] for u in ups}
+        start = None if stream_in is None else stream_in[:, window]
         g = NodeValues(grad.latents[:, window], grad.error[:, window])
         for lo in range(0, len(idx), chunk):
-            grads = _block_grads(model, saes, hook, sub.layer, ups, acts, g, local[lo : lo + chunk])
+            grads = _block_grads(model, saes, hook, ups, acts, start, g, local[lo : lo + chunk])
             rows = torch.tensor(idx[lo : lo + chunk])
             for u, gu in zip(ups, grads, strict=True):
                 if u in kept:
@@ -164,33 +172,66 @@ def batch_edges(
     return out
 
 
+def _per_position(d: Submodule, ups: list[Submodule], parallel: bool) -> bool:
+    """Whether ``d`` is computed from its upstream activations position by position: no
+    block's attention between the stream upstream ``ups[0]`` and ``d`` is left computed
+    (attention outputs with an SAE are leaves), and ``d`` is no attention itself."""
+    if d.kind in ("attn", "z"):
+        return False
+    cut = {u.layer for u in ups[1:] if u.kind in ("attn", "z")}
+    reads = d.stream(parallel)
+    first = ups[0].stream(parallel)
+    return all(not (first <= 2 * b < reads) or b in cut for b in range(ups[0].start_block, d.layer + 1))
+
+
+def _stream_in(run: BatchRun, ups: list[str]) -> torch.Tensor | None:
+    """The clean block input a span starts from when its first upstream hook is inside a block
+    (resid_mid; hook_z, the one input of its attn_out), else None (the span starts at it)."""
+    base = Submodule.parse(ups[0])
+    return run.acts[resid_pre(base.start_block)] if base.kind in ("resid_mid", "z") else None
+
+
+def run_span(
+    model: HookedTransformer, hook: str, ups: list[str], values: dict[str, torch.Tensor], stream_in: torch.Tensor | None
+) -> torch.Tensor:
+    """``hook``'s activation (flat) computed from its upstream activations ``values`` alone:
+    the model runs from ``ups[0]`` (the residual stream; with ``stream_in``, from that block
+    input with ``ups[0]`` replaced too) to ``hook``'s block, every other upstream hook
+    replaced by its value."""
+    base = Submodule.parse(ups[0])
+    inner = ups[1:] if stream_in is None else ups
+    recorded: dict[str, torch.Tensor] = {}
+
+    @on_flat
+    def replace(x, hook):
+        return values[hook.name]
+
+    @on_flat
+    def record(x, hook):
+        recorded["x"] = x
+
+    with model.hooks(fwd_hooks=[(u, replace) for u in inner] + [(hook, record)]):
+        x_in = values[ups[0]] if stream_in is None else stream_in
+        model(x_in, start_at_layer=base.start_block, stop_at_layer=Submodule.parse(hook).layer + 1)
+    return recorded["x"]
+
+
 def _block_grads(
     model,
     saes: SAESet,
     hook: str,
-    layer: int,
     ups: list[str],
     acts: dict[str, torch.Tensor],
+    stream_in: torch.Tensor | None,
     grad: NodeValues,
     targets: list[tuple[int, int | None]],
 ) -> list[torch.Tensor]:
     """Gradients of sum_b dm/dd[b] * d[b], for each target d, with respect to each upstream
-    activation (``[T, batch, window, d_model]`` per upstream hook): the block is run from its
-    input with attn_L / mlp_L outputs replaced by leaves, which cuts every indirect path."""
+    activation (``[T, batch, window, width]`` per upstream hook): the span from the stream
+    upstream to ``hook`` is run with every upstream activation a leaf, which cuts every
+    indirect path."""
     leaves = {u: a.detach().clone().requires_grad_(True) for u, a in acts.items()}
-    recorded: dict[str, torch.Tensor] = {}
-
-    def replace_with_leaf(x, hook):
-        return leaves[hook.name]
-
-    def record(x, hook):
-        recorded["x"] = x
-        return x
-
-    inner = [u for u in ups if Submodule.parse(u).layer == layer]
-    with model.hooks(fwd_hooks=[(u, replace_with_leaf) for u in inner] + [(hook, record)]):
-        model(leaves[ups[0]], start_at_layer=layer, stop_at_layer=layer + 1)
-    x = recorded["x"]
+    x = run_span(model, hook, ups, leaves, None if stream_in is None else stream_in.detach())
     cotangent = _hook_cotangents(saes[hook], x.detach(), grad, targets)
     inputs = [leaves[u] for u in ups]
     if len(targets) == 1:
@@ -268,24 +309,16 @@ def exact_edge_effects(
     base = run.clean_metric.mean()
     out = []
     for u, d in edges:
-        ups = upstream_hooks(d.hook, saes)
+        ups = upstream_hooks(d.hook, saes, model)
         if u.hook not in ups:
             raise CircuitsError(f"no direct edge from {u.hook} into {d.hook}")
-        layer = d.submodule.layer
         acts = {v: run.acts[v].clone() for v in ups}
-        q, change = u.position, run.delta(u.hook)
+        q, change = u.position, run.delta_at(saes, u.hook, [u.position])
         if u.latent is None:
             acts[u.hook][:, q] += change.error[:, q]
         else:
             acts[u.hook][:, q] += change.latents[:, q, u.latent].unsqueeze(-1) * saes[u.hook].W_dec[u.latent]
-        recorded = {}
-        inner = [v for v in ups if Submodule.parse(v).layer == layer]
-        with model.hooks(
-            fwd_hooks=[(v, lambda x, hook, acts=acts: acts[hook.name]) for v in inner]
-            + [(d.hook, lambda x, hook, rec=recorded: rec.setdefault("x", x))]
-        ):
-            model(acts[ups[0]], start_at_layer=layer, stop_at_layer=layer + 1)
-        new = encode_at(saes, d.hook, recorded["x"])
+        new = encode_at(saes, d.hook, run_span(model, d.hook, ups, acts, _stream_in(run, ups)))
         edit = lambda v, d=d, new=new: set_node(v, d, new)  # noqa: E731
         with spliced(model, saes, hooks=[d.hook], edits={d.hook: edit}):
             out.append(task.metric_per_example(model(task.clean)).mean() - base)

@@ -36,6 +36,7 @@ from circuits.ablation import (
     Ablator,
     CurvePoint,
     Masks,
+    ablatable_hooks,
     check_ablation,
     empty_masks,
     log_sizes,
@@ -148,7 +149,7 @@ def site_scores(effects: NodeEffects, saes: SAESet, labels: list[str] | None) ->
     """Per SAE site, its nodes' attribution effects, latents then the error term
     (``[d_sae + 1]``); sites at every position (summed) when ``labels`` is None."""
     out = {}
-    for h in saes:
+    for h in ablatable_hooks(saes):
         v = effects.values[h]
         table = torch.cat([v.latents, v.error.unsqueeze(-1)], dim=-1)  # [pos, d_sae + 1]
         if labels is None:
@@ -373,10 +374,11 @@ def validate_hierarchy(
 
 def all_sites(saes: SAESet, task: Task) -> list[Site]:
     """Every SAE site of a task: per position for templated prompts, else per submodule."""
+    hooks = ablatable_hooks(saes)
     if task.position_labels is None:
-        return [Site.at(h, None) for h in saes]
+        return [Site.at(h, None) for h in hooks]
     labels = list(task.position_labels)
-    return [Site.at(h, p, labels) for h in saes for p in range(task.n_pos)]
+    return [Site.at(h, p, labels) for h in hooks for p in range(task.n_pos)]
 
 
 def _measure(ab: Ablator, masks: Masks, random_masks, cfg: HierarchyConfig) -> Level:

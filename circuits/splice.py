@@ -27,6 +27,28 @@ from sae.saeset import SAESet
 NodeEdit = Callable[[NodeValues], NodeValues]
 
 
+def flat_act(x: torch.Tensor) -> torch.Tensor:
+    """An activation as SAEs read it, ``[batch, pos, width]``: attn.hook_z's
+    ``[batch, pos, n_heads, d_head]`` with the heads concatenated (a view where it can be)."""
+    return x.flatten(2) if x.ndim == 4 else x
+
+
+def on_flat(fn: Callable) -> Callable:
+    """A TransformerLens hook function that lets ``fn(x, hook)`` see and return activations
+    as ``flat_act`` gives them; whatever ``fn`` returns (or the flat view, when it returns
+    None, so gradients taken at what it recorded reach the model) goes on in the hook's own
+    shape."""
+
+    def hook(x: torch.Tensor, hook):
+        if x.ndim != 4:
+            return fn(x, hook)
+        rows = x.flatten(2)
+        out = fn(rows, hook)
+        return (rows if out is None else out).unflatten(2, x.shape[2:])
+
+    return hook
+
+
 def encode(sae, x: torch.Tensor) -> NodeValues:
     """The latents and error term of activation ``x`` (no gradient)."""
     with torch.no_grad():
@@ -43,6 +65,7 @@ def splice_hook(sae, hook_name: str, record: dict[str, NodeValues], edit: NodeEd
     """The TransformerLens hook function that splices ``sae`` in at ``hook_name``, records the
     leaves in ``record[hook_name]`` and applies ``edit`` (see ``spliced``)."""
 
+    @on_flat
     def hook(x: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001 (TransformerLens passes the HookPoint)
         nodes = encode(sae, x)
         if edit is not None:

@@ -1,10 +1,14 @@
 """The vocabulary every stage shares: submodules, sites and nodes (docs/design.md, "Vocabulary").
 
-* A **submodule** is a place an SAE reads: ``(layer, kind)`` with kind ``attn``
-  (``blocks.L.hook_attn_out``), ``mlp`` (``blocks.L.hook_mlp_out``) or ``resid``
-  (``blocks.L.hook_resid_post``), plus the token embeddings (kind ``embed``, layer -1, read
-  at ``blocks.0.hook_resid_pre``). Its TransformerLens hook name is its spelling; this module
-  is the only place that spells or parses hook names.
+* A **submodule** is a place an SAE reads: ``(layer, kind)``. The residual stream is read at
+  ``blocks.L.hook_resid_pre`` (kind ``resid_pre``), ``hook_resid_mid`` (``resid_mid``) and
+  ``hook_resid_post`` (``resid``); what blocks write into it at ``hook_attn_out`` (``attn``),
+  ``attn.hook_z`` (``z``: every head's output, concatenated; ``attn_out = z W_O + b_O``) and
+  ``hook_mlp_out`` (``mlp``). The token embeddings are kind ``embed`` (layer -1, read at
+  ``blocks.0.hook_resid_pre``): the graph's inputs, split into latents and an error term when
+  a set has an SAE there (as gpt2-small-res-jb does). The TransformerLens hook name is a
+  submodule's spelling; this module is the only place that spells or parses hook names, and
+  the only place that knows which submodule feeds which (``Submodule.upstream``).
 * A **site** is a submodule at a token position (``None``: summed over positions).
 * A **node** is a latent, the SAE error term, or the embedding vector, at a site. Its id
   string (``blocks.2.hook_mlp_out/317@S2``, ``blocks.2.hook_mlp_out/err@S2``, ``embed@IO``)
@@ -14,16 +18,28 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from circuits.errors import CircuitsError
 
-Kind = Literal["embed", "attn", "mlp", "resid"]
-HookKind = Literal["resid", "mlp", "attn"]  # the kinds users name (--hooks resid,mlp,attn)
-SAE_KINDS: tuple[str, ...] = ("attn", "mlp", "resid")  # forward order inside a block
-_SUFFIX = {"attn": "hook_attn_out", "mlp": "hook_mlp_out", "resid": "hook_resid_post"}
+Kind = Literal["embed", "resid_pre", "z", "attn", "resid_mid", "mlp", "resid"]
+HookKind = Literal["resid", "mlp", "attn"]  # the kinds `circuits train-saes --hooks` trains
+# Every kind an SAE may read inside a block, in forward order.
+BLOCK_KINDS: tuple[str, ...] = ("resid_pre", "z", "attn", "resid_mid", "mlp", "resid")
+SAE_KINDS: tuple[str, ...] = ("attn", "mlp", "resid")  # the default set's kinds, forward order
+_SUFFIX = {
+    "resid_pre": "hook_resid_pre",
+    "z": "attn.hook_z",
+    "attn": "hook_attn_out",
+    "resid_mid": "hook_resid_mid",
+    "mlp": "hook_mlp_out",
+    "resid": "hook_resid_post",
+}
+_HOOK = re.compile(r"blocks\.(\d+)\.(" + "|".join(re.escape(s) for s in _SUFFIX.values()) + ")")
+STREAM_KINDS = ("embed", "resid_pre", "resid_mid", "resid")  # the residual stream itself
 EMBED_HOOK = "blocks.0.hook_resid_pre"  # token + position embeddings: the graph's input nodes
 METRIC = "metric"  # the graph's output node
 _EMBED_ID = "embed"
@@ -46,6 +62,8 @@ class Submodule:
             raise CircuitsError(f"unknown submodule kind {self.kind!r}: use {', '.join(get_args(Kind))}")
         if (self.kind == "embed") != (self.layer == -1) or self.layer < -1:
             raise CircuitsError(f"submodule ({self.layer}, {self.kind}): embeddings are layer -1, blocks 0 and up")
+        if self.kind == "resid_pre" and self.layer == 0:
+            raise CircuitsError(f"{EMBED_HOOK} is the embeddings: Submodule.embed(), not (0, resid_pre)")
 
     @classmethod
     def embed(cls) -> Submodule:
@@ -60,14 +78,14 @@ class Submodule:
     def _parse(cls, hook: str) -> Submodule:
         if hook == EMBED_HOOK:
             return cls.embed()
-        parts = hook.split(".")
-        kinds = {suffix: kind for kind, suffix in _SUFFIX.items()}
-        if len(parts) != 3 or parts[0] != "blocks" or not parts[1].isdigit() or parts[2] not in kinds:
+        match = _HOOK.fullmatch(hook)
+        if match is None:
             raise CircuitsError(
-                f"hook {hook!r}: circuits are defined on blocks.L.hook_attn_out, "
-                f"hook_mlp_out and hook_resid_post (and {EMBED_HOOK}, the embeddings)"
+                f"hook {hook!r}: circuits are defined on blocks.L.hook_resid_pre, hook_resid_mid, "
+                "hook_resid_post, hook_attn_out, attn.hook_z and hook_mlp_out"
             )
-        return cls(int(parts[1]), kinds[parts[2]])
+        kinds = {suffix: kind for kind, suffix in _SUFFIX.items()}
+        return cls(int(match[1]), kinds[match[2]])
 
     @property
     def hook(self) -> str:
@@ -79,27 +97,82 @@ class Submodule:
 
     @property
     def order(self) -> tuple[int, int]:
-        """Sort key: forward order (embeddings, then attn, mlp, resid of each block)."""
-        return self.layer, -1 if self.is_embed else SAE_KINDS.index(self.kind)
+        """Sort key: forward order (the embeddings, then each block's kinds, BLOCK_KINDS)."""
+        return (-1, 0) if self.is_embed else (self.layer, BLOCK_KINDS.index(self.kind))
+
+    @property
+    def is_stream(self) -> bool:
+        """Whether it reads the residual stream itself (which holds everything before it)."""
+        return self.kind in STREAM_KINDS
 
     @property
     def block_input(self) -> str:
         """The hook of the residual stream entering this submodule's block."""
         return resid_pre(max(self.layer, 0))
 
-    def upstream(self, available: Collection[str]) -> list[Submodule]:
-        """Submodules with a direct edge into this one (SFC's layout), residual stream first:
-        resid_{L-1} (the embeddings for L = 0) -> attn_L, mlp_L, resid_L; attn_L -> mlp_L,
-        resid_L; mlp_L -> resid_L. ``available`` are the hooks with an SAE: attn_L / mlp_L
-        without one are left out (paths through them then count as direct from the residual
-        stream); a missing resid_{L-1} is an error naming it."""
+    def stream(self, parallel: bool = False) -> int:
+        """Where on the residual stream it reads (2L: block L's input, 2L + 1: its middle, 2L
+        + 2: its output); for a block's attention or MLP, the stream its block feeds it."""
+        if self.is_embed:
+            return 0
+        base = 2 * self.layer
+        return (
+            base
+            + {"resid_pre": 0, "z": 0, "attn": 0, "resid_mid": 1, "mlp": 0 if parallel else 1, "resid": 2}[self.kind]
+        )
+
+    def writes(self, parallel: bool = False) -> int:
+        """Where its output joins the residual stream (attention and MLP outputs only)."""
+        if self.kind in ("z", "attn"):
+            return 2 * self.layer + (2 if parallel else 1)
+        if self.kind == "mlp":
+            return 2 * self.layer + 2
+        raise CircuitsError(f"{self.hook} reads the residual stream; it does not write to it")
+
+    @property
+    def start_block(self) -> int:
+        """The block a forward pass continuing from this submodule's activation starts at:
+        the block it is in, or the next one for a block's output (resid_post, mlp_out)."""
+        return self.layer + 1 if self.kind in ("resid", "mlp") else max(self.layer, 0)
+
+    def upstream(self, available: Collection[str], parallel: bool = False) -> list[Submodule]:
+        """Submodules with a direct edge into this one (docs/design.md, "Edges"), the residual
+        stream first: the nearest submodule before it that reads the residual stream (the
+        embeddings if none), then every attention / MLP output with an SAE that joins the
+        stream after that point and before this one reads it. An ``attn`` submodule whose
+        heads (``z``) have an SAE gets that alone. ``available`` are the hooks with an SAE;
+        paths through submodules without one count as direct. ``parallel``: attention and
+        MLP both read the block's input (GPT-J, GPT-NeoX)."""
         if self.is_embed:
             return []
-        before = Submodule.embed() if self.layer == 0 else Submodule(self.layer - 1, "resid")
-        if not before.is_embed and before.hook not in available:
-            raise CircuitsError(f"edges into {self.hook} need an SAE at {before.hook} (the set lacks it)")
-        inner = SAE_KINDS[: SAE_KINDS.index(self.kind)]  # what runs before it in its block
-        return [before] + [s for s in (Submodule(self.layer, k) for k in inner) if s.hook in available]
+        subs = [Submodule.parse(h) for h in available]
+        if self.kind == "attn" and Submodule(self.layer, "z") in subs:
+            return [Submodule(self.layer, "z")]
+        return _inputs(self.stream(parallel), self.order, subs, parallel)
+
+
+def metric_inputs(available: Collection[str], n_layers: int, parallel: bool = False) -> list[Submodule]:
+    """The submodules with a direct edge into the metric (which reads the last block's output)."""
+    subs = [Submodule.parse(h) for h in available]
+    return _inputs(2 * n_layers, (n_layers, 0), subs, parallel)
+
+
+def _inputs(reads: int, before: tuple[int, int], subs: list[Submodule], parallel: bool) -> list[Submodule]:
+    """The nearest stream submodule at or before stream point ``reads`` (and before ``before``
+    in forward order), then the attention / MLP outputs that join the stream after it and by
+    ``reads`` (``z`` only where its block's attn_out has no SAE)."""
+    stream = [s for s in subs if s.is_stream and s.stream(parallel) <= reads and s.order < before]
+    base = max(stream, key=lambda s: (s.stream(parallel), s.order), default=Submodule.embed())
+    start = base.stream(parallel) if not base.is_embed else 0
+    writers = [
+        s
+        for s in subs
+        if not s.is_stream
+        and start < s.writes(parallel) <= reads
+        and s.order < before
+        and not (s.kind == "z" and Submodule(s.layer, "attn") in subs)
+    ]
+    return [base] + sorted(writers, key=lambda s: s.order)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -108,12 +181,18 @@ def _parse(hook: str) -> Submodule:  # node ids are built by the ten thousand: p
 
 
 def submodules(kinds: Iterable[str], layers: Iterable[int]) -> list[Submodule]:
-    """Every (layer, kind), in forward order; an unknown kind is one line."""
+    """Every (layer, kind), in forward order (resid_pre of block 0: the embeddings); an
+    unknown kind is one line."""
     kinds = list(kinds)
-    unknown = [k for k in kinds if k not in SAE_KINDS]
+    unknown = [k for k in kinds if k not in BLOCK_KINDS]
     if unknown:
-        raise CircuitsError(f"unknown hook kind {unknown[0]!r}: use {', '.join(SAE_KINDS)}")
-    return [Submodule(layer, k) for layer in layers for k in SAE_KINDS if k in kinds]
+        raise CircuitsError(f"unknown hook kind {unknown[0]!r}: use {', '.join(BLOCK_KINDS)}")
+    return [
+        Submodule.embed() if (layer, k) == (0, "resid_pre") else Submodule(layer, k)
+        for layer in layers
+        for k in BLOCK_KINDS
+        if k in kinds
+    ]
 
 
 def hook_names(kinds: Iterable[str], layers: Iterable[int]) -> list[str]:
@@ -121,14 +200,17 @@ def hook_names(kinds: Iterable[str], layers: Iterable[int]) -> list[str]:
     return [s.hook for s in submodules(kinds, layers)]
 
 
-def activation_width(hook: str, d_model: int, d_mlp: int) -> int:
+def activation_width(hook: str, d_model: int, d_mlp: int, d_heads: int) -> int:
     """Width of the activation at a hook an SAE may read: d_model on the residual stream
-    (resid_pre / resid_mid / resid_post), attn_out and mlp_out; d_mlp inside the MLP."""
+    (resid_pre / resid_mid / resid_post), attn_out and mlp_out; n_heads x d_head at
+    attn.hook_z (the heads concatenated); d_mlp inside the MLP."""
     if hook.endswith(("hook_resid_post", "hook_resid_pre", "hook_resid_mid", "hook_mlp_out", "hook_attn_out")):
         return d_model
+    if hook.endswith("attn.hook_z"):
+        return d_heads
     if hook.endswith(("mlp.hook_post", "mlp.hook_pre")):
         return d_mlp
-    raise CircuitsError(f"hook {hook!r}: SAEs are supported on resid, mlp_out and attn_out hooks")
+    raise CircuitsError(f"hook {hook!r}: SAEs are supported on resid, mlp_out, attn_out and attn.hook_z hooks")
 
 
 def in_forward_order(hooks: Iterable[str]) -> list[str]:
@@ -136,7 +218,7 @@ def in_forward_order(hooks: Iterable[str]) -> list[str]:
 
 
 def kind_of(hook: str) -> str:
-    """``embed``, ``attn``, ``mlp`` or ``resid``."""
+    """``embed`` or one of BLOCK_KINDS."""
     return Submodule.parse(hook).kind
 
 

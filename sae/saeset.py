@@ -12,7 +12,6 @@ import json
 import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import get_args
 
 import torch
 from sae_lens import SAE
@@ -21,7 +20,7 @@ from transformer_lens import HookedTransformer
 
 from circuits.errors import CircuitsError
 from circuits.hub import hub_reachable, in_hf_cache, offline
-from circuits.vocab import HookKind, Submodule, activation_width
+from circuits.vocab import BLOCK_KINDS, Submodule, activation_width
 
 MANIFEST = "manifest.json"
 SAE_CFG, SAE_WEIGHTS = "cfg.json", "sae_weights.safetensors"
@@ -38,8 +37,15 @@ def check_hooks(model: HookedTransformer, hooks: list[str]) -> None:
 
 
 def hook_width(model: HookedTransformer, hook: str) -> int:
-    """Activation width at a hook point (d_model for the residual stream, mlp_out, attn_out)."""
-    return activation_width(hook, model.cfg.d_model, model.cfg.d_mlp)
+    """Activation width at a hook point (d_model for the residual stream, mlp_out, attn_out;
+    n_heads x d_head at attn.hook_z)."""
+    return activation_width(hook, model.cfg.d_model, model.cfg.d_mlp, model.cfg.n_heads * model.cfg.d_head)
+
+
+# sae-lens normalisations that rescale each activation by its own statistics: decoding then
+# depends on the input as well as the latents, so the decoder is not the fixed affine map
+# that splicing and edges rely on (docs/design.md, "Splicing").
+_PER_INPUT_NORMS = ("constant_norm_rescale", "layer_norm")
 
 
 class SAESet(Mapping[str, SAE]):
@@ -48,6 +54,11 @@ class SAESet(Mapping[str, SAE]):
     def __init__(self, saes: Mapping[str, SAE], model_name: str = ""):
         self.saes = dict(saes)
         self.model_name = model_name
+        for sae in self.saes.values():
+            # Activations at attn.hook_z reach SAEs with the heads already concatenated
+            # (``circuits.splice.flat``), so sae-lens must not reshape them again.
+            if getattr(sae, "hook_z_reshaping_mode", False):
+                sae.turn_off_forward_pass_hook_z_reshaping()
 
     def __getitem__(self, hook: str) -> SAE:
         if hook not in self.saes:
@@ -72,10 +83,10 @@ class SAESet(Mapping[str, SAE]):
     def restrict(self, kinds: Iterable[str]) -> SAESet:
         """The sub-set of SAEs at hooks of ``kinds`` (resid, mlp, attn), in the same order."""
         wanted = set(kinds)
-        bad = wanted - set(get_args(HookKind))
+        bad = wanted - set(BLOCK_KINDS)
         if bad:
-            raise CircuitsError(f"unknown kind(s) {', '.join(sorted(bad))} (use {', '.join(get_args(HookKind))})")
-        kept = {h: sae for h, sae in self.saes.items() if Submodule.parse(h).kind in wanted}
+            raise CircuitsError(f"unknown kind(s) {', '.join(sorted(bad))} (use {', '.join(BLOCK_KINDS)})")
+        kept = {h: sae for h, sae in self.saes.items() if _kind(h) in wanted}
         if not kept:
             raise CircuitsError(
                 f"the SAE set has no {', '.join(sorted(wanted))} hooks (it covers {', '.join(self.saes) or 'nothing'})"
@@ -83,13 +94,31 @@ class SAESet(Mapping[str, SAE]):
         return SAESet(kept, self.model_name)
 
     def check_model(self, model: HookedTransformer) -> None:
-        """Raise if a hook is missing from ``model`` or an SAE's d_in does not match it."""
+        """Raise if a hook is missing from (or never computed by) ``model``, an SAE's d_in
+        does not match it, or an SAE normalises each input by its own statistics."""
         check_hooks(model, list(self.saes))
+        name = model.cfg.model_name or "the model"
         for hook, sae in self.saes.items():
+            Submodule.parse(hook)  # one line for hooks circuits are not defined on
+            if hook.endswith("hook_resid_mid") and (model.cfg.parallel_attn_mlp or model.cfg.attn_only):
+                why = "runs attention and MLP in parallel" if model.cfg.parallel_attn_mlp else "is attention-only"
+                raise CircuitsError(f"the SAE at {hook}: {name} {why}, so it never computes {hook}")
             width = hook_width(model, hook)
+            if sae.cfg.d_in != width and hook.endswith("attn.hook_z"):
+                raise CircuitsError(
+                    f"SAE for {hook} has d_in {sae.cfg.d_in} but {name}'s heads there are "
+                    f"{model.cfg.n_heads} x d_head {model.cfg.d_head} = {width}"
+                )
             if sae.cfg.d_in != width:
                 raise CircuitsError(
                     f"SAE for {hook} has d_in {sae.cfg.d_in} but the model's activation there has width {width}"
+                )
+            norm = getattr(sae.cfg, "normalize_activations", "none")
+            if norm in _PER_INPUT_NORMS:
+                raise CircuitsError(
+                    f"SAE for {hook} has normalize_activations={norm!r}: it rescales each activation by "
+                    "its own norm, so its decoder is not a fixed map and circuits cannot splice it "
+                    "(supported: 'none', and 'expected_average_only_in', which sae-lens folds into the weights)"
                 )
 
     def save(self, folder: str | Path) -> Path:
@@ -183,3 +212,9 @@ def load_release_sae(release: str, sae_id: str, device: str = "cpu") -> SAE:
         )
     with offline():
         return SAE.from_pretrained(release, sae_id, device=device)
+
+
+def _kind(hook: str) -> str:
+    """A hook's kind as ``--hooks`` names it (the embeddings' SAE reads resid_pre)."""
+    sub = Submodule.parse(hook)
+    return "resid_pre" if sub.is_embed else sub.kind

@@ -44,8 +44,9 @@ def random_saes(hooks, d_in=32, d_sae=64, k=8, *, first_seed=100, enc_bias=False
     return SAESet(saes)
 
 
-def tiny_hooked_model(normalization: str | None = "LN", n_layers: int = 2) -> HookedTransformer:
-    """A random-weight tiny HookedTransformer (d_model 32) with the toy tokenizer."""
+def tiny_hooked_model(normalization: str | None = "LN", n_layers: int = 2, parallel: bool = False) -> HookedTransformer:
+    """A random-weight tiny HookedTransformer (d_model 32) with the toy tokenizer;
+    ``parallel``: attention and MLP read the block input (GPT-NeoX), with rotary positions."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     torch.manual_seed(0)
@@ -60,6 +61,7 @@ def tiny_hooked_model(normalization: str | None = "LN", n_layers: int = 2) -> Ho
         act_fn="gelu",
         normalization_type=normalization,
         seed=0,
+        **(dict(parallel_attn_mlp=True, positional_embedding_type="rotary", rotary_dim=8) if parallel else {}),
     )
     return HookedTransformer(cfg, tokenizer=TOK)
 

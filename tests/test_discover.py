@@ -8,11 +8,10 @@ import torch
 
 from circuits.attribution import exact_effects, node_effects
 from circuits.discover import DiscoverConfig, discover, example_record
-from circuits.edges import edges_into
+from circuits.edges import edges_into, upstream_hooks
 from circuits.errors import CircuitsError
-from circuits.graph import METRIC, load_graph, save_graph
-from circuits.vocab import Node, hook_names
-from sae.saeset import SAESet
+from circuits.graph import METRIC, load_graph, nodes_of, save_graph
+from circuits.vocab import EMBED_HOOK, Node, hook_names, metric_inputs
 from tasks.builtin import make_task
 from tests.helpers import TOK, random_saes, tiny_hooked_model
 
@@ -129,11 +128,31 @@ def test_nothing_to_explain_warns(setup):
     assert list(graph) == [METRIC]
 
 
-def test_sae_set_must_cover_the_edge_hooks(setup):
-    model, saes, task = setup
-    partial = SAESet({h: saes[h] for h in ["blocks.1.hook_resid_post", "blocks.1.hook_mlp_out"]})
-    with pytest.raises(CircuitsError, match="need an SAE at blocks.0.hook_resid_post"):
-        discover(model, partial, task, progress=False)
+@pytest.mark.parametrize(
+    "hooks",
+    [
+        ["blocks.1.hook_resid_post", "blocks.1.hook_mlp_out"],  # no residual SAE before block 1
+        [EMBED_HOOK, "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"],  # gpt2-small-res-jb's kinds
+        hook_names(["z", "resid"], range(2)),
+        hook_names(["resid_mid", "attn"], range(2)),
+    ],
+    ids=["partial", "resid_pre", "z+resid_post", "resid_mid+attn"],
+)
+def test_discover_runs_on_any_mix_of_submodules(setup, hooks):
+    model, _, task = setup
+    saes = random_saes(hooks)
+    graph = discover(model, saes, task, DiscoverConfig(method="atp", node_threshold=0.0, top_n=60), progress=False)
+    nodes = nodes_of(graph)
+    assert len(nodes) > 5
+    for u, d in graph.edges:
+        if d == METRIC:
+            assert nodes[u].submodule in metric_inputs(saes, model.cfg.n_layers)
+        else:  # every edge follows the direct-effect layout
+            assert nodes[u].hook in upstream_hooks(nodes[d].hook, saes, model), (u, d)
+    assert graph.in_degree(METRIC) > 0
+    # an SAE on the embeddings splits the inputs into latents; they are never ablated
+    if EMBED_HOOK in saes:
+        assert any(n.is_embed and n.latent is not None for n in nodes.values())
 
 
 def test_a_metric_that_is_not_finite_is_one_error(setup):
