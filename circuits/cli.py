@@ -632,7 +632,12 @@ def build_parser() -> argparse.ArgumentParser:
         "recovered with every SAE spliced at once.",
     )
     p.add_argument("--model", default="toy", help="'toy' or a model folder (default toy)")
-    p.add_argument("--saes", default="toy", help="'toy' (the default set, trained on first use) or a set folder")
+    p.add_argument(
+        "--saes",
+        default="toy",
+        help="'toy' (the default set, trained on first use), a set folder, or a sae-lens release "
+        "(RELEASE for all its SAEs, RELEASE:ID,ID for some; the hub or its local cache)",
+    )
     n_seqs = param_default(evaluate_saes, "n_seqs")
     p.add_argument("--n-seqs", type=int, default=n_seqs, help=_default("evaluation sequences of 64 tokens", n_seqs))
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -834,7 +839,7 @@ def _task_args(p: argparse.ArgumentParser, default_n: int = 128) -> None:
     p.add_argument("--seed", type=int, default=0, help="prompt seed (default 0)")
     p.add_argument("--metric", help="replace the task's metric: logit_diff, prob_diff, logprob or kl")
     p.add_argument("--model", default="toy", help="'toy', a model folder, or a TransformerLens name")
-    p.add_argument("--saes", default="toy", help="'toy' or an SAE set folder")
+    p.add_argument("--saes", default="toy", help="'toy', an SAE set folder, or a sae-lens release (RELEASE[:ID,ID])")
     p.add_argument("--hooks", help="only these SAE kinds, comma-separated (resid, mlp, attn)")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda[:i]")
     p.add_argument("--dtype", default="fp32", help="fp32 (default), bf16 or fp16")

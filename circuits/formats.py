@@ -14,7 +14,7 @@ import networkx as nx
 from circuits.errors import CircuitsError
 from circuits.files import read_json, write_atomic
 from circuits.graph import METRIC
-from circuits.vocab import SAE_KINDS, Submodule
+from circuits.vocab import SAE_KINDS, Submodule, in_forward_order
 
 if TYPE_CHECKING:
     from circuits.cards import FeatureCard
@@ -23,7 +23,7 @@ CT_SCHEMA_VERSION = 1  # circuit-tracer's graph schema: ``feature`` = cantor(lay
 CT_METADATA = "graph-metadata.json"
 SLUG_RULE = "letters, digits, '.', '_' and '-', not starting with '.'"
 _SLUG = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
-ROWS = "layer = 3 × block + 0 (attn_out), 1 (mlp_out) or 2 (resid_post); E = embeddings; logits on top"
+ROWS = "layer = the SAE's index in transcoder_list (the set's hooks in forward order); E = embeddings; logits on top"
 
 
 def write_graphml(graph: nx.DiGraph, path: str | Path) -> Path:
@@ -88,11 +88,19 @@ def uncantor(z: int) -> tuple[int, int]:
     return w - y, y
 
 
-def ct_row(layer: int, kind: str) -> int:
-    """The ``layer`` value a submodule's nodes get in circuit-tracer's frontend, which draws
-    one row per value (row = value + 1, embeddings row 0, logits above the highest): one row
-    per SAE, ``3 × layer + (0 attn, 1 mlp, 2 resid)``."""
-    return 3 * layer + SAE_KINDS.index(kind)
+def ct_rows(graph: nx.DiGraph, n_layers: int) -> list[str]:
+    """The hooks whose nodes get circuit-tracer's ``layer`` values 0, 1, …: one row per SAE
+    of the circuit's set (``graph.graph["saes"]``) in forward order — for the default set,
+    ``3 × block + (0 attn, 1 mlp, 2 resid)``. Files without the set: attn, mlp and resid of
+    every block, plus any other hook a node sits at. The frontend draws one row per value."""
+    hooks = set(graph.graph.get("saes") or [Submodule(layer, k).hook for layer in range(n_layers) for k in SAE_KINDS])
+    hooks |= {a["hook"] for n, a in graph.nodes(data=True) if n != METRIC and a.get("hook") and not _is_input(a)}
+    return in_forward_order(hooks)
+
+
+def _is_input(attrs: dict) -> bool:
+    """The embedding vector (an SAE on the embeddings makes latents, which get a row)."""
+    return attrs.get("kind") == "embed" and attrs.get("latent") is None
 
 
 def check_slug(slug: str) -> str:
@@ -143,10 +151,11 @@ def to_circuit_tracer(
     """The graph as one circuit-tracer graph file (metadata / qParams / nodes / links,
     ``schema_version`` 1, validated by ``circuit_tracer.frontend.graph_models.Model``).
 
-    * Rows: circuit-tracer has one transcoder per layer; here a block has three SAEs, so a
-      node's ``layer`` is its row, ``3 × block + (0 attn, 1 mlp, 2 resid)`` (``ct_row``;
-      ``metadata.transcoder_list[row]`` is that row's hook), embeddings ``E``, the logits
-      ``3 × n_layers``. The frontend labels its rows ``L<row>``.
+    * Rows: circuit-tracer has one transcoder per layer; here a block may have several SAEs,
+      so a node's ``layer`` is its row, the SAE's index in the set's hooks in forward order
+      (``ct_rows``; for the default set ``3 × block + (0 attn, 1 mlp, 2 resid)``;
+      ``metadata.transcoder_list[row]`` is that row's hook), embeddings ``E``, the logits one
+      row above the last SAE. The frontend labels its rows ``L<row>``.
     * Features: ``node_id`` is our node id, ``feature`` = cantor(row, latent), ``clerp`` the
       hook/latent and the feature card's description when ``cards`` has one, ``activation``
       the mean clean activation. Error nodes are ``mlp reconstruction error`` (the type the
@@ -178,6 +187,7 @@ def to_circuit_tracer(
     tokens += [labels[i] if i < len(labels) else f"p{i}" for i in range(len(tokens), needed)]
     last = len(tokens) - 1
     influence = ct_influence(graph)
+    rows = ct_rows(graph, n_layers)
 
     ids: dict[str, str] = {}
     nodes: list[dict] = []
@@ -187,11 +197,11 @@ def to_circuit_tracer(
             continue
         pos = a.get("position") if isinstance(a.get("position"), int) else last
         common = {"node_id": n, "ctx_idx": pos, "influence": influence[n], "effect": _number(a.get("effect"))}
-        if a.get("kind") == "embed":
+        if _is_input(a):
             embedded.add(pos)
             node = {"feature": pos, "layer": "E", "feature_type": "embedding", "clerp": f"Emb: “{tokens[pos]}”"}
         elif a.get("is_error"):
-            row = ct_row(a["layer"], a["kind"])
+            row = rows.index(a["hook"])
             node = {
                 "feature": -1,
                 "layer": str(row),
@@ -199,7 +209,7 @@ def to_circuit_tracer(
                 "clerp": f"Err: {a['hook']} “{tokens[pos]}”",
             }
         else:
-            row = ct_row(a["layer"], a["kind"])
+            row = rows.index(a["hook"])
             card = cards.get((a["hook"], a["latent"]))
             node = {
                 "feature": cantor(row, int(a["latent"])),
@@ -230,7 +240,7 @@ def to_circuit_tracer(
                 "influence": 1.0,
             }
         )
-    logit_row = str(3 * n_layers)
+    logit_row = str(len(rows))
     metric = str(graph.graph.get("metric") or "metric")
     if example.get("answer") is not None and example.get("answer_prob") is not None:
         outputs = [(example["answer"], _number(example["answer_prob"]))]
@@ -260,7 +270,6 @@ def to_circuit_tracer(
         for u, v, w in graph.edges(data="weight")
         if u in ids and v in ids
     ]
-    rows = [Submodule(layer, kind).hook for layer in range(n_layers) for kind in SAE_KINDS]
     answer = f" ({metric}" + (f": {outputs[0][0]!r}" if example.get("answer") is not None else "")
     answer += (f" vs {outputs[1][0]!r}" if len(outputs) > 1 else "") + ")"
     model = str((graph.graph.get("model") or {}).get("name") or "")

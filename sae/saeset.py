@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from transformer_lens import HookedTransformer
 
 from circuits.errors import CircuitsError
-from circuits.hub import hub_reachable, in_hf_cache, offline
+from circuits.hub import hub_reachable, offline
 from circuits.vocab import BLOCK_KINDS, Submodule, activation_width
 
 MANIFEST = "manifest.json"
@@ -154,10 +154,72 @@ class SAESet(Mapping[str, SAE]):
         return result
 
     @classmethod
-    def from_release(cls, release: str, sae_ids: Mapping[str, str], device: str = "cpu") -> SAESet:
-        """Published SAEs through ``SAE.from_pretrained(release, sae_id)``: ``sae_ids`` maps
-        each hook name to its id in the release. Fails fast, in one line, when offline."""
-        return cls({hook: load_release_sae(release, sae_id, device) for hook, sae_id in sae_ids.items()})
+    def from_release(
+        cls,
+        release: str,
+        sae_ids: Iterable[str] | Mapping[str, str] | None = None,
+        model: HookedTransformer | None = None,
+        device: str = "cpu",
+    ) -> SAESet:
+        """Published SAEs through ``SAE.from_pretrained(release, sae_id)`` (sae-lens's registry):
+        every SAE of the release, or those ``sae_ids`` names (a mapping: hook -> id). Each sits
+        at the hook its config names. With ``model``, the hooks are checked against it before
+        anything is loaded. Unknown names and an unreachable hub are one-line errors; a model
+        in the local Hugging Face cache loads offline."""
+        entry = release_entry(release)
+        ids = (
+            list(entry.saes_map)
+            if sae_ids is None
+            else list(sae_ids.values() if isinstance(sae_ids, Mapping) else sae_ids)
+        )
+        for sae_id in ids:
+            _check_release_id(release, entry, sae_id)
+        if model is not None:
+            _check_release_hooks(release, ids, model)
+        saes = {}
+        for sae_id in ids:
+            sae = load_release_sae(release, sae_id, device)
+            hook = sae.cfg.metadata.hook_name or sae_id
+            saes[hook] = sae
+        result = cls(dict(sorted(saes.items(), key=lambda hs: Submodule.parse(hs[0]).order)), entry.model)
+        if model is not None:
+            result.check_model(model)
+        return result
+
+
+def release_entry(release: str):
+    """sae-lens's registry entry for ``release``; an unknown name is one line with close ones."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        close = difflib.get_close_matches(release, list(directory), n=3)
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise CircuitsError(f"unknown SAE release {release!r}{hint}")
+    return directory[release]
+
+
+def _check_release_id(release: str, entry, sae_id: str) -> None:
+    if sae_id not in entry.saes_map:
+        close = difflib.get_close_matches(sae_id, list(entry.saes_map), n=3)
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise CircuitsError(f"release {release!r} has no SAE {sae_id!r}{hint}")
+
+
+def _check_release_hooks(release: str, ids: list[str], model: HookedTransformer) -> None:
+    """Before downloading anything: every id that names a hook (most releases' ids do) must
+    be a hook of ``model``."""
+    name = model.cfg.model_name or "the model"
+    for sae_id in ids:
+        hook = (
+            sae_id.replace(".hook_z", ".attn.hook_z")
+            if sae_id.endswith(".hook_z") and ".attn." not in sae_id
+            else sae_id
+        )
+        if hook.startswith("blocks.") and hook not in model.hook_dict:
+            raise CircuitsError(
+                f"release {release!r} has an SAE at {hook}, which {name} ({model.cfg.n_layers} layers) does not have"
+            )
 
 
 def write_manifest(folder: Path, hooks: list[str], model_name: str) -> None:
@@ -189,29 +251,50 @@ def load_sae_folder(folder: Path, device: str = "cpu") -> SAE:
 
 
 def load_release_sae(release: str, sae_id: str, device: str = "cpu") -> SAE:
-    """One SAE of a sae-lens release, with unknown names and offline hubs as one-line errors."""
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-    directory = get_pretrained_saes_directory()
-    if release not in directory:
-        close = difflib.get_close_matches(release, list(directory), n=3)
-        hint = f" (close: {', '.join(close)})" if close else ""
-        raise CircuitsError(f"unknown SAE release {release!r}{hint}")
-    entry = directory[release]
-    if sae_id not in entry.saes_map:
-        close = difflib.get_close_matches(sae_id, list(entry.saes_map), n=3)
-        hint = f" (close: {', '.join(close)})" if close else ""
-        raise CircuitsError(f"release {release!r} has no SAE {sae_id!r}{hint}")
-    cfg_file = f"{entry.saes_map[sae_id]}/cfg.json"
+    """One SAE of a sae-lens release, with unknown names, unknown architectures and offline
+    hubs as one-line errors."""
+    entry = release_entry(release)
+    _check_release_id(release, entry, sae_id)
     if hub_reachable():
-        return SAE.from_pretrained(release, sae_id, device=device)
-    if not in_hf_cache(entry.repo_id, cfg_file):
-        raise CircuitsError(
-            f"cannot download SAE {release}/{sae_id}: the Hugging Face hub is unreachable and it "
-            f"is not in the local cache (train SAEs here with `circuits train-saes`)"
-        )
+        return _from_pretrained(release, sae_id, device)
     with offline():
+        try:
+            return _from_pretrained(release, sae_id, device)
+        except (OSError, ValueError) as err:
+            if not _not_cached(err):
+                raise
+    raise CircuitsError(
+        f"cannot download SAE {release}/{sae_id}: the Hugging Face hub is unreachable and it "
+        f"is not in the local cache (train SAEs here with `circuits train-saes`)"
+    )
+
+
+def _from_pretrained(release: str, sae_id: str, device: str) -> SAE:
+    from sae_lens.registry import SAE_CLASS_REGISTRY
+
+    try:
         return SAE.from_pretrained(release, sae_id, device=device)
+    except KeyError as err:  # the config's architecture is not in sae-lens's registry
+        if err.args and err.args[0] not in SAE_CLASS_REGISTRY and isinstance(err.args[0], str):
+            raise CircuitsError(
+                f"SAE {release}/{sae_id}: architecture {err.args[0]!r} is not one sae-lens "
+                f"{_sae_lens_version()} knows ({', '.join(sorted(SAE_CLASS_REGISTRY))})"
+            ) from None
+        raise
+
+
+def _not_cached(err: BaseException) -> bool:
+    """Whether ``err`` says a file is not in the local cache (huggingface_hub, offline)."""
+    names = {type(e).__name__ for e in (err, err.__cause__, err.__context__) if e is not None}
+    return bool(names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "EntryNotFoundError"}) or (
+        "offline" in str(err).lower() or "local cache" in str(err).lower()
+    )
+
+
+def _sae_lens_version() -> str:
+    from importlib.metadata import version
+
+    return version("sae-lens")
 
 
 def _kind(hook: str) -> str:

@@ -30,7 +30,7 @@ from transformer_lens import HookedTransformer
 from circuits.config import Config
 from circuits.errors import CircuitsError
 from circuits.vocab import HookKind, Submodule, hook_names
-from sae.saeset import MANIFEST, SAESet, check_hooks, hook_width, write_manifest
+from sae.saeset import MANIFEST, SAESet, check_hooks, hook_width, release_entry, write_manifest
 from tasks.corpus import corpus_tokens
 
 Architecture = Literal["topk", "batchtopk", "jumprelu", "standard", "gated"]
@@ -345,14 +345,24 @@ def load_saes(
     cache_dir: str | Path | None = None,
     progress: bool = True,
 ) -> SAESet:
-    """The embedded model's default SAE set ("toy": cached, trained on first use) or a saved
-    set folder; checked against ``model`` when given (``model`` defaults to the toy model)."""
+    """The embedded model's default SAE set ("toy": cached, trained on first use), a saved set
+    folder, or a sae-lens release (``RELEASE``: all its SAEs, ``RELEASE:ID,ID``: those ids;
+    from the Hugging Face hub or its local cache); checked against ``model`` when given
+    (``model`` defaults to the toy model)."""
     from circuits.model import TOY_NAME, default_cache_dir, load_model
 
     if name != TOY_NAME:
-        if not Path(name).is_dir():
-            raise CircuitsError(f"{name}: no such SAE-set folder (or use 'toy')")
-        return SAESet.load(name, model, device=str(model.cfg.device) if model else "cpu")
+        device = str(model.cfg.device) if model else "cpu"
+        if Path(name).is_dir():
+            return SAESet.load(name, model, device=device)
+        release, _, ids = name.partition(":")
+        if "/" in release or not release:
+            raise CircuitsError(f"{name}: no such SAE-set folder (or use 'toy', or a sae-lens release)")
+        try:
+            release_entry(release)
+        except CircuitsError as err:
+            raise CircuitsError(f"{name}: no such SAE-set folder, and {err}") from None
+        return SAESet.from_release(release, [i for i in ids.split(",") if i] or None, model, device)
     model = model or load_model(TOY_NAME, progress=progress)
     folder = Path(cache_dir or default_cache_dir()) / "saes-toy"
     if not (folder / MANIFEST).is_file():
