@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlparse
 
 
@@ -23,11 +24,18 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def in_hf_cache(repo_id: str, filename: str = "config.json") -> bool:
-    """Whether ``filename`` of ``repo_id`` is in the local Hugging Face cache."""
+def cached_snapshot(repo_id: str, filename: str = "config.json") -> Path | None:
+    """The snapshot folder of ``repo_id``'s main revision in the local Hugging Face cache
+    (``$HF_HUB_CACHE``, read when called) when it holds ``filename``, else None."""
     from huggingface_hub import try_to_load_from_cache
 
-    return isinstance(try_to_load_from_cache(repo_id, filename), str)
+    path = try_to_load_from_cache(repo_id, filename)
+    return Path(path).parent if isinstance(path, str) else None
+
+
+def in_hf_cache(repo_id: str, filename: str = "config.json") -> bool:
+    """Whether ``filename`` of ``repo_id`` is in the local Hugging Face cache."""
+    return cached_snapshot(repo_id, filename) is not None
 
 
 @contextmanager
