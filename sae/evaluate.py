@@ -19,6 +19,7 @@ from transformer_lens import HookedTransformer
 
 from circuits.config import Result
 from circuits.errors import CircuitsError
+from circuits.splice import flat_act, on_flat
 from circuits.tables import markdown_table
 from sae.saeset import SAESet
 from tasks.corpus import corpus_tokens
@@ -27,8 +28,10 @@ DENSE_THRESHOLD = 0.1
 
 
 def _replace_hook(fn: Callable[[torch.Tensor], torch.Tensor]):
-    """A TransformerLens hook that replaces every non-BOS position by ``fn(activation)``."""
+    """A TransformerLens hook that replaces every non-BOS position by ``fn(activation)``
+    (attn.hook_z's heads concatenated, as SAEs read them)."""
 
+    @on_flat
     def hook(act: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001 (TL passes the HookPoint)
         out = act.clone()
         out[:, 1:] = fn(act[:, 1:])
@@ -135,7 +138,7 @@ def evaluate_saes(
         loss, cache = model.run_with_cache(tokens, return_type="loss", names_filter=hooks)
         ce_sums["clean"] += loss.item()
         for h in hooks:
-            stats[h].update(cache[h][:, 1:], saes[h])
+            stats[h].update(flat_act(cache[h])[:, 1:], saes[h])
             for kind, fn in (("sae", _reconstruct(saes[h])), ("zero", _zero)):
                 ce_sums[(h, kind)] += model.run_with_hooks(
                     tokens, return_type="loss", fwd_hooks=[(h, _replace_hook(fn))]

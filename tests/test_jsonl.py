@@ -121,3 +121,17 @@ def test_a_huge_file_streams_and_names_the_right_line(tmp_path, monkeypatch):
     monkeypatch.setattr(type(path), "read_text", lambda *a, **k: pytest.fail("the whole file was read at once"))
     with pytest.raises(CircuitsError, match=r"huge.jsonl:3003: not JSON"):
         load_task_jsonl(path, TOK)
+
+
+def test_a_subword_tokenizer_spells_unknown_words_in_pieces(tmp_path):
+    # GPT-2-style byte-level BPE: a word outside its vocabulary is several tokens, not an error
+    from tests.hf_builders import gpt2_tokenizer
+
+    bpe = gpt2_tokenizer()
+    row = {k: v.replace("store", "Marylandish store") for k, v in GOOD[0].items()}
+    assert len(bpe.tokenize(" Marylandish")) > 1
+    task = load_task_jsonl(write(tmp_path, [row]), bpe)
+    assert task.n_examples == 1 and task.clean.shape[1] > len(TOK.tokenize(GOOD[0]["clean"]))
+    # the toy language's word-level tokenizer still refuses it, naming the word
+    with pytest.raises(CircuitsError, match="word 'Marylandish'"):
+        load_task_jsonl(write(tmp_path, [row]), TOK)
