@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from transformer_lens import HookedTransformer
 
+from circuits.vocab import Submodule
 from sae.saeset import SAESet
 
 
@@ -42,6 +43,16 @@ def latent_keys(graph) -> list[tuple[str, int]]:
 
 
 @torch.no_grad()
+def residual_direction(model: HookedTransformer, hook: str, row: torch.Tensor) -> torch.Tensor:
+    """What a decoder row at ``hook`` writes into the residual stream: the row itself, or at
+    attn.hook_z (the heads concatenated) the heads' rows through their output matrices W_O."""
+    sub = Submodule.parse(hook)
+    if sub.kind != "z":
+        return row
+    w_o = model.blocks[sub.layer].attn.W_O.detach()  # [n_heads, d_head, d_model]
+    return torch.einsum("hd,hdm->m", row.view(w_o.shape[0], w_o.shape[1]), w_o)
+
+
 def feature_cards(
     model: HookedTransformer,
     saes: SAESet,
@@ -93,7 +104,7 @@ def feature_cards(
             live = flat[flat > 0]
             peak = float(live.max()) if len(live) else 0.0
             hist = torch.histc(live, bins=bins, min=0, max=peak).int().tolist() if len(live) else [0] * bins
-            logits = saes[h].W_dec[latent].detach() @ w_u
+            logits = residual_direction(model, h, saes[h].W_dec[latent].detach()) @ w_u
             up, down = logits.topk(5), (-logits).topk(5)
             cards[(h, latent)] = FeatureCard(
                 h,
