@@ -146,3 +146,29 @@ def test_write_circuit_tracer_writes_the_folder_and_merges_metadata(tmp_path):
     (tmp_path / "graph-metadata.json").write_text("[]")
     with pytest.raises(CircuitsError, match="expected"):
         write_circuit_tracer(example_graph(), tmp_path, slug="ioi")
+
+
+def test_circuit_tracer_rows_follow_a_released_sets_hooks():
+    # gpt2-small-res-jb's kinds: an SAE on the embeddings, resid_pre, the last resid_post
+    from circuits.discover import DiscoverConfig, discover
+    from circuits.vocab import EMBED_HOOK
+    from tasks.builtin import make_task
+    from tests.helpers import TOK, random_saes, tiny_hooked_model
+
+    hooks = [EMBED_HOOK, "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"]
+    graph = discover(
+        tiny_hooked_model(),
+        random_saes(hooks),
+        make_task("ioi", TOK, n=4, split="train"),
+        DiscoverConfig(method="atp", top_n=40),
+        progress=False,
+    )
+    data = to_circuit_tracer(graph)
+    assert data["metadata"]["transcoder_list"] == hooks
+    features = [n for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    assert {n["layer"] for n in features} <= {"0", "1", "2"}
+    # the embeddings' latents are features on row 0; the token axis keeps one embedding each
+    assert any(n["layer"] == "0" for n in features)
+    embeddings = [n for n in data["nodes"] if n["feature_type"] == "embedding"]
+    assert len({n["ctx_idx"] for n in embeddings}) == len(embeddings)
+    assert next(n for n in data["nodes"] if n["node_id"] == "metric")["layer"] == "3"
