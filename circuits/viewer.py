@@ -78,7 +78,8 @@ def viewer_data(graph: nx.DiGraph, cards: dict[tuple[str, int], FeatureCard] | N
             {
                 "id": n,
                 "site": site_index[node.site.id],
-                "kind": "embed" if node.is_embed else "error" if node.latent is None else "feature",
+                # an SAE on the embeddings makes latents there: features like any other
+                "kind": "feature" if node.latent is not None else "embed" if node.is_embed else "error",
                 "latent": node.latent,
                 "effect": float(a["effect"]),
                 "activation": None if a.get("activation") is None else float(a["activation"]),

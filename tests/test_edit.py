@@ -157,7 +157,7 @@ def test_attached_edits_are_independent(setup, first_removed):
 def test_restrict_keeps_the_named_kinds(setup):
     _, saes, _ = setup
     assert list(saes.restrict(["mlp", "attn"])) == [h for h in HOOKS if "resid" not in h]
-    with pytest.raises(CircuitsError, match=r"unknown kind\(s\) foo \(use resid, mlp, attn\)"):
+    with pytest.raises(CircuitsError, match=r"unknown kind\(s\) foo \(use resid_pre, z, attn, resid_mid, mlp, resid\)"):
         saes.restrict(["resid", "foo"])
     with pytest.raises(CircuitsError, match="the SAE set has no attn hooks"):
         saes.restrict(["mlp"]).restrict(["attn"])
