@@ -73,7 +73,7 @@ def main() -> None:
     n_targets = sum(len(t) for t in targets.values())
     times = {"batched": 0.0, "loop": 0.0, "per_node": 0.0}
     for hook, tg in targets.items():
-        sources = source_masks(list(nodes_of(graph).values()), saes, task.n_pos, upstream_hooks(hook, saes))
+        sources = source_masks(list(nodes_of(graph).values()), saes, task.n_pos, upstream_hooks(hook, saes, model))
         a, dt = timed(edges_into, model, saes, task, hook, tg, sources, batched=True)
         times["batched"] += dt
         b, dt = timed(edges_into, model, saes, task, hook, tg, sources, batched=False)
