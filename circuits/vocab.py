@@ -11,7 +11,8 @@
   the only place that knows which submodule feeds which (``Submodule.upstream``).
 * A **site** is a submodule at a token position (``None``: summed over positions).
 * A **node** is a latent, the SAE error term, or the embedding vector, at a site. Its id
-  string (``blocks.2.hook_mlp_out/317@S2``, ``blocks.2.hook_mlp_out/err@S2``, ``embed@IO``)
+  string (``blocks.2.hook_mlp_out/317@S2``, ``blocks.2.hook_mlp_out/err@S2``, ``embed@IO``;
+  ``embed/17@IO``: latent 17 of an SAE on the embeddings, whose error term is ``embed@IO``)
   and its graph attributes round-trip through ``Node.attrs`` / ``Node.from_attrs``.
 """
 
@@ -290,8 +291,8 @@ class Node:
 
     @property
     def id(self) -> str:
-        if self.is_embed:
-            return self.site.id
+        if self.is_embed:  # the embedding vector (or, with an SAE there, its error), or a latent of that SAE
+            return self.site.id if self.latent is None else f"{_EMBED_ID}/{self.latent}@{self.site.label}"
         return f"{self.hook}/{'err' if self.latent is None else self.latent}@{self.site.label}"
 
     def attrs(self, effect: float, activation: float) -> dict:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import difflib
 import json
 import shutil
-from collections.abc import Iterable, Iterator, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from sae_lens import SAE
@@ -25,6 +27,7 @@ from circuits.vocab import BLOCK_KINDS, Submodule, activation_width
 MANIFEST = "manifest.json"
 SAE_CFG, SAE_WEIGHTS = "cfg.json", "sae_weights.safetensors"
 FORMAT = "sae-circuits/sae-set/1"
+T = TypeVar("T")
 
 
 def check_hooks(model: HookedTransformer, hooks: list[str]) -> None:
@@ -46,6 +49,43 @@ def hook_width(model: HookedTransformer, hook: str) -> int:
 # depends on the input as well as the latents, so the decoder is not the fixed affine map
 # that splicing and edges rely on (docs/design.md, "Splicing").
 _PER_INPUT_NORMS = ("constant_norm_rescale", "layer_norm")
+
+
+def check_fits(model: HookedTransformer, hook: str, d_in: int, norm: str | None, what: str = "") -> None:
+    """Raise, in one line, unless an SAE at ``hook`` with input width ``d_in`` and
+    normalisation ``norm`` fits ``model`` (a hook circuits read, which the model computes, of
+    width d_in; a decoder that is a fixed map); ``what`` names the SAE (default: by its hook)."""
+    what = what or f"SAE for {hook}"
+    try:
+        Submodule.parse(hook)  # hooks circuits are not defined on
+    except CircuitsError as err:
+        raise CircuitsError(f"{what}: {err}") from None
+    name = model.cfg.model_name or "the model"
+    _check_computed(model, hook, what)
+    width = hook_width(model, hook)
+    if d_in != width and hook.endswith("attn.hook_z"):
+        raise CircuitsError(
+            f"{what} has d_in {d_in} but {name}'s heads there are "
+            f"{model.cfg.n_heads} x d_head {model.cfg.d_head} = {width}"
+        )
+    if d_in != width:
+        raise CircuitsError(
+            f"{what} has d_in {d_in} but the model's activation there has width {width} ({name}'s d_model)"
+        )
+    if norm in _PER_INPUT_NORMS:
+        raise CircuitsError(
+            f"{what} has normalize_activations={norm!r}: it rescales each activation by "
+            "its own norm, so its decoder is not a fixed map and circuits cannot splice it "
+            "(supported: 'none', and 'expected_average_only_in', which sae-lens folds into the weights)"
+        )
+
+
+def _check_computed(model: HookedTransformer, hook: str, what: str) -> None:
+    """One line for a resid_mid SAE on a model without a middle to its blocks."""
+    if hook.endswith("hook_resid_mid") and (model.cfg.parallel_attn_mlp or model.cfg.attn_only):
+        why = "runs attention and MLP in parallel" if model.cfg.parallel_attn_mlp else "is attention-only"
+        name = model.cfg.model_name or "the model"
+        raise CircuitsError(f"{what}: {name} {why}, so it never computes {hook}")
 
 
 class SAESet(Mapping[str, SAE]):
@@ -96,30 +136,11 @@ class SAESet(Mapping[str, SAE]):
     def check_model(self, model: HookedTransformer) -> None:
         """Raise if a hook is missing from (or never computed by) ``model``, an SAE's d_in
         does not match it, or an SAE normalises each input by its own statistics."""
+        for hook in self.saes:
+            _check_computed(model, hook, f"SAE for {hook}")
         check_hooks(model, list(self.saes))
-        name = model.cfg.model_name or "the model"
         for hook, sae in self.saes.items():
-            Submodule.parse(hook)  # one line for hooks circuits are not defined on
-            if hook.endswith("hook_resid_mid") and (model.cfg.parallel_attn_mlp or model.cfg.attn_only):
-                why = "runs attention and MLP in parallel" if model.cfg.parallel_attn_mlp else "is attention-only"
-                raise CircuitsError(f"the SAE at {hook}: {name} {why}, so it never computes {hook}")
-            width = hook_width(model, hook)
-            if sae.cfg.d_in != width and hook.endswith("attn.hook_z"):
-                raise CircuitsError(
-                    f"SAE for {hook} has d_in {sae.cfg.d_in} but {name}'s heads there are "
-                    f"{model.cfg.n_heads} x d_head {model.cfg.d_head} = {width}"
-                )
-            if sae.cfg.d_in != width:
-                raise CircuitsError(
-                    f"SAE for {hook} has d_in {sae.cfg.d_in} but the model's activation there has width {width}"
-                )
-            norm = getattr(sae.cfg, "normalize_activations", "none")
-            if norm in _PER_INPUT_NORMS:
-                raise CircuitsError(
-                    f"SAE for {hook} has normalize_activations={norm!r}: it rescales each activation by "
-                    "its own norm, so its decoder is not a fixed map and circuits cannot splice it "
-                    "(supported: 'none', and 'expected_average_only_in', which sae-lens folds into the weights)"
-                )
+            check_fits(model, hook, sae.cfg.d_in, getattr(sae.cfg, "normalize_activations", "none"))
 
     def save(self, folder: str | Path) -> Path:
         """Write the set atomically (a temporary folder renamed into place)."""
@@ -163,9 +184,12 @@ class SAESet(Mapping[str, SAE]):
     ) -> SAESet:
         """Published SAEs through ``SAE.from_pretrained(release, sae_id)`` (sae-lens's registry):
         every SAE of the release, or those ``sae_ids`` names (a mapping: hook -> id). Each sits
-        at the hook its config names. With ``model``, the hooks are checked against it before
-        anything is loaded. Unknown names and an unreachable hub are one-line errors; a model
-        in the local Hugging Face cache loads offline."""
+        at the hook its config names. Every config is read first (the config file alone, or
+        nothing for loaders that derive it from names): two SAEs at one hook, a hook circuits
+        do not read and an architecture sae-lens does not know are one-line errors before any
+        weights are read, and so, with ``model``, are hooks the model lacks and widths that do
+        not fit it. Unknown names and an unreachable hub are one-line errors; SAEs in the
+        local Hugging Face cache load offline."""
         entry = release_entry(release)
         ids = (
             list(entry.saes_map)
@@ -176,11 +200,12 @@ class SAESet(Mapping[str, SAE]):
             _check_release_id(release, entry, sae_id)
         if model is not None:
             _check_release_hooks(release, ids, model)
-        saes = {}
-        for sae_id in ids:
-            sae = load_release_sae(release, sae_id, device)
-            hook = sae.cfg.metadata.hook_name or sae_id
-            saes[hook] = sae
+        reachable = hub_reachable()  # once: an unreachable hub may take seconds to say so
+        configs = {sae_id: release_config(release, sae_id, device, reachable) for sae_id in ids}
+        hooks = _release_hooks(release, configs)
+        if model is not None:
+            _check_release_fits(release, configs, hooks, model)
+        saes = {hooks[sae_id]: load_release_sae(release, sae_id, device, reachable) for sae_id in ids}
         result = cls(dict(sorted(saes.items(), key=lambda hs: Submodule.parse(hs[0]).order)), entry.model)
         if model is not None:
             result.check_model(model)
@@ -250,16 +275,84 @@ def load_sae_folder(folder: Path, device: str = "cpu") -> SAE:
         raise CircuitsError(f"{folder}: cannot load this SAE ({first})") from None
 
 
-def load_release_sae(release: str, sae_id: str, device: str = "cpu") -> SAE:
-    """One SAE of a sae-lens release, with unknown names, unknown architectures and offline
-    hubs as one-line errors."""
+def release_config(release: str, sae_id: str, device: str = "cpu", reachable: bool | None = None) -> dict:
+    """The config sae-lens's loader for ``release`` gives ``sae_id`` (its config getter: the
+    config file alone, or nothing where the loader derives the config from names), with the
+    registry's overrides; one-line errors as `load_release_sae`. ``reachable``: whether the
+    hub answers (default: ask it)."""
+    from sae_lens.loading.pretrained_sae_loaders import load_sae_config_from_huggingface
+    from sae_lens.registry import SAE_CLASS_REGISTRY
+
+    _check_release_id(release, release_entry(release), sae_id)
+    cfg = _from_hub(release, sae_id, reachable, lambda: load_sae_config_from_huggingface(release, sae_id, device))
+    architecture = cfg.get("architecture", "standard")
+    if architecture not in SAE_CLASS_REGISTRY:
+        raise CircuitsError(_unknown_architecture(release, sae_id, architecture))
+    return cfg
+
+
+def _config_hook(cfg: dict) -> str | None:
+    """The hook a sae-lens config names (in its metadata since sae-lens 6)."""
+    return (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name")
+
+
+def _release_hooks(release: str, configs: dict[str, dict]) -> dict[str, str]:
+    """id -> the hook its config names; one line for a hook circuits do not read and for two
+    SAEs at one hook (a release with several widths per layer)."""
+    hooks = {sae_id: _config_hook(cfg) or sae_id for sae_id, cfg in configs.items()}
+    for sae_id, hook in hooks.items():
+        try:
+            Submodule.parse(hook)
+        except CircuitsError as err:
+            raise CircuitsError(f"release {release!r}, SAE {sae_id!r}: {err}") from None
+    by_hook: dict[str, list[str]] = {}
+    for sae_id, hook in hooks.items():
+        by_hook.setdefault(hook, []).append(sae_id)
+    for hook, ids in by_hook.items():
+        if len(ids) > 1:
+            listed = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+            raise CircuitsError(
+                f"release {release!r} has {len(ids)} SAEs at {hook} ({listed}): name one per hook "
+                f"(--saes {release}:ID,ID)"
+            )
+    return hooks
+
+
+def _check_release_fits(release: str, configs: dict[str, dict], hooks: dict[str, str], model) -> None:
+    """Before any weights are read: every SAE's hook is the model's, its d_in fits."""
+    name = model.cfg.model_name or "the model"
+    for sae_id, hook in hooks.items():
+        _check_computed(model, hook, f"SAE {release}/{sae_id}")
+        if hook not in model.hook_dict:
+            raise CircuitsError(
+                f"release {release!r} has an SAE at {hook} ({sae_id}), which {name} "
+                f"({model.cfg.n_layers} layers) does not have"
+            )
+    for sae_id, hook in hooks.items():
+        cfg = configs[sae_id]
+        what = f"SAE {release}/{sae_id}" + ("" if sae_id == hook else f" (at {hook})")
+        check_fits(model, hook, cfg["d_in"], cfg.get("normalize_activations") or "none", what)
+
+
+def load_release_sae(release: str, sae_id: str, device: str = "cpu", reachable: bool | None = None) -> SAE:
+    """One SAE of a sae-lens release, with unknown names, unknown architectures, weights that
+    do not fit their config and offline hubs as one-line errors. ``reachable``: whether the
+    hub answers (default: ask it)."""
     entry = release_entry(release)
     _check_release_id(release, entry, sae_id)
-    if hub_reachable():
-        return _from_pretrained(release, sae_id, device)
+    return _from_hub(release, sae_id, reachable, lambda: _from_pretrained(release, sae_id, device))
+
+
+def _from_hub(release: str, sae_id: str, reachable: bool | None, load: Callable[[], T]) -> T:
+    """``load()`` from the hub, or from the local cache alone when the hub is unreachable
+    (one line when the files are not there)."""
+    if reachable is None:
+        reachable = hub_reachable()
+    if reachable:
+        return _one_line_errors(release, sae_id, load)
     with offline():
         try:
-            return _from_pretrained(release, sae_id, device)
+            return _one_line_errors(release, sae_id, load)
         except (OSError, ValueError) as err:
             if not _not_cached(err):
                 raise
@@ -269,18 +362,40 @@ def load_release_sae(release: str, sae_id: str, device: str = "cpu") -> SAE:
     )
 
 
-def _from_pretrained(release: str, sae_id: str, device: str) -> SAE:
+def _one_line_errors(release: str, sae_id: str, load: Callable[[], T]) -> T:
     from sae_lens.registry import SAE_CLASS_REGISTRY
 
     try:
-        return SAE.from_pretrained(release, sae_id, device=device)
+        return load()
     except KeyError as err:  # the config's architecture is not in sae-lens's registry
-        if err.args and err.args[0] not in SAE_CLASS_REGISTRY and isinstance(err.args[0], str):
+        if err.args and isinstance(err.args[0], str) and err.args[0] not in SAE_CLASS_REGISTRY:
+            raise CircuitsError(_unknown_architecture(release, sae_id, err.args[0])) from None
+        raise
+    except RuntimeError as err:  # load_state_dict: the weights' shapes are not the config's
+        mismatch = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+        if mismatch:
             raise CircuitsError(
-                f"SAE {release}/{sae_id}: architecture {err.args[0]!r} is not one sae-lens "
-                f"{_sae_lens_version()} knows ({', '.join(sorted(SAE_CLASS_REGISTRY))})"
+                f"SAE {release}/{sae_id}: its weights do not fit its config ({mismatch[0].rstrip('.')})"
             ) from None
         raise
+
+
+def _unknown_architecture(release: str, sae_id: str, architecture: str) -> str:
+    from sae_lens.registry import SAE_CLASS_REGISTRY
+
+    return (
+        f"SAE {release}/{sae_id}: architecture {architecture!r} is not one sae-lens "
+        f"{_sae_lens_version()} knows ({', '.join(sorted(SAE_CLASS_REGISTRY))})"
+    )
+
+
+def _from_pretrained(release: str, sae_id: str, device: str) -> SAE:
+    with warnings.catch_warnings():
+        # Released configs may ask for a model loaded with folded LayerNorm and centred writing
+        # weights (``model_from_pretrained_kwargs``), which is how load_model loads pretrained
+        # models; sae-lens warns about it on every load, in several lines.
+        warnings.filterwarnings("ignore", r"\s*This SAE has non-empty model_from_pretrained_kwargs")
+        return SAE.from_pretrained(release, sae_id, device=device)
 
 
 def _not_cached(err: BaseException) -> bool:
