@@ -354,3 +354,13 @@ def test_resid_mid_on_a_model_that_never_computes_it(models):
         "SAE for blocks.1.hook_resid_mid: pythia-70m-deduped-standin runs attention and MLP in parallel, "
         "so it never computes blocks.1.hook_resid_mid"
     )
+
+
+def test_gemma_scope_files_need_gemma_2_2b_width(models, tmp_path):
+    """sae-lens's gemma_2 loader reads d_in from the repository's name: its files cannot fit a
+    narrower stand-in, which release_saes builds instead."""
+    cfg, release = models["gemma-2-2b"].cfg, "gemma-scope-2b-pt-res-canonical"
+    with pytest.raises(CircuitsError, match=r"fixes d_in at 2304 .* stand-in model's width is 64 \(use release_saes\)"):
+        S.write_release(release, tmp_path, cfg, GEMMA_IDS[:1])
+    with pytest.raises(CircuitsError, match=r"reads d_sae 16384 from the folder's name"):
+        S.write_release(release, tmp_path, cfg, GEMMA_IDS[:1], width=512)
