@@ -38,6 +38,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerBase
 
 from circuits.config import Config
+from circuits.determinism import deterministic
 from circuits.errors import CircuitsError
 from circuits.hub import cached_snapshot, hub_reachable, in_hf_cache, offline
 from tasks.corpus import corpus_tokens
@@ -165,9 +166,10 @@ def train_model(
             return None
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
-        loss = model(training_batch(tokenizer, cfg, step), return_type="loss")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with deterministic():  # same seed, same weights
+            loss = model(training_batch(tokenizer, cfg, step), return_type="loss")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")

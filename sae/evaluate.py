@@ -169,6 +169,38 @@ def evaluate_saes(
     )
 
 
+@dataclass(frozen=True)
+class QualityBar:
+    """The bar the default SAE set meets on every training seed (docs/design.md, "SAE quality")."""
+
+    max_fvu: float = 0.05
+    max_l0: float = 32.0
+    max_dead_frac: float = 0.05
+    min_ce_recovered: float = 0.95
+    min_all_spliced_ce_recovered: float = 0.85
+
+    def failures(self, result: SAEEvaluation) -> list[str]:
+        """One line per hook and measure that misses the bar (empty: the set passes)."""
+        misses = [miss for hook, score in result.saes.items() for miss in self._misses(hook, score)]
+        spliced = result.all_spliced_ce_recovered
+        if spliced < self.min_all_spliced_ce_recovered:
+            misses.append(f"all spliced: CE recovered {spliced:.4f}, needs >= {self.min_all_spliced_ce_recovered:g}")
+        return misses
+
+    def _misses(self, hook: str, score: SAEScore) -> list[str]:
+        checks = (
+            ("FVU", score.fvu, "<=", self.max_fvu),
+            ("L0", score.l0, "<=", self.max_l0),
+            ("dead", score.dead_frac, "<=", self.max_dead_frac),
+            ("CE recovered", score.ce_recovered, ">=", self.min_ce_recovered),
+        )
+        return [
+            f"{hook}: {name} {value:.4f}, needs {op} {bound:g}"
+            for name, value, op, bound in checks
+            if not (value <= bound if op == "<=" else value >= bound)
+        ]
+
+
 def format_table(result: SAEEvaluation) -> str:
     """The evaluation as a markdown table and a line for all SAEs spliced at once."""
     table = markdown_table(

@@ -9,8 +9,10 @@ resumes from the newest complete one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -28,6 +30,7 @@ from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 from transformer_lens import HookedTransformer
 
 from circuits.config import Config
+from circuits.determinism import deterministic
 from circuits.errors import CircuitsError
 from circuits.vocab import HookKind, Submodule, hook_names
 from sae.saeset import MANIFEST, SAESet, check_hooks, hook_width, release_entry, write_manifest
@@ -36,6 +39,7 @@ from tasks.corpus import corpus_tokens
 Architecture = Literal["topk", "batchtopk", "jumprelu", "standard", "gated"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 COMPLETE = "complete.json"
+RECORD = "training.json"  # in a trained set's folder: the config and the model it was trained on
 
 
 @dataclass
@@ -170,25 +174,34 @@ def resample_dead_latents(trainer, batch: torch.Tensor, generator: torch.Generat
         return 0
     x = trainer.activation_scaler(batch.to(sae.W_dec.device))
     acts, _ = sae.encode_with_hidden_pre(x)
-    error = x - sae.decode(acts)
-    weights = error.pow(2).sum(-1).cpu()
-    picks = torch.multinomial(weights / weights.sum(), n_dead, replacement=True, generator=generator)
-    directions = error[picks.to(error.device)]
-    directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    directions = _error_directions(x - sae.decode(acts), n_dead, generator)
     alive = ~dead
     sae.W_dec.data[dead] = directions * sae.W_dec.data[alive].norm(dim=-1).mean()
     sae.W_enc.data[:, dead] = directions.T * sae.W_enc.data[:, alive].norm(dim=0).mean()
     sae.b_enc.data[dead] = 0.0
+    _reset_optimizer_state(trainer.optimizer, sae, dead)
+    trainer.n_forward_passes_since_fired[dead] = 0
+    return n_dead
+
+
+def _error_directions(error: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` unit rows of ``error``, drawn with probability proportional to their squared norm."""
+    weights = error.pow(2).sum(-1).cpu()
+    picks = torch.multinomial(weights / weights.sum(), n, replacement=True, generator=generator)
+    directions = error[picks.to(error.device)]
+    return directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+
+
+def _reset_optimizer_state(optimizer: torch.optim.Optimizer, sae, dead: torch.Tensor) -> None:
+    """Zero Adam's moments of the ``dead`` latents' encoder, decoder and bias entries."""
     for param in (sae.W_dec, sae.W_enc, sae.b_enc):
-        state = trainer.optimizer.state.get(param, {})
+        state = optimizer.state.get(param, {})
         for key in ("exp_avg", "exp_avg_sq"):
             if key in state:
                 if param is sae.W_enc:
                     state[key][:, dead] = 0.0
                 else:
                     state[key][dead] = 0.0
-    trainer.n_forward_passes_since_fired[dead] = 0
-    return n_dead
 
 
 def train_sae_set(
@@ -223,7 +236,7 @@ def train_sae_set(
     )
     if trained is None:
         return None
-    _save_inference_set(trained, folder, model.cfg.model_name)
+    _save_inference_set(trained, folder, model.cfg.model_name, training_record(cfg, model))
     shutil.rmtree(folder.with_name(folder.name + ".training"), ignore_errors=True)
     return SAESet.load(folder, model, device=device)
 
@@ -275,7 +288,7 @@ def fit_saes(
         trainer.cfg = replace(trainer_cfg, total_training_samples=min(n_steps, start + stop_after) * batch_size)
     trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds if t > start * batch_size]
     trainer.data_provider = _LastBatch(batches(start))
-    with _progress(progress):
+    with _progress(progress), deterministic():
         trained = trainer.fit()
     if trainer.n_training_steps < n_steps:
         trainer.save_checkpoint(str(trainer.n_training_samples))
@@ -326,14 +339,16 @@ def _progress(enabled: bool):
         multi_sae_trainer.tqdm = original
 
 
-def _save_inference_set(saes: dict[str, TrainingSAE], folder: Path, model_name: str) -> None:
-    """Write the trained SAEs in sae-lens's inference format as an SAE set, atomically."""
+def _save_inference_set(saes: dict[str, TrainingSAE], folder: Path, model_name: str, record: dict) -> None:
+    """Write the trained SAEs in sae-lens's inference format as an SAE set, with its training
+    record, atomically."""
     tmp = folder.with_name(folder.name + ".saving")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for hook, sae in saes.items():
         sae.save_inference_model(tmp / hook)
     write_manifest(tmp, list(saes), model_name)
+    (tmp / RECORD).write_text(json.dumps(record, indent=2))
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
@@ -365,6 +380,46 @@ def load_saes(
         return SAESet.from_release(release, [i for i in ids.split(",") if i] or None, model, device)
     model = model or load_model(TOY_NAME, progress=progress)
     folder = Path(cache_dir or default_cache_dir()) / "saes-toy"
-    if not (folder / MANIFEST).is_file():
-        train_sae_set(model, SAETrainConfig(), folder, progress=progress)
+    reason = stale_reason(folder, model)
+    if reason:
+        if (folder / MANIFEST).is_file():
+            print(f"{folder}: {reason}; training the default SAE set again", file=sys.stderr)
+        train_sae_set(model, default_config(), folder, progress=progress)
     return SAESet.load(folder, model, device=str(model.cfg.device))
+
+
+def default_config() -> SAETrainConfig:
+    """The default recipe: what ``load_saes("toy")`` trains."""
+    return SAETrainConfig()
+
+
+def model_fingerprint(model: HookedTransformer) -> str:
+    """A short hash of the model's weights (names, shapes and float32 values)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def training_record(cfg: SAETrainConfig, model: HookedTransformer) -> dict:
+    """What a trained set's ``training.json`` holds: its config, whether that was the default
+    recipe, and the fingerprint of the model it was trained on."""
+    return {"config": cfg.to_dict(), "default": cfg == default_config(), "model": model_fingerprint(model)}
+
+
+def stale_reason(folder: Path, model: HookedTransformer) -> str | None:
+    """Why the cached default set in ``folder`` must be trained (again), or None to use it: it
+    is missing, predates training records, was trained on another model, or was trained with
+    an earlier default recipe. A set trained there with other options on this model is kept."""
+    if not (folder / MANIFEST).is_file():
+        return "no SAE set"
+    try:
+        record = json.loads((folder / RECORD).read_text())
+    except (OSError, json.JSONDecodeError):
+        return f"no readable {RECORD} (trained before training records)"
+    if record.get("model") != model_fingerprint(model):
+        return "trained on another model"
+    if record.get("default") and record.get("config") != json.loads(json.dumps(default_config().to_dict())):
+        return "trained with an earlier default recipe"
+    return None

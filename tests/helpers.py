@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from circuits.cards import FeatureCard
     from circuits.model import ToyModelConfig
     from sae.saeset import SAESet
+    from sae.train import SAETrainConfig
 
 TOK = build_tokenizer()
 
@@ -84,6 +85,26 @@ def tiny_config(**overrides) -> ToyModelConfig:
     )
     base.update(overrides)
     return ToyModelConfig(**base)
+
+
+def tiny_sae_config(**overrides) -> SAETrainConfig:
+    """SAEs at two hooks of a 1-layer model: 4 training steps of 4 x 31 tokens, resampling
+    latents dead for one step every 2 steps."""
+    from sae.train import SAETrainConfig
+
+    base = dict(
+        kinds=("resid", "mlp"),
+        width=64,
+        k=4,
+        n_tokens=4 * 124,
+        seqs_per_batch=4,
+        seq_len=32,
+        n_checkpoints=0,
+        resample_every=2,
+        dead_window=1,
+    )
+    base.update(overrides)
+    return SAETrainConfig(**base)
 
 
 def node_attrs(

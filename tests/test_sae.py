@@ -13,23 +13,7 @@ from sae.evaluate import evaluate_saes
 from sae.saeset import SAESet
 from sae.train import ARCHITECTURES, SAETrainConfig, train_sae_set
 from tasks.corpus import corpus_tokens
-
-
-def tiny_sae_config(**overrides) -> SAETrainConfig:
-    """Two hooks of a 1-layer model, 4 training steps of 4 x 31 tokens."""
-    base = dict(
-        kinds=("resid", "mlp"),
-        width=64,
-        k=4,
-        n_tokens=4 * 124,
-        seqs_per_batch=4,
-        seq_len=32,
-        n_checkpoints=0,
-        resample_every=2,
-        dead_window=1,
-    )
-    base.update(overrides)
-    return SAETrainConfig(**base)
+from tests.helpers import tiny_sae_config
 
 
 @pytest.fixture(scope="module")
