@@ -143,7 +143,8 @@ def max_abs_diff(a: Path, b: Path, pattern: str) -> float:
     worst = 0.0
     for path in sorted(a.glob(pattern)):
         ours, theirs = load_file(str(path)), load_file(str(b / path.relative_to(a)))
-        worst = max([worst] + [(ours[k].float() - theirs[k].float()).abs().max().item() for k in ours])
+        diffs = [(ours[k].float() - theirs[k].float()).abs() for k in ours if ours[k].numel()]
+        worst = max([worst] + [d.max().item() for d in diffs])
     return worst
 
 
