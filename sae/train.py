@@ -30,7 +30,7 @@ from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 from transformer_lens import HookedTransformer
 
 from circuits.config import Config
-from circuits.determinism import deterministic
+from circuits.determinism import deterministic, keep_freed_memory
 from circuits.errors import CircuitsError
 from circuits.vocab import HookKind, Submodule, hook_names
 from sae.saeset import MANIFEST, SAESet, check_hooks, hook_width, release_entry, write_manifest
@@ -291,6 +291,7 @@ def fit_saes(
         trainer.cfg = replace(trainer_cfg, total_training_samples=min(n_steps, start + stop_after) * batch_size)
     trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds if t > start * batch_size]
     trainer.data_provider = _LastBatch(batches(start))
+    keep_freed_memory()
     with _progress(progress), deterministic():
         trained = trainer.fit()
     if trainer.n_training_steps < n_steps:

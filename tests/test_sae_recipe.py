@@ -3,12 +3,14 @@ the recipe or the model changes, the quality bar, and (slow, `make test-slow`) t
 model + SAEs trained from scratch on three seeds."""
 
 import json
+import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import sae.train as T
+from circuits.determinism import keep_freed_memory
 from circuits.model import ToyModelConfig, load_saved_model, train_model
 from sae.evaluate import QualityBar, SAEEvaluation, SAEScore, evaluate_saes
 from sae.train import SAETrainConfig, load_saes, train_sae_set
@@ -132,3 +134,9 @@ def test_default_recipe_meets_the_bar_on_every_seed(seed, tmp_path):
     saes = train_sae_set(model, SAETrainConfig(seed=seed), tmp_path / "saes", progress=False)
     misses = QualityBar().failures(evaluate_saes(model, saes, progress=False))
     assert not misses, f"seed {seed}: " + "; ".join(misses)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
+def test_training_keeps_freed_memory_on_glibc():
+    """fit_saes sets it, so the bit-identical trainings above ran with it: speed only."""
+    assert keep_freed_memory()
