@@ -45,9 +45,9 @@ def keep_freed_memory() -> bool:
     frees and allocates many of them in varying order, and glibc kept unmapping or trimming
     them: every new one faulted its pages in again (3.5 M page faults in 20 steps of the
     default set, a fifth of the time on 2 cores; 150 k with this). With the mmap threshold at
-    its maximum (32 MB) and no trimming below 1 GB, freed buffers stay in the heap. Results do not change
-    (where memory comes from is not arithmetic). Process-wide and lasting: the heap may keep
-    up to ~1 GB it no longer uses. Returns False where the C library is not glibc.
+    its maximum (32 MB) and no trimming below 1 GB, freed buffers stay in the heap. Results do
+    not change (where memory comes from is not arithmetic). Process-wide and lasting: the heap
+    may keep up to ~1 GB it no longer uses. Returns False where the C library is not glibc.
     """
     try:
         libc = ctypes.CDLL(None)
