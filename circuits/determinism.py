@@ -23,15 +23,20 @@ def deterministic() -> Iterator[None]:
     """torch's deterministic algorithms for the duration (the previous setting is restored).
 
     ``warn_only``: an operation without a deterministic version (some CUDA kernels) warns
-    instead of failing.
+    instead of failing. Deterministic mode also fills every new uninitialised tensor with NaN
+    (a debugging aid that shows a kernel reading memory it never wrote); no kernel here
+    does, and the fills were ~10 % of a training step on 2 cores, so they are off.
     """
     enabled = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 # glibc's mallopt parameters (malloc.h)

@@ -32,6 +32,7 @@ from transformer_lens import HookedTransformer
 from circuits.config import Config
 from circuits.determinism import deterministic, keep_freed_memory
 from circuits.errors import CircuitsError
+from circuits.fused import block_activations, fused_hook, fused_supported
 from circuits.vocab import HookKind, Submodule, hook_names
 from sae.saeset import MANIFEST, SAESet, check_hooks, hook_width, release_entry, write_manifest
 from tasks.corpus import corpus_tokens
@@ -123,6 +124,8 @@ class ActivationBatches(Iterator[dict[str, torch.Tensor]]):
     def __init__(self, model: HookedTransformer, hooks: list[str], cfg: SAETrainConfig, start: int = 0):
         self.model, self.hooks, self.cfg, self.index = model, hooks, cfg, start
         self.stop_at = max(Submodule.parse(h).layer for h in hooks) + 1
+        # the same values as run_with_cache, ~2.5x faster (circuits/fused.py)
+        self.fused = fused_supported(model) and all(fused_hook(h) for h in hooks)
 
     @torch.no_grad()
     def __next__(self) -> dict[str, torch.Tensor]:
@@ -130,9 +133,11 @@ class ActivationBatches(Iterator[dict[str, torch.Tensor]]):
             self.model.tokenizer, f"sae/{self.cfg.seed}/{self.index}", self.cfg.seqs_per_batch, self.cfg.seq_len
         )
         self.index += 1
-        _, cache = self.model.run_with_cache(
-            tokens.to(self.model.cfg.device), names_filter=self.hooks, stop_at_layer=self.stop_at
-        )
+        tokens = tokens.to(self.model.cfg.device)
+        if self.fused:
+            cache = block_activations(self.model, tokens, self.hooks)
+        else:
+            _, cache = self.model.run_with_cache(tokens, names_filter=self.hooks, stop_at_layer=self.stop_at)
         return {h: cache[h][:, 1:].reshape(-1, cache[h].shape[-1]) for h in self.hooks}
 
 

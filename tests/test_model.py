@@ -116,3 +116,27 @@ def test_hub_unreachable_fails_fast(monkeypatch):
 def test_load_model_from_folder(tiny_model_dir):
     model = M.load_model(str(tiny_model_dir))
     assert model.cfg.n_layers == 1 and model.to_str_tokens("Mary")[-1] == "Mary"
+
+
+@pytest.mark.parametrize(
+    ("edit", "retrained"),
+    [
+        (lambda cfg: cfg.pop("autocast"), True),  # the default of a version before that field
+        (lambda cfg: cfg.update(seed=3), False),  # `circuits train-model --seed 3` into the cache
+        (lambda cfg: None, False),  # today's default
+    ],
+)
+def test_cached_toy_model_is_trained_again_only_after_a_default_recipe_change(
+    tmp_path, tiny_model_dir, monkeypatch, capsys, edit, retrained
+):
+    folder = tmp_path / M.TOY_NAME
+    shutil.copytree(tiny_model_dir, folder)
+    cfg = M.ToyModelConfig().to_dict()
+    edit(cfg)
+    (folder / M.CONFIG_FILE).write_text(json.dumps(cfg))
+    calls = []
+    monkeypatch.setattr(M, "train_model", lambda cfg, out, progress: calls.append((cfg, out)))
+    monkeypatch.setattr(M, "load_saved_model", lambda out, device: out)
+    assert M.load_model(M.TOY_NAME, cache_dir=tmp_path) == folder
+    assert calls == ([(M.ToyModelConfig(), folder)] if retrained else [])
+    assert ("earlier default recipe" in capsys.readouterr().err) == retrained
