@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from sae.saeset import SAESet
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+RECORD_FILE = "training.json"  # {"default": trained with the default recipe of its day}
 TOY_NAME = "toy"
 
 
@@ -82,7 +83,7 @@ class ToyModelConfig(Config):
     act_fn: ActFn = "gelu"
     normalization_type: Normalization | None = "LN"
     seed: int = 0
-    steps: int = 1100
+    steps: int = 1000
     batch_size: int = 64
     seq_len: int = 64
     lr: float = 2e-3
@@ -238,6 +239,7 @@ def save_model(model: HookedTransformer, cfg: ToyModelConfig, folder: str | Path
     tmp.mkdir(parents=True)
     save_file(_contiguous(model.state_dict()), str(tmp / WEIGHTS_FILE))
     (tmp / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
+    (tmp / RECORD_FILE).write_text(json.dumps({"default": cfg == ToyModelConfig()}))
     model.tokenizer.save_pretrained(str(tmp))
     if folder.exists():
         shutil.rmtree(folder)
@@ -289,13 +291,10 @@ def load_model(
     Face hub or its local cache)."""
     if name == TOY_NAME:
         folder = Path(cache_dir or default_cache_dir()) / TOY_NAME
-        earlier = _earlier_default(folder)
-        if earlier:
-            print(
-                f"{folder}: trained with an earlier default recipe; training the default model again",
-                file=sys.stderr,
-            )
-        if earlier or not (folder / CONFIG_FILE).is_file():
+        reason = _stale_reason(folder)
+        if reason:
+            if (folder / CONFIG_FILE).is_file():
+                print(f"{folder}: {reason}; training the default model again", file=sys.stderr)
             train_model(ToyModelConfig(), folder, progress=progress)
         return load_saved_model(folder, device)
     if Path(name).is_dir():
@@ -303,16 +302,23 @@ def load_model(
     return load_pretrained(name, device)
 
 
-def _earlier_default(folder: Path) -> bool:
-    """Whether the model cached in ``folder`` was trained by an earlier version's default
-    recipe: its config lacks fields added since and matches today's default in all others. A
+def _stale_reason(folder: Path) -> str | None:
+    """Why the cached toy model in ``folder`` must be trained (again), or None to use it: it is
+    missing, predates training records, or was trained with an earlier default recipe. A
     model trained there with other settings (`circuits train-model --seed 3`) is kept."""
+    if not (folder / CONFIG_FILE).is_file():
+        return "no model"
+    try:
+        default = json.loads((folder / RECORD_FILE).read_text())["default"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return f"no readable {RECORD_FILE} (trained before training records)"
     try:
         saved = json.loads((folder / CONFIG_FILE).read_text())
     except (OSError, json.JSONDecodeError):
-        return False  # missing: trained as usual; unreadable: load_saved_model says what is wrong
-    default = json.loads(json.dumps(ToyModelConfig().to_dict()))
-    return isinstance(saved, dict) and set(saved) < set(default) and all(default.get(k) == v for k, v in saved.items())
+        return None  # load_saved_model says what is wrong with it
+    if default and saved != json.loads(json.dumps(ToyModelConfig().to_dict())):
+        return "trained with an earlier default recipe"
+    return None
 
 
 # TransformerLens names of models the hub has since moved into an organisation: a download

@@ -242,3 +242,16 @@ def test_a_full_size_gpt2_small_round_trips(hf, tmp_path, monkeypatch, capsys):
     with capsys.disabled():
         print(f"\nGPT-2 small shape (124 M, random): max |logit diff| {diff:.2e}")
     assert diff < ATOL
+
+
+def test_sae_training_reads_gpt2_activations_through_the_fused_forward_and_pythia_through_hooks(hf, tmp_path):
+    from circuits.fused import block_activations, fused_supported
+
+    gpt2 = M.load_model(str(save_folder(*hf["gpt2"], tmp_path / "g")))
+    pythia = M.load_model(str(save_folder(*hf["pythia"], tmp_path / "p")))
+    assert fused_supported(gpt2) and not fused_supported(pythia)  # rotary, parallel blocks
+    tokens = gpt2.to_tokens(["When Mary and John went to the store", "the cat sat on the mat"])
+    hooks = ["blocks.0.hook_resid_pre", "blocks.0.hook_attn_out", "blocks.1.hook_mlp_out", "blocks.1.hook_resid_post"]
+    _, cache = gpt2.run_with_cache(tokens, names_filter=hooks)
+    for hook, value in block_activations(gpt2, tokens, hooks).items():
+        torch.testing.assert_close(value, cache[hook], atol=1e-4, rtol=1e-4, msg=hook)

@@ -119,24 +119,31 @@ def test_load_model_from_folder(tiny_model_dir):
 
 
 @pytest.mark.parametrize(
-    ("edit", "retrained"),
+    ("config", "record", "why"),
     [
-        (lambda cfg: cfg.pop("autocast"), True),  # the default of a version before that field
-        (lambda cfg: cfg.update(seed=3), False),  # `circuits train-model --seed 3` into the cache
-        (lambda cfg: None, False),  # today's default
+        ({}, {"default": True}, None),  # today's default
+        ({"steps": 1100}, {"default": True}, "trained with an earlier default recipe"),
+        ({"seed": 3}, {"default": False}, None),  # `circuits train-model --seed 3` into the cache
+        ({}, None, "no readable training.json (trained before training records)"),
     ],
 )
-def test_cached_toy_model_is_trained_again_only_after_a_default_recipe_change(
-    tmp_path, tiny_model_dir, monkeypatch, capsys, edit, retrained
+def test_the_cached_toy_model_is_trained_again_after_a_default_recipe_change(
+    tmp_path, tiny_model_dir, monkeypatch, capsys, config, record, why
 ):
     folder = tmp_path / M.TOY_NAME
     shutil.copytree(tiny_model_dir, folder)
-    cfg = M.ToyModelConfig().to_dict()
-    edit(cfg)
-    (folder / M.CONFIG_FILE).write_text(json.dumps(cfg))
+    (folder / M.CONFIG_FILE).write_text(json.dumps({**M.ToyModelConfig().to_dict(), **config}))
+    (folder / M.RECORD_FILE).unlink()
+    if record is not None:
+        (folder / M.RECORD_FILE).write_text(json.dumps(record))
     calls = []
     monkeypatch.setattr(M, "train_model", lambda cfg, out, progress: calls.append((cfg, out)))
     monkeypatch.setattr(M, "load_saved_model", lambda out, device: out)
     assert M.load_model(M.TOY_NAME, cache_dir=tmp_path) == folder
-    assert calls == ([(M.ToyModelConfig(), folder)] if retrained else [])
-    assert ("earlier default recipe" in capsys.readouterr().err) == retrained
+    assert calls == ([(M.ToyModelConfig(), folder)] if why else [])
+    err = capsys.readouterr().err
+    assert (f"{folder}: {why}; training the default model again" in err) if why else err == ""
+
+
+def test_a_trained_model_records_whether_it_is_the_default_recipe(tiny_model_dir):
+    assert json.loads((tiny_model_dir / M.RECORD_FILE).read_text()) == {"default": False}
