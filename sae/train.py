@@ -24,6 +24,8 @@ import torch
 from sae_lens import TrainingSAE
 from sae_lens.config import SAETrainerConfig
 from sae_lens.registry import get_sae_training_class
+from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE
+from sae_lens.saes.topk_sae import TopKTrainingSAE
 from sae_lens.saes.sae import SAEMetadata
 from sae_lens.training import multi_sae_trainer
 from sae_lens.training.multi_sae_trainer import MultiSAETrainer
@@ -33,6 +35,7 @@ from circuits.config import Config
 from circuits.determinism import deterministic, keep_freed_memory
 from circuits.errors import CircuitsError
 from circuits.fused import block_activations, fused_hook, fused_supported
+from circuits.precision import Autocast, as_setting, use_bf16
 from circuits.vocab import HookKind, Submodule, hook_names
 from sae.saeset import MANIFEST, SAESet, check_hooks, hook_width, release_entry, write_manifest
 from tasks.corpus import corpus_tokens
@@ -74,7 +77,13 @@ class SAETrainConfig(Config):
     # ... during this fraction of training. The last 20 % (the lr decay) runs without: a round
     # at 90 % sent one SAE's batch FVU to 2.5 and it ended at 0.11 (docs/design.md).
     resample_until: float = 0.8
-    autocast: bool = True  # bf16 autocast for SAE training steps (fast on CPUs with AMX and on GPUs)
+    # bf16 autocast for SAE training steps: "auto" where the device multiplies bf16 natively
+    # (GPUs; CPUs with AVX-512 BF16, AMX or Arm BF16), "on", "off" (circuits/precision.py)
+    autocast: Autocast = "auto"
+
+    def __post_init__(self) -> None:
+        self.autocast = as_setting(self.autocast)  # configs saved when it was a bool
+        super().__post_init__()
 
     def validate(self) -> None:
         for name in ("width", "k", "n_tokens", "seqs_per_batch", "seq_len"):
@@ -117,7 +126,48 @@ def training_sae(
         d_in=d_in, d_sae=cfg.width, device=device, metadata=SAEMetadata(hook_name=hook, model_name=model_name), **extra
     )
     torch.manual_seed(seed)
+    if cfg.arch in ("topk", "batchtopk") and sae_cfg.rescale_acts_by_decoder_norm:
+        sae_cls = _FOLDED[cfg.arch]
     return sae_cls(sae_cfg)
+
+
+class NormsOnWeights:
+    """Mixin for sae-lens's TopK / BatchTopK training SAEs: the decoder-norm rescaling
+    (``rescale_acts_by_decoder_norm``) applied to the weights instead of the activations.
+
+    sae-lens scales the pre-activations by the decoder row norms ``n`` and the latents by
+    ``1 / n`` before decoding: two [batch, width] products forward and four backward, ~40 % of
+    an SAE step on 2 CPU cores. ``(x W_enc + b_enc) * n = x (W_enc * n) + b_enc * n`` and
+    ``(a / n) W_dec = a (W_dec / n)``, so scaling the [d_in, width] weights instead is the same
+    function with the same gradients (to float rounding; tests/test_sae.py), and the
+    parameters, their meaning and the saved SAE are sae-lens's.
+    """
+
+    def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.dim() != 2:  # addmm takes [batch, d_in]; training batches are
+            return super().encode_with_hidden_pre(x)
+        norms = self.W_dec.norm(dim=-1)
+        sae_in = self.process_sae_in(x)
+        hidden_pre = self.hook_sae_acts_pre(torch.addmm(self.b_enc * norms, sae_in, self.W_enc * norms))
+        return self.hook_sae_acts_post(self.activation_fn(hidden_pre)), hidden_pre
+
+    def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        if feature_acts.dim() != 2 or feature_acts.is_sparse:
+            return super().decode(feature_acts)
+        w_dec = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True)
+        sae_out_pre = self.hook_sae_recons(torch.addmm(self.b_dec, feature_acts, w_dec))
+        return self.reshape_fn_out(self.run_time_activation_norm_fn_out(sae_out_pre), self.d_head)
+
+
+class FoldedTopKTrainingSAE(NormsOnWeights, TopKTrainingSAE):
+    """sae-lens's TopK training SAE, decoder norms on the weights (`NormsOnWeights`)."""
+
+
+class FoldedBatchTopKTrainingSAE(NormsOnWeights, BatchTopKTrainingSAE):
+    """sae-lens's BatchTopK training SAE, decoder norms on the weights (`NormsOnWeights`)."""
+
+
+_FOLDED = {"topk": FoldedTopKTrainingSAE, "batchtopk": FoldedBatchTopKTrainingSAE}
 
 
 class ActivationBatches(Iterator[dict[str, torch.Tensor]]):
@@ -276,7 +326,7 @@ def fit_saes(
         lr_warm_up_steps=min(50, n_steps // 10),
         lr_decay_steps=n_steps // 5,
         device=device,
-        autocast=cfg.autocast,
+        autocast=use_bf16(cfg.autocast, device),
         n_checkpoints=cfg.n_checkpoints,
         checkpoint_path=str(ckpt_root),
         # sae-lens's dead mask only drives the TopK auxiliary loss; a coefficient of 0 skips it.
@@ -415,8 +465,13 @@ def model_fingerprint(model: HookedTransformer) -> str:
 
 def training_record(cfg: SAETrainConfig, model: HookedTransformer) -> dict:
     """What a trained set's ``training.json`` holds: its config, whether that was the default
-    recipe, and the fingerprint of the model it was trained on."""
-    return {"config": cfg.to_dict(), "default": cfg == default_config(), "model": model_fingerprint(model)}
+    recipe, the fingerprint of the model it was trained on, and whether its steps ran in bf16."""
+    return {
+        "config": cfg.to_dict(),
+        "default": cfg == default_config(),
+        "model": model_fingerprint(model),
+        "bf16": use_bf16(cfg.autocast, str(model.cfg.device)),
+    }
 
 
 def stale_reason(folder: Path, model: HookedTransformer) -> str | None:

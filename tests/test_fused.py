@@ -54,7 +54,7 @@ def test_architectures_it_does_not_compute_fall_back_to_transformer_lens(tmp_pat
 
 
 def test_training_with_the_fused_loss_gives_transformer_lens_training(tmp_path, monkeypatch):
-    cfg = tiny_config(autocast=False, steps=4)
+    cfg = tiny_config(autocast="off", steps=4)
     fused = M.train_model(cfg, tmp_path / "fused", progress=False)
     monkeypatch.setattr(M, "fused_supported", lambda model: False)
     plain = M.train_model(cfg, tmp_path / "plain", progress=False)

@@ -146,4 +146,5 @@ def test_the_cached_toy_model_is_trained_again_after_a_default_recipe_change(
 
 
 def test_a_trained_model_records_whether_it_is_the_default_recipe(tiny_model_dir):
-    assert json.loads((tiny_model_dir / M.RECORD_FILE).read_text()) == {"default": False}
+    record = json.loads((tiny_model_dir / M.RECORD_FILE).read_text())
+    assert record == {"default": False, "bf16": M.use_bf16("auto")}

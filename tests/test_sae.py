@@ -204,3 +204,32 @@ def test_release_fails_fast_offline(monkeypatch, tmp_path):
     with pytest.raises(CircuitsError, match=r"cannot download SAE gpt2-small-res-jb/blocks.0.hook_resid_pre"):
         SAESet.from_release("gpt2-small-res-jb", {"blocks.0.hook_resid_pre": "blocks.0.hook_resid_pre"})
     assert time.perf_counter() - start < 10
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_decoder_norms_on_the_weights_are_sae_lens_training_forward(arch):
+    """`NormsOnWeights`: loss, latents and every gradient equal sae-lens's own training SAE
+    with the same parameters (decoder rows of unequal norms, so the rescaling matters)."""
+    from sae_lens.registry import get_sae_training_class
+    from sae_lens.saes.sae import TrainStepInput
+
+    from sae.train import NormsOnWeights, training_sae
+
+    folded = training_sae(tiny_sae_config(arch=arch, width=48, k=5), 16, "blocks.0.hook_mlp_out", "toy", seed=3)
+    assert isinstance(folded, NormsOnWeights)
+    plain = get_sae_training_class(arch)[0](folded.cfg)
+    with torch.no_grad():
+        folded.W_dec.mul_(torch.linspace(0.2, 3.0, 48)[:, None])
+        folded.b_enc.normal_()
+        folded.b_dec.normal_()
+    plain.load_state_dict(folded.state_dict())
+    x = torch.randn(40, 16, generator=torch.Generator().manual_seed(0))
+    step = TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False)
+    outs = [sae.training_forward_pass(step) for sae in (folded, plain)]
+    torch.testing.assert_close(outs[0].feature_acts, outs[1].feature_acts)
+    torch.testing.assert_close(outs[0].sae_out, outs[1].sae_out)
+    for out in outs:
+        out.loss.backward()
+    for (name, p), q in zip(folded.named_parameters(), plain.parameters(), strict=True):
+        assert p.grad.abs().sum() > 0, name
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -28,7 +28,7 @@ def test_default_architecture_recovers_planted_features(tmp_path):
                 x = dictionary(generator(batch))
             yield {"synthetic": x}
 
-    cfg = SAETrainConfig(width=n_features, k=4, n_tokens=1500 * batch, lr=4e-3, n_checkpoints=0, autocast=False)
+    cfg = SAETrainConfig(width=n_features, k=4, n_tokens=1500 * batch, lr=4e-3, n_checkpoints=0, autocast="off")
     sae = training_sae(cfg, d_in, "synthetic", "synthetic", seed=0)
     trained = fit_saes({"synthetic": sae}, batches, cfg, tmp_path / "ckpt", progress=False, batch_size=batch)
     mmcs = mean_max_cosine(dictionary.feature_vectors.detach(), trained["synthetic"].W_dec.detach())
