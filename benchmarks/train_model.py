@@ -37,7 +37,8 @@ def compare(steps: int) -> None:
             model_module.fused_supported = fused_supported if fused else (lambda model: False)
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
-                train_model(ToyModelConfig(steps=steps, autocast="on" if bf16 else "off"), Path(tmp) / "toy", progress=False)
+                cfg = ToyModelConfig(steps=steps, autocast="on" if bf16 else "off")
+                train_model(cfg, Path(tmp) / "toy", progress=False)
                 times[name].append((time.perf_counter() - start) / steps * 1000)
     model_module.fused_supported = fused_supported
     base = sum(times["TransformerLens fp32"])

@@ -25,8 +25,8 @@ from sae_lens import TrainingSAE
 from sae_lens.config import SAETrainerConfig
 from sae_lens.registry import get_sae_training_class
 from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE
-from sae_lens.saes.topk_sae import TopKTrainingSAE
 from sae_lens.saes.sae import SAEMetadata
+from sae_lens.saes.topk_sae import TopKTrainingSAE
 from sae_lens.training import multi_sae_trainer
 from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 from transformer_lens import HookedTransformer
