@@ -207,13 +207,19 @@ def test_release_fails_fast_offline(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
-def test_decoder_norms_on_the_weights_are_sae_lens_training_forward(arch):
-    """`NormsOnWeights`: loss, latents and every gradient equal sae-lens's own training SAE
-    with the same parameters (decoder rows of unequal norms, so the rescaling matters)."""
+def test_decoder_norms_on_the_weights_are_sae_lens_training_forward(arch, monkeypatch):
+    """`NormsOnWeights` (and TopK's sparse decode): loss, latents and every gradient equal
+    sae-lens's own training SAE with the same parameters (decoder rows of unequal norms, so
+    the rescaling matters)."""
+    import torch.nn.functional as F
     from sae_lens.registry import get_sae_training_class
     from sae_lens.saes.sae import TrainStepInput
 
     from sae.train import NormsOnWeights, training_sae
+
+    sparse_decodes = []
+    embedding_bag = F.embedding_bag
+    monkeypatch.setattr(F, "embedding_bag", lambda *a, **kw: sparse_decodes.append(1) or embedding_bag(*a, **kw))
 
     folded = training_sae(tiny_sae_config(arch=arch, width=48, k=5), 16, "blocks.0.hook_mlp_out", "toy", seed=3)
     assert isinstance(folded, NormsOnWeights)
@@ -226,6 +232,7 @@ def test_decoder_norms_on_the_weights_are_sae_lens_training_forward(arch):
     x = torch.randn(40, 16, generator=torch.Generator().manual_seed(0))
     step = TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False)
     outs = [sae.training_forward_pass(step) for sae in (folded, plain)]
+    assert len(sparse_decodes) == (arch == "topk")
     torch.testing.assert_close(outs[0].feature_acts, outs[1].feature_acts)
     torch.testing.assert_close(outs[0].sae_out, outs[1].sae_out)
     for out in outs:
@@ -233,3 +240,24 @@ def test_decoder_norms_on_the_weights_are_sae_lens_training_forward(arch):
     for (name, p), q in zip(folded.named_parameters(), plain.parameters(), strict=True):
         assert p.grad.abs().sum() > 0, name
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_topk_training_step_with_a_hook_on_the_latents_is_sae_lens_dense_step():
+    """A hook that edits the latents must reach the decode (and its gradient the encoder):
+    the sparse decode steps aside while ``hook_sae_acts_post`` has a hook."""
+    from sae_lens.saes.sae import TrainStepInput
+
+    from sae.train import training_sae
+
+    sae = training_sae(tiny_sae_config(width=48, k=5), 16, "blocks.0.hook_mlp_out", "toy", seed=3)
+    x = torch.randn(40, 16, generator=torch.Generator().manual_seed(0))
+    step = TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False)
+    plain = sae.training_forward_pass(step).sae_out
+    sae.hook_sae_acts_post.add_hook(lambda acts, hook: acts * 2)
+    try:
+        out = sae.training_forward_pass(step)
+    finally:
+        sae.hook_sae_acts_post.remove_hooks()
+    torch.testing.assert_close(out.sae_out - sae.b_dec, 2 * (plain - sae.b_dec))
+    out.loss.backward()
+    assert sae.W_enc.grad.abs().sum() > 0
