@@ -85,10 +85,10 @@ class ToyModelConfig(Config):
     act_fn: ActFn = "gelu"
     normalization_type: Normalization | None = "LN"
     seed: int = 0
-    steps: int = 1000
+    steps: int = 850
     batch_size: int = 64
     seq_len: int = 64
-    lr: float = 2e-3
+    lr: float = 3e-3
     warmup: int = 50
     weight_decay: float = 0.01
     checkpoint_every: int = 100

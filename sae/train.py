@@ -65,14 +65,14 @@ class SAETrainConfig(Config):
     l1_coefficient: float = 2.0  # standard / gated
     l0_coefficient: float = 0.5  # jumprelu
     lr: float = 4e-3
-    n_tokens: int = 1_150_000
-    seqs_per_batch: int = 48  # one forward pass: seqs_per_batch * (seq_len - 1) tokens
+    n_tokens: int = 574_560  # 380 steps
+    seqs_per_batch: int = 24  # one forward pass: seqs_per_batch * (seq_len - 1) tokens
     seq_len: int = 64
     seed: int = 0
     n_checkpoints: int = 4
     # Steps without firing before a latent counts as dead (aux loss, resampling). 10 steps
-    # (30 k tokens) and a round every 10 steps: a fresh run left <= 1 % dead per hook where
-    # 25 / 15 left up to 6 % (docs/design.md, "SAE quality").
+    # (15 k tokens) and a round every 10 steps: seeds 0-2 left <= 4.6 % dead at their worst hook
+    # where 25 / 15 left up to 6 % in the old, twice as large batches (docs/design.md, "SAE quality").
     dead_window: int = 10
     resample_every: int = 10  # topk / batchtopk: re-initialise dead latents every N steps (0: never)
     # ... during this fraction of training. The last 20 % (the lr decay) runs without: a round

@@ -127,7 +127,7 @@ def test_bad_configs():
         SAETrainConfig(arch="topkk")
     with pytest.raises(CircuitsError, match="k 40 is larger than the width 32"):
         SAETrainConfig(width=32, k=40)
-    with pytest.raises(CircuitsError, match=r"100 training tokens is less than one batch \(3024 tokens\)"):
+    with pytest.raises(CircuitsError, match=r"100 training tokens is less than one batch \(1512 tokens\)"):
         SAETrainConfig(n_tokens=100)
 
 
