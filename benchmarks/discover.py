@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from circuits.attribution import exact_effects, node_effects
-from circuits.discover import DiscoverConfig, discover
-from circuits.edges import edges_into, source_masks, upstream_hooks
-from circuits.graph import nodes_of
-from circuits.model import load_model
-from circuits.vocab import Node
+from circuits.attribution.edges import edges_into, source_masks, upstream_hooks
+from circuits.attribution.nodes import exact_effects, node_effects
+from circuits.circuit.discover import DiscoverConfig, discover
+from circuits.circuit.graph import nodes_of
+from circuits.core.vocab import Node
+from circuits.toy.model import load_model
 from sae.train import load_saes
 from tasks.builtin import make_task
 

@@ -2,7 +2,7 @@
 embedded model and its default SAE set: node effects by IG on the discovery prompts (seed
 0), every faithfulness figure on held-out prompts (seed 1), target F >= 0.9.
 
-Columns: sites needed (the site skeleton, ``circuits.hierarchy``) with its F, completeness
+Columns: sites needed (the site skeleton, ``circuits.circuit.hierarchy``) with its F, completeness
 and random same-size baseline; latent + error nodes needed with the attribution prefix over
 the whole model (every node ranked by |AtP effect|, and by |IG effect|), the IG attribution
 prefix inside the skeleton, and the mask optimiser's ranking inside the skeleton; F of the top 100 / 300 /
@@ -25,13 +25,13 @@ import warnings
 
 import torch
 
-from circuits.ablation import ABLATIONS, Ablator, areas, log_sizes, smallest_prefix
-from circuits.attribution import first_pass
-from circuits.hierarchy import HierarchyConfig, find_hierarchy
-from circuits.model import load_model
-from circuits.optimise import MaskConfig
-from circuits.tables import print_table
-from circuits.vocab import Node
+from circuits.attribution.nodes import first_pass
+from circuits.circuit.ablation import ABLATIONS, Ablator, areas, log_sizes, smallest_prefix
+from circuits.circuit.hierarchy import HierarchyConfig, find_hierarchy
+from circuits.circuit.optimise import MaskConfig
+from circuits.core.tables import print_table
+from circuits.core.vocab import Node
+from circuits.toy.model import load_model
 from sae.train import load_saes
 from tasks.builtin import BUILTIN_TASKS, make_task
 

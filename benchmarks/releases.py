@@ -20,7 +20,7 @@ the circuit's nodes (latents + error terms) and edges, F of the discovered circu
 (``circuits validate``: mean ablation over the task's clean prompts, held-out prompts = seed
 1), and the site-level F: the smallest set of sites (a submodule at a position, all its
 latents and error) ranked by AtP whose F reaches 0.9 on the held-out prompts, mean ablation —
-the first level of ``discover --target-faithfulness``, computed with circuits.hierarchy's
+the first level of ``discover --target-faithfulness``, computed with circuits.circuit.hierarchy's
 functions. (The second level, features inside the sites, is not run: random SAEs have no
 sparse circuit, so it keeps tens of thousands of latents and its edges take far longer than
 this benchmark's budget.) F = (m(circuit) - m(all ablated)) / (m(model) - m(all ablated)): on
@@ -117,7 +117,7 @@ def model_overrides(spec: dict) -> dict:
 def setup(release: str, spec: dict, cache: Path, write_model: bool) -> dict:
     """Write the model (``write_model``: not yet in the cache) and the release, in this
     process; returns what the table shows."""
-    from circuits.model import load_model
+    from circuits.toy.model import load_model
     from sae import standins as S
     from sae.saeset import release_entry
 
@@ -220,9 +220,9 @@ def graph_counts(path: Path) -> dict:
 def site_level(model, saes, task, held_out) -> dict:
     """The smallest AtP-ranked prefix of sites whose F reaches TARGET on ``held_out`` (mean
     ablation): discover --target-faithfulness's first level."""
-    from circuits.ablation import Ablator, smallest_prefix
-    from circuits.attribution import first_pass
-    from circuits.hierarchy import ranked_sites, site_masks, site_scores
+    from circuits.attribution.nodes import first_pass
+    from circuits.circuit.ablation import Ablator, smallest_prefix
+    from circuits.circuit.hierarchy import ranked_sites, site_masks, site_scores
 
     start = time.perf_counter()
     effects = first_pass(model, saes, task, "atp", progress=False).effects
@@ -238,7 +238,7 @@ def site_level(model, saes, task, held_out) -> dict:
 
 def site_level_child(spec: dict) -> None:
     """``--site-level``: load what the CLI loads and print the site level as JSON."""
-    from circuits.model import load_model
+    from circuits.toy.model import load_model
     from sae.train import load_saes
     from tasks.builtin import make_task
 
@@ -254,13 +254,13 @@ def api_child(args: dict) -> None:
     process: each step's time, this process's peak memory after each."""
     import resource
 
-    from circuits.ablation import faithfulness_curve, ranked_nodes
-    from circuits.cards import feature_cards
-    from circuits.discover import DiscoverConfig, discover
-    from circuits.edit import edit_from_circuit, edit_report
-    from circuits.formats import write_circuit_tracer
-    from circuits.graph import save_graph
-    from circuits.pictures import card_keys
+    from circuits.circuit.ablation import faithfulness_curve, ranked_nodes
+    from circuits.circuit.discover import DiscoverConfig, discover
+    from circuits.circuit.edit import edit_from_circuit, edit_report
+    from circuits.circuit.graph import save_graph
+    from circuits.export.cards import feature_cards
+    from circuits.export.formats import write_circuit_tracer
+    from circuits.export.pictures import card_keys
     from sae import standins as S
     from sae.saeset import SAESet
     from tasks.builtin import make_task
@@ -319,7 +319,7 @@ def api_steps(release: str, spec: dict, offline_env: dict, out: Path, n: int, ca
 
 # ---------------------------------------------------------------------------------- table
 def table(rows: list[dict]) -> None:
-    from circuits.tables import print_table
+    from circuits.core.tables import print_table
 
     def ok(r, step):
         s = r.get(step)

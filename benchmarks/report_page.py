@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def synthetic(n_features: int = 2000, n_sites: int = 8, seed: int = 0) -> tuple[nx.DiGraph, dict]:
     """A hierarchical-looking circuit: ``n_sites`` sites at the last position, features spread
     over them, each with edges to 4 features of later sites (or the metric), and a card each."""
-    from circuits.cards import FeatureCard
-    from circuits.vocab import METRIC, Node, Site, Submodule
+    from circuits.core.vocab import METRIC, Node, Site, Submodule
+    from circuits.export.cards import FeatureCard
 
     rng = random.Random(seed)
     labels = [f"t{i}" for i in range(15)]
@@ -64,9 +64,9 @@ def synthetic(n_features: int = 2000, n_sites: int = 8, seed: int = 0) -> tuple[
 
 
 def demo(circuit: Path) -> tuple[nx.DiGraph, dict]:
-    from circuits.cards import feature_cards, latent_keys
-    from circuits.graph import load_graph
-    from circuits.model import load_model
+    from circuits.circuit.graph import load_graph
+    from circuits.export.cards import feature_cards, latent_keys
+    from circuits.toy.model import load_model
     from sae.train import load_saes
 
     graph = load_graph(circuit)
@@ -100,7 +100,7 @@ def measure(report: Path, repeats: int) -> tuple[float, float, int]:
 
 
 def main() -> None:
-    from circuits.report import write_report
+    from circuits.export.report import write_report
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--circuit", default=str(ROOT / "outputs/ioi/circuit.json"))

@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path.cwd()))  # the checkout the command runs in
 
-from circuits.discover import DiscoverConfig, discover  # noqa: E402
-from circuits.model import load_model  # noqa: E402
+from circuits.circuit.discover import DiscoverConfig, discover  # noqa: E402
+from circuits.toy.model import load_model  # noqa: E402
 from sae.train import load_saes  # noqa: E402
 from tasks.builtin import make_task  # noqa: E402
 

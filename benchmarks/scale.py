@@ -25,12 +25,12 @@ def child(spec: dict) -> dict:
     """One measurement, in this (fresh) process: build the setup, time discover()."""
     import torch
 
-    from circuits.discover import DiscoverConfig, discover
+    from circuits.circuit.discover import DiscoverConfig, discover
     from tasks.builtin import make_task
 
     torch.manual_seed(0)
     if spec["kind"] == "embedded":
-        from circuits.model import load_model
+        from circuits.toy.model import load_model
         from sae.train import load_saes
 
         model = load_model("toy", progress=False)
@@ -61,7 +61,7 @@ def random_setup(spec: dict):
     from sae_lens import TopKSAE, TopKSAEConfig
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from circuits.vocab import hook_names
+    from circuits.core.vocab import hook_names
     from sae.saeset import SAESet
     from tasks.tokenizer import build_tokenizer
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-import circuits.model as model_module
-from circuits.behaviour import evaluate_model, format_table
-from circuits.fused import fused_supported
-from circuits.model import ToyModelConfig, train_model
+import circuits.toy.model as model_module
+from circuits.circuit.evaluate import evaluate_model, format_table
+from circuits.core.fused import fused_supported
+from circuits.toy.model import ToyModelConfig, train_model
 
 # name -> (use the fused forward, bf16 products)
 STEP_KINDS = {"TransformerLens fp32": (False, False), "fused fp32": (True, False), "fused bf16": (True, True)}

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from circuits.model import ToyModelConfig, load_model, train_model
-from circuits.tables import markdown_table
+from circuits.core.tables import markdown_table
+from circuits.toy.model import ToyModelConfig, load_model, train_model
 from sae.evaluate import QualityBar, SAEEvaluation, evaluate_saes, format_table
 from sae.train import SAETrainConfig, train_sae_set
 

@@ -10,13 +10,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from circuits.config import field_choices, field_default, param_default
-from circuits.errors import CircuitsError
-from circuits.tables import print_table
+from circuits.core.config import field_choices, field_default, param_default
+from circuits.core.errors import CircuitsError
+from circuits.core.tables import print_table
 
 
 def _train_model(args: argparse.Namespace) -> None:
-    from circuits.model import TOY_NAME, ToyModelConfig, default_cache_dir, train_model
+    from circuits.toy.model import TOY_NAME, ToyModelConfig, default_cache_dir, train_model
 
     cfg = ToyModelConfig(seed=args.seed, steps=args.steps)
     folder = Path(args.out) if args.out else default_cache_dir() / TOY_NAME
@@ -26,8 +26,8 @@ def _train_model(args: argparse.Namespace) -> None:
 
 
 def _eval_model(args: argparse.Namespace) -> None:
-    from circuits.behaviour import evaluate_model, format_table
-    from circuits.model import load_model
+    from circuits.circuit.evaluate import evaluate_model, format_table
+    from circuits.toy.model import load_model
 
     model = load_model(args.model, device=args.device, progress=not args.quiet)
     result = evaluate_model(model, tasks=args.tasks, n=args.n, seed=args.seed)
@@ -35,7 +35,7 @@ def _eval_model(args: argparse.Namespace) -> None:
 
 
 def _train_saes(args: argparse.Namespace) -> None:
-    from circuits.model import TOY_NAME, default_cache_dir, load_model
+    from circuits.toy.model import TOY_NAME, default_cache_dir, load_model
     from sae.train import SAETrainConfig, train_sae_set
 
     layers = None if args.layers is None else tuple(_int_list(args.layers, "--layers"))
@@ -70,7 +70,7 @@ def _kinds(text: str) -> tuple[str, ...]:
 
 
 def _eval_saes(args: argparse.Namespace) -> None:
-    from circuits.model import load_model
+    from circuits.toy.model import load_model
     from sae.evaluate import evaluate_saes, format_table
     from sae.train import load_saes
 
@@ -88,7 +88,7 @@ def _load_task(args: argparse.Namespace, model):
 
 def _load_placed(args: argparse.Namespace):
     """Model and SAE set on ``--device`` in ``--dtype``, restricted to ``--hooks``."""
-    from circuits.model import check_placement, load_model, place
+    from circuits.toy.model import check_placement, load_model, place
     from sae.train import load_saes
 
     device, dtype = getattr(args, "device", "cpu"), getattr(args, "dtype", "fp32")
@@ -113,7 +113,7 @@ MIN_HELD_OUT = 4  # prompt pairs on each side of a held-out split
 
 def _discover_job(args: argparse.Namespace):
     """Load what the arguments name and find the circuit (also run in each --nproc worker)."""
-    from circuits.discover import DiscoverConfig, discover_fitting
+    from circuits.circuit.discover import DiscoverConfig, discover_fitting
 
     model, saes = _load_placed(args)
     task = _load_task(args, model)
@@ -145,7 +145,7 @@ HIERARCHY_FLAGS = {
 def _hierarchy_settings(args: argparse.Namespace) -> dict:
     """The settings that only a hierarchical circuit uses: given without
     --target-faithfulness they would do nothing, which is an error."""
-    from circuits.discover import DiscoverConfig
+    from circuits.circuit.discover import DiscoverConfig
 
     given = {k: getattr(args, k) for k in HIERARCHY_FLAGS if getattr(args, k) is not None}
     if given and args.target_faithfulness is None:
@@ -165,7 +165,7 @@ def _held_out_record(args: argparse.Namespace, graph) -> dict:
 def _held_out(args: argparse.Namespace, model, task):
     """(discovery prompts, held-out prompts): a built-in task's next seed, or the second
     half of a prompt file."""
-    from circuits.errors import CircuitsError
+    from circuits.core.errors import CircuitsError
     from tasks.builtin import make_task
 
     if not args.task.endswith(".jsonl"):
@@ -182,9 +182,9 @@ def _held_out(args: argparse.Namespace, model, task):
 def _discover(args: argparse.Namespace) -> None:
     import warnings
 
-    from circuits.graph import record_sources, save_graph, summary
-    from circuits.model import load_model
-    from circuits.parallel import check_nproc, is_main, join_from_environment, rank_and_world, run_local
+    from circuits.circuit.graph import record_sources, save_graph, summary
+    from circuits.core.parallel import check_nproc, is_main, join_from_environment, rank_and_world, run_local
+    from circuits.toy.model import load_model
     from sae.train import load_saes
 
     check_nproc(args.nproc)
@@ -263,7 +263,7 @@ def _writable(folder: Path) -> Path:
 
 
 def _check_attribution(args: argparse.Namespace) -> None:
-    from circuits.fidelity import check_attribution, format_table
+    from circuits.circuit.check import check_attribution, format_table
 
     model, saes = _load_placed(args)
     task = _load_task(args, model)
@@ -275,9 +275,9 @@ def _check_attribution(args: argparse.Namespace) -> None:
 
 def _circuit_setup(args: argparse.Namespace):
     """The circuit file, and the model, SAE set and task it was found with (overridable)."""
-    from circuits.ablation import check_graph
-    from circuits.graph import load_graph
-    from circuits.model import load_model
+    from circuits.circuit.ablation import check_graph
+    from circuits.circuit.graph import load_graph
+    from circuits.toy.model import load_model
     from sae.train import load_saes
     from tasks.builtin import make_task
 
@@ -296,9 +296,9 @@ def _circuit_setup(args: argparse.Namespace):
 
 
 def _validate(args: argparse.Namespace) -> None:
-    from circuits.ablation import faithfulness_curve, prune_by_ablation, ranked_nodes
-    from circuits.graph import save_graph
-    from circuits.plots import plot_faithfulness
+    from circuits.circuit.ablation import faithfulness_curve, prune_by_ablation, ranked_nodes
+    from circuits.circuit.graph import save_graph
+    from circuits.export.plots import plot_faithfulness
 
     graph, model, saes, task = _circuit_setup(args)
     folder = _writable(Path(args.circuit).parent)
@@ -368,8 +368,8 @@ def _validate(args: argparse.Namespace) -> None:
 
 def _validate_levels(graph, model, saes, task, how: str, start_layer: int, args: argparse.Namespace):
     """A hierarchical circuit's (site level, feature level) measured on ``task``."""
-    from circuits.ablation import ranked_nodes
-    from circuits.hierarchy import site_from_record, validate_hierarchy
+    from circuits.circuit.ablation import ranked_nodes
+    from circuits.circuit.hierarchy import site_from_record, validate_hierarchy
 
     record = graph.graph["hierarchy"]
     sites = [site_from_record(r) for r in record["sites"]]
@@ -379,8 +379,8 @@ def _validate_levels(graph, model, saes, task, how: str, start_layer: int, args:
 
 
 def _edit(args: argparse.Namespace) -> None:
-    from circuits.edit import Edit, edit_from_circuit, edit_report, mean_activations
-    from circuits.model import load_model
+    from circuits.circuit.edit import Edit, edit_from_circuit, edit_report, mean_activations
+    from circuits.toy.model import load_model
     from sae.train import load_saes
     from tasks.corpus import corpus_tokens
 
@@ -425,8 +425,8 @@ def _edit(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    from circuits.circuit.graph import error_nodes, feature_nodes
     from circuits.demo import run_demo
-    from circuits.graph import error_nodes, feature_nodes
 
     start = time.perf_counter()
     folder = _writable(Path(args.out))
@@ -463,10 +463,10 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from circuits.files import read_json
-    from circuits.formats import write_circuit_tracer, write_graphml
-    from circuits.graph import load_graph, save_graph
-    from circuits.pictures import FORMATS, draw_graph
+    from circuits.circuit.graph import load_graph, save_graph
+    from circuits.core.files import read_json
+    from circuits.export.formats import write_circuit_tracer, write_graphml
+    from circuits.export.pictures import FORMATS, draw_graph
 
     graph = load_graph(args.circuit)
     stem = Path(args.out) if args.out else Path(args.circuit).with_suffix("")
@@ -508,9 +508,9 @@ def _export(args: argparse.Namespace) -> None:
 
 def _cards_for(graph, args: argparse.Namespace) -> dict:
     """Feature cards for the drawn latents, from the circuit's model and SAE set."""
-    from circuits.cards import feature_cards
-    from circuits.model import load_model
-    from circuits.pictures import card_keys
+    from circuits.export.cards import feature_cards
+    from circuits.export.pictures import card_keys
+    from circuits.toy.model import load_model
     from sae.train import load_saes
 
     src = graph.graph.get("sources", {})
@@ -536,13 +536,13 @@ def _default(text: str, value) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from circuits.ablation import ABLATIONS, prune_by_ablation
-    from circuits.behaviour import evaluate_model
+    from circuits.circuit.ablation import ABLATIONS, prune_by_ablation
+    from circuits.circuit.check import check_attribution
+    from circuits.circuit.discover import DiscoverConfig
+    from circuits.circuit.edit import CIRCUIT_ACTIONS, FeatureEdit
+    from circuits.circuit.evaluate import evaluate_model
     from circuits.demo import run_demo
-    from circuits.discover import DiscoverConfig
-    from circuits.edit import CIRCUIT_ACTIONS, FeatureEdit
-    from circuits.fidelity import check_attribution
-    from circuits.model import ToyModelConfig
+    from circuits.toy.model import ToyModelConfig
     from sae.evaluate import evaluate_saes
     from sae.train import SAETrainConfig
 

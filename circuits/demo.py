@@ -10,18 +10,18 @@ from pathlib import Path
 
 import networkx as nx
 
-from circuits.ablation import FaithfulnessCurve, faithfulness_curve, ranked_nodes
-from circuits.cards import feature_cards, latent_keys
-from circuits.config import Result
-from circuits.discover import DiscoverConfig, discover
-from circuits.edit import EditReport, edit_from_circuit, edit_report
-from circuits.fidelity import check_attribution
-from circuits.formats import write_circuit_tracer, write_graphml
-from circuits.graph import record_sources, save_graph
-from circuits.model import load_model
-from circuits.pictures import draw_graph
-from circuits.plots import plot_faithfulness, plot_rankings
-from circuits.report import write_report
+from circuits.circuit.ablation import FaithfulnessCurve, faithfulness_curve, ranked_nodes
+from circuits.circuit.check import check_attribution
+from circuits.circuit.discover import DiscoverConfig, discover
+from circuits.circuit.edit import EditReport, edit_from_circuit, edit_report
+from circuits.circuit.graph import record_sources, save_graph
+from circuits.core.config import Result
+from circuits.export.cards import feature_cards, latent_keys
+from circuits.export.formats import write_circuit_tracer, write_graphml
+from circuits.export.pictures import draw_graph
+from circuits.export.plots import plot_faithfulness, plot_rankings
+from circuits.export.report import write_report
+from circuits.toy.model import load_model
 from sae.evaluate import evaluate_saes
 from sae.train import load_saes
 from tasks.builtin import make_task

@@ -20,9 +20,9 @@ from sae_lens import SAE
 from safetensors import SafetensorError
 from transformer_lens import HookedTransformer
 
-from circuits.errors import CircuitsError
-from circuits.hub import hub_reachable, offline
-from circuits.vocab import BLOCK_KINDS, Submodule, activation_width
+from circuits.core.errors import CircuitsError
+from circuits.core.hub import hub_reachable, offline
+from circuits.core.vocab import BLOCK_KINDS, Submodule, activation_width
 
 MANIFEST = "manifest.json"
 SAE_CFG, SAE_WEIGHTS = "cfg.json", "sae_weights.safetensors"
@@ -96,7 +96,7 @@ class SAESet(Mapping[str, SAE]):
         self.model_name = model_name
         for sae in self.saes.values():
             # Activations at attn.hook_z reach SAEs with the heads already concatenated
-            # (``circuits.splice.flat``), so sae-lens must not reshape them again.
+            # (``circuits.attribution.splice.flat``), so sae-lens must not reshape them again.
             if getattr(sae, "hook_z_reshaping_mode", False):
                 sae.turn_off_forward_pass_hook_z_reshaping()
 

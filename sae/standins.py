@@ -64,8 +64,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from circuits.errors import CircuitsError
-from circuits.vocab import Submodule, activation_width
+from circuits.core.errors import CircuitsError
+from circuits.core.vocab import Submodule, activation_width
 from sae.saeset import SAESet, release_entry
 from tasks.tokenizer import build_tokenizer
 

@@ -32,12 +32,12 @@ from sae_lens.training import multi_sae_trainer
 from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 from transformer_lens import HookedTransformer
 
-from circuits.config import Config
-from circuits.determinism import deterministic, keep_freed_memory
-from circuits.errors import CircuitsError
-from circuits.fused import block_activations, fused_hook, fused_supported
-from circuits.precision import Autocast, as_setting, use_bf16
-from circuits.vocab import HookKind, Submodule, hook_names
+from circuits.core.config import Config
+from circuits.core.determinism import deterministic, keep_freed_memory
+from circuits.core.errors import CircuitsError
+from circuits.core.fused import block_activations, fused_hook, fused_supported
+from circuits.core.precision import Autocast, as_setting, use_bf16
+from circuits.core.vocab import HookKind, Submodule, hook_names
 from sae.saeset import MANIFEST, SAESet, check_hooks, hook_width, release_entry, write_manifest
 from tasks.corpus import corpus_tokens
 
@@ -463,7 +463,7 @@ def load_saes(
     folder, or a sae-lens release (``RELEASE``: all its SAEs, ``RELEASE:ID,ID``: those ids;
     from the Hugging Face hub or its local cache); checked against ``model`` when given
     (``model`` defaults to the toy model)."""
-    from circuits.model import TOY_NAME, default_cache_dir, load_model
+    from circuits.toy.model import TOY_NAME, default_cache_dir, load_model
 
     if name != TOY_NAME:
         device = str(model.cfg.device) if model else "cpu"

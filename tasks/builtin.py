@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from circuits.errors import CircuitsError
+from circuits.core.errors import CircuitsError
 from tasks import language as L
 from tasks.task import Task
 from tasks.tokenizer import UnknownWordError

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from circuits.errors import CircuitsError
+from circuits.core.errors import CircuitsError
 from tasks.task import Task
 from tasks.tokenizer import UnknownWordError, check_words
 

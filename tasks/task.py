@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from circuits.errors import CircuitsError
+from circuits.core.errors import CircuitsError
 
 METRICS = ("logit_diff", "prob_diff", "logprob", "kl")
 

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, pre_tokenizers, processors
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
-from circuits.errors import CircuitsError
+from circuits.core.errors import CircuitsError
 from tasks.language import vocabulary
 
 BOS, PAD, UNK = "<bos>", "<pad>", "<unk>"

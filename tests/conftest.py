@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from circuits.model import train_model
+from circuits.toy.model import train_model
 from tests.helpers import tiny_config
 
 

@@ -1,7 +1,7 @@
 """Builders shared by the tests (tests never import each other; fixtures live in conftest).
 
 sae_lens and transformer_lens are imported inside the builders that need them: the
-circuits.parallel.run_local workers below import this module, and start seconds faster without.
+circuits.core.parallel.run_local workers below import this module, and start seconds faster without.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING
 import networkx as nx
 import torch
 
-from circuits.vocab import EMBED_HOOK, METRIC, Node, Site, Submodule
+from circuits.core.vocab import EMBED_HOOK, METRIC, Node, Site, Submodule
 from tasks.tokenizer import build_tokenizer
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
-    from circuits.cards import FeatureCard
-    from circuits.model import ToyModelConfig
+    from circuits.export.cards import FeatureCard
+    from circuits.toy.model import ToyModelConfig
     from sae.saeset import SAESet
     from sae.train import SAETrainConfig
 
@@ -69,7 +69,7 @@ def tiny_hooked_model(normalization: str | None = "LN", n_layers: int = 2, paral
 
 def tiny_config(**overrides) -> ToyModelConfig:
     """A 1-layer toy config that trains in about a second."""
-    from circuits.model import ToyModelConfig
+    from circuits.toy.model import ToyModelConfig
 
     base = dict(
         n_layers=1,
@@ -136,8 +136,8 @@ def toy_graph() -> nx.DiGraph:
 
 
 def all_reduced_arange() -> list[float]:
-    """For circuits.parallel.run_local workers: each all-reduces [0., 1., 2.] and returns the result."""
-    from circuits.parallel import all_reduce
+    """For circuits.core.parallel.run_local workers: each all-reduces [0., 1., 2.] and returns the result."""
+    from circuits.core.parallel import all_reduce
 
     t = torch.arange(3, dtype=torch.float32)
     all_reduce([t])
@@ -145,8 +145,8 @@ def all_reduced_arange() -> list[float]:
 
 
 def fail_in_worker_1() -> None:
-    """For circuits.parallel.run_local workers: worker 1 raises ValueError, the others return."""
-    from circuits.parallel import rank_and_world
+    """For circuits.core.parallel.run_local workers: worker 1 raises ValueError, the others return."""
+    from circuits.core.parallel import rank_and_world
 
     if rank_and_world()[0] == 1:
         raise ValueError("planted failure")
@@ -172,7 +172,7 @@ def nasty_graph() -> nx.DiGraph:
 
 def card(hook="blocks.0.hook_mlp_out", latent=5) -> FeatureCard:
     """A feature card whose texts need escaping."""
-    from circuits.cards import FeatureCard
+    from circuits.export.cards import FeatureCard
 
     return FeatureCard(
         hook,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from circuits.ablation import (
+from circuits.circuit.ablation import (
     ABLATIONS,
     Ablator,
     ablated,
@@ -14,8 +14,8 @@ from circuits.ablation import (
     reference_values,
     smallest_faithful,
 )
-from circuits.errors import CircuitsError
-from circuits.vocab import Node, hook_names
+from circuits.core.errors import CircuitsError
+from circuits.core.vocab import Node, hook_names
 from tasks.builtin import make_task
 from tests.helpers import TOK, planted, random_saes, tiny_hooked_model
 
@@ -161,7 +161,7 @@ def test_log_sizes():
 def test_planted_circuit_is_found_and_faithful():
     model, saes, task = planted()
     assert task.n_examples >= 1
-    from circuits.attribution import node_effects
+    from circuits.attribution.nodes import node_effects
 
     effects = node_effects(model, saes, task, "atp", progress=False)
     hook = "blocks.0.hook_resid_post"

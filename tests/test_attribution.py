@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from circuits.attribution import exact_effects, exact_submodule_effect, node_effects
-from circuits.errors import CircuitsError
-from circuits.vocab import Node, hook_names
+from circuits.attribution.nodes import exact_effects, exact_submodule_effect, node_effects
+from circuits.core.errors import CircuitsError
+from circuits.core.vocab import Node, hook_names
 from tasks.builtin import make_task
 from tests.helpers import TOK, random_saes, tiny_hooked_model
 

@@ -1,4 +1,4 @@
-"""circuits.behaviour: task scores equal a direct computation; the JSON shape the README documents."""
+"""circuits.circuit.evaluate: task scores equal a direct computation; the JSON shape the README documents."""
 
 import json
 import re
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuits import behaviour
-from circuits.behaviour import ModelEvaluation, TaskScore, evaluate_model, evaluate_task, format_table
+from circuits.circuit import evaluate as behaviour
+from circuits.circuit.evaluate import ModelEvaluation, TaskScore, evaluate_model, evaluate_task, format_table
 from tasks.builtin import BUILTIN_TASKS, make_task
 from tests.helpers import TOK, tiny_hooked_model
 
@@ -28,7 +28,7 @@ def ioi():
 
 @pytest.fixture(scope="module")
 def direct(model, ioi) -> dict[str, float]:
-    """The scores of ``ioi`` computed here, in one batch, without circuits.behaviour."""
+    """The scores of ``ioi`` computed here, in one batch, without circuits.circuit.evaluate."""
     with torch.no_grad():
         clean = model(ioi.clean).float()
         corrupt = model(ioi.corrupt).float()

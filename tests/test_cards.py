@@ -3,7 +3,7 @@
 import torch
 from transformer_lens import HookedTransformer
 
-from circuits.cards import feature_cards
+from circuits.export.cards import feature_cards
 from sae.saeset import SAESet
 from tasks.corpus import corpus_tokens
 from tests.helpers import random_saes, tiny_hooked_model

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from circuits.formats import to_circuit_tracer, write_circuit_tracer
+from circuits.export.formats import to_circuit_tracer, write_circuit_tracer
 from tests.helpers import EXAMPLE_TOKENS, card, example_graph, nasty_graph
 
 MISSING = "circuit-tracer is not installed (make test installs it: pip install --no-deps circuit-tracer==0.5.0)"
@@ -71,7 +71,7 @@ def models(ct_dir):
 @pytest.fixture(scope="session")
 def npm_packages() -> Path:
     """The npm packages of ``NPM``, unpacked once under the cache folder (npm pack)."""
-    from circuits.model import default_cache_dir
+    from circuits.toy.model import default_cache_dir
 
     cache = default_cache_dir() / "npm"
     for name, version in NPM.items():
@@ -146,8 +146,8 @@ def test_features_are_cantor_paired_like_circuit_tracer(models):
 
 
 def test_export_command_writes_the_folder(tmp_path, capsys):
+    from circuits.circuit.graph import save_graph
     from circuits.cli import main
-    from circuits.graph import save_graph
 
     circuit = save_graph(example_graph(), tmp_path / "run" / "circuit.json")
     args = ["export", "--circuit", str(circuit), "--format", "circuit-tracer", "--no-descriptions"]

@@ -52,7 +52,7 @@ def test_argparse_errors_are_one_line(argv, expected, capsys):
 
 
 def test_defaults_come_from_the_library():
-    from circuits.model import ToyModelConfig
+    from circuits.toy.model import ToyModelConfig
     from sae.train import SAETrainConfig
 
     parser = build_parser()
@@ -126,7 +126,7 @@ def test_train_saes_bad_input_is_one_line(tiny_model_dir, capsys):
 @pytest.fixture(scope="module")
 def tiny_sae_dir(tiny_model_dir, tmp_path_factory):
     """A random SAE set for the tiny 1-layer model (all three kinds)."""
-    from circuits.vocab import hook_names
+    from circuits.core.vocab import hook_names
     from tests.helpers import random_saes
 
     folder = tmp_path_factory.mktemp("saes") / "set"
@@ -135,7 +135,7 @@ def tiny_sae_dir(tiny_model_dir, tmp_path_factory):
 
 
 def test_discover_writes_a_circuit(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
-    from circuits.graph import METRIC, load_graph
+    from circuits.circuit.graph import METRIC, load_graph
 
     out = tmp_path / "ioi"
     assert (
@@ -265,8 +265,8 @@ def hierarchical_circuit(tiny_model_dir, tiny_sae_dir, tmp_path_factory):
 
 
 def test_discover_with_a_target_records_both_levels(hierarchical_circuit, capsys):
-    from circuits.graph import load_graph
-    from circuits.vocab import Node
+    from circuits.circuit.graph import load_graph
+    from circuits.core.vocab import Node
 
     graph = load_graph(hierarchical_circuit)
     h = graph.graph["hierarchy"]
@@ -308,8 +308,8 @@ def test_validate_an_older_circuit_says_so_once(tiny_circuit, capsys):
 
 
 def test_missed_target_is_one_line_and_keeps_the_circuit(hierarchical_circuit, capsys):
+    from circuits.circuit.graph import load_graph
     from circuits.cli import _print_hierarchy
-    from circuits.graph import load_graph
 
     h = load_graph(hierarchical_circuit).graph["hierarchy"]
     h["feature_level"] = {**h["feature_level"], "reached_target": False, "faithfulness": 0.5}
@@ -403,7 +403,7 @@ def test_edit_report(tiny_circuit, tmp_path, capsys):
 
 
 def test_circuit_from_another_sae_set_is_one_line(tiny_circuit, tiny_model_dir, tmp_path, capsys):
-    from circuits.vocab import hook_names
+    from circuits.core.vocab import hook_names
     from tests.helpers import random_saes
 
     other = tmp_path / "wide"
@@ -445,7 +445,7 @@ def test_export_bad_input_is_one_line(tiny_circuit, tmp_path, capsys):
 
 
 def test_two_processes_find_the_same_circuit_as_one(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
-    from circuits.graph import load_graph
+    from circuits.circuit.graph import load_graph
 
     common = [
         "discover",
@@ -508,7 +508,7 @@ def test_failed_worker_stops_all_and_writes_nothing(tiny_model_dir, tiny_sae_dir
 def test_bf16_discovery_runs_and_agrees(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
     import torch
 
-    from circuits.graph import load_graph
+    from circuits.circuit.graph import load_graph
 
     common = [
         "discover",
@@ -545,8 +545,8 @@ def test_torchrun_launch_equals_one_process(tiny_model_dir, tiny_sae_dir, tmp_pa
     import subprocess
     import sys
 
-    from circuits.graph import load_graph
-    from circuits.parallel import _free_port
+    from circuits.circuit.graph import load_graph
+    from circuits.core.parallel import _free_port
 
     args = [
         "discover",

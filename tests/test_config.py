@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 import pytest
 
-from circuits.config import (
+from circuits.core.config import (
     Config,
     Result,
     field_choices,
@@ -14,8 +14,8 @@ from circuits.config import (
     param_default,
     to_plain,
 )
-from circuits.errors import CircuitsError
-from circuits.tables import markdown_table
+from circuits.core.errors import CircuitsError
+from circuits.core.tables import markdown_table
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,8 @@ def test_cli_helpers_read_the_dataclass():
 
 
 def test_the_project_configs_take_their_choices_from_literals():
-    from circuits.edit import ACTIONS, FeatureEdit
-    from circuits.model import ToyModelConfig
+    from circuits.circuit.edit import ACTIONS, FeatureEdit
+    from circuits.toy.model import ToyModelConfig
     from sae.train import ARCHITECTURES, SAETrainConfig
 
     assert field_choices(SAETrainConfig, "arch") == ARCHITECTURES

@@ -6,12 +6,12 @@ import warnings
 import pytest
 import torch
 
-from circuits.attribution import exact_effects, node_effects
-from circuits.discover import DiscoverConfig, discover, example_record
-from circuits.edges import edges_into, upstream_hooks
-from circuits.errors import CircuitsError
-from circuits.graph import METRIC, load_graph, nodes_of, save_graph
-from circuits.vocab import EMBED_HOOK, Node, hook_names, metric_inputs
+from circuits.attribution.edges import edges_into, upstream_hooks
+from circuits.attribution.nodes import exact_effects, node_effects
+from circuits.circuit.discover import DiscoverConfig, discover, example_record
+from circuits.circuit.graph import METRIC, load_graph, nodes_of, save_graph
+from circuits.core.errors import CircuitsError
+from circuits.core.vocab import EMBED_HOOK, Node, hook_names, metric_inputs
 from tasks.builtin import make_task
 from tests.helpers import TOK, random_saes, tiny_hooked_model
 
@@ -168,7 +168,7 @@ def test_a_metric_that_is_not_finite_is_one_error(setup):
 
 
 def test_a_batch_that_does_not_fit_is_halved(setup, monkeypatch):
-    import circuits.discover as d
+    import circuits.circuit.discover as d
 
     model, saes, task = setup
     real = d.first_pass

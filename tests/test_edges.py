@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from circuits.attribution import clean_grads, encode_at, node_grads, run_batch
-from circuits.edges import edges_into, upstream_hooks
-from circuits.errors import CircuitsError
-from circuits.splice import flat_act, on_flat
-from circuits.values import NodeValues
-from circuits.vocab import EMBED_HOOK, Node, Submodule, hook_names
+from circuits.attribution.edges import edges_into, upstream_hooks
+from circuits.attribution.nodes import clean_grads, encode_at, node_grads, run_batch
+from circuits.attribution.splice import flat_act, on_flat
+from circuits.core.errors import CircuitsError
+from circuits.core.values import NodeValues
+from circuits.core.vocab import EMBED_HOOK, Node, Submodule, hook_names
 from sae.saeset import SAESet
 from tasks.builtin import make_task
 from tests.helpers import TOK, random_saes, tiny_hooked_model

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from circuits.edit import Edit, FeatureEdit, attach, edit_from_circuit, edited
-from circuits.errors import CircuitsError
-from circuits.vocab import hook_names
+from circuits.circuit.edit import Edit, FeatureEdit, attach, edit_from_circuit, edited
+from circuits.core.errors import CircuitsError
+from circuits.core.vocab import hook_names
 from tasks.builtin import make_task
 from tests.helpers import TOK, random_saes, tiny_hooked_model, toy_graph
 

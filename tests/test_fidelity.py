@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from circuits.fidelity import check_attribution, format_table, pearson
-from circuits.vocab import hook_names
+from circuits.circuit.check import check_attribution, format_table, pearson
+from circuits.core.vocab import hook_names
 from tasks.builtin import make_task
 from tests.helpers import TOK, random_saes, tiny_hooked_model
 

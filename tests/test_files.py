@@ -1,12 +1,12 @@
-"""circuits.files: atomic writes and JSON reads with one-line errors."""
+"""circuits.core.files: atomic writes and JSON reads with one-line errors."""
 
 import os
 
 import pytest
 
-from circuits import files
-from circuits.errors import CircuitsError
-from circuits.files import read_json, write_atomic
+from circuits.core import files
+from circuits.core.errors import CircuitsError
+from circuits.core.files import read_json, write_atomic
 
 
 def _names(folder) -> list[str]:
@@ -63,7 +63,7 @@ def test_failed_write_of_new_file_leaves_nothing(tmp_path, monkeypatch):
     def failing_replace(src, dst):
         raise OSError("boom")
 
-    monkeypatch.setattr(os, "replace", failing_replace)  # the os module circuits.files uses
+    monkeypatch.setattr(os, "replace", failing_replace)  # the os module circuits.core.files uses
     with pytest.raises(OSError):
         write_atomic(tmp_path / "e.txt", b"data")
     assert _names(tmp_path) == []

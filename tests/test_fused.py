@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-import circuits.model as M
-from circuits.fused import BLOCK_HOOKS, block_activations, fused_hook, fused_supported, training_loss
+import circuits.toy.model as M
+from circuits.core.fused import BLOCK_HOOKS, block_activations, fused_hook, fused_supported, training_loss
 from sae.train import ActivationBatches
 from tasks.tokenizer import build_tokenizer
 from tests.helpers import tiny_config, tiny_sae_config

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from circuits.errors import CircuitsError
-from circuits.graph import METRIC, error_nodes, feature_nodes, load_graph, prune, save_graph
-from circuits.vocab import Node
+from circuits.circuit.graph import METRIC, error_nodes, feature_nodes, load_graph, prune, save_graph
+from circuits.core.errors import CircuitsError
+from circuits.core.vocab import Node
 from tests.helpers import toy_graph
 
 
@@ -78,7 +78,7 @@ def test_bad_circuit_files(tmp_path):
 
 
 def test_site_graph_sums_node_edges_between_sites():
-    from circuits.graph import site_graph
+    from circuits.circuit.graph import site_graph
 
     g = toy_graph()
     sites = site_graph(g)

@@ -11,12 +11,12 @@ import time
 import pytest
 import torch
 
-import circuits.model as M
-from circuits.discover import DiscoverConfig, discover
-from circuits.errors import CircuitsError
-from circuits.graph import METRIC
-from circuits.splice import spliced
-from circuits.vocab import hook_names
+import circuits.toy.model as M
+from circuits.attribution.splice import spliced
+from circuits.circuit.discover import DiscoverConfig, discover
+from circuits.circuit.graph import METRIC
+from circuits.core.errors import CircuitsError
+from circuits.core.vocab import hook_names
 from tasks.jsonl import load_task_jsonl
 from tests.helpers import random_saes
 from tests.hf_builders import (
@@ -245,7 +245,7 @@ def test_a_full_size_gpt2_small_round_trips(hf, tmp_path, monkeypatch, capsys):
 
 
 def test_sae_training_reads_gpt2_activations_through_the_fused_forward_and_pythia_through_hooks(hf, tmp_path):
-    from circuits.fused import block_activations, fused_supported
+    from circuits.core.fused import block_activations, fused_supported
 
     gpt2 = M.load_model(str(save_folder(*hf["gpt2"], tmp_path / "g")))
     pythia = M.load_model(str(save_folder(*hf["pythia"], tmp_path / "p")))

@@ -4,10 +4,9 @@ each level validated by ablation; planted circuits whose answer is known."""
 import pytest
 import torch
 
-from circuits.ablation import Ablator
-from circuits.attribution import node_effects
-from circuits.errors import CircuitsError
-from circuits.hierarchy import (
+from circuits.attribution.nodes import node_effects
+from circuits.circuit.ablation import Ablator
+from circuits.circuit.hierarchy import (
     HierarchyConfig,
     find_hierarchy,
     ranked_sites,
@@ -17,8 +16,9 @@ from circuits.hierarchy import (
     site_scores,
     validate_hierarchy,
 )
-from circuits.optimise import MaskConfig, initial_logits, optimise_mask
-from circuits.vocab import Node, Site, hook_names
+from circuits.circuit.optimise import MaskConfig, initial_logits, optimise_mask
+from circuits.core.errors import CircuitsError
+from circuits.core.vocab import Node, Site, hook_names
 from tasks.builtin import make_task
 from tests.helpers import CARRIERS, DECOY, PLANTED_HOOK, TOK, planted, planted_two_paths, random_saes, tiny_hooked_model
 

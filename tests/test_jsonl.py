@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from circuits.errors import CircuitsError
-from circuits.model import build_model
+from circuits.core.errors import CircuitsError
+from circuits.toy.model import build_model
 from tasks.builtin import make_task
 from tasks.jsonl import load_task_jsonl
 from tasks.tokenizer import build_tokenizer

@@ -3,8 +3,8 @@ full embedded model meets its behaviour targets (slow, `make test-slow`)."""
 
 import pytest
 
-from circuits.behaviour import evaluate_model, evaluate_task
-from circuits.model import ToyModelConfig, train_model
+from circuits.circuit.evaluate import evaluate_model, evaluate_task
+from circuits.toy.model import ToyModelConfig, train_model
 from tasks.builtin import make_task
 from tasks.language import Mixture
 from tests.helpers import tiny_config

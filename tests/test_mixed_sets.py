@@ -4,15 +4,15 @@ embeddings, hook_z, resid_mid), against real interventions on a tiny random mode
 import pytest
 import torch
 
-from circuits.ablation import faithfulness
-from circuits.attribution import exact_submodule_effect, node_effects
-from circuits.cards import feature_cards, residual_direction
-from circuits.discover import DiscoverConfig, discover
-from circuits.edit import Edit, FeatureEdit, edited
-from circuits.graph import nodes_of
-from circuits.pictures import layout
-from circuits.splice import flat_act, on_flat, spliced
-from circuits.vocab import EMBED_HOOK, Node, hook_names
+from circuits.attribution.nodes import exact_submodule_effect, node_effects
+from circuits.attribution.splice import flat_act, on_flat, spliced
+from circuits.circuit.ablation import faithfulness
+from circuits.circuit.discover import DiscoverConfig, discover
+from circuits.circuit.edit import Edit, FeatureEdit, edited
+from circuits.circuit.graph import nodes_of
+from circuits.core.vocab import EMBED_HOOK, Node, hook_names
+from circuits.export.cards import feature_cards, residual_direction
+from circuits.export.pictures import layout
 from sae.evaluate import evaluate_saes
 from tasks.builtin import make_task
 from tests.helpers import TOK, random_saes, tiny_hooked_model

@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import circuits.model as M
-from circuits.errors import CircuitsError
+import circuits.toy.model as M
+from circuits.core.errors import CircuitsError
 from tests.helpers import tiny_config
 
 

@@ -1,12 +1,12 @@
-"""circuits.parallel: no-ops in one process, one-line errors, and two real gloo processes."""
+"""circuits.core.parallel: no-ops in one process, one-line errors, and two real gloo processes."""
 
 import os
 
 import pytest
 import torch
 
-from circuits.errors import CircuitsError
-from circuits.parallel import all_reduce, all_reduce_floats, batch_starts, check_nproc, run_local
+from circuits.core.errors import CircuitsError
+from circuits.core.parallel import all_reduce, all_reduce_floats, batch_starts, check_nproc, run_local
 from tests.helpers import all_reduced_arange, fail_in_worker_1
 
 

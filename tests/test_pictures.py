@@ -9,9 +9,9 @@ import subprocess
 import networkx as nx
 import pytest
 
-from circuits import pictures
-from circuits.graph import METRIC
-from circuits.pictures import NEGATIVE, NO_EDGE, POSITIVE, card_keys, draw_graph, layout, to_dot
+from circuits.circuit.graph import METRIC
+from circuits.export import pictures
+from circuits.export.pictures import NEGATIVE, NO_EDGE, POSITIVE, card_keys, draw_graph, layout, to_dot
 from tests.helpers import card, hierarchical_graph, nasty_graph, node_attrs, toy_graph
 
 DOT = shutil.which("dot") is None

@@ -1,7 +1,7 @@
-"""circuits.plots: the faithfulness curve is a PNG written atomically."""
+"""circuits.export.plots: the faithfulness curve is a PNG written atomically."""
 
-from circuits.ablation import CurvePoint, FaithfulnessCurve
-from circuits.plots import plot_faithfulness, plot_rankings
+from circuits.circuit.ablation import CurvePoint, FaithfulnessCurve
+from circuits.export.plots import plot_faithfulness, plot_rankings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

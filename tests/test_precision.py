@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-import circuits.model as M
-import circuits.precision as P
-from circuits.errors import CircuitsError
-from circuits.model import ToyModelConfig
+import circuits.core.precision as P
+import circuits.toy.model as M
+from circuits.core.errors import CircuitsError
+from circuits.toy.model import ToyModelConfig
 from sae.train import SAETrainConfig
 from tests.helpers import tiny_config
 

@@ -21,15 +21,15 @@ import socket
 import pytest
 import torch
 
-from circuits.ablation import faithfulness_curve, ranked_nodes
+from circuits.attribution.splice import spliced
+from circuits.circuit.ablation import faithfulness_curve, ranked_nodes
+from circuits.circuit.discover import DiscoverConfig, discover
+from circuits.circuit.edit import edit_from_circuit, edit_report
+from circuits.circuit.graph import METRIC, load_graph, save_graph
 from circuits.cli import main
-from circuits.discover import DiscoverConfig, discover
-from circuits.edit import edit_from_circuit, edit_report
-from circuits.errors import CircuitsError
-from circuits.formats import write_circuit_tracer, write_graphml
-from circuits.graph import METRIC, load_graph, save_graph
-from circuits.splice import spliced
-from circuits.vocab import EMBED_HOOK, Node
+from circuits.core.errors import CircuitsError
+from circuits.core.vocab import EMBED_HOOK, Node
+from circuits.export.formats import write_circuit_tracer, write_graphml
 from sae import standins as S
 from sae.saeset import SAESet
 from tasks.builtin import make_task

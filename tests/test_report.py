@@ -2,9 +2,9 @@
 
 import networkx as nx
 
-from circuits.graph import METRIC
-from circuits.pictures import draw_graph
-from circuits.report import write_report
+from circuits.circuit.graph import METRIC
+from circuits.export.pictures import draw_graph
+from circuits.export.report import write_report
 from tests.helpers import card, nasty_graph
 
 

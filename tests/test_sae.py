@@ -6,9 +6,9 @@ import torch
 from safetensors.torch import load_file
 
 import sae.saeset as S
-from circuits.errors import CircuitsError
-from circuits.model import load_saved_model
-from circuits.vocab import hook_names
+from circuits.core.errors import CircuitsError
+from circuits.core.vocab import hook_names
+from circuits.toy.model import load_saved_model
 from sae.evaluate import evaluate_saes
 from sae.saeset import SAESet
 from sae.train import ARCHITECTURES, SAETrainConfig, train_sae_set
@@ -143,7 +143,7 @@ def test_width_mismatch(tiny_set_dir):
 
 
 def _model_with_d_model(d_model: int):
-    from circuits.model import build_model
+    from circuits.toy.model import build_model
     from tests.helpers import tiny_config
 
     return build_model(tiny_config(d_model=d_model, n_heads=2))

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 import sae.train as T
-from circuits.determinism import keep_freed_memory
-from circuits.model import ToyModelConfig, load_saved_model, train_model
+from circuits.core.determinism import keep_freed_memory
+from circuits.toy.model import ToyModelConfig, load_saved_model, train_model
 from sae.evaluate import QualityBar, SAEEvaluation, SAEScore, evaluate_saes
 from sae.train import SAETrainConfig, load_saes, train_sae_set
 from tests.helpers import tiny_config, tiny_sae_config

@@ -4,9 +4,9 @@ and error terms are readable nodes. On a tiny random model with random SAEs."""
 import pytest
 import torch
 
-from circuits.model import build_model
-from circuits.splice import spliced
-from circuits.vocab import hook_names
+from circuits.attribution.splice import spliced
+from circuits.core.vocab import hook_names
+from circuits.toy.model import build_model
 from tasks.builtin import make_task
 from tests.helpers import random_saes, tiny_config
 

@@ -1,8 +1,8 @@
-"""circuits.tables: the markdown tables of the command line."""
+"""circuits.core.tables: the markdown tables of the command line."""
 
 import pytest
 
-from circuits.tables import markdown_table, print_table
+from circuits.core.tables import markdown_table, print_table
 
 
 def _cells(line: str) -> list[str]:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from circuits.errors import CircuitsError
+from circuits.core.errors import CircuitsError
 from tasks import language as L
 from tasks.builtin import BUILTIN_TASKS, make_task
 from tasks.task import Task

@@ -1,6 +1,6 @@
 import pytest
 
-from circuits.model import build_model
+from circuits.toy.model import build_model
 from tasks.tokenizer import UnknownWordError, build_tokenizer, encode, load_tokenizer
 from tests.helpers import tiny_config
 

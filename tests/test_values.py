@@ -2,7 +2,7 @@
 
 import torch
 
-from circuits.values import NodeValues, add_into, flat
+from circuits.core.values import NodeValues, add_into, flat
 
 
 def _random(lead=(2, 3), d_sae=5, d_err=4) -> NodeValues:

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from circuits.report import write_report
-from circuits.viewer import viewer_data, viewer_html
+from circuits.export.report import write_report
+from circuits.export.viewer import viewer_data, viewer_html
 from tests.helpers import card, hierarchical_graph
 
 MLP_SITE = "blocks.0.hook_mlp_out@END"

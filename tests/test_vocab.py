@@ -2,8 +2,8 @@
 
 import pytest
 
-from circuits.errors import CircuitsError
-from circuits.vocab import (
+from circuits.core.errors import CircuitsError
+from circuits.core.vocab import (
     BLOCK_KINDS,
     EMBED_HOOK,
     Node,

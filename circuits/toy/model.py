@@ -37,12 +37,12 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerBase
 
-from circuits.config import Config
-from circuits.determinism import deterministic
-from circuits.errors import CircuitsError
-from circuits.fused import fused_supported, training_loss
-from circuits.hub import cached_snapshot, hub_reachable, in_hf_cache, offline
-from circuits.precision import Autocast, as_setting, use_bf16
+from circuits.core.config import Config
+from circuits.core.determinism import deterministic
+from circuits.core.errors import CircuitsError
+from circuits.core.fused import fused_supported, training_loss
+from circuits.core.hub import cached_snapshot, hub_reachable, in_hf_cache, offline
+from circuits.core.precision import Autocast, as_setting, use_bf16
 from tasks.corpus import corpus_tokens
 from tasks.language import Mixture
 from tasks.tokenizer import build_tokenizer, load_tokenizer
@@ -61,7 +61,7 @@ def default_cache_dir() -> Path:
     checkout, else ``~/.cache/sae-circuits``."""
     if os.environ.get("SAE_CIRCUITS_CACHE"):
         return Path(os.environ["SAE_CIRCUITS_CACHE"])
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     if (repo / "pyproject.toml").is_file():
         return repo / "outputs" / "cache"
     return Path.home() / ".cache" / "sae-circuits"

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 
 import networkx as nx
 
-from circuits.files import write_atomic
-from circuits.viewer import viewer_html
+from circuits.core.files import write_atomic
+from circuits.export.viewer import viewer_html
 
 if TYPE_CHECKING:
-    from circuits.ablation import FaithfulnessCurve
-    from circuits.cards import FeatureCard
-    from circuits.edit import EditReport
-    from circuits.fidelity import AttributionCheck
+    from circuits.circuit.ablation import FaithfulnessCurve
+    from circuits.circuit.check import AttributionCheck
+    from circuits.circuit.edit import EditReport
+    from circuits.export.cards import FeatureCard
     from sae.evaluate import SAEEvaluation
 
 STATIC_CARDS = 24  # cards written out as HTML; the viewer opens any latent's

@@ -9,7 +9,7 @@ term and every other latent stay as computed. Apply it in a ``with edited(...)``
 
 Attached edits are independent: each `AttachedEdit` registers its own hook functions on the
 hook points (``HookPoint.add_hook``, the splice's own hook function from
-``circuits.splice.splice_hook``) and keeps the `LensHandle` of each, so ``remove()`` takes
+``circuits.attribution.splice.splice_hook``) and keeps the `LensHandle` of each, so ``remove()`` takes
 off exactly its own hooks, in any order. (Entering ``model.hooks()`` and leaving it later,
 as a handle once did, is wrong: TransformerLens removes a context's hooks by the context
 *level* current when it exits, so attach A, attach B, remove A took B's hooks off and left
@@ -31,13 +31,13 @@ import networkx as nx
 import torch
 from transformer_lens import HookedTransformer
 
-from circuits.behaviour import TaskScore, evaluate_task
-from circuits.config import Config, Result
-from circuits.errors import CircuitsError
-from circuits.files import read_json, write_atomic
-from circuits.graph import METRIC
-from circuits.splice import NodeEdit, splice_hook, spliced
-from circuits.values import NodeValues
+from circuits.attribution.splice import NodeEdit, splice_hook, spliced
+from circuits.circuit.evaluate import TaskScore, evaluate_task
+from circuits.circuit.graph import METRIC
+from circuits.core.config import Config, Result
+from circuits.core.errors import CircuitsError
+from circuits.core.files import read_json, write_atomic
+from circuits.core.values import NodeValues
 from sae.saeset import SAESet
 
 Action = Literal["zero", "mean", "clamp", "scale"]

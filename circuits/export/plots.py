@@ -7,10 +7,10 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from circuits.files import write_atomic
+from circuits.core.files import write_atomic
 
 if TYPE_CHECKING:
-    from circuits.ablation import FaithfulnessCurve
+    from circuits.circuit.ablation import FaithfulnessCurve
 
 
 def plot_faithfulness(result: FaithfulnessCurve, path: str | Path, title: str = "") -> Path:

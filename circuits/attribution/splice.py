@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import torch
 from transformer_lens import HookedTransformer
 
-from circuits.values import NodeValues
+from circuits.core.values import NodeValues
 from sae.saeset import SAESet
 
 # Replaces a hook's nodes by other values: patching, interpolation, ablation, edits.

@@ -1,6 +1,6 @@
 """The circuit graph: a NetworkX DiGraph of SAE nodes, pruning, and its JSON file.
 
-Node ids and attributes are ``circuits.vocab.Node``'s: ``blocks.2.hook_mlp_out/317@S2``
+Node ids and attributes are ``circuits.core.vocab.Node``'s: ``blocks.2.hook_mlp_out/317@S2``
 (latent 317 at the position labelled S2), ``blocks.2.hook_mlp_out/err@S2`` (the error term),
 ``embed@IO`` (the embeddings) and ``metric``. Positions are the task's labels for templated
 prompts, ``p<i>`` otherwise, or ``*`` when effects are summed over positions. Edges point
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import networkx as nx
 
-from circuits.errors import CircuitsError
-from circuits.files import read_json, write_atomic
-from circuits.vocab import METRIC, Node, Site, Submodule
+from circuits.core.errors import CircuitsError
+from circuits.core.files import read_json, write_atomic
+from circuits.core.vocab import METRIC, Node, Site, Submodule
 
 FORMAT = "sae-circuits/graph-v1"
 

@@ -1,6 +1,6 @@
 """Ablation: switch node sets off and measure the task metric; faithfulness and completeness.
 
-Nodes are ``circuits.vocab.Node`` (position None: every position); node sets travel as
+Nodes are ``circuits.core.vocab.Node`` (position None: every position); node sets travel as
 masks, one ``NodeValues`` of booleans per hook. Ablating a node replaces its value by
 (the convention, ``Ablation``):
 
@@ -34,13 +34,13 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from circuits.attribution import prepare
-from circuits.edges import source_masks
-from circuits.errors import CircuitsError
-from circuits.graph import nodes_of
-from circuits.splice import decode, on_flat, spliced
-from circuits.values import NodeValues
-from circuits.vocab import METRIC, Node, Submodule
+from circuits.attribution.edges import source_masks
+from circuits.attribution.nodes import prepare
+from circuits.attribution.splice import decode, on_flat, spliced
+from circuits.circuit.graph import nodes_of
+from circuits.core.errors import CircuitsError
+from circuits.core.values import NodeValues
+from circuits.core.vocab import METRIC, Node, Submodule
 from sae.saeset import SAESet
 from tasks.task import Task
 

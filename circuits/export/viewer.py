@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 
 import networkx as nx
 
-from circuits.graph import nodes_of, sites_of
-from circuits.vocab import METRIC, Site, Submodule
+from circuits.circuit.graph import nodes_of, sites_of
+from circuits.core.vocab import METRIC, Site, Submodule
 
 if TYPE_CHECKING:
-    from circuits.cards import FeatureCard
+    from circuits.export.cards import FeatureCard
 
 HERE = Path(__file__).parent
 CYTOSCAPE_VERSION = "3.34.4"

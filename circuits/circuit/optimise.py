@@ -11,7 +11,7 @@ least-needed first), and the ranking is by final logit (ties broken by attributi
 Everything outside the sites is ablated throughout, exactly as in evaluation
 (``ablation.ablation_hook``), so what the mask learns is what faithfulness measures. It sees
 only the prompts it is given — the discovery prompts — never the held-out ones; the ranking
-is cut to a size by ablation on held-out prompts (``circuits.hierarchy``).
+is cut to a size by ablation on held-out prompts (``circuits.circuit.hierarchy``).
 
 Measured on the embedded model (128 discovery pairs, held-out cut at F 0.9, mean ablation):
 a constant sparsity of 0.05–2 or the ramp give IOI 989–1,038 nodes and SVA 330–347, the ramp
@@ -30,11 +30,11 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from circuits.ablation import Ablator, ablation_hook
-from circuits.config import Config
-from circuits.errors import CircuitsError
-from circuits.values import NodeValues
-from circuits.vocab import Site
+from circuits.circuit.ablation import Ablator, ablation_hook
+from circuits.core.config import Config
+from circuits.core.errors import CircuitsError
+from circuits.core.values import NodeValues
+from circuits.core.vocab import Site
 from sae.saeset import SAESet
 
 

@@ -10,11 +10,11 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from circuits.attribution import exact_effects, exact_submodule_effect, node_effects, prepare
-from circuits.discover import DiscoverConfig, discover
-from circuits.edges import edges_into, exact_edge_effects
-from circuits.graph import nodes_of
-from circuits.vocab import METRIC, Node
+from circuits.attribution.edges import edges_into, exact_edge_effects
+from circuits.attribution.nodes import exact_effects, exact_submodule_effect, node_effects, prepare
+from circuits.circuit.discover import DiscoverConfig, discover
+from circuits.circuit.graph import nodes_of
+from circuits.core.vocab import METRIC, Node
 from sae.saeset import SAESet
 from tasks.task import Task
 

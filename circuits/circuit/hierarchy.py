@@ -3,13 +3,13 @@
 The embedded model computes its tasks densely at the feature level (thousands of latents
 are needed for faithfulness) but sparsely at the level of **sites** — a submodule at a
 position, all its latents and its error term together. So a circuit is found in two levels,
-each validated on held-out prompts under one ablation convention (``circuits.ablation``):
+each validated on held-out prompts under one ablation convention (``circuits.circuit.ablation``):
 
 1. **Sites**: ranked by their summed attribution effect (latents + error, from the node
    pass on the discovery prompts); the skeleton is the smallest top-ranked set whose
    faithfulness reaches the target on the held-out prompts.
 2. **Features** inside the skeleton: every latent and error term of the kept sites, ranked
-   by attribution and by the mask optimiser (``circuits.optimise``, trained on the discovery
+   by attribution and by the mask optimiser (``circuits.circuit.optimise``, trained on the discovery
    prompts only); each ranking is cut to its smallest prefix reaching the target on the
    held-out prompts, and the smaller cut is the circuit.
 
@@ -31,7 +31,9 @@ from typing import ClassVar
 import torch
 from transformer_lens import HookedTransformer
 
-from circuits.ablation import (
+from circuits.attribution.nodes import NodeEffects
+from circuits.attribution.splice import spliced
+from circuits.circuit.ablation import (
     Ablation,
     Ablator,
     CurvePoint,
@@ -44,12 +46,10 @@ from circuits.ablation import (
     node_masks,
     smallest_prefix,
 )
-from circuits.attribution import NodeEffects
-from circuits.config import Config
-from circuits.errors import CircuitsError
-from circuits.optimise import MaskConfig, MaskResult, initial_logits, optimise_mask
-from circuits.splice import spliced
-from circuits.vocab import Node, Site, Submodule
+from circuits.circuit.optimise import MaskConfig, MaskResult, initial_logits, optimise_mask
+from circuits.core.config import Config
+from circuits.core.errors import CircuitsError
+from circuits.core.vocab import Node, Site, Submodule
 from sae.saeset import SAESet
 from tasks.task import Task
 

@@ -33,8 +33,8 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from circuits.ablation import Ablation
-from circuits.attribution import (
+from circuits.attribution.edges import batch_edges, source_masks, upstream_hooks
+from circuits.attribution.nodes import (
     NodeEffects,
     batch_grads,
     exact_effects,
@@ -43,15 +43,15 @@ from circuits.attribution import (
     prepare,
     run_batch,
 )
-from circuits.config import Config, field_default
-from circuits.edges import batch_edges, source_masks, upstream_hooks
-from circuits.errors import CircuitsError
-from circuits.graph import nodes_of, prune, site_graph
-from circuits.hierarchy import HierarchyConfig, find_hierarchy
-from circuits.optimise import MaskConfig
-from circuits.parallel import all_reduce, batch_starts, is_main
-from circuits.values import NodeValues, add_into, flat
-from circuits.vocab import EMBED_HOOK, METRIC, Node, in_forward_order, metric_inputs
+from circuits.circuit.ablation import Ablation
+from circuits.circuit.graph import nodes_of, prune, site_graph
+from circuits.circuit.hierarchy import HierarchyConfig, find_hierarchy
+from circuits.circuit.optimise import MaskConfig
+from circuits.core.config import Config, field_default
+from circuits.core.errors import CircuitsError
+from circuits.core.parallel import all_reduce, batch_starts, is_main
+from circuits.core.values import NodeValues, add_into, flat
+from circuits.core.vocab import EMBED_HOOK, METRIC, Node, in_forward_order, metric_inputs
 from sae.saeset import SAESet
 from tasks.task import Task
 
@@ -112,7 +112,7 @@ def discover(
 ) -> nx.DiGraph:
     """The feature circuit of ``task``: nodes whose |effect| passes the node threshold, the
     direct-effect edges between them, pruned to what reaches the metric. With a target
-    faithfulness, the nodes are instead a hierarchical circuit (``circuits.hierarchy``:
+    faithfulness, the nodes are instead a hierarchical circuit (``circuits.circuit.hierarchy``:
     sites, then features inside them) validated on the ``held_out`` prompts, recorded in
     ``graph.graph["hierarchy"]``."""
     cfg = cfg or DiscoverConfig()

@@ -24,12 +24,21 @@ from dataclasses import dataclass
 import torch
 from transformer_lens import HookedTransformer
 
-from circuits.attribution import BatchRun, Method, batch_grads, encode_at, node_grads, prepare, run_batch, set_node
-from circuits.errors import CircuitsError
-from circuits.parallel import all_reduce, batch_starts
-from circuits.splice import on_flat, spliced
-from circuits.values import NodeValues, add_into, flat
-from circuits.vocab import Node, Submodule, resid_pre
+from circuits.attribution.nodes import (
+    BatchRun,
+    Method,
+    batch_grads,
+    encode_at,
+    node_grads,
+    prepare,
+    run_batch,
+    set_node,
+)
+from circuits.attribution.splice import on_flat, spliced
+from circuits.core.errors import CircuitsError
+from circuits.core.parallel import all_reduce, batch_starts
+from circuits.core.values import NodeValues, add_into, flat
+from circuits.core.vocab import Node, Submodule, resid_pre
 from sae.saeset import SAESet
 from tasks.task import Task
 

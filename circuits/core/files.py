@@ -36,7 +36,7 @@ def read_json(path: str | Path, what: str):
     """The parsed JSON at ``path``; a missing file or bad JSON is one line naming ``what``."""
     import json
 
-    from circuits.errors import CircuitsError
+    from circuits.core.errors import CircuitsError
 
     path = Path(path)
     if not path.is_file():

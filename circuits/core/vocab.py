@@ -24,7 +24,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from circuits.errors import CircuitsError
+from circuits.core.errors import CircuitsError
 
 Kind = Literal["embed", "resid_pre", "z", "attn", "resid_mid", "mlp", "resid"]
 HookKind = Literal["resid", "mlp", "attn"]  # the kinds `circuits train-saes --hooks` trains

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.distributed as dist
 
-from circuits.errors import CircuitsError
+from circuits.core.errors import CircuitsError
 
 
 def rank_and_world() -> tuple[int, int]:

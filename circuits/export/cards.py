@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from transformer_lens import HookedTransformer
 
-from circuits.vocab import Submodule
+from circuits.core.vocab import Submodule
 from sae.saeset import SAESet
 
 
@@ -65,7 +65,7 @@ def feature_cards(
     batch_size: int = 32,
 ) -> dict[tuple[str, int], FeatureCard]:
     """Cards for ``(hook, latent)`` keys from a fixed sample of the toy corpus (BOS skipped)."""
-    from circuits.splice import spliced
+    from circuits.attribution.splice import spliced
     from tasks.corpus import corpus_tokens
 
     if not keys:

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 
 import networkx as nx
 
-from circuits.errors import CircuitsError
-from circuits.files import write_atomic
-from circuits.graph import METRIC, site_graph
-from circuits.vocab import Node, Submodule
+from circuits.circuit.graph import METRIC, site_graph
+from circuits.core.errors import CircuitsError
+from circuits.core.files import write_atomic
+from circuits.core.vocab import Node, Submodule
 
 if TYPE_CHECKING:
-    from circuits.cards import FeatureCard
+    from circuits.export.cards import FeatureCard
 
 FORMATS = ("png", "svg", "pdf")
 PNG_DPI = 96

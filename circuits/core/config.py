@@ -42,7 +42,7 @@ from typing import (
     get_type_hints,
 )
 
-from circuits.errors import CircuitsError
+from circuits.core.errors import CircuitsError
 
 C = TypeVar("C", bound="Config")
 

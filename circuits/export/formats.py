@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 
 import networkx as nx
 
-from circuits.errors import CircuitsError
-from circuits.files import read_json, write_atomic
-from circuits.graph import METRIC
-from circuits.vocab import SAE_KINDS, Submodule, in_forward_order
+from circuits.circuit.graph import METRIC
+from circuits.core.errors import CircuitsError
+from circuits.core.files import read_json, write_atomic
+from circuits.core.vocab import SAE_KINDS, Submodule, in_forward_order
 
 if TYPE_CHECKING:
-    from circuits.cards import FeatureCard
+    from circuits.export.cards import FeatureCard
 
 CT_SCHEMA_VERSION = 1  # circuit-tracer's graph schema: ``feature`` = cantor(layer, index)
 CT_METADATA = "graph-metadata.json"

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from transformer_lens import HookedTransformer
 
-from circuits.config import Result
-from circuits.tables import markdown_table
+from circuits.core.config import Result
+from circuits.core.tables import markdown_table
 from tasks.builtin import BUILTIN_TASKS, make_task
 from tasks.task import Task
 
