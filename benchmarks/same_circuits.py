@@ -1,5 +1,7 @@
 """Check that a code change finds the same circuits: discover IOI and SVA (IG and AtP, 128
-pairs, seed 0) on the embedded model and either save node effects and edge weights
+pairs, seed 0) and one hierarchical IOI circuit (IG, target faithfulness 0.9, mean ablation,
+validated on the 128 pairs of seed 1) on the embedded model and either save node effects,
+edge weights and the hierarchy's numbers (level sizes, faithfulness, curves)
 (``--save DIR``) or compare them with a saved reference (``--reference DIR``): the same
 nodes and edges, effects and weights within ``--atol`` (default 1e-5). Prints a table.
 
@@ -17,28 +19,60 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path.cwd()))  # the checkout the command runs in
 
-from circuits.circuit.discover import DiscoverConfig, discover  # noqa: E402
-from circuits.toy.model import load_model  # noqa: E402
-from sae.train import load_saes  # noqa: E402
+try:  # either side of the subpackage move, so the old code can save a reference
+    from circuits.circuit.discover import DiscoverConfig, discover
+    from circuits.toy.model import load_model
+except ImportError:
+    from circuits.discover import DiscoverConfig, discover
+    from circuits.model import load_model
+try:
+    from circuits.load import load_saes
+except ImportError:
+    from sae.train import load_saes
 from tasks.builtin import make_task  # noqa: E402
 
-CASES = [(task, method) for task in ("ioi", "sva") for method in ("ig", "atp")]
+CASES = [(task, method) for task in ("ioi", "sva") for method in ("ig", "atp")] + [("ioi", "hierarchy")]
 
 
 def circuit(model, saes, task_name: str, method: str, n: int) -> dict:
     task = make_task(task_name, model.tokenizer, n=n, seed=0)
+    held_out, cfg = None, DiscoverConfig(method=method)
+    if method == "hierarchy":
+        held_out = make_task(task_name, model.tokenizer, n=n, seed=1)
+        cfg = DiscoverConfig(method="ig", target_faithfulness=0.9)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        graph = discover(model, saes, task, DiscoverConfig(method=method), progress=False)
+        graph = discover(model, saes, task, cfg, progress=False, held_out=held_out)
     return {
         "nodes": {v: a["effect"] for v, a in graph.nodes(data=True)},
         "edges": {f"{u} -> {v}": w for u, v, w in graph.edges(data="weight")},
+        "levels": numbers(hierarchy_of(graph)),
     }
+
+
+def hierarchy_of(graph) -> dict:
+    """The hierarchical circuit as a plain dict, from a record or from the old metadata key."""
+    if "hierarchy" in graph.graph:
+        return graph.graph["hierarchy"]
+    record = graph.graph.get("record")
+    hierarchy = getattr(record, "hierarchy", None)
+    return hierarchy.to_dict() if hierarchy is not None else {}
+
+
+def numbers(tree, prefix: str = "") -> dict[str, float]:
+    """Every number in a nested dict or list, keyed by its path; timings left out."""
+    if isinstance(tree, dict):
+        items = [(k, v) for k, v in tree.items() if k not in ("times", "seconds")]
+    elif isinstance(tree, list):
+        items = list(enumerate(tree))
+    else:
+        return {prefix: tree} if isinstance(tree, int | float) and not isinstance(tree, bool) else {}
+    return {k: v for key, sub in items for k, v in numbers(sub, f"{prefix}.{key}" if prefix else str(key)).items()}
 
 
 def compare(old: dict, new: dict, atol: float) -> tuple[str, bool]:
     cells, same = [], True
-    for part in ("nodes", "edges"):
+    for part in ("nodes", "edges", "levels"):
         a, b = old[part], new[part]
         common = set(a) & set(b)
         worst = max((abs(a[k] - b[k]) for k in common), default=0.0)
@@ -67,9 +101,9 @@ def main() -> None:
         return
     print(
         "| circuit | nodes ref / now | nodes differing | max |effect diff| | edges ref / now | "
-        "edges differing | max |weight diff| | same |"
+        "edges differing | max |weight diff| | level numbers ref / now | differing | max diff | same |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     all_same = True
     for task, method in CASES:
         old = json.loads((Path(args.reference) / f"{task}-{method}.json").read_text())

@@ -17,10 +17,10 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from circuits.attribution.splice import flat_act, on_flat
 from circuits.core.config import Result
 from circuits.core.errors import CircuitsError
 from circuits.core.tables import markdown_table
+from circuits.core.vocab import flat_act, on_flat
 from sae.saeset import SAESet
 from tasks.corpus import corpus_tokens
 

@@ -21,32 +21,11 @@ import torch
 from transformer_lens import HookedTransformer
 
 from circuits.core.values import NodeValues
+from circuits.core.vocab import on_flat
 from sae.saeset import SAESet
 
 # Replaces a hook's nodes by other values: patching, interpolation, ablation, edits.
 NodeEdit = Callable[[NodeValues], NodeValues]
-
-
-def flat_act(x: torch.Tensor) -> torch.Tensor:
-    """An activation as SAEs read it, ``[batch, pos, width]``: attn.hook_z's
-    ``[batch, pos, n_heads, d_head]`` with the heads concatenated (a view where it can be)."""
-    return x.flatten(2) if x.ndim == 4 else x
-
-
-def on_flat(fn: Callable) -> Callable:
-    """A TransformerLens hook function that lets ``fn(x, hook)`` see and return activations
-    as ``flat_act`` gives them; whatever ``fn`` returns (or the flat view, when it returns
-    None, so gradients taken at what it recorded reach the model) goes on in the hook's own
-    shape."""
-
-    def hook(x: torch.Tensor, hook):
-        if x.ndim != 4:
-            return fn(x, hook)
-        rows = x.flatten(2)
-        out = fn(rows, hook)
-        return (rows if out is None else out).unflatten(2, x.shape[2:])
-
-    return hook
 
 
 def encode(sae, x: torch.Tensor) -> NodeValues:

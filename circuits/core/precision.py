@@ -13,17 +13,24 @@ say which one was used.
 
 from __future__ import annotations
 
+import os
 import platform
 from typing import Literal
 
 import torch
 
 Autocast = Literal["auto", "on", "off"]
+NATIVE_BF16_ENV = "SAE_CIRCUITS_NATIVE_BF16"
 
 
 def native_bf16(device: str | torch.device = "cpu") -> bool:
-    """Whether ``device`` multiplies bfloat16 matrices in hardware."""
+    """Whether ``device`` multiplies bfloat16 matrices in hardware. ``$SAE_CIRCUITS_NATIVE_BF16``
+    (``1`` / ``0``) overrides the answer for the CPU, so a machine without bf16 instructions can
+    reproduce what "auto" trains on one with them (slowly), and the other way round."""
     device = torch.device(device)
+    forced = os.environ.get(NATIVE_BF16_ENV)
+    if device.type == "cpu" and forced in ("0", "1"):
+        return forced == "1"
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type != "cpu":

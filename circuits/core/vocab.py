@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 from circuits.core.errors import CircuitsError
+
+if TYPE_CHECKING:
+    import torch
 
 Kind = Literal["embed", "resid_pre", "z", "attn", "resid_mid", "mlp", "resid"]
 HookKind = Literal["resid", "mlp", "attn"]  # the kinds `circuits train-saes --hooks` trains
@@ -317,3 +320,25 @@ class Node:
         if hook is None:
             raise CircuitsError(f"graph node {attrs!r} is not a latent, error or embedding node")
         return cls(Site(Submodule.parse(hook), attrs.get("position"), attrs.get("pos_label", "")), attrs.get("latent"))
+
+
+def flat_act(x: torch.Tensor) -> torch.Tensor:
+    """An activation as SAEs read it, ``[batch, pos, width]``: attn.hook_z's
+    ``[batch, pos, n_heads, d_head]`` with the heads concatenated (a view where it can be)."""
+    return x.flatten(2) if x.ndim == 4 else x
+
+
+def on_flat(fn: Callable) -> Callable:
+    """A TransformerLens hook function that lets ``fn(x, hook)`` see and return activations
+    as ``flat_act`` gives them; whatever ``fn`` returns (or the flat view, when it returns
+    None, so gradients taken at what it recorded reach the model) goes on in the hook's own
+    shape."""
+
+    def hook(x: torch.Tensor, hook):
+        if x.ndim != 4:
+            return fn(x, hook)
+        rows = x.flatten(2)
+        out = fn(rows, hook)
+        return (rows if out is None else out).unflatten(2, x.shape[2:])
+
+    return hook
