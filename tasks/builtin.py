@@ -32,6 +32,29 @@ def _batch(tokenizer: PreTrainedTokenizerBase, prompts: list[list[str]]) -> torc
     return torch.tensor([_ids(tokenizer, bos + p) for p in prompts], dtype=torch.long)
 
 
+def _task(
+    name: str,
+    tokenizer: PreTrainedTokenizerBase,
+    clean: list[list[str]],
+    corrupt: list[list[str]],
+    answers: list[list[str]] | torch.Tensor,
+    **fields,
+) -> Task:
+    """A built-in task from its prompts as words (BOS added) and its answer words (or ids); ``fields``
+    (``wrong`` ids or ``wrongs`` words, the metric, labels, roles...) go to `Task`."""
+    if "wrongs" in fields:
+        fields["wrong"] = torch.tensor([_ids(tokenizer, w) for w in fields.pop("wrongs")])
+    return Task(
+        name=name,
+        clean=_batch(tokenizer, clean),
+        corrupt=_batch(tokenizer, corrupt),
+        answer=answers if isinstance(answers, torch.Tensor) else torch.tensor([_ids(tokenizer, a) for a in answers]),
+        prompts=[" ".join(p) for p in clean],
+        corrupt_prompts=[" ".join(p) for p in corrupt],
+        **fields,
+    )
+
+
 def _rng(task: str, split: str, seed: int) -> random.Random:
     if split not in ("train", "eval"):
         raise CircuitsError(f"unknown split {split!r}: use train or eval")
@@ -54,12 +77,13 @@ def ioi(tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0, split: 
         wrongs.append([ex["s"]])
         io_pos.append(2 if ex["order"] == "ABBA" else 4)
         s1_pos.append(4 if ex["order"] == "ABBA" else 2)
-    return Task(
-        name="ioi",
-        clean=_batch(tokenizer, clean),
-        corrupt=_batch(tokenizer, corrupt),
-        answer=torch.tensor([_ids(tokenizer, a) for a in answers]),
-        wrong=torch.tensor([_ids(tokenizer, w) for w in wrongs]),
+    return _task(
+        "ioi",
+        tokenizer,
+        clean,
+        corrupt,
+        answers,
+        wrongs=wrongs,
         metric="logit_diff",
         position_labels=L.IOI_POSITION_LABELS,
         roles={
@@ -68,8 +92,6 @@ def ioi(tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0, split: 
             "S2": torch.full((n,), 10),
             "END": torch.full((n,), 14),
         },
-        prompts=[" ".join(p) for p in clean],
-        corrupt_prompts=[" ".join(p) for p in corrupt],
     )
 
 
@@ -97,17 +119,7 @@ def sva(
         if structure == "pp"
         else (("BOS", "the", "N1", "that", "the2", "N2", "V2") if structure == "rc" else ("BOS", "the", "N1"))
     )
-    return Task(
-        name="sva",
-        clean=_batch(tokenizer, clean),
-        corrupt=_batch(tokenizer, corrupt),
-        answer=torch.tensor([_ids(tokenizer, a) for a in answers]),
-        wrong=torch.tensor([_ids(tokenizer, w) for w in wrongs]),
-        metric="logit_diff",
-        position_labels=labels,
-        prompts=[" ".join(p) for p in clean],
-        corrupt_prompts=[" ".join(p) for p in corrupt],
-    )
+    return _task("sva", tokenizer, clean, corrupt, answers, wrongs=wrongs, metric="logit_diff", position_labels=labels)
 
 
 def greater_than(tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0, split: str = "eval") -> Task:
@@ -129,11 +141,12 @@ def greater_than(tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0
         t = torch.tensor([_ids(tokenizer, r) for r in rows])
         return t.masked_fill(t == pad, -1)
 
-    return Task(
-        name="greater_than",
-        clean=_batch(tokenizer, clean),
-        corrupt=_batch(tokenizer, corrupt),
-        answer=ids(answers),
+    return _task(
+        "greater_than",
+        tokenizer,
+        clean,
+        corrupt,
+        ids(answers),
         wrong=ids(wrongs),
         metric="prob_diff",
         position_labels=(
@@ -151,8 +164,6 @@ def greater_than(tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0
             "year2",
             "CC2",
         ),
-        prompts=[" ".join(p) for p in clean],
-        corrupt_prompts=[" ".join(p) for p in corrupt],
     )
 
 
@@ -180,17 +191,16 @@ def induction(
         ":2",
         *[f"y{i}" for i in range(length - 1)],
     )
-    return Task(
-        name="induction",
-        clean=_batch(tokenizer, clean),
-        corrupt=_batch(tokenizer, corrupt),
-        answer=torch.tensor([_ids(tokenizer, a) for a in answers]),
+    return _task(
+        "induction",
+        tokenizer,
+        clean,
+        corrupt,
+        answers,
         wrong=torch.empty((n, 0), dtype=torch.long),
         metric="logprob",
         score_pos=score_pos,
         position_labels=labels,
-        prompts=[" ".join(p) for p in clean],
-        corrupt_prompts=[" ".join(p) for p in corrupt],
     )
 
 

@@ -8,12 +8,16 @@ m(patched) - m(clean) is negative for nodes the behaviour relies on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Literal, get_args
 
 import torch
 
 from circuits.core.errors import CircuitsError
 
-METRICS = ("logit_diff", "prob_diff", "logprob", "kl")
+Metric = Literal["logit_diff", "prob_diff", "logprob", "kl"]
+METRICS: tuple[str, ...] = get_args(Metric)
+# the fields that hold one entry per example, cut by `Task.subset`
+PER_EXAMPLE = ("clean", "corrupt", "answer", "wrong", "lengths", "prompts", "corrupt_prompts", "reference")
 
 
 @dataclass
@@ -42,7 +46,7 @@ class Task:
     corrupt: torch.Tensor
     answer: torch.Tensor
     wrong: torch.Tensor
-    metric: str = "logit_diff"
+    metric: Metric = "logit_diff"
     score_pos: torch.Tensor | None = None
     position_labels: tuple[str, ...] | None = None
     roles: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -79,21 +83,8 @@ class Task:
 
     def subset(self, index: slice | torch.Tensor) -> Task:
         """The same task restricted to some examples (for batching)."""
-        return Task(
-            name=self.name,
-            clean=self.clean[index],
-            corrupt=self.corrupt[index],
-            answer=self.answer[index],
-            wrong=self.wrong[index],
-            metric=self.metric,
-            score_pos=self.score_pos,
-            position_labels=self.position_labels,
-            roles={k: v[index] for k, v in self.roles.items()},
-            lengths=None if self.lengths is None else self.lengths[index],
-            prompts=_take(self.prompts, index),
-            corrupt_prompts=_take(self.corrupt_prompts, index),
-            reference=None if self.reference is None else self.reference[index],
-        )
+        cut = {name: _take(getattr(self, name), index) for name in PER_EXAMPLE}
+        return replace(self, **cut, roles={k: v[index] for k, v in self.roles.items()})
 
     def with_metric(self, metric: str) -> Task:
         """The same prompts scored by another metric (e.g. ``kl``)."""
@@ -148,9 +139,10 @@ def _sum_ids(probs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return (probs.gather(-1, ids.clamp(min=0)) * valid).sum(-1)
 
 
-def _take(items: list, index: slice | torch.Tensor) -> list:
-    if not items:
-        return items
-    if isinstance(index, slice):
-        return items[index]
+def _take(items: list | torch.Tensor | None, index: slice | torch.Tensor) -> list | torch.Tensor | None:
+    """``items`` (a tensor, a list, or None / empty for a field the task does not use) at ``index``."""
+    if items is None or isinstance(items, torch.Tensor):
+        return None if items is None else items[index]
+    if not items or isinstance(index, slice):
+        return items[index] if items else items
     return [items[i] for i in index.tolist()]
