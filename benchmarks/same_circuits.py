@@ -36,10 +36,11 @@ CASES = [(task, method) for task in ("ioi", "sva") for method in ("ig", "atp")] 
 
 def circuit(model, saes, task_name: str, method: str, n: int) -> dict:
     task = make_task(task_name, model.tokenizer, n=n, seed=0)
-    held_out, cfg = None, DiscoverConfig(method=method)
+    held_out, cfg = None, DiscoverConfig(method="ig", target_faithfulness=0.9)
     if method == "hierarchy":
         held_out = make_task(task_name, model.tokenizer, n=n, seed=1)
-        cfg = DiscoverConfig(method="ig", target_faithfulness=0.9)
+    else:
+        cfg = DiscoverConfig(method=method)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         graph = discover(model, saes, task, cfg, progress=False, held_out=held_out)
