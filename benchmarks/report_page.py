@@ -26,14 +26,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def synthetic(n_features: int = 2000, n_sites: int = 8, seed: int = 0) -> tuple[nx.DiGraph, dict]:
     """A hierarchical-looking circuit: ``n_sites`` sites at the last position, features spread
     over them, each with edges to 4 features of later sites (or the metric), and a card each."""
+    from circuits.circuit.record import CircuitRecord, ExampleRecord, attach
     from circuits.core.vocab import METRIC, Node, Site, Submodule
     from circuits.export.cards import FeatureCard
 
     rng = random.Random(seed)
     labels = [f"t{i}" for i in range(15)]
     subs = [Submodule(layer, k) for layer in range(3) for k in ("attn", "mlp", "resid")][:n_sites]
-    g = nx.DiGraph(task="synthetic", metric="logit_diff", total_effect=-8.0, position_labels=labels)
-    g.graph["example"] = {"prompt_tokens": [f"w{i}" for i in range(15)], "answer": "w0", "wrong_answer": "w1"}
+    example = ExampleRecord(prompt_tokens=[f"w{i}" for i in range(15)], answer="w0", wrong_answer="w1")
+    record = CircuitRecord(
+        task="synthetic", metric="logit_diff", total_effect=-8.0, position_labels=labels, example=example
+    )
+    g = attach(nx.DiGraph(), record)
     by_site, cards = [], {}
     for sub in subs:
         site = Site(sub, 14, labels[14])

@@ -154,12 +154,15 @@ def _hierarchy_settings(args: argparse.Namespace) -> dict:
     return {k: given.get(k, field_default(DiscoverConfig, k)) for k in HIERARCHY_FLAGS}
 
 
-def _held_out_record(args: argparse.Namespace, graph) -> dict:
+def _held_out_record(args: argparse.Namespace, graph):
     """Which prompts the hierarchical circuit was validated on."""
+    from circuits.circuit.record import HeldOut, record_of
+
+    record = record_of(graph)
     if args.task.endswith(".jsonl"):
-        n = graph.graph["n_examples"]  # the discovery half
-        return {"task": args.task, "rows": [n, n + graph.graph["hierarchy"]["n_held_out"]]}
-    return {"task": args.task, "n": args.n, "seed": args.seed + 1}
+        n = record.n_examples  # the discovery half
+        return HeldOut(args.task, rows=(n, n + record.hierarchy.n_held_out))
+    return HeldOut(args.task, n=args.n, seed=args.seed + 1)
 
 
 def _held_out(args: argparse.Namespace, model, task):
@@ -182,7 +185,8 @@ def _held_out(args: argparse.Namespace, model, task):
 def _discover(args: argparse.Namespace) -> None:
     import warnings
 
-    from circuits.circuit.graph import record_sources, save_graph, summary
+    from circuits.circuit.graph import record_held_out, record_sources, save_graph, summary
+    from circuits.circuit.record import record_of
     from circuits.core.parallel import check_nproc, is_main, join_from_environment, rank_and_world, run_local
     from circuits.toy.model import load_model
     from sae.train import load_saes
@@ -207,47 +211,47 @@ def _discover(args: argparse.Namespace) -> None:
                 print(f"circuits: warning: {w.message}", file=sys.stderr)
     # what validate / edit need to rebuild the model, SAE set and prompts
     record_sources(graph, args.task, args.n, args.seed, args.model, args.saes, args.metric, args.hooks)
-    if "hierarchy" in graph.graph:
-        graph.graph["hierarchy"]["held_out"] = _held_out_record(args, graph)
+    if record_of(graph).hierarchy is not None:
+        record_held_out(graph, _held_out_record(args, graph))
     save_graph(graph, path)
     print(summary(graph))
-    if "hierarchy" in graph.graph:
-        _print_hierarchy(graph.graph["hierarchy"], path)
+    if record_of(graph).hierarchy is not None:
+        _print_hierarchy(record_of(graph), path)
     procs = max(args.nproc, rank_and_world()[1])
     print(
-        f"\n{graph.graph['discover']['method']} discovery in {time.perf_counter() - start:.1f} s "
+        f"\n{record_of(graph).method} discovery in {time.perf_counter() - start:.1f} s "
         f"({procs} process{'es' if procs > 1 else ''}) -> {path}"
     )
 
 
-def _print_hierarchy(h: dict, path: Path) -> None:
-    """Both levels of a hierarchical circuit as a table, and one line when the target was
-    missed (the circuit is kept)."""
-    start = f", layers < {h['start_layer']} kept" if h["start_layer"] else ""
-    print(f"\nhierarchical circuit, {h['ablation']} ablation{start}, held-out prompts, target F >= {h['target']}:")
-    rows = []
-    for name, level in (("sites", h["site_level"]), ("features (attribution prefix)", h["attribution"])) + (
-        (("features (optimised)", h["optimised"]),) if h.get("optimised") else ()
-    ):
-        size = str(level["n_nodes"]) if name == "sites" else f"{level['n_nodes']} + {level['n_error_nodes']} err"
-        rows.append(
-            [
-                name,
-                size,
-                f"{level['faithfulness']:.3f}",
-                f"{level['completeness']:.3f}",
-                f"{level['random_faithfulness']:.3f}",
-            ]
-        )
+LEVEL_NAMES = {"sites": "sites", "attribution": "features (attribution prefix)", "optimised": "features (optimised)"}
+
+
+def _print_hierarchy(record, path: Path) -> None:
+    """Both levels of a hierarchical circuit (a CircuitRecord's ``hierarchy``) as a table,
+    its step times, and one line when the target was missed (the circuit is kept)."""
+    h = record.hierarchy
+    start = f", layers < {h.start_layer} kept" if h.start_layer else ""
+    print(f"\nhierarchical circuit, {h.ablation} ablation{start}, held-out prompts, target F >= {h.target}:")
+    rows = [
+        [
+            LEVEL_NAMES[key],
+            str(level.n_nodes) if key == "sites" else f"{level.n_nodes} + {level.n_error_nodes} err",
+            f"{level.faithfulness:.3f}",
+            f"{level.completeness:.3f}",
+            f"{level.random_faithfulness:.3f}",
+        ]
+        for key, level in h.levels()
+    ]
     print_table(["level", "size", "faithfulness", "completeness", "random same size"], rows)
-    print(f"circuit: {len(h['sites'])} sites, features from the {h['feature_level']['ranking']} ranking")
-    print_table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in h["times"].items()])
-    if not (h["site_level"]["reached_target"] and h["feature_level"]["reached_target"]):
-        sl, fl = h["site_level"], h["feature_level"]
+    print(f"circuit: {len(h.sites)} sites, features from the {h.feature_level.ranking} ranking")
+    print_table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in record.times.items()])
+    if not h.reached_target:
+        sl, fl = h.site_level, h.feature_level
         print(
-            f"circuits: warning: target faithfulness {h['target']} not reached: best found "
-            f"F {sl['faithfulness']:.3f} at {sl['n_nodes']} sites, F {fl['faithfulness']:.3f} at "
-            f"{fl['n_nodes']} features + {fl['n_error_nodes']} error nodes (circuit kept: {path})",
+            f"circuits: warning: target faithfulness {h.target} not reached: best found "
+            f"F {sl.faithfulness:.3f} at {sl.n_nodes} sites, F {fl.faithfulness:.3f} at "
+            f"{fl.n_nodes} features + {fl.n_error_nodes} error nodes (circuit kept: {path})",
             file=sys.stderr,
         )
 
@@ -276,35 +280,52 @@ def _check_attribution(args: argparse.Namespace) -> None:
 def _circuit_setup(args: argparse.Namespace):
     """The circuit file, and the model, SAE set and task it was found with (overridable)."""
     from circuits.circuit.ablation import check_graph
-    from circuits.circuit.graph import load_graph
+    from circuits.circuit.record import Sources, record_of
     from circuits.toy.model import load_model
     from sae.train import load_saes
     from tasks.builtin import make_task
 
-    graph = load_graph(args.circuit)
-    src = graph.graph.get("sources", {})
-    model = load_model(args.model or src.get("model", "toy"), progress=not args.quiet)
-    saes = _restrict(load_saes(args.saes or src.get("saes", "toy"), model, progress=not args.quiet), src.get("hooks"))
+    graph = _load_circuit(args.circuit)
+    record = record_of(graph)
+    src = record.sources or Sources(task=record.task, n=128)
+    model = load_model(args.model or src.model, progress=not args.quiet)
+    saes = _restrict(load_saes(args.saes or src.saes, model, progress=not args.quiet), src.hooks)
     check_graph(graph, model, saes)
-    name = args.task or src.get("task") or graph.graph.get("task")
-    seed = args.seed if args.seed is not None else src.get("seed", 0) + 1  # held-out prompts by default
-    task = make_task(name, model.tokenizer, n=args.n or src.get("n", 128), seed=seed, metric=src.get("metric"))
-    rows = graph.graph.get("hierarchy", {}).get("held_out", {}).get("rows")
+    name = args.task or src.task
+    seed = args.seed if args.seed is not None else src.seed + 1  # held-out prompts by default
+    task = make_task(name, model.tokenizer, n=args.n or src.n, seed=seed, metric=src.metric)
+    held_out = record.hierarchy.held_out if record.hierarchy is not None else None
+    rows = held_out.rows if held_out is not None else None
     if rows and name.endswith(".jsonl") and args.n is None:  # the file's held-out half
         task = task.subset(slice(*rows))
     return graph, model, saes, task
 
 
+def _load_circuit(path: str):
+    """The circuit file at ``path``; an older file's note (what it lacks) as one line."""
+    import warnings
+
+    from circuits.circuit.graph import OldCircuitFile, load_graph
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", OldCircuitFile)
+        graph = load_graph(path)
+    for w in caught:
+        print(f"circuits: note: {w.message}", file=sys.stderr)
+    return graph
+
+
 def _validate(args: argparse.Namespace) -> None:
     from circuits.circuit.ablation import faithfulness_curve, prune_by_ablation, ranked_nodes
     from circuits.circuit.graph import save_graph
+    from circuits.circuit.record import record_of
     from circuits.export.plots import plot_faithfulness
 
     graph, model, saes, task = _circuit_setup(args)
     folder = _writable(Path(args.circuit).parent)
-    record = graph.graph.get("hierarchy")
-    how = args.ablation or (record["ablation"] if record else "mean")
-    start_layer = args.start_layer if args.start_layer is not None else (record["start_layer"] if record else 0)
+    record = record_of(graph).hierarchy
+    how = args.ablation or (record.ablation if record else "mean")
+    start_layer = args.start_layer if args.start_layer is not None else (record.start_layer if record else 0)
     levels = _validate_levels(graph, model, saes, task, how, start_layer, args) if record else None
     if record is None and not args.json:
         print(
@@ -325,7 +346,7 @@ def _validate(args: argparse.Namespace) -> None:
     png = plot_faithfulness(
         result,
         folder / "faithfulness.png",
-        title=f"{graph.graph.get('task')}: {result.ablation} ablation, {task.n_examples} held-out pairs",
+        title=f"{record_of(graph).task}: {result.ablation} ablation, {task.n_examples} held-out pairs",
     )
     if args.prune:
         small, result.pruned = prune_by_ablation(graph, model, saes, task, args.target, how, start_layer=start_layer)
@@ -369,17 +390,18 @@ def _validate(args: argparse.Namespace) -> None:
 def _validate_levels(graph, model, saes, task, how: str, start_layer: int, args: argparse.Namespace):
     """A hierarchical circuit's (site level, feature level) measured on ``task``."""
     from circuits.circuit.ablation import ranked_nodes
-    from circuits.circuit.hierarchy import site_from_record, validate_hierarchy
+    from circuits.circuit.hierarchy import validate_hierarchy
+    from circuits.circuit.record import record_of
 
-    record = graph.graph["hierarchy"]
-    sites = [site_from_record(r) for r in record["sites"]]
+    h = record_of(graph).hierarchy
     return validate_hierarchy(
-        model, saes, task, sites, ranked_nodes(graph), how, start_layer, record["target"], seed=args.seed or 0
+        model, saes, task, h.skeleton, ranked_nodes(graph), how, start_layer, h.target, seed=args.seed or 0
     )
 
 
 def _edit(args: argparse.Namespace) -> None:
     from circuits.circuit.edit import Edit, edit_from_circuit, edit_report, mean_activations
+    from circuits.circuit.record import record_of
     from circuits.toy.model import load_model
     from sae.train import load_saes
     from tasks.corpus import corpus_tokens
@@ -398,7 +420,8 @@ def _edit(args: argparse.Namespace) -> None:
             tokens = corpus_tokens(model.tokenizer, "edit-means", 256, min(64, model.cfg.n_ctx))
             means = mean_activations(model, saes, tokens, list(saes))
         edit = edit_from_circuit(graph, args.top, args.action, means, everywhere=args.everywhere)
-        task_name = args.task or graph.graph.get("sources", {}).get("task") or graph.graph["task"]
+        record = record_of(graph)
+        task_name = args.task or (record.sources.task if record.sources else record.task)
     if args.save_edit:
         edit.save(args.save_edit)
     report = edit_report(model, saes, edit.check(saes), task_name, n=args.n or param_default(edit_report, "n"))
@@ -426,29 +449,28 @@ def _edit(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     from circuits.circuit.graph import error_nodes, feature_nodes
+    from circuits.circuit.record import record_of
     from circuits.demo import run_demo
 
     start = time.perf_counter()
     folder = _writable(Path(args.out))
     result = run_demo(folder, n=args.n, progress=not args.quiet)
     graph = result.graph
-    g = graph.graph
-    print(f"IOI on the embedded model: clean logit diff {g['clean_metric']:.2f}, corrupt {g['corrupt_metric']:.2f}")
+    g = record_of(graph)
+    print(f"IOI on the embedded model: clean logit diff {g.clean_metric:.2f}, corrupt {g.corrupt_metric:.2f}")
     print(
         f"circuit: {len(feature_nodes(graph))} feature + {len(error_nodes(graph))} error nodes, "
-        f"{graph.number_of_edges()} edges ({g['discover']['method']}, {g['n_examples']} pairs)"
+        f"{graph.number_of_edges()} edges ({g.method}, {g.n_examples} pairs)"
     )
-    h = g["hierarchy"]
-    sl, fl = h["site_level"], h["feature_level"]
+    h = g.hierarchy
+    sl, fl = h.site_level, h.feature_level
     print(
-        f"held-out prompts, {h['ablation']} ablation, target F >= {h['target']}:\n"
-        f"  sites:    {sl['n_nodes']} sites, faithfulness {sl['faithfulness']:.3f}, completeness "
-        f"{sl['completeness']:.3f}, random same-size {sl['random_faithfulness']:.3f}\n"
-        f"  features: {fl['n_nodes']} latents + {fl['n_error_nodes']} error terms ({fl['ranking']} ranking), "
-        f"faithfulness {fl['faithfulness']:.3f}, completeness {fl['completeness']:.3f}, random same-size "
-        f"{fl['random_faithfulness']:.3f}"
-        + ("" if sl["reached_target"] and fl["reached_target"] else "  (target not reached)")
-        + "\n"
+        f"held-out prompts, {h.ablation} ablation, target F >= {h.target}:\n"
+        f"  sites:    {sl.n_nodes} sites, faithfulness {sl.faithfulness:.3f}, completeness "
+        f"{sl.completeness:.3f}, random same-size {sl.random_faithfulness:.3f}\n"
+        f"  features: {fl.n_nodes} latents + {fl.n_error_nodes} error terms ({fl.ranking} ranking), "
+        f"faithfulness {fl.faithfulness:.3f}, completeness {fl.completeness:.3f}, random same-size "
+        f"{fl.random_faithfulness:.3f}" + ("" if h.reached_target else "  (target not reached)") + "\n"
     )
     print_table(
         ["task", "moved by the edit (top 100 features off)"],
@@ -463,12 +485,12 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from circuits.circuit.graph import load_graph, save_graph
+    from circuits.circuit.graph import save_graph
     from circuits.core.files import read_json
     from circuits.export.formats import write_circuit_tracer, write_graphml
     from circuits.export.pictures import FORMATS, draw_graph
 
-    graph = load_graph(args.circuit)
+    graph = _load_circuit(args.circuit)
     stem = Path(args.out) if args.out else Path(args.circuit).with_suffix("")
     _writable(stem.parent)
     annotations = None
@@ -508,14 +530,15 @@ def _export(args: argparse.Namespace) -> None:
 
 def _cards_for(graph, args: argparse.Namespace) -> dict:
     """Feature cards for the drawn latents, from the circuit's model and SAE set."""
+    from circuits.circuit.record import record_of
     from circuits.export.cards import feature_cards
     from circuits.export.pictures import card_keys
     from circuits.toy.model import load_model
     from sae.train import load_saes
 
-    src = graph.graph.get("sources", {})
-    model = load_model(src.get("model", "toy"), progress=not args.quiet)
-    saes = load_saes(src.get("saes", "toy"), model, progress=not args.quiet)
+    src = record_of(graph).sources
+    model = load_model(src.model if src else "toy", progress=not args.quiet)
+    saes = load_saes(src.saes if src else "toy", model, progress=not args.quiet)
     return feature_cards(model, saes, card_keys(graph, args.max_nodes))
 
 

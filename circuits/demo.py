@@ -14,7 +14,8 @@ from circuits.circuit.ablation import FaithfulnessCurve, faithfulness_curve, ran
 from circuits.circuit.check import check_attribution
 from circuits.circuit.discover import DiscoverConfig, discover
 from circuits.circuit.edit import EditReport, edit_from_circuit, edit_report
-from circuits.circuit.graph import record_sources, save_graph
+from circuits.circuit.graph import node_link, record_held_out, record_sources, save_graph
+from circuits.circuit.record import HeldOut, record_of
 from circuits.core.config import Result
 from circuits.export.cards import feature_cards, latent_keys
 from circuits.export.formats import write_circuit_tracer, write_graphml
@@ -43,7 +44,7 @@ class DemoResult(Result):
 
     def to_dict(self) -> dict:
         return {
-            "graph": nx.node_link_data(self.graph, edges="edges"),
+            "graph": node_link(self.graph),
             "validation": self.validation.to_dict(),
             "edit": self.edit.to_dict(),
             "times": dict(self.times),
@@ -75,7 +76,7 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
         warnings.simplefilter("ignore", UserWarning)
         graph = step("discover", discover, model, saes, task, cfg, progress=progress, held_out=held_out)
     record_sources(graph, "ioi", n)
-    graph.graph["hierarchy"]["held_out"] = {"task": "ioi", "n": n, "seed": 1}
+    record_held_out(graph, HeldOut("ioi", n=n, seed=1))
     save_graph(graph, folder / "circuit.json")
     validation = step(
         "validate",
@@ -89,7 +90,7 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
         progress=progress,
     )
     plot_faithfulness(validation, folder / "faithfulness.png", title=f"IOI circuit: mean ablation, {n} held-out pairs")
-    plot_rankings(graph.graph["hierarchy"], folder / "rankings.png")
+    plot_rankings(record_of(graph).hierarchy, folder / "rankings.png")
     edit = edit_from_circuit(graph, top=100)
     edit.save(folder / "edit.json")
     edited = step("edit", edit_report, model, saes, edit, "ioi", n=128)

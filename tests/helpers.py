@@ -6,11 +6,22 @@ circuits.core.parallel.run_local workers below import this module, and start sec
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import networkx as nx
 import torch
 
+from circuits.circuit.record import (
+    CircuitRecord,
+    ExampleRecord,
+    HierarchyRecord,
+    LevelRecord,
+    ModelRecord,
+    SiteRecord,
+    attach,
+    record_of,
+)
 from circuits.core.vocab import EMBED_HOOK, METRIC, Node, Site, Submodule
 from tasks.tokenizer import build_tokenizer
 
@@ -117,7 +128,7 @@ def node_attrs(
 
 def toy_graph() -> nx.DiGraph:
     """A toy circuit: embed -> a -> b -> metric, c -> metric, d (no path to the metric), an error node."""
-    g = nx.DiGraph(task="toy")
+    g = attach(nx.DiGraph(), CircuitRecord(task="toy"))
     specs = {
         "embed@IO": (None, None, 2, -3.0),
         "blocks.0.hook_mlp_out/5@END": ("blocks.0.hook_mlp_out", 5, 14, -2.0),
@@ -158,13 +169,14 @@ NASTY = 'say "hi" <b>&amp; \\ back\\slash'
 def nasty_graph() -> nx.DiGraph:
     """The toy circuit with quotes, tags and backslashes in its names and labels."""
     g = toy_graph()
-    g.graph.update(
+    record = CircuitRecord(
         task='t"<x>',
         metric="logit_diff",
         total_effect=-3.0,
         saes={"blocks.0.hook_mlp_out": 8},
         position_labels=["a", "b"],
     )
+    attach(g, record)
     g.add_node('blocks.0.hook_mlp_out/6@"<\\', **node_attrs("blocks.0.hook_mlp_out", 6, 1, '"<\\', -0.5, 1.0))
     g.add_edge('blocks.0.hook_mlp_out/6@"<\\', "blocks.1.hook_resid_post/7@END", weight=-0.2)
     return g
@@ -271,28 +283,28 @@ EXAMPLE_TOKENS = "<bos> When Mary and John went to the store , John gave a".spli
 
 def example_graph() -> nx.DiGraph:
     """The toy circuit as discover writes it today: model, SAE widths, metric, position labels
-    and the first clean prompt with the answer's probabilities (``graph.graph["example"]``);
+    and the first clean prompt with the answer's probabilities (its record's ``example``);
     15 tokens, the circuit's embedding only at position 2."""
     g = toy_graph()
     labels = ["BOS", "intro", "IO", "and", "S1", "m1", "m2", "the", "PLACE", ",", "S2", "give", "a", "OBJ", "END"]
-    g.graph.update(
+    record = CircuitRecord(
         task="ioi",
         metric="logit_diff",
         total_effect=-3.0,
         position_labels=labels,
-        per_position=True,
-        model={"n_layers": 2, "d_model": 32, "d_vocab": 300, "name": "toy"},
+        model=ModelRecord(name="toy", n_layers=2, d_model=32, d_vocab=300),
         saes={f"blocks.{layer}.hook_{k}": 64 for layer in (0, 1) for k in ("attn_out", "mlp_out", "resid_post")},
-        example={
-            "prompt_tokens": list(EXAMPLE_TOKENS),
-            "corrupt_tokens": list(EXAMPLE_TOKENS),
-            "answer": "Mary",
-            "answer_prob": 0.734,
-            "wrong_answer": "John",
-            "wrong_prob": 0.0123,
-            "top_outputs": [["Mary", 0.734], ["John", 0.0123]],
-        },
+        example=ExampleRecord(
+            prompt_tokens=list(EXAMPLE_TOKENS),
+            corrupt_tokens=list(EXAMPLE_TOKENS),
+            answer="Mary",
+            answer_prob=0.734,
+            wrong_answer="John",
+            wrong_prob=0.0123,
+            top_outputs=[("Mary", 0.734), ("John", 0.0123)],
+        ),
     )
+    attach(g, record)
     g.add_edge("blocks.0.hook_attn_out/9@S2", "blocks.1.hook_resid_post/7@END", weight=0.05)
     return g
 
@@ -305,20 +317,16 @@ def hierarchical_graph() -> nx.DiGraph:
     and A (a positive edge). The site edge L0 attn -> L1 resid at END is weak and not needed.
     The position B has no site."""
     labels = ["BOS", "A", "B", "S2", "END"]
-    g = nx.DiGraph(
+    record = CircuitRecord(
         task="ioi",
         metric="logit_diff",
         total_effect=-2.0,
         clean_metric=2.5,
         corrupt_metric=0.5,
         position_labels=labels,
-        per_position=True,
-        example={
-            "prompt_tokens": ["<bos>", "Mary", "John", "John", "to"],
-            "answer": "Mary",
-            "wrong_answer": "John",
-        },
+        example=ExampleRecord(["<bos>", "Mary", "John", "John", "to"], answer="Mary", wrong_answer="John"),
     )
+    g = attach(nx.DiGraph(), record)
     attn, mlp, resid = "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", "blocks.1.hook_resid_post"
 
     def add(hook, latent, pos, effect):
@@ -340,11 +348,29 @@ def hierarchical_graph() -> nx.DiGraph:
     sites = [
         Site.at(h, p, labels) for h, p in [(attn, 4), (mlp, 4), (resid, 4), (attn, 1), ("blocks.1.hook_mlp_out", 4)]
     ]
-    g.graph["hierarchy"] = {
-        "ablation": "mean",
-        "n_held_out": 16,
-        "sites": [{"id": s.id, "hook": s.hook, "position": s.position, "label": s.label} for s in sites],
-        "site_level": {"n_nodes": 5, "faithfulness": 0.97},
-        "feature_level": {"n_nodes": 9, "n_error_nodes": 3, "faithfulness": 0.91, "ranking": "optimised"},
-    }
-    return g
+    features = [n for n in g if n != METRIC and not g.nodes[n]["kind"] == "embed"]
+    hierarchy = HierarchyRecord(
+        ablation="mean",
+        start_layer=0,
+        target=0.9,
+        m_model=2.5,
+        m_empty=0.4,
+        n_held_out=16,
+        sites=[SiteRecord.of(s) for s in sites],
+        site_level=level(5, 0.97, ranking="attribution"),
+        features=features,
+        feature_level=level(9, 0.91, 3),
+        attribution=level(11, 0.92, 3, ranking="attribution"),
+        optimised=level(9, 0.91, 3),
+    )
+    return attach(g, replace(record, hierarchy=hierarchy))
+
+
+def level(n_nodes: int, faithfulness: float, n_error_nodes: int = 0, ranking: str = "optimised") -> LevelRecord:
+    """A hierarchical circuit's level without a curve (target 0.9)."""
+    return LevelRecord(ranking, n_nodes, n_error_nodes, faithfulness, 0.05, 0.01, faithfulness >= 0.9)
+
+
+def with_record(graph: nx.DiGraph, **changes) -> nx.DiGraph:
+    """``graph`` with its record's fields ``changes`` replaced."""
+    return attach(graph, replace(record_of(graph), **changes))

@@ -137,6 +137,7 @@ def tiny_sae_dir(tiny_model_dir, tmp_path_factory):
 
 def test_discover_writes_a_circuit(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
     from circuits.circuit.graph import METRIC, load_graph
+    from circuits.circuit.record import record_of
 
     out = tmp_path / "ioi"
     assert (
@@ -164,7 +165,7 @@ def test_discover_writes_a_circuit(tiny_model_dir, tiny_sae_dir, tmp_path, capsy
     )
     text = capsys.readouterr().out
     graph = load_graph(out / "circuit.json")
-    assert METRIC in graph and graph.graph["task"] == "ioi" and graph.graph["n_examples"] == 8
+    assert METRIC in graph and record_of(graph).task == "ioi" and record_of(graph).n_examples == 8
     assert f"{graph.number_of_edges()} edges" in text and "strongest nodes" in text
     assert "| layer | kind |" in text
 
@@ -267,27 +268,27 @@ def hierarchical_circuit(tiny_model_dir, tiny_sae_dir, tmp_path_factory):
 
 def test_discover_with_a_target_records_both_levels(hierarchical_circuit, capsys):
     from circuits.circuit.graph import load_graph
+    from circuits.circuit.record import HeldOut, record_of
     from circuits.core.vocab import Node
 
     graph = load_graph(hierarchical_circuit)
-    h = graph.graph["hierarchy"]
-    assert h["ablation"] == "mean_corrupt" and h["target"] == 0.8 and h["n_held_out"] == 16
-    assert h["held_out"] == {"task": "ioi", "n": 16, "seed": 1}
-    for level in ("site_level", "feature_level", "attribution", "optimised"):
-        lv = h[level]
-        assert lv["reached_target"] == (lv["faithfulness"] >= 0.8)
-        assert {"completeness", "random_faithfulness", "curve"} <= set(lv)
-    assert h["site_level"]["n_nodes"] == len(h["sites"]) >= 1
+    h = record_of(graph).hierarchy
+    assert h.ablation == "mean_corrupt" and h.target == 0.8 and h.n_held_out == 16
+    assert h.held_out == HeldOut("ioi", n=16, seed=1)
+    for lv in (h.site_level, h.feature_level, h.attribution, h.optimised):
+        assert lv.reached_target == (lv.faithfulness >= 0.8)
+        assert {"completeness", "random_faithfulness", "curve"} <= set(lv.to_dict())
+    assert h.site_level.n_nodes == len(h.sites) >= 1
     features = [Node.from_attrs(a) for n, a in graph.nodes(data=True) if a.get("kind") not in ("embed", "metric")]
     n_err = sum(f.latent is None for f in features)
-    assert (len(features) - n_err, n_err) == (h["feature_level"]["n_nodes"], h["feature_level"]["n_error_nodes"])
-    sites = {(r["hook"], r["position"]) for r in h["sites"]}
+    assert (len(features) - n_err, n_err) == (h.feature_level.n_nodes, h.feature_level.n_error_nodes)
+    sites = {(s.hook, s.position) for s in h.sites}
     assert all((f.hook, f.position) in sites for f in features)  # features live inside the skeleton
     weights = {}
     for u, v, w in graph.edges(data="weight"):
         key = tuple(x if x == "metric" else Node.from_attrs(graph.nodes[x]).site.id for x in (u, v))
         weights[key] = weights.get(key, 0.0) + w
-    assert {(u, v): w for u, v, w in h["site_edges"]} == pytest.approx(weights)  # site edges sum node edges
+    assert {(u, v): w for u, v, w in h.site_edges} == pytest.approx(weights)  # site edges sum node edges
 
 
 def test_validate_reads_both_levels(hierarchical_circuit, capsys):
@@ -309,12 +310,16 @@ def test_validate_an_older_circuit_says_so_once(tiny_circuit, capsys):
 
 
 def test_missed_target_is_one_line_and_keeps_the_circuit(hierarchical_circuit, capsys):
+    from dataclasses import replace
+
     from circuits.circuit.graph import load_graph
+    from circuits.circuit.record import record_of
     from circuits.cli import _print_hierarchy
 
-    h = load_graph(hierarchical_circuit).graph["hierarchy"]
-    h["feature_level"] = {**h["feature_level"], "reached_target": False, "faithfulness": 0.5}
-    _print_hierarchy(h, hierarchical_circuit)
+    record = record_of(load_graph(hierarchical_circuit))
+    h = record.hierarchy
+    h = replace(h, feature_level=replace(h.feature_level, reached_target=False, faithfulness=0.5))
+    _print_hierarchy(replace(record, hierarchy=h), hierarchical_circuit)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not reached" in err and "F 0.500" in err
     assert str(hierarchical_circuit) in err

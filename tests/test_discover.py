@@ -10,6 +10,7 @@ from circuits.attribution.edges import edges_into, upstream_hooks
 from circuits.attribution.nodes import exact_effects, node_effects
 from circuits.circuit.discover import DiscoverConfig, discover, example_record
 from circuits.circuit.graph import METRIC, load_graph, nodes_of, save_graph
+from circuits.circuit.record import record_of
 from circuits.core.errors import CircuitsError
 from circuits.core.vocab import EMBED_HOOK, Node, hook_names, metric_inputs
 from tasks.builtin import make_task
@@ -36,7 +37,7 @@ def test_discovered_graph_is_consistent(setup, tmp_path):
     model, saes, task = setup
     graph = discover(model, saes, task, DiscoverConfig(method="atp", node_threshold=0.02, top_n=80), progress=False)
     atp = node_effects(model, saes, task, "atp", progress=False)
-    total = graph.graph["total_effect"]
+    total = record_of(graph).total_effect
     assert graph.number_of_edges() > 0 and METRIC in graph
     for n, a in graph.nodes(data=True):
         if n == METRIC:
@@ -50,19 +51,19 @@ def test_discovered_graph_is_consistent(setup, tmp_path):
         assert graph.nodes[u]["hook"] == "blocks.1.hook_resid_post" and w == graph.nodes[u]["effect"]
     back = load_graph(save_graph(graph, tmp_path / "circuit.json"))
     assert sorted(back.edges(data="weight")) == sorted(graph.edges(data="weight"))
-    assert back.graph["example"] == graph.graph["example"]
+    assert record_of(back) == record_of(graph)  # the example and everything else
 
 
 def test_example_record_is_the_first_prompt_and_the_models_probabilities(setup):
     model, _, task = setup
     example = example_record(model, task, top=3)
-    assert example["prompt_tokens"] == model.to_str_tokens(task.clean[0])
-    assert example["corrupt_tokens"] == model.to_str_tokens(task.corrupt[0])
+    assert example.prompt_tokens == model.to_str_tokens(task.clean[0])
+    assert example.corrupt_tokens == model.to_str_tokens(task.corrupt[0])
     probs = model(task.clean[:1])[0, -1].softmax(-1)
     answer = int(task.answer[0, 0])
-    assert example["answer"] == TOK.decode([answer])
-    assert example["answer_prob"] == pytest.approx(probs[answer].item(), abs=1e-6)
-    assert [p for _, p in example["top_outputs"]] == pytest.approx(probs.topk(3).values.tolist(), abs=1e-6)
+    assert example.answer == TOK.decode([answer])
+    assert example.answer_prob == pytest.approx(probs[answer].item(), abs=1e-6)
+    assert [p for _, p in example.top_outputs] == pytest.approx(probs.topk(3).values.tolist(), abs=1e-6)
 
 
 def test_graph_edges_match_edges_into(setup):
@@ -184,7 +185,7 @@ def test_a_batch_that_does_not_fit_is_halved(setup, monkeypatch):
         graph = d.discover_fitting(
             model, saes, task, DiscoverConfig(method="atp", top_n=5, batch_size=8), progress=False
         )
-    assert graph.graph["discover"]["batch_size"] == 2
+    assert record_of(graph).discover["batch_size"] == 2
     assert [str(w.message) for w in caught if "does not fit" in str(w.message)] == [
         "batch size 8 does not fit in memory; retrying with 4",
         "batch size 4 does not fit in memory; retrying with 2",

@@ -1,13 +1,15 @@
 """The circuit graph: ids, pruning, JSON round trip, bad files."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from circuits.circuit.graph import METRIC, error_nodes, feature_nodes, load_graph, prune, save_graph
+from circuits.circuit.record import Pruning, SiteRecord, record_of
 from circuits.core.errors import CircuitsError
 from circuits.core.vocab import Node
-from tests.helpers import toy_graph
+from tests.helpers import hierarchical_graph, toy_graph, with_record
 
 
 def test_prune_drops_nodes_without_a_path_to_the_metric():
@@ -42,7 +44,7 @@ def test_prune_thresholds():
     assert len(prune(g, cumulative=0.8)) == 4
     cut = prune(g, edge_threshold=1.0)
     assert set(cut) == {"blocks.1.hook_resid_post/7@END", METRIC}
-    assert cut.graph["pruning"] == {"edge_threshold": 1.0}
+    assert record_of(cut).pruning == Pruning(edge_threshold=1.0)
     assert g.number_of_nodes() == 6  # prune is pure
     with pytest.raises(CircuitsError, match="cumulative fraction"):
         prune(g, cumulative=1.5)
@@ -55,7 +57,7 @@ def test_json_round_trip(tmp_path):
     assert set(back.nodes) == set(g.nodes) and set(back.edges) == set(g.edges)
     assert back.nodes["embed@IO"] == g.nodes["embed@IO"]
     assert back.edges["blocks.1.hook_resid_post/7@END", METRIC]["weight"] == -1.0
-    assert back.graph["task"] == "toy"
+    assert record_of(back).task == "toy"
     assert not list(tmp_path.glob("sub/.circuit.json*")), "no temporary file left behind"
 
 
@@ -92,7 +94,6 @@ def test_site_graph_sums_node_edges_between_sites():
         members = [n for n, s in node_sites.items() if s == site]
         assert sites.nodes[site]["nodes"] == len(members)
         assert sites.nodes[site]["effect"] == pytest.approx(sum(g.nodes[n]["effect"] for n in members))
-    g.graph["hierarchy"] = {
-        "sites": [{"id": "blocks.3.hook_mlp_out@END", "hook": "blocks.3.hook_mlp_out", "position": 2, "label": "END"}]
-    }
+    skeleton = [SiteRecord("blocks.3.hook_mlp_out@END", "blocks.3.hook_mlp_out", 2, "END")]
+    with_record(g, hierarchy=replace(record_of(hierarchical_graph()).hierarchy, sites=skeleton))
     assert site_graph(g).nodes["blocks.3.hook_mlp_out@END"]["nodes"] == 0  # a skeleton site with no kept node

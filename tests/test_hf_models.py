@@ -15,6 +15,7 @@ import circuits.toy.model as M
 from circuits.attribution.splice import spliced
 from circuits.circuit.discover import DiscoverConfig, discover
 from circuits.circuit.graph import METRIC
+from circuits.circuit.record import record_of
 from circuits.core.errors import CircuitsError
 from circuits.core.vocab import hook_names
 from tasks.jsonl import load_task_jsonl
@@ -225,7 +226,7 @@ def test_discover_on_the_hf_gpt2(caches, monkeypatch, tmp_path):
             assert torch.equal(model(task.clean), plain)
     graph = discover(model, saes, task, DiscoverConfig(method="atp", node_threshold=0.01, top_n=20), progress=False)
     assert METRIC in graph and graph.number_of_nodes() > 1 and graph.number_of_edges() > 0
-    assert graph.graph["model"]["name"] == "gpt2"
+    assert record_of(graph).model.name == "gpt2"
 
 
 @pytest.mark.slow

@@ -10,9 +10,10 @@ import networkx as nx
 import pytest
 
 from circuits.circuit.graph import METRIC
+from circuits.circuit.record import CircuitRecord, ExampleRecord, attach, record_of
 from circuits.export import pictures
 from circuits.export.pictures import NEGATIVE, NO_EDGE, POSITIVE, card_keys, draw_graph, layout, to_dot
-from tests.helpers import card, hierarchical_graph, nasty_graph, node_attrs, toy_graph
+from tests.helpers import card, hierarchical_graph, nasty_graph, node_attrs, toy_graph, with_record
 
 DOT = shutil.which("dot") is None
 needs_dot = pytest.mark.skipif(DOT, reason="graphviz's dot is not installed (make test installs it)")
@@ -47,7 +48,7 @@ def attr(attrs: str, name: str) -> str | None:
 def test_every_site_is_a_cluster_on_a_drawn_path_to_the_metric():
     g = hierarchical_graph()
     dot = parse(to_dot(g).source)
-    sites = {s["id"] for s in g.graph["hierarchy"]["sites"]} | {"embed@S2", "embed@A"}
+    sites = {s.id for s in record_of(g).hierarchy.sites} | {"embed@S2", "embed@A"}
     assert {tip for tip, _ in dot["clusters"].values()} == sites  # the whole skeleton, nothing hidden
     in_cluster = {n: c for c, (_, nodes) in dot["clusters"].items() for n in nodes}
     drawn = set(dot["nodes"]) - {"metric", "legend"} - {n for n in dot["nodes"] if re.fullmatch(r"h\d+", n)}
@@ -116,7 +117,7 @@ def test_untemplated_positions_are_labelled():
     g = toy_graph()
     g.add_node("blocks.0.hook_mlp_out/3@*", **node_attrs("blocks.0.hook_mlp_out", 3, None, "*", -0.4))
     g.add_node("blocks.0.hook_mlp_out/4@p1", **node_attrs("blocks.0.hook_mlp_out", 4, 1, "p1", -0.3))
-    g.graph["example"] = {"prompt_tokens": ["<bos>", "went"]}
+    with_record(g, example=ExampleRecord(prompt_tokens=["<bos>", "went"]))
     cols = layout(g).columns
     assert cols[0].label == ["“went”", "position 1"] and cols[-1].label == ["all positions", "(summed)"]
     assert layout(g).columns[1].label == ["IO", "position 2"]  # no token known there
@@ -204,7 +205,7 @@ def test_missing_dot_still_writes_the_dot_file(tmp_path, monkeypatch):
 
 
 def test_empty_circuit_is_drawn_and_named():
-    g = nx.DiGraph(task="ioi", metric="logit_diff", total_effect=0.1)
+    g = attach(nx.DiGraph(), CircuitRecord(task="ioi", metric="logit_diff", total_effect=0.1))
     g.add_node(METRIC, effect=0.1, kind="metric", layer=4)
     source = to_dot(g).source
     assert "the circuit is empty" in source and "cluster_s" not in source and layout(g).empty

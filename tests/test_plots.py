@@ -1,7 +1,11 @@
 """circuits.export.plots: the faithfulness curve is a PNG written atomically."""
 
+from dataclasses import replace
+
 from circuits.circuit.ablation import CurvePoint, FaithfulnessCurve
+from circuits.circuit.record import CurvePointRecord, LevelRecord, record_of
 from circuits.export.plots import plot_faithfulness, plot_rankings
+from tests.helpers import hierarchical_graph
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -44,16 +48,16 @@ def test_plot_faithfulness_replaces_old_file_with_title(tmp_path):
 
 
 def test_plot_rankings_draws_both_feature_rankings(tmp_path):
-    def level(sizes, fs):
-        curve = [
-            {"n_nodes": k, "n_error_nodes": 1, "faithfulness": f, "random_faithfulness": 0.0}
-            for k, f in zip(sizes, fs, strict=True)
-        ]
-        return {"n_nodes": sizes[-1], "n_error_nodes": 1, "curve": curve}
+    def level(ranking, sizes, fs):
+        curve = [CurvePointRecord(k, 1, f, 0.0) for k, f in zip(sizes, fs, strict=True)]
+        return LevelRecord(ranking, sizes[-1], 1, fs[-1], 0.0, 0.0, fs[-1] >= 0.9, curve)
 
-    h = {"target": 0.9, "ablation": "mean", "sites": [{}] * 3}
-    h["attribution"], h["optimised"] = level([1, 10, 100], [0.0, 0.5, 0.95]), level([1, 10, 50], [0.1, 0.7, 0.92])
+    h = replace(
+        record_of(hierarchical_graph()).hierarchy,
+        attribution=level("attribution", [1, 10, 100], [0.0, 0.5, 0.95]),
+        optimised=level("optimised", [1, 10, 50], [0.1, 0.7, 0.92]),
+    )
     path = plot_rankings(h, tmp_path / "rankings.png")
     assert path.read_bytes().startswith(PNG_MAGIC) and sorted(p.name for p in tmp_path.iterdir()) == ["rankings.png"]
-    h.pop("optimised")  # no mask steps: the attribution ranking alone
+    h = replace(h, optimised=None)  # no mask steps: the attribution ranking alone
     assert plot_rankings(h, tmp_path / "one.png").read_bytes().startswith(PNG_MAGIC)

@@ -26,6 +26,7 @@ from circuits.circuit.ablation import faithfulness_curve, ranked_nodes
 from circuits.circuit.discover import DiscoverConfig, discover
 from circuits.circuit.edit import edit_from_circuit, edit_report
 from circuits.circuit.graph import METRIC, load_graph, save_graph
+from circuits.circuit.record import record_of
 from circuits.cli import main
 from circuits.core.errors import CircuitsError
 from circuits.core.vocab import EMBED_HOOK, Node
@@ -86,7 +87,7 @@ def pipeline(model, saes, tmp_path) -> dict:
             assert torch.equal(model(task.clean), plain)
     graph = discover(model, saes, task, DiscoverConfig(method="atp", top_n=20), progress=False)
     assert METRIC in graph and graph.number_of_nodes() > 2 and graph.number_of_edges() > 0
-    assert set(graph.graph["saes"]) == set(saes)
+    assert set(record_of(graph).saes) == set(saes)
     held_out = make_task("ioi", model.tokenizer, n=N, seed=1)
     curve = faithfulness_curve(model, saes, held_out, ranked_nodes(graph), "mean", n_random=1, progress=False)
     assert math.isfinite(curve.faithfulness) and curve.curve
@@ -208,7 +209,7 @@ def cli_round_trip(hub, saes: str, tmp_path, monkeypatch, capsys, n_layers: int,
     assert "feature nodes" in printed.out and "warning" not in printed.err, printed.err
     circuit = out / "circuit.json"
     graph = load_graph(circuit)
-    assert graph.graph["sources"]["saes"] == saes and graph.graph["model"]["name"] == "gpt2"
+    assert record_of(graph).sources.saes == saes and record_of(graph).model.name == "gpt2"
     assert main(["validate", "--circuit", str(circuit), "--n", str(N), "--json", "--quiet"]) == 0
     assert math.isfinite(json.loads(capsys.readouterr().out)["faithfulness"])
     assert main(["export", "--circuit", str(circuit), "--format", "circuit-tracer", *export, "--quiet"]) == 0

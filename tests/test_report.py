@@ -3,13 +3,14 @@
 import networkx as nx
 
 from circuits.circuit.graph import METRIC
+from circuits.circuit.record import CircuitRecord, HierarchyRecord, attach
 from circuits.export.pictures import draw_graph
 from circuits.export.report import write_report
-from tests.helpers import card, nasty_graph
+from tests.helpers import card, nasty_graph, with_record
 
 
 def test_empty_circuit_is_named(tmp_path):
-    g = nx.DiGraph(task="ioi", metric="logit_diff", total_effect=0.1)
+    g = attach(nx.DiGraph(), CircuitRecord(task="ioi", metric="logit_diff", total_effect=0.1))
     g.add_node(METRIC, effect=0.1, kind="metric", layer=4)
     html = write_report(tmp_path / "r.html", g).read_text()
     assert "The circuit is empty" in html
@@ -37,11 +38,14 @@ def test_report_shows_both_levels_of_a_hierarchical_circuit(tmp_path):
             "ranking": "optimised",
         }
 
-    g.graph["hierarchy"] = {
+    hierarchy = {
         "ablation": "counterfactual",
         "start_layer": 1,
         "target": 0.9,
+        "m_model": 2.0,
+        "m_empty": 0.1,
         "n_held_out": 64,
+        "features": [],
         "sites": [
             {"id": "blocks.0.hook_mlp_out@<END>", "hook": "blocks.0.hook_mlp_out", "position": 1, "label": "<END>"}
         ],
@@ -50,6 +54,7 @@ def test_report_shows_both_levels_of_a_hierarchical_circuit(tmp_path):
         "optimised": level(412, 0.902, True),
         "feature_level": level(412, 0.902, True),
     }
+    with_record(g, hierarchy=HierarchyRecord.from_dict(hierarchy))
     html = write_report(tmp_path / "r.html", g).read_text()
     assert "Hierarchical circuit: counterfactual ablation, layers below 1 never ablated" in html
     assert "412 latents + 2 errors" in html and "0.902" in html and "0.970" in html

@@ -2,41 +2,48 @@
 headless Chromium (offline, no console errors)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
+from circuits.circuit.record import LevelRecord, record_of
 from circuits.export.report import write_report
 from circuits.export.viewer import viewer_data, viewer_html
-from tests.helpers import card, hierarchical_graph
+from tests.helpers import card, hierarchical_graph, with_record
 
 MLP_SITE = "blocks.0.hook_mlp_out@END"
 
 
-def _level(n: int, errors: int, f: float, curve: list[tuple]) -> dict:
-    return {
-        "ranking": "optimised",
-        "n_nodes": n,
-        "n_error_nodes": errors,
-        "faithfulness": f,
-        "completeness": 0.0,
-        "random_faithfulness": 0.02,
-        "reached_target": f >= 0.9,
-        "curve": [
-            {"n_nodes": k, "n_error_nodes": e, "faithfulness": fk, "random_faithfulness": r} for k, e, fk, r in curve
-        ],
-    }
+def _level(n: int, errors: int, f: float, curve: list[tuple]) -> LevelRecord:
+    return LevelRecord.from_dict(
+        {
+            "ranking": "optimised",
+            "n_nodes": n,
+            "n_error_nodes": errors,
+            "faithfulness": f,
+            "completeness": 0.0,
+            "random_faithfulness": 0.02,
+            "reached_target": f >= 0.9,
+            "curve": [
+                {"n_nodes": k, "n_error_nodes": e, "faithfulness": fk, "random_faithfulness": r}
+                for k, e, fk, r in curve
+            ],
+        }
+    )
 
 
 def _graph():
     """The small hierarchical circuit with faithfulness curves at both levels."""
     g = hierarchical_graph()
-    g.graph["hierarchy"].update(
+    optimised = _level(9, 3, 0.91, [(1, 0, 0.0, 0.0), (5, 2, 0.5, 0.01), (9, 3, 0.91, 0.05)])
+    h = replace(
+        record_of(g).hierarchy,
         target=0.9,
         site_level=_level(5, 0, 0.97, [(1, 0, 0.1, 0.0), (3, 0, 0.6, 0.0), (5, 0, 0.97, 0.0)]),
-        optimised=_level(9, 3, 0.91, [(1, 0, 0.0, 0.0), (5, 2, 0.5, 0.01), (9, 3, 0.91, 0.05)]),
+        optimised=optimised,
+        feature_level=optimised,
     )
-    g.graph["hierarchy"]["feature_level"] = g.graph["hierarchy"]["optimised"]
-    return g
+    return with_record(g, hierarchy=h)
 
 
 def _cards():

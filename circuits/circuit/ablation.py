@@ -26,7 +26,7 @@ import math
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal, get_args
 
 import networkx as nx
@@ -38,6 +38,7 @@ from circuits.attribution.edges import source_masks
 from circuits.attribution.nodes import prepare
 from circuits.attribution.splice import decode, on_flat, spliced
 from circuits.circuit.graph import nodes_of
+from circuits.circuit.record import AblationPruning, attach, record_of
 from circuits.core.errors import CircuitsError
 from circuits.core.values import NodeValues
 from circuits.core.vocab import METRIC, Node, Submodule
@@ -80,15 +81,15 @@ def complement(masks: Masks) -> Masks:
 
 def check_graph(graph: nx.DiGraph, model: HookedTransformer, saes: SAESet) -> None:
     """A circuit file must come from this model and SAE set (hooks and widths)."""
-    recorded = graph.graph.get("saes", {})
-    for hook, width in recorded.items():
+    record = record_of(graph)
+    for hook, width in record.saes.items():
         if hook not in saes:
             raise CircuitsError(f"the circuit was found with an SAE at {hook}; this SAE set has none")
         if saes[hook].cfg.d_sae != width:
             raise CircuitsError(
                 f"the circuit's SAE at {hook} has {width} latents; this set's has {saes[hook].cfg.d_sae}"
             )
-    n_layers = graph.graph.get("model", {}).get("n_layers")
+    n_layers = record.model.n_layers
     if n_layers is not None and n_layers != model.cfg.n_layers:
         raise CircuitsError(f"the circuit is from a {n_layers}-layer model; this model has {model.cfg.n_layers}")
 
@@ -490,14 +491,6 @@ def prune_by_ablation(
     keep = set(ranked[:k])
     kept = [n for n, node in nodes_of(graph).items() if node.is_embed or node in keep]
     small = graph.subgraph(kept + [METRIC]).copy()
-    small.graph = {
-        **graph.graph,
-        "pruned_by_ablation": {
-            "target": target,
-            "faithfulness": f,
-            "ablation": how,
-            "start_layer": start_layer,
-            "nodes": k,
-        },
-    }
+    cut = AblationPruning(target=target, faithfulness=f, ablation=how, start_layer=start_layer, nodes=k)
+    attach(small, replace(record_of(graph), pruned_by_ablation=cut))
     return small, PrunedCircuit(*node_counts(ranked[:k]), f, f >= target)

@@ -45,8 +45,9 @@ from circuits.attribution.nodes import (
 )
 from circuits.circuit.ablation import Ablation
 from circuits.circuit.graph import nodes_of, prune, site_graph
-from circuits.circuit.hierarchy import HierarchyConfig, find_hierarchy
+from circuits.circuit.hierarchy import HierarchicalCircuit, HierarchyConfig, find_hierarchy
 from circuits.circuit.optimise import MaskConfig
+from circuits.circuit.record import CircuitRecord, ExampleRecord, HierarchyRecord, ModelRecord, attach
 from circuits.core.config import Config, field_default
 from circuits.core.errors import CircuitsError
 from circuits.core.parallel import all_reduce, batch_starts, is_main
@@ -114,7 +115,7 @@ def discover(
     direct-effect edges between them, pruned to what reaches the metric. With a target
     faithfulness, the nodes are instead a hierarchical circuit (``circuits.circuit.hierarchy``:
     sites, then features inside them) validated on the ``held_out`` prompts, recorded in
-    ``graph.graph["hierarchy"]``."""
+    its record's ``hierarchy`` (``circuits.circuit.record``)."""
     cfg = cfg or DiscoverConfig()
     _check_hooks(saes, model)
     if cfg.target_faithfulness is not None and held_out is None:
@@ -194,44 +195,44 @@ def _discover(
         if n.hook in last:
             graph.add_edge(n.id, METRIC, weight=effect)
 
-    graph.graph.update(
-        {
-            "task": task.name,
-            "metric": task.metric,
-            "n_examples": task.n_examples,
-            "clean_metric": clean_m,
-            "corrupt_metric": corrupt_m,
-            "total_effect": total,
-            "position_labels": labels,
-            "per_position": labels is not None,
-            "model": {
-                "n_layers": model.cfg.n_layers,
-                "d_model": model.cfg.d_model,
-                "d_vocab": model.cfg.d_vocab,
-                "name": model.cfg.model_name,
-            },
-            "saes": {h: int(saes[h].cfg.d_sae) for h in saes},
-            "discover": cfg.to_dict(),
-            "node_threshold_abs": node_cut,
-            "edge_threshold_abs": edge_cut,
-            "n_candidate_nodes": n_candidates,
-            "example": example_record(model, task),
-        }
+    steps = {k: v for k, v in times.items() if k != "edges (pass 2)"} | (hierarchy.times if hierarchy else {})
+    record = CircuitRecord(
+        task=task.name,
+        metric=task.metric,
+        n_examples=task.n_examples,
+        clean_metric=clean_m,
+        corrupt_metric=corrupt_m,
+        total_effect=total,
+        position_labels=labels,
+        model=ModelRecord(model.cfg.model_name, model.cfg.n_layers, model.cfg.d_model, model.cfg.d_vocab),
+        saes={h: int(saes[h].cfg.d_sae) for h in saes},
+        discover=cfg.to_dict(),
+        node_threshold_abs=node_cut,
+        edge_threshold_abs=edge_cut,
+        n_candidate_nodes=n_candidates,
+        example=example_record(model, task),
+        times=steps | {k: v for k, v in times.items() if k == "edges (pass 2)"},
     )
+    attach(graph, record)
     if hierarchy is None:
         return prune(graph, require_path=cfg.edges)
-    graph.graph["hierarchy"] = hierarchy.to_dict()
-    steps = {k: v for k, v in times.items() if k != "edges (pass 2)"} | hierarchy.times
-    graph.graph["hierarchy"]["times"] = steps | {k: v for k, v in times.items() if k == "edges (pass 2)"}
     # every validated feature stays; inputs only where they feed one
     graph.remove_nodes_from([n for n, node in nodes_of(graph).items() if node.is_embed and not graph.out_degree(n)])
-    sites = site_graph(graph)
-    graph.graph["hierarchy"]["site_edges"] = [[u, v, w] for u, v, w in sites.edges(data="weight")]
-    return graph
+    h = _hierarchy_record(hierarchy)
+    sites = site_graph(attach(graph, replace(record, hierarchy=h)))  # the skeleton's sites too
+    h = replace(h, site_edges=[(u, v, w) for u, v, w in sites.edges(data="weight")])
+    return attach(graph, replace(record, hierarchy=h))
+
+
+def _hierarchy_record(hierarchy: HierarchicalCircuit) -> HierarchyRecord:
+    """What the circuit records of a hierarchical circuit (its times join the record's)."""
+    data = hierarchy.to_dict()
+    data.pop("times")
+    return HierarchyRecord.from_dict(data, where="hierarchical circuit")
 
 
 @torch.no_grad()
-def example_record(model: HookedTransformer, task: Task, top: int = 5) -> dict:
+def example_record(model: HookedTransformer, task: Task, top: int = 5) -> ExampleRecord:
     """The first prompt pair as text, for pictures and viewers to label positions with: its
     clean and corrupt tokens, the first answer and wrong-answer token with the model's
     probabilities for them, and the model's ``top`` next tokens at the last position."""
@@ -243,15 +244,15 @@ def example_record(model: HookedTransformer, task: Task, top: int = 5) -> dict:
     def text(i: int) -> str:
         return model.tokenizer.decode([i])
 
-    return {
-        "prompt_tokens": [str(t) for t in model.to_str_tokens(task.clean[0, :n])],
-        "corrupt_tokens": [str(t) for t in model.to_str_tokens(task.corrupt[0, :n])],
-        "answer": text(answer),
-        "answer_prob": float(probs[answer]),
-        "wrong_answer": text(wrong) if wrong >= 0 else None,
-        "wrong_prob": float(probs[wrong]) if wrong >= 0 else None,
-        "top_outputs": [[text(i), float(p)] for p, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)],
-    }
+    return ExampleRecord(
+        prompt_tokens=[str(t) for t in model.to_str_tokens(task.clean[0, :n])],
+        corrupt_tokens=[str(t) for t in model.to_str_tokens(task.corrupt[0, :n])],
+        answer=text(answer),
+        answer_prob=float(probs[answer]),
+        wrong_answer=text(wrong) if wrong >= 0 else None,
+        wrong_prob=float(probs[wrong]) if wrong >= 0 else None,
+        top_outputs=[(text(i), float(p)) for p, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)],
+    )
 
 
 def _effect(effects: NodeEffects, n: Node) -> float:

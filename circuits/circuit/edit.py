@@ -34,6 +34,7 @@ from transformer_lens import HookedTransformer
 from circuits.attribution.splice import NodeEdit, splice_hook, spliced
 from circuits.circuit.evaluate import TaskScore, evaluate_task
 from circuits.circuit.graph import METRIC
+from circuits.circuit.record import record_of
 from circuits.core.config import Config, Result
 from circuits.core.errors import CircuitsError
 from circuits.core.files import read_json, write_atomic
@@ -178,7 +179,8 @@ def edit_from_circuit(
     ``everywhere`` (or when the circuit sums over positions)."""
     totals: dict[tuple[str, int], float] = {}
     where: dict[tuple[str, int], set[int]] = {}
-    n_pos = len(graph.graph.get("position_labels") or [])
+    record = record_of(graph)
+    n_pos = record.n_positions
     for n, a in graph.nodes(data=True):
         if n != METRIC and a.get("latent") is not None:
             key = (a["hook"], a["latent"])
@@ -201,7 +203,7 @@ def edit_from_circuit(
         for h, i in chosen
     ]
     scope = "every position" if everywhere or not where else "the circuit's positions"
-    return Edit(features, f"top {len(features)} features of the {graph.graph.get('task')} circuit, {action} at {scope}")
+    return Edit(features, f"top {len(features)} features of the {record.task} circuit, {action} at {scope}")
 
 
 @torch.no_grad()

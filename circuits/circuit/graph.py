@@ -6,19 +6,23 @@ Node ids and attributes are ``circuits.core.vocab.Node``'s: ``blocks.2.hook_mlp_
 prompts, ``p<i>`` otherwise, or ``*`` when effects are summed over positions. Edges point
 downstream (towards ``metric``) and carry ``weight``: the change in the metric through that
 edge when the upstream node is patched from clean to corrupt (negative = the behaviour
-relies on it).
+relies on it). The graph's metadata is its `CircuitRecord` (``circuits.circuit.record``:
+``record_of(graph)``), which the file holds as the node-link data's ``graph`` object.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import networkx as nx
 
+from circuits.circuit.record import CircuitRecord, HeldOut, Pruning, Sources, attach, record_of
 from circuits.core.errors import CircuitsError
 from circuits.core.files import read_json, write_atomic
-from circuits.core.vocab import METRIC, Node, Site, Submodule
+from circuits.core.vocab import METRIC, Node, Site
 
 FORMAT = "sae-circuits/graph-v1"
 
@@ -40,15 +44,16 @@ def record_sources(
 ) -> None:
     """Record in ``graph`` what ``validate`` and ``edit`` need to rebuild its model, SAE set and
     prompts (by the names the command line takes)."""
-    graph.graph["sources"] = {
-        "model": model,
-        "saes": saes,
-        "task": task,
-        "n": n,
-        "seed": seed,
-        "metric": metric,
-        "hooks": hooks,
-    }
+    sources = Sources(task=task, n=n, seed=seed, model=model, saes=saes, metric=metric, hooks=hooks)
+    attach(graph, replace(record_of(graph), sources=sources))
+
+
+def record_held_out(graph: nx.DiGraph, held_out: HeldOut) -> None:
+    """Record in a hierarchical circuit which prompts it was validated on."""
+    record = record_of(graph)
+    if record.hierarchy is None:
+        raise CircuitsError("only a hierarchical circuit (found with a target faithfulness) has held-out prompts")
+    attach(graph, replace(record, hierarchy=replace(record.hierarchy, held_out=held_out)))
 
 
 def feature_nodes(graph: nx.DiGraph) -> list[str]:
@@ -96,34 +101,25 @@ def prune(
         reaching = nx.ancestors(out, METRIC) | {METRIC}
         out.remove_nodes_from([n for n in list(out) if n not in reaching])
     out.graph = dict(graph.graph)
-    out.graph["pruning"] = {
-        **graph.graph.get("pruning", {}),
-        **{
-            k: v
-            for k, v in {
-                "node_threshold": node_threshold,
-                "edge_threshold": edge_threshold,
-                "top_n": top_n,
-                "cumulative": cumulative,
-            }.items()
-            if v is not None
-        },
-    }
-    return out
+    record = record_of(graph)
+    given = dict(node_threshold=node_threshold, edge_threshold=edge_threshold, top_n=top_n, cumulative=cumulative)
+    pruning = replace(record.pruning or Pruning(), **{k: v for k, v in given.items() if v is not None})
+    return attach(out, replace(record, pruning=pruning))
 
 
 def sites_of(graph: nx.DiGraph) -> list[Site]:
     """The circuit's sites in forward order, then position: a hierarchical circuit's skeleton
     (every site, kept node or not) and the sites of its nodes (embeddings among them)."""
-    found = {r["id"]: Site(Submodule.parse(r["hook"]), r.get("position"), r.get("label", "")) for r in _skeleton(graph)}
+    found = {s.id: s for s in _skeleton(graph)}
     for node in nodes_of(graph).values():
         found.setdefault(node.site.id, node.site)
     return sorted(found.values(), key=lambda s: (s.submodule.order, -1 if s.position is None else s.position))
 
 
-def _skeleton(graph: nx.DiGraph) -> list[dict]:
-    """A hierarchical circuit's site records (none for other circuits)."""
-    return graph.graph.get("hierarchy", {}).get("sites", [])
+def _skeleton(graph: nx.DiGraph) -> list[Site]:
+    """A hierarchical circuit's sites (none for other circuits)."""
+    h = record_of(graph).hierarchy
+    return h.skeleton if h is not None else []
 
 
 def site_graph(graph: nx.DiGraph) -> nx.DiGraph:
@@ -131,8 +127,8 @@ def site_graph(graph: nx.DiGraph) -> nx.DiGraph:
     ``hook@label``, ``embed@label``) carrying the summed effect and the number of its
     circuit nodes, and a site -> site edge carrying the sum of the node edges between them
     (``metric`` stays). A hierarchical circuit's skeleton sites without a kept node are
-    included, with no node and no effect."""
-    out = nx.DiGraph(**{k: v for k, v in graph.graph.items() if k in ("task", "metric", "n_examples")})
+    included, with no node and no effect. It carries the circuit's record."""
+    out = attach(nx.DiGraph(), record_of(graph))
     site_of = {METRIC: METRIC}
     for n, node in nodes_of(graph).items():
         site = node.site
@@ -141,12 +137,9 @@ def site_graph(graph: nx.DiGraph) -> nx.DiGraph:
             out.add_node(site.id, hook=site.hook, position=site.position, pos_label=site.label, effect=0.0, nodes=0)
         out.nodes[site.id]["effect"] += graph.nodes[n]["effect"]
         out.nodes[site.id]["nodes"] += 1
-    for record in _skeleton(graph):
-        if record["id"] not in out:
-            out.add_node(
-                record["id"], hook=record["hook"], position=record["position"], pos_label=record["label"], effect=0.0
-            )
-            out.nodes[record["id"]]["nodes"] = 0
+    for site in _skeleton(graph):
+        if site.id not in out:
+            out.add_node(site.id, hook=site.hook, position=site.position, pos_label=site.label, effect=0.0, nodes=0)
     if METRIC in graph:
         out.add_node(METRIC, **graph.nodes[METRIC])
     for u, v, w in graph.edges(data="weight"):
@@ -158,23 +151,46 @@ def site_graph(graph: nx.DiGraph) -> nx.DiGraph:
     return out
 
 
+class OldCircuitFile(UserWarning):
+    """A circuit file from before some of the record's fields existed (loaded, those empty)."""
+
+
+def node_link(graph: nx.DiGraph) -> dict:
+    """``graph`` as node-link data whose ``graph`` object is its record's ``to_dict()``."""
+    return nx.node_link_data(graph, edges="edges") | {"graph": record_of(graph).to_dict()}
+
+
 def save_graph(graph: nx.DiGraph, path: str | Path) -> Path:
     """Write ``graph`` as node-link JSON, atomically (a crash leaves the old file or none)."""
-    data = {"format": FORMAT, **nx.node_link_data(graph, edges="edges")}
+    data = {"format": FORMAT, **node_link(graph)}
     return write_atomic(path, json.dumps(data, indent=1))
 
 
 def load_graph(path: str | Path) -> nx.DiGraph:
-    """Read a circuit file written by ``save_graph``."""
+    """Read a circuit file written by ``save_graph``, its record included. A file from before
+    some of the record's fields existed loads with those empty and one `OldCircuitFile`
+    warning naming them; a bad field is a one-line CircuitsError naming it."""
     path = Path(path)
     data = read_json(path, "circuit file")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CircuitsError(f'circuit file {path}: not a sae-circuits graph (no "format": "{FORMAT}")')
     data.pop("format")
+    meta = data.pop("graph", {})
+    if not isinstance(meta, dict):
+        raise CircuitsError(f"circuit file {path}: its graph record is not an object")
+    record = CircuitRecord.from_dict(meta, where=f"circuit file {path}")
     try:
         graph = nx.node_link_graph(data, directed=True, edges="edges")
     except (KeyError, TypeError, nx.NetworkXError) as err:
         raise CircuitsError(f"circuit file {path}: malformed node-link data ({err})") from None
+    attach(graph, record)
+    missing = CircuitRecord.missing_fields(meta)
+    if missing:
+        warnings.warn(
+            f"circuit file {path} is from an older sae-circuits: no {', '.join(missing)} (left empty)",
+            OldCircuitFile,
+            stacklevel=2,
+        )
     for n, attrs in graph.nodes(data=True):
         if n != METRIC and "effect" not in attrs:
             raise CircuitsError(f"circuit file {path}: node {n!r} has no 'effect'")
@@ -186,11 +202,15 @@ def load_graph(path: str | Path) -> nx.DiGraph:
 
 def summary(graph: nx.DiGraph, n_top: int = 10) -> str:
     """Nodes and edges per layer and kind, and the strongest nodes, as text."""
-    g = graph.graph
+    r = record_of(graph)
+    nan = float("nan")
+
+    def value(x: float | None) -> float:
+        return nan if x is None else x
+
     lines = [
-        f"task {g.get('task')} ({g.get('metric')}, {g.get('n_examples')} pairs): clean "
-        f"{g.get('clean_metric', float('nan')):.3f}, corrupt {g.get('corrupt_metric', float('nan')):.3f}, "
-        f"total effect {g.get('total_effect', float('nan')):.3f}",
+        f"task {r.task} ({r.metric}, {r.n_examples} pairs): clean {value(r.clean_metric):.3f}, corrupt "
+        f"{value(r.corrupt_metric):.3f}, total effect {value(r.total_effect):.3f}",
         f"{len(feature_nodes(graph))} feature nodes, {len(error_nodes(graph))} error nodes, "
         f"{graph.number_of_edges()} edges",
         "",

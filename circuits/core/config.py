@@ -114,8 +114,8 @@ def to_plain(value: Any) -> Any:
     """``value`` as JSON-shaped data: dataclasses -> dicts (field order), tuples -> lists;
     dict keys and other values are kept as they are."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        if isinstance(value, Result) and type(value).to_dict is not Result.to_dict:
-            return value.to_dict()  # a result that chose its own JSON
+        if isinstance(value, (Result, Config)) and type(value).to_dict not in (Result.to_dict, Config.to_dict):
+            return value.to_dict()  # a result or config that chose its own JSON
         return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (list, tuple)):
         return [to_plain(v) for v in value]
@@ -124,8 +124,14 @@ def to_plain(value: Any) -> Any:
     return value
 
 
+_SCALARS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 def _from_plain(hint: Any, value: Any, where: str) -> Any:
-    """JSON data -> what ``hint`` names: nested dataclasses (and lists / tuples of them)."""
+    """JSON data -> what ``hint`` names: nested dataclasses, lists, tuples (``tuple[X, ...]``
+    or fixed ``tuple[X, Y]``) and dicts of them. A value of the wrong JSON type for a
+    ``bool`` / ``int`` / ``float`` / ``str`` hint is a one-line `CircuitsError` naming
+    ``where`` (an integer is a number; ``true`` is not)."""
     if value is None:
         return None
     hint = _strip_none(hint)
@@ -135,11 +141,25 @@ def _from_plain(hint: Any, value: Any, where: str) -> Any:
     origin, args = get_origin(hint), get_args(hint)
     if origin in (list, tuple) and args:
         if not isinstance(value, (list, tuple)):
-            raise CircuitsError(f"{where}: expected a list")
-        item = _dataclass_in(args[0])
-        if item is not None:
-            value = [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(value) if origin is tuple else list(value)
+            raise CircuitsError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):  # fixed length
+            if len(value) != len(args):
+                raise CircuitsError(f"{where}: expected {len(args)} items, got {len(value)}")
+            return tuple(_from_plain(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+        items = [_from_plain(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict and args:
+        if not isinstance(value, dict):
+            raise CircuitsError(f"{where}: expected an object, got {value!r}")
+        return {k: _from_plain(args[1], v, f"{where}[{k!r}]") for k, v in value.items()}
+    if hint in _SCALARS:
+        if hint in (bool, str):
+            ok = isinstance(value, hint)
+        else:  # bool is an int subclass, but not a number here
+            ok = isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+        if not ok:
+            raise CircuitsError(f"{where}: expected {_SCALARS[hint]}, got {value!r}")
+        return float(value) if hint is float else value
     return value
 
 
@@ -198,8 +218,9 @@ class Config:
         return f"unknown {what} {value!r}: use {', '.join(str(a) for a in allowed)}"
 
     def to_dict(self) -> dict:
-        """JSON-shaped: nested dataclasses as dicts, tuples as lists."""
-        return to_plain(self)
+        """JSON-shaped: nested dataclasses as dicts (by their own ``to_dict`` where they have
+        one), tuples as lists."""
+        return {f.name: to_plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls: type[C], data: Any, where: str | None = None) -> C:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import networkx as nx
 
 from circuits.circuit.graph import METRIC
+from circuits.circuit.record import record_of
 from circuits.core.errors import CircuitsError
 from circuits.core.files import read_json, write_atomic
 from circuits.core.vocab import SAE_KINDS, Submodule, in_forward_order
@@ -36,9 +37,7 @@ def write_graphml(graph: nx.DiGraph, path: str | Path) -> Path:
     for u, v, a in graph.edges(data=True):
         extra = {"abs_weight": abs(_number(a.get("weight")))}
         out.add_edge(u, v, **{k: _scalar(x) for k, x in (extra | a).items()})
-    out.graph.update(
-        {k: _scalar(v) if not isinstance(v, (dict, list)) else json.dumps(v) for k, v in graph.graph.items()}
-    )
+    out.graph.update({k: _scalar(v) for k, v in record_of(graph).to_dict().items()})
     text = "\n".join(nx.generate_graphml(out))
     return write_atomic(Path(path), text)
 
@@ -90,10 +89,10 @@ def uncantor(z: int) -> tuple[int, int]:
 
 def ct_rows(graph: nx.DiGraph, n_layers: int) -> list[str]:
     """The hooks whose nodes get circuit-tracer's ``layer`` values 0, 1, …: one row per SAE
-    of the circuit's set (``graph.graph["saes"]``) in forward order — for the default set,
+    of the circuit's set (its record's ``saes``) in forward order — for the default set,
     ``3 × block + (0 attn, 1 mlp, 2 resid)``. Files without the set: attn, mlp and resid of
     every block, plus any other hook a node sits at. The frontend draws one row per value."""
-    hooks = set(graph.graph.get("saes") or [Submodule(layer, k).hook for layer in range(n_layers) for k in SAE_KINDS])
+    hooks = set(record_of(graph).saes or [Submodule(layer, k).hook for layer in range(n_layers) for k in SAE_KINDS])
     hooks |= {a["hook"] for n, a in graph.nodes(data=True) if n != METRIC and a.get("hook") and not _is_input(a)}
     return in_forward_order(hooks)
 
@@ -112,7 +111,7 @@ def check_slug(slug: str) -> str:
 
 def default_slug(graph: nx.DiGraph) -> str:
     """The task's name with the characters a slug cannot hold replaced by ``-``."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", str(graph.graph.get("task") or "circuit")).strip("-.")[:200]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", str(record_of(graph).task or "circuit")).strip("-.")[:200]
     return slug if slug and slug != Path(CT_METADATA).stem else "circuit"
 
 
@@ -163,7 +162,7 @@ def to_circuit_tracer(
     * Tokens: one ``embedding`` node per prompt token (the frontend labels its token axis from
       them); tokens without an embedding node in the circuit get a link-less one with
       influence 1. Tokens are ``prompt_tokens``, else the graph's first clean prompt
-      (``graph.graph["example"]``), else the position labels. Nodes summed over positions
+      (the record's ``example``), else the position labels. Nodes summed over positions
       (``@*``) stand at the last token.
     * Logits: the metric node becomes the target logit node of the answer,
       ``Output "TOKEN" (p=0.734)`` with the model's probability on that prompt (the frontend
@@ -177,13 +176,13 @@ def to_circuit_tracer(
     """
     cards = cards or {}
     slug = check_slug(slug) if slug is not None else default_slug(graph)
-    example = graph.graph.get("example") or {}
-    labels = list(graph.graph.get("position_labels") or [])
+    record = record_of(graph)
+    labels = list(record.position_labels or [])
     positions = [p for _, p in graph.nodes(data="position") if isinstance(p, int)]
     layers = [a["layer"] for n, a in graph.nodes(data=True) if n != METRIC and isinstance(a.get("layer"), int)]
-    n_layers = int((graph.graph.get("model") or {}).get("n_layers") or max(layers, default=-1) + 1)
-    tokens = [str(t) for t in (prompt_tokens or example.get("prompt_tokens") or labels)]
+    n_layers = int(record.model.n_layers or max(layers, default=-1) + 1)
     needed = max(max(positions, default=-1) + 1, 1)
+    tokens = [str(t) for t in prompt_tokens] if prompt_tokens else record.tokens()
     tokens += [labels[i] if i < len(labels) else f"p{i}" for i in range(len(tokens), needed)]
     last = len(tokens) - 1
     influence = ct_influence(graph)
@@ -241,13 +240,14 @@ def to_circuit_tracer(
             }
         )
     logit_row = str(len(rows))
-    metric = str(graph.graph.get("metric") or "metric")
-    if example.get("answer") is not None and example.get("answer_prob") is not None:
-        outputs = [(example["answer"], _number(example["answer_prob"]))]
+    metric = str(record.metric or "metric")
+    example = record.example
+    if example is not None and example.answer is not None and example.answer_prob is not None:
+        outputs = [(example.answer, _number(example.answer_prob))]
     else:
         outputs = [(f"{metric}, p unknown", 0.0)]
-    if example.get("wrong_answer") is not None and example.get("wrong_prob") is not None:
-        outputs.append((example["wrong_answer"], _number(example["wrong_prob"])))
+    if example is not None and example.wrong_answer is not None and example.wrong_prob is not None:
+        outputs.append((example.wrong_answer, _number(example.wrong_prob)))
     ids[METRIC] = METRIC  # the target logit node stands for the metric
     for i, (token, p) in enumerate(outputs):
         nodes.append(
@@ -270,9 +270,9 @@ def to_circuit_tracer(
         for u, v, w in graph.edges(data="weight")
         if u in ids and v in ids
     ]
-    answer = f" ({metric}" + (f": {outputs[0][0]!r}" if example.get("answer") is not None else "")
-    answer += (f" vs {outputs[1][0]!r}" if len(outputs) > 1 else "") + ")"
-    model = str((graph.graph.get("model") or {}).get("name") or "")
+    label = record.answer_label(repr)
+    answer = f" ({metric}" + (f": {label}" if label is not None else "") + ")"
+    model = str(record.model.name or "")
     return {
         "metadata": {
             "slug": slug,
@@ -282,9 +282,9 @@ def to_circuit_tracer(
             "prompt": _join(tokens),
             "node_threshold": 1.0,
             "schema_version": CT_SCHEMA_VERSION,
-            "title_prefix": f"{graph.graph.get('task', 'circuit')}{answer}",
+            "title_prefix": f"{record.task or 'circuit'}{answer}",
             "sae_circuits": {
-                "task": graph.graph.get("task"),
+                "task": record.task,
                 "metric": metric,
                 "rows": ROWS,
                 "influence": "cumulative share of |effect| (nodes by decreasing |effect|)",

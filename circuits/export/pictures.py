@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import networkx as nx
 
 from circuits.circuit.graph import METRIC, site_graph
+from circuits.circuit.record import record_of
 from circuits.core.errors import CircuitsError
 from circuits.core.files import write_atomic
 from circuits.core.vocab import Node, Submodule
@@ -173,13 +174,12 @@ def layout(
     sg.remove_edges_from(list(nx.selfloop_edges(sg)))
     sites = {n: a for n, a in sg.nodes(data=True) if n != METRIC}
     rows = sorted({Submodule.parse(a["hook"]) for a in sites.values()}, key=lambda s: s.order)
-    tokens = (graph.graph.get("example") or {}).get("prompt_tokens") or []
+    record = record_of(graph)
     columns: dict[int | None, Column] = {}
     for a in sorted(sites.values(), key=lambda a: (a["position"] is None, a["position"] or 0)):
         p = a["position"]
         if p not in columns:
-            token = tokens[p] if p is not None and 0 <= p < len(tokens) else None
-            columns[p] = Column(p, a["pos_label"], token)
+            columns[p] = Column(p, a["pos_label"], record.token(p))
     col_index = {p: i for i, p in enumerate(columns)}
     boxes: dict[str, SiteBox] = {}
     for sid, a in sites.items():
@@ -275,22 +275,19 @@ def _n(n: int, what: str) -> str:
 
 
 def _metric_label(graph: nx.DiGraph) -> list[str]:
-    g = graph.graph
-    lines = [f"metric: {g.get('metric') or '?'} ({g.get('task') or 'task'})"]
-    ex = g.get("example") or {}
-    if ex.get("answer") is not None:
-        answer = f"“{_cut(ex['answer'], TOKEN_CHARS)}”"
-        if ex.get("wrong_answer") is not None:
-            answer += f" vs “{_cut(ex['wrong_answer'], TOKEN_CHARS)}”"
+    r = record_of(graph)
+    lines = [f"metric: {r.metric or '?'} ({r.task or 'task'})"]
+    answer = r.answer_label(lambda t: f"“{_cut(t, TOKEN_CHARS)}”")
+    if answer is not None:
         lines.append(answer)
-    if "clean_metric" in g and "corrupt_metric" in g:
-        lines.append(f"clean {_fmt(g['clean_metric'], '.2f')} → corrupt {_fmt(g['corrupt_metric'], '.2f')}")
+    if r.clean_metric is not None and r.corrupt_metric is not None:
+        lines.append(f"clean {_fmt(r.clean_metric, '.2f')} → corrupt {_fmt(r.corrupt_metric, '.2f')}")
     return lines
 
 
 def _title(graph: nx.DiGraph, boxes: list[SiteBox], n_edges: int, dropped: int, per_site: int) -> list[str]:
-    g = graph.graph
-    head = f"{g.get('task', 'circuit')} ({g.get('metric', '')}): total effect {_fmt(g.get('total_effect'))}"
+    r = record_of(graph)
+    head = f"{r.task or 'circuit'} ({r.metric or ''}): total effect {_fmt(r.total_effect)}"
     if not boxes:
         return [head + " — the circuit is empty"]
     n_sites = sum(not b.submodule.is_embed for b in boxes)
@@ -299,14 +296,14 @@ def _title(graph: nx.DiGraph, boxes: list[SiteBox], n_edges: int, dropped: int, 
     n_errors = sum(b.error is not None for b in boxes)
     sizes = f"{_n(n_sites, 'site')}, {_n(n_latents, 'latent')}, {_n(n_errors, 'error term')}"
     sizes += f", {_n(n_embed, 'embedding')}" if n_embed else ""
-    h = g.get("hierarchy")
-    if h:
-        site, feat = h.get("site_level") or {}, h.get("feature_level") or {}
-        held = f", {h['n_held_out']} held-out pairs" if h.get("n_held_out") else ""
+    h = r.hierarchy
+    if h is not None:
+        site, feat = h.site_level, h.feature_level
+        held = f", {h.n_held_out} held-out pairs" if h.n_held_out else ""
         level = (
-            f"hierarchical circuit, {h.get('ablation', '?')} ablation{held}: {sizes}; faithfulness of the "
-            f"{site.get('n_nodes', n_sites)} sites {_fmt(site.get('faithfulness'), '.2f')}, of the features "
-            f"{_fmt(feat.get('faithfulness'), '.2f')} ({feat.get('ranking', '?')} ranking)"
+            f"hierarchical circuit, {h.ablation} ablation{held}: {sizes}; faithfulness of the "
+            f"{site.n_nodes} sites {_fmt(site.faithfulness, '.2f')}, of the features "
+            f"{_fmt(feat.faithfulness, '.2f')} ({feat.ranking} ranking)"
         )
     else:
         level = f"circuit: {sizes}, {_n(graph.number_of_edges(), 'edge')}"
@@ -316,9 +313,8 @@ def _title(graph: nx.DiGraph, boxes: list[SiteBox], n_edges: int, dropped: int, 
         f" ({dropped} weak {'one' if dropped == 1 else 'ones'} left out)" if dropped else ""
     )
     lines = [head, level, drawn]
-    ex = g.get("example") or {}
-    if ex.get("prompt_tokens"):
-        prompt = _cut(" ".join(str(t) for t in ex["prompt_tokens"]), PROMPT_CHARS)
+    if r.example is not None and r.example.prompt_tokens:
+        prompt = _cut(" ".join(str(t) for t in r.example.prompt_tokens), PROMPT_CHARS)
         lines.append(f"first prompt: {prompt}   (columns: only the positions with a site)")
     return lines
 

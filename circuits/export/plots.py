@@ -11,6 +11,7 @@ from circuits.core.files import write_atomic
 
 if TYPE_CHECKING:
     from circuits.circuit.ablation import FaithfulnessCurve
+    from circuits.circuit.record import HierarchyRecord
 
 
 def plot_faithfulness(result: FaithfulnessCurve, path: str | Path, title: str = "") -> Path:
@@ -36,8 +37,8 @@ def plot_faithfulness(result: FaithfulnessCurve, path: str | Path, title: str = 
     return _save(fig, path)
 
 
-def plot_rankings(hierarchy: dict, path: str | Path) -> Path:
-    """A hierarchical circuit's feature level (``graph.graph["hierarchy"]``): F against
+def plot_rankings(hierarchy: HierarchyRecord, path: str | Path) -> Path:
+    """A hierarchical circuit's feature level (its record's ``hierarchy``): F against
     latent + error nodes inside the site skeleton, attribution prefix vs optimised ranking,
     each with its random same-size baseline and its cut, written atomically as PNG."""
     import matplotlib
@@ -46,19 +47,19 @@ def plot_rankings(hierarchy: dict, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for key, colour in (("attribution", "tab:blue"), ("optimised", "tab:orange")):
-        level = hierarchy.get(key)
-        if not level:
+    colours = {"attribution": "tab:blue", "optimised": "tab:orange"}
+    for key, level in hierarchy.levels():
+        if key not in colours:
             continue
-        sizes = [max(c["n_nodes"] + c["n_error_nodes"], 1) for c in level["curve"]]
-        ax.plot(sizes, [c["faithfulness"] for c in level["curve"]], "o-", color=colour, label=f"{key} ranking")
-        ax.plot(sizes, [c["random_faithfulness"] for c in level["curve"]], ":", color=colour, label=f"random ({key})")
-        ax.axvline(level["n_nodes"] + level["n_error_nodes"], color=colour, linewidth=0.8, linestyle="--")
-    ax.axhline(hierarchy["target"], color="green", linewidth=0.6, label=f"target {hierarchy['target']}")
+        colour, sizes = colours[key], [max(c.size, 1) for c in level.curve]
+        ax.plot(sizes, [c.faithfulness for c in level.curve], "o-", color=colour, label=f"{key} ranking")
+        ax.plot(sizes, [c.random_faithfulness for c in level.curve], ":", color=colour, label=f"random ({key})")
+        ax.axvline(level.size, color=colour, linewidth=0.8, linestyle="--")
+    ax.axhline(hierarchy.target, color="green", linewidth=0.6, label=f"target {hierarchy.target}")
     ax.axhline(0.0, color="black", linewidth=0.6)
     ax.set_xscale("log")
-    ax.set_xlabel(f"latent + error nodes inside the {len(hierarchy['sites'])} sites")
-    ax.set_ylabel(f"faithfulness ({hierarchy['ablation']} ablation, held-out)")
+    ax.set_xlabel(f"latent + error nodes inside the {len(hierarchy.sites)} sites")
+    ax.set_ylabel(f"faithfulness ({hierarchy.ablation} ablation, held-out)")
     ax.legend(loc="best", fontsize=8)
     return _save(fig, path)
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import networkx as nx
 
+from circuits.circuit.record import HierarchyRecord, record_of
 from circuits.core.files import write_atomic
 from circuits.export.viewer import viewer_html
 
@@ -71,35 +72,29 @@ def _card_html(card: FeatureCard, effect: float | None) -> str:
     )
 
 
-def _hierarchy_html(h: dict) -> str:
+LEVEL_NAMES = {"sites": "sites", "attribution": "features, attribution prefix", "optimised": "features, optimised"}
+
+
+def _hierarchy_html(h: HierarchyRecord) -> str:
     """Both levels of a hierarchical circuit: sizes, F, completeness, random baselines."""
-    rows = []
-    for name, key in (
-        ("sites", "site_level"),
-        ("features, attribution prefix", "attribution"),
-        ("features, optimised", "optimised"),
-    ):
-        lv = h.get(key)
-        if not lv:
-            continue
-        size = lv["n_nodes"] if key == "site_level" else f"{lv['n_nodes']} latents + {lv['n_error_nodes']} errors"
-        rows.append(
-            [
-                name,
-                size,
-                f"{lv['faithfulness']:.3f}",
-                f"{lv['completeness']:.3f}",
-                f"{lv['random_faithfulness']:.3f}",
-                "yes" if lv["reached_target"] else "no",
-            ]
-        )
-    start = f", layers below {h['start_layer']} never ablated" if h.get("start_layer") else ""
+    rows = [
+        [
+            LEVEL_NAMES[key],
+            lv.n_nodes if key == "sites" else f"{lv.n_nodes} latents + {lv.n_error_nodes} errors",
+            f"{lv.faithfulness:.3f}",
+            f"{lv.completeness:.3f}",
+            f"{lv.random_faithfulness:.3f}",
+            "yes" if lv.reached_target else "no",
+        ]
+        for key, lv in h.levels()
+    ]
+    start = f", layers below {h.start_layer} never ablated" if h.start_layer else ""
     return (
-        f"<h2>Hierarchical circuit: {h['ablation']} ablation{_e(start)}, target F ≥ {h['target']}, "
-        f"{h.get('n_held_out', '')} held-out pairs</h2>"
+        f"<h2>Hierarchical circuit: {_e(h.ablation)} ablation{_e(start)}, target F ≥ {h.target}, "
+        f"{h.n_held_out} held-out pairs</h2>"
         + _table(["level", "size", "faithfulness", "completeness", "random same size", "target reached"], rows)
-        + f"<p>Sites: {_e(', '.join(r['id'] for r in h['sites']))}. The circuit's features come from the "
-        f"{_e(h['feature_level']['ranking'])} ranking.</p>"
+        + f"<p>Sites: {_e(', '.join(s.id for s in h.sites))}. The circuit's features come from the "
+        f"{_e(h.feature_level.ranking)} ranking.</p>"
     )
 
 
@@ -121,17 +116,18 @@ def write_report(
     figures. Every text from the data is escaped."""
     import base64
 
-    g = graph.graph
+    r = record_of(graph)
+    nan = float("nan")
     parts = [
-        f"<h1>Feature circuit: {_e(g.get('task', ''))}</h1>",
+        f"<h1>Feature circuit: {_e(r.task or '')}</h1>",
         _table(
             ["", "value"],
             [
-                ["metric", g.get("metric", "")],
-                ["prompt pairs", g.get("n_examples", "")],
-                ["clean metric", f"{g.get('clean_metric', float('nan')):.3f}"],
-                ["corrupt metric", f"{g.get('corrupt_metric', float('nan')):.3f}"],
-                ["method", g.get("discover", {}).get("method", "")],
+                ["metric", r.metric or ""],
+                ["prompt pairs", "" if r.n_examples is None else r.n_examples],
+                ["clean metric", f"{nan if r.clean_metric is None else r.clean_metric:.3f}"],
+                ["corrupt metric", f"{nan if r.corrupt_metric is None else r.corrupt_metric:.3f}"],
+                ["method", r.method or ""],
                 ["nodes / edges", f"{graph.number_of_nodes()} / {graph.number_of_edges()}"],
             ],
         ),
@@ -145,8 +141,8 @@ def write_report(
         if svg
         else '<p class="muted">(no static picture: graphviz missing)</p>'
     )
-    if "hierarchy" in g:
-        parts.append(_hierarchy_html(g["hierarchy"]))
+    if r.hierarchy is not None:
+        parts.append(_hierarchy_html(r.hierarchy))
         if rankings_png and Path(rankings_png).is_file():
             data = base64.b64encode(Path(rankings_png).read_bytes()).decode()
             parts.append(f'<img alt="feature rankings: attribution vs optimised" src="data:image/png;base64,{data}">')
@@ -241,7 +237,7 @@ def write_report(
         )
     html_text = (
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-        f"<title>{_e(g.get('task', 'circuit'))} circuit</title><style>{_CSS}</style></head><body>"
+        f"<title>{_e(r.task or 'circuit')} circuit</title><style>{_CSS}</style></head><body>"
         + "\n".join(parts)
         + "</body></html>"
     )

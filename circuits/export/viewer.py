@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import networkx as nx
 
 from circuits.circuit.graph import nodes_of, sites_of
+from circuits.circuit.record import LEVELS, HierarchyRecord, record_of
 from circuits.core.vocab import METRIC, Site, Submodule
 
 if TYPE_CHECKING:
@@ -37,13 +38,12 @@ def _row_label(sub: Submodule) -> str:
 def _columns(graph: nx.DiGraph, sites: list[Site]) -> tuple[list[dict], dict]:
     """One column per position that holds a site, labelled with the example prompt's token
     (when the graph records one) and the position's label (the template slot)."""
-    tokens = (graph.graph.get("example") or {}).get("prompt_tokens") or []
+    record = record_of(graph)
     positions = sorted({s.position for s in sites}, key=lambda p: -1 if p is None else p)
     labels = {s.position: s.label for s in sites}
     columns = []
     for p in positions:
-        token = tokens[p] if p is not None and p < len(tokens) else None
-        columns.append({"position": p, "token": token, "slot": "all positions" if p is None else labels[p]})
+        columns.append({"position": p, "token": record.token(p), "slot": "all positions" if p is None else labels[p]})
     return columns, {p: i for i, p in enumerate(positions)}
 
 
@@ -51,7 +51,7 @@ def viewer_data(graph: nx.DiGraph, cards: dict[tuple[str, int], FeatureCard] | N
     """Everything ``viewer.js`` draws, as JSON-ready data: rows, columns, sites, nodes (by
     index; -1 is the metric), node edges, the faithfulness curves and the feature cards."""
     cards = cards or {}
-    g = graph.graph
+    r = record_of(graph)
     nodes = nodes_of(graph)
     sites = sites_of(graph)
     subs = sorted({s.submodule for s in sites}, key=lambda s: s.order)
@@ -86,16 +86,11 @@ def viewer_data(graph: nx.DiGraph, cards: dict[tuple[str, int], FeatureCard] | N
                 "card": f"{node.hook}/{node.latent}" if (node.hook, node.latent) in cards else None,
             }
         )
-    example = g.get("example") or {}
-    metric_label = g.get("metric", "metric")
-    if example.get("answer") is not None:
-        metric_label += f": {example['answer']!s}" + (
-            f" vs {example['wrong_answer']!s}" if example.get("wrong_answer") is not None else ""
-        )
+    answer = r.answer_label()
     return {
-        "task": g.get("task", "circuit"),
-        "metric": metric_label,
-        "total_effect": g.get("total_effect"),
+        "task": r.task or "circuit",
+        "metric": (r.metric or "metric") + (f": {answer}" if answer is not None else ""),
+        "total_effect": r.total_effect,
         "rows": [_row_label(s) for s in subs],
         "columns": columns,
         "sites": site_rows,
@@ -103,39 +98,31 @@ def viewer_data(graph: nx.DiGraph, cards: dict[tuple[str, int], FeatureCard] | N
         "edges": [
             [index[u], index[v], float(w)] for u, v, w in graph.edges(data="weight") if u in index and v in index
         ],
-        "curves": _curves(g.get("hierarchy")),
+        "curves": _curves(r.hierarchy),
         "cards": {f"{k[0]}/{k[1]}": _card(c) for k, c in cards.items()},
     }
 
 
-def _curves(h: dict | None) -> list[dict]:
+CURVE_NAMES = dict(zip(LEVELS, ("sites", "features, attribution", "features, optimised"), strict=True))
+
+
+def _curves(h: HierarchyRecord | None) -> list[dict]:
     """Faithfulness against circuit size with random same-size baselines, per level (sites,
     then each feature ranking), as recorded by a hierarchical circuit."""
-    if not h:
+    if h is None:
         return []
-    out = []
-    for key, name in (
-        ("site_level", "sites"),
-        ("attribution", "features, attribution"),
-        ("optimised", "features, optimised"),
-    ):
-        level = h.get(key)
-        if not level or not level.get("curve"):
-            continue
-        out.append(
-            {
-                "name": name,
-                "unit": "sites" if key == "site_level" else "nodes",
-                "chosen": level["n_nodes"] + level.get("n_error_nodes", 0),
-                "target": h.get("target"),
-                "ablation": h.get("ablation"),
-                "points": [
-                    [p["n_nodes"] + p.get("n_error_nodes", 0), p["faithfulness"], p["random_faithfulness"]]
-                    for p in level["curve"]
-                ],
-            }
-        )
-    return out
+    return [
+        {
+            "name": CURVE_NAMES[key],
+            "unit": "sites" if key == "sites" else "nodes",
+            "chosen": level.size,
+            "target": h.target,
+            "ablation": h.ablation,
+            "points": [[p.size, p.faithfulness, p.random_faithfulness] for p in level.curve],
+        }
+        for key, level in h.levels()
+        if level.curve
+    ]
 
 
 def _card(card: FeatureCard) -> dict:
