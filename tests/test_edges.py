@@ -5,10 +5,9 @@ import torch
 
 from circuits.attribution.edges import edges_into, upstream_hooks
 from circuits.attribution.nodes import clean_grads, encode_at, node_grads, run_batch
-from circuits.attribution.splice import flat_act, on_flat
 from circuits.core.errors import CircuitsError
 from circuits.core.values import NodeValues
-from circuits.core.vocab import EMBED_HOOK, Node, Submodule, hook_names
+from circuits.core.vocab import EMBED_HOOK, Node, Submodule, flat_act, hook_names, on_flat
 from sae.saeset import SAESet
 from tasks.builtin import make_task
 from tests.helpers import TOK, random_saes, tiny_hooked_model

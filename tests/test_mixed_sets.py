@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from circuits.attribution.nodes import exact_submodule_effect, node_effects
-from circuits.attribution.splice import flat_act, on_flat, spliced
+from circuits.attribution.splice import spliced
 from circuits.circuit.ablation import faithfulness
 from circuits.circuit.discover import DiscoverConfig, discover
 from circuits.circuit.edit import Edit, FeatureEdit, edited
 from circuits.circuit.graph import nodes_of
-from circuits.core.vocab import EMBED_HOOK, Node, hook_names
+from circuits.core.vocab import EMBED_HOOK, Node, flat_act, hook_names, on_flat
 from circuits.export.cards import feature_cards, residual_direction
 from circuits.export.pictures import layout
 from sae.evaluate import evaluate_saes

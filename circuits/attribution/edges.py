@@ -34,11 +34,11 @@ from circuits.attribution.nodes import (
     run_batch,
     set_node,
 )
-from circuits.attribution.splice import on_flat, spliced
+from circuits.attribution.splice import spliced
 from circuits.core.errors import CircuitsError
 from circuits.core.parallel import all_reduce, batch_starts
 from circuits.core.values import NodeValues, add_into, flat
-from circuits.core.vocab import Node, Submodule, resid_pre
+from circuits.core.vocab import Node, Submodule, on_flat, resid_pre
 from sae.saeset import SAESet
 from tasks.task import Task
 

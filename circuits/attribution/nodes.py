@@ -28,11 +28,11 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from circuits.attribution.splice import encode, flat_act, on_flat, spliced
+from circuits.attribution.splice import encode, spliced
 from circuits.core.errors import CircuitsError
 from circuits.core.parallel import all_reduce, batch_starts, is_main
 from circuits.core.values import NodeValues, add_into, flat
-from circuits.core.vocab import EMBED_HOOK, Node, Submodule, resid_pre
+from circuits.core.vocab import EMBED_HOOK, Node, Submodule, flat_act, on_flat, resid_pre
 from sae.saeset import SAESet
 from tasks.task import Task
 

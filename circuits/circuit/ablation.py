@@ -36,12 +36,12 @@ from transformer_lens import HookedTransformer
 
 from circuits.attribution.edges import source_masks
 from circuits.attribution.nodes import prepare
-from circuits.attribution.splice import decode, on_flat, spliced
+from circuits.attribution.splice import decode, spliced
 from circuits.circuit.graph import nodes_of
 from circuits.circuit.record import AblationPruning, attach, record_of
 from circuits.core.errors import CircuitsError
 from circuits.core.values import NodeValues
-from circuits.core.vocab import METRIC, Node, Submodule
+from circuits.core.vocab import METRIC, Node, Submodule, on_flat
 from sae.saeset import SAESet
 from tasks.task import Task
 
