@@ -16,11 +16,11 @@ import torch
 
 from circuits.attribution.edges import edges_into, source_masks, upstream_hooks
 from circuits.attribution.nodes import exact_effects, node_effects
-from circuits.circuit.discover import DiscoverConfig, discover
+from circuits.circuit.config import DiscoverConfig
+from circuits.circuit.discover import discover
 from circuits.circuit.graph import nodes_of
 from circuits.core.vocab import Node
-from circuits.toy.model import load_model
-from sae.train import load_saes
+from circuits.load import load_model, load_saes
 from tasks.builtin import make_task
 
 

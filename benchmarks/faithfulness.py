@@ -26,13 +26,12 @@ import warnings
 import torch
 
 from circuits.attribution.nodes import first_pass
-from circuits.circuit.ablation import ABLATIONS, Ablator, areas, log_sizes, smallest_prefix
-from circuits.circuit.hierarchy import HierarchyConfig, find_hierarchy
-from circuits.circuit.optimise import MaskConfig
+from circuits.circuit.ablation import Ablator, areas, log_sizes, smallest_prefix
+from circuits.circuit.config import ABLATIONS, HierarchyConfig, MaskConfig
+from circuits.circuit.hierarchy import find_hierarchy
 from circuits.core.tables import print_table
 from circuits.core.vocab import Node
-from circuits.toy.model import load_model
-from sae.train import load_saes
+from circuits.load import load_model, load_saes
 from tasks.builtin import BUILTIN_TASKS, make_task
 
 TARGET = 0.9

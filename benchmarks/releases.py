@@ -117,7 +117,7 @@ def model_overrides(spec: dict) -> dict:
 def setup(release: str, spec: dict, cache: Path, write_model: bool) -> dict:
     """Write the model (``write_model``: not yet in the cache) and the release, in this
     process; returns what the table shows."""
-    from circuits.toy.model import load_model
+    from circuits.load import load_model
     from sae import standins as S
     from sae.saeset import release_entry
 
@@ -238,14 +238,11 @@ def site_level(model, saes, task, held_out) -> dict:
 
 def site_level_child(spec: dict) -> None:
     """``--site-level``: load what the CLI loads and print the site level as JSON."""
-    from circuits.toy.model import load_model
-    from sae.train import load_saes
-    from tasks.builtin import make_task
+    from circuits.load import TaskSpec, load_model, load_saes
 
     model = load_model(spec["model"], progress=False)
     saes = load_saes(spec["saes"], model, progress=False)
-    task = make_task("ioi", model.tokenizer, n=spec["n"])
-    held_out = make_task("ioi", model.tokenizer, n=spec["n"], seed=1)
+    task, held_out, _ = TaskSpec("ioi", spec["n"]).split(model.tokenizer)
     print(json.dumps(site_level(model, saes, task, held_out)))
 
 
@@ -255,15 +252,16 @@ def api_child(args: dict) -> None:
     import resource
 
     from circuits.circuit.ablation import faithfulness_curve, ranked_nodes
-    from circuits.circuit.discover import DiscoverConfig, discover
+    from circuits.circuit.config import DiscoverConfig
+    from circuits.circuit.discover import discover
     from circuits.circuit.edit import edit_from_circuit, edit_report
     from circuits.circuit.graph import save_graph
     from circuits.export.cards import feature_cards
     from circuits.export.formats import write_circuit_tracer
     from circuits.export.pictures import card_keys
+    from circuits.load import TaskSpec
     from sae import standins as S
     from sae.saeset import SAESet
-    from tasks.builtin import make_task
 
     spec, out, n = args["spec"], Path(args["out"]), args["n"]
 
@@ -275,8 +273,7 @@ def api_child(args: dict) -> None:
         start = time.perf_counter()
         model = S.standin_model(S.model_config(spec["model"], **model_overrides(spec)))
         saes = SAESet.from_release(args["release"], spec["ids"], model=model)
-        task = make_task("ioi", model.tokenizer, n=n)
-        held_out = make_task("ioi", model.tokenizer, n=n, seed=1)
+        task, held_out, _ = TaskSpec("ioi", n).split(model.tokenizer)
         graph = discover(model, saes, task, DiscoverConfig(method="atp", top_n=100), progress=False)
         save_graph(graph, out / "circuit.json")
         result["discover"] = {"ok": True, "seconds": time.perf_counter() - start, "peak_mib": peak()}

@@ -19,15 +19,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path.cwd()))  # the checkout the command runs in
 
-try:  # either side of the subpackage move, so the old code can save a reference
+try:  # either side of the moves, so the old code can save a reference
     from circuits.circuit.discover import DiscoverConfig, discover
-    from circuits.toy.model import load_model
 except ImportError:
     from circuits.discover import DiscoverConfig, discover
-    from circuits.model import load_model
 try:
-    from circuits.load import load_saes
+    from circuits.load import load_model, load_saes
 except ImportError:
+    try:
+        from circuits.toy.model import load_model
+    except ImportError:
+        from circuits.model import load_model
     from sae.train import load_saes
 from tasks.builtin import make_task  # noqa: E402
 

@@ -25,13 +25,13 @@ def child(spec: dict) -> dict:
     """One measurement, in this (fresh) process: build the setup, time discover()."""
     import torch
 
-    from circuits.circuit.discover import DiscoverConfig, discover
+    from circuits.circuit.config import DiscoverConfig
+    from circuits.circuit.discover import discover
     from tasks.builtin import make_task
 
     torch.manual_seed(0)
     if spec["kind"] == "embedded":
-        from circuits.toy.model import load_model
-        from sae.train import load_saes
+        from circuits.load import load_model, load_saes
 
         model = load_model("toy", progress=False)
         saes = load_saes("toy", model, progress=False)

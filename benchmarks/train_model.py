@@ -23,7 +23,8 @@ import torch
 import circuits.toy.model as model_module
 from circuits.circuit.evaluate import evaluate_model, format_table
 from circuits.core.fused import fused_supported
-from circuits.toy.model import ToyModelConfig, train_model
+from circuits.toy.config import ToyModelConfig
+from circuits.toy.model import train_model
 
 # name -> (use the fused forward, bf16 products)
 STEP_KINDS = {"TransformerLens fp32": (False, False), "fused fp32": (True, False), "fused bf16": (True, True)}

@@ -23,9 +23,12 @@ import torch
 from safetensors.torch import load_file
 
 from circuits.core.tables import markdown_table
-from circuits.toy.model import ToyModelConfig, load_model, train_model
+from circuits.load import load_model
+from circuits.toy.config import ToyModelConfig
+from circuits.toy.model import train_model
+from sae.config import SAETrainConfig
 from sae.evaluate import QualityBar, SAEEvaluation, evaluate_saes, format_table
-from sae.train import SAETrainConfig, train_sae_set
+from sae.train import train_sae_set
 
 
 @dataclass

@@ -12,19 +12,19 @@ import networkx as nx
 
 from circuits.circuit.ablation import FaithfulnessCurve, faithfulness_curve, ranked_nodes
 from circuits.circuit.check import check_attribution
-from circuits.circuit.discover import DiscoverConfig, discover
+from circuits.circuit.config import DiscoverConfig
+from circuits.circuit.discover import discover
 from circuits.circuit.edit import EditReport, edit_from_circuit, edit_report
 from circuits.circuit.graph import node_link, record_held_out, record_sources, save_graph
-from circuits.circuit.record import HeldOut, record_of
+from circuits.circuit.record import record_of
 from circuits.core.config import Result
 from circuits.export.cards import feature_cards, latent_keys
 from circuits.export.formats import write_circuit_tracer, write_graphml
 from circuits.export.pictures import draw_graph
 from circuits.export.plots import plot_faithfulness, plot_rankings
 from circuits.export.report import write_report
-from circuits.toy.model import load_model
+from circuits.load import TaskSpec, load_model, load_saes
 from sae.evaluate import evaluate_saes
-from sae.train import load_saes
 from tasks.builtin import make_task
 
 TARGET = 0.9  # faithfulness the demo's circuit is held to, at both levels
@@ -69,14 +69,13 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
 
     model = step("model", load_model, "toy", progress=progress)
     saes = step("saes", load_saes, "toy", model, progress=progress)
-    task = make_task("ioi", model.tokenizer, n=n, seed=0)
-    held_out = make_task("ioi", model.tokenizer, n=n, seed=1)
+    task, held_out, held_out_record = TaskSpec("ioi", n).split(model.tokenizer)  # held out: the next seed
     cfg = DiscoverConfig(method="ig", target_faithfulness=TARGET)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         graph = step("discover", discover, model, saes, task, cfg, progress=progress, held_out=held_out)
     record_sources(graph, "ioi", n)
-    record_held_out(graph, HeldOut("ioi", n=n, seed=1))
+    record_held_out(graph, held_out_record)
     save_graph(graph, folder / "circuit.json")
     validation = step(
         "validate",

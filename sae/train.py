@@ -15,10 +15,9 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -32,83 +31,17 @@ from sae_lens.training import multi_sae_trainer
 from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 from transformer_lens import HookedTransformer
 
-from circuits.core.config import Config
 from circuits.core.determinism import deterministic, keep_freed_memory
 from circuits.core.errors import CircuitsError
 from circuits.core.fused import block_activations, fused_hook, fused_supported
-from circuits.core.precision import Autocast, as_setting, use_bf16
-from circuits.core.vocab import HookKind, Submodule, hook_names
-from sae.saeset import MANIFEST, SAESet, check_hooks, hook_width, release_entry, write_manifest
+from circuits.core.precision import use_bf16
+from circuits.core.vocab import Submodule
+from sae.config import SAETrainConfig
+from sae.saeset import MANIFEST, SAESet, hook_width, write_manifest
 from tasks.corpus import corpus_tokens
 
-Architecture = Literal["topk", "batchtopk", "jumprelu", "standard", "gated"]
-ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 COMPLETE = "complete.json"
 RECORD = "training.json"  # in a trained set's folder: the config and the model it was trained on
-
-
-@dataclass
-class SAETrainConfig(Config):
-    """What to train (hooks, architecture, width) and how (tokens, lr, seed)."""
-
-    label: ClassVar[str] = "SAE training config"
-    field_labels: ClassVar[dict[str, str]] = {"arch": "SAE architecture", "kinds": "hook kind"}
-
-    arch: Architecture = "topk"
-    kinds: tuple[HookKind, ...] = ("resid", "mlp", "attn")
-    layers: tuple[int, ...] | None = None  # None: every layer
-    width: int = 1024
-    k: int = 32  # topk / batchtopk: active latents per token
-    # topk / batchtopk: weight of sae-lens's dead-latent auxiliary loss (0: off). Off by default:
-    # resampling alone left fewer dead latents on the toy model and each step ~30% cheaper.
-    aux_coefficient: float = 0.0
-    l1_coefficient: float = 2.0  # standard / gated
-    l0_coefficient: float = 0.5  # jumprelu
-    lr: float = 4e-3
-    n_tokens: int = 574_560  # 380 steps
-    seqs_per_batch: int = 24  # one forward pass: seqs_per_batch * (seq_len - 1) tokens
-    seq_len: int = 64
-    seed: int = 0
-    n_checkpoints: int = 4
-    # Steps without firing before a latent counts as dead (aux loss, resampling). 10 steps
-    # (15 k tokens) and a round every 10 steps: seeds 0-2 left <= 4.6 % dead at their worst hook
-    # where 25 / 15 left up to 6 % in the old, twice as large batches (docs/design.md, "SAE quality").
-    dead_window: int = 10
-    resample_every: int = 10  # topk / batchtopk: re-initialise dead latents every N steps (0: never)
-    # ... during this fraction of training. The last 20 % (the lr decay) runs without: a round
-    # at 90 % sent one SAE's batch FVU to 2.5 and it ended at 0.11 (docs/design.md).
-    resample_until: float = 0.8
-    # bf16 autocast for SAE training steps: "auto" where the device multiplies bf16 natively
-    # (GPUs; CPUs with AVX-512 BF16, AMX or Arm BF16), "on", "off" (circuits/precision.py)
-    autocast: Autocast = "auto"
-
-    def __post_init__(self) -> None:
-        self.autocast = as_setting(self.autocast)  # configs saved when it was a bool
-        super().__post_init__()
-
-    def validate(self) -> None:
-        for name in ("width", "k", "n_tokens", "seqs_per_batch", "seq_len"):
-            if getattr(self, name) <= 0:
-                raise CircuitsError(f"SAE config: {name} must be positive, got {getattr(self, name)}")
-        if self.n_tokens < self.batch_tokens:
-            raise CircuitsError(
-                f"SAE config: {self.n_tokens} training tokens is less than one batch ({self.batch_tokens} tokens)"
-            )
-        if self.k > self.width:
-            raise CircuitsError(f"SAE config: k {self.k} is larger than the width {self.width}")
-
-    @property
-    def batch_tokens(self) -> int:
-        return self.seqs_per_batch * (self.seq_len - 1)
-
-    def hooks(self, model: HookedTransformer) -> list[str]:
-        layers = range(model.cfg.n_layers) if self.layers is None else self.layers
-        bad = [layer for layer in layers if not 0 <= layer < model.cfg.n_layers]
-        if bad:
-            raise CircuitsError(f"layer {bad[0]} does not exist: the model has {model.cfg.n_layers} layers")
-        hooks = hook_names(self.kinds, layers)
-        check_hooks(model, hooks)
-        return hooks
 
 
 def training_sae(
@@ -453,32 +386,11 @@ def _save_inference_set(saes: dict[str, TrainingSAE], folder: Path, model_name: 
     tmp.rename(folder)
 
 
-def load_saes(
-    name: str = "toy",
-    model: HookedTransformer | None = None,
-    cache_dir: str | Path | None = None,
-    progress: bool = True,
-) -> SAESet:
-    """The embedded model's default SAE set ("toy": cached, trained on first use), a saved set
-    folder, or a sae-lens release (``RELEASE``: all its SAEs, ``RELEASE:ID,ID``: those ids;
-    from the Hugging Face hub or its local cache); checked against ``model`` when given
-    (``model`` defaults to the toy model)."""
-    from circuits.toy.model import TOY_NAME, default_cache_dir, load_model
-
-    if name != TOY_NAME:
-        device = str(model.cfg.device) if model else "cpu"
-        if Path(name).is_dir():
-            return SAESet.load(name, model, device=device)
-        release, _, ids = name.partition(":")
-        if "/" in release or not release:
-            raise CircuitsError(f"{name}: no such SAE-set folder (or use 'toy', or a sae-lens release)")
-        try:
-            release_entry(release)
-        except CircuitsError as err:
-            raise CircuitsError(f"{name}: no such SAE-set folder, and {err}") from None
-        return SAESet.from_release(release, [i for i in ids.split(",") if i] or None, model, device)
-    model = model or load_model(TOY_NAME, progress=progress)
-    folder = Path(cache_dir or default_cache_dir()) / "saes-toy"
+def load_default_set(folder: str | Path, model: HookedTransformer, progress: bool = True) -> SAESet:
+    """The default SAE set for ``model`` cached in ``folder``, trained there first (again) when
+    `stale_reason` says so (`circuits.load.load_saes("toy")` calls this on the cache's
+    ``saes-toy/`` folder)."""
+    folder = Path(folder)
     reason = stale_reason(folder, model)
     if reason:
         if (folder / MANIFEST).is_file():

@@ -29,9 +29,9 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
     from circuits.export.cards import FeatureCard
-    from circuits.toy.model import ToyModelConfig
+    from circuits.toy.config import ToyModelConfig
+    from sae.config import SAETrainConfig
     from sae.saeset import SAESet
-    from sae.train import SAETrainConfig
 
 TOK = build_tokenizer()
 
@@ -80,7 +80,7 @@ def tiny_hooked_model(normalization: str | None = "LN", n_layers: int = 2, paral
 
 def tiny_config(**overrides) -> ToyModelConfig:
     """A 1-layer toy config that trains in about a second."""
-    from circuits.toy.model import ToyModelConfig
+    from circuits.toy.config import ToyModelConfig
 
     base = dict(
         n_layers=1,
@@ -101,7 +101,7 @@ def tiny_config(**overrides) -> ToyModelConfig:
 def tiny_sae_config(**overrides) -> SAETrainConfig:
     """SAEs at two hooks of a 1-layer model: 4 training steps of 4 x 31 tokens, resampling
     latents dead for one step every 2 steps."""
-    from sae.train import SAETrainConfig
+    from sae.config import SAETrainConfig
 
     base = dict(
         kinds=("resid", "mlp"),

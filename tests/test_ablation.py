@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from circuits.circuit.ablation import (
-    ABLATIONS,
     Ablator,
     ablated,
     faithfulness,
@@ -14,6 +13,7 @@ from circuits.circuit.ablation import (
     reference_values,
     smallest_faithful,
 )
+from circuits.circuit.config import ABLATIONS
 from circuits.core.errors import CircuitsError
 from circuits.core.vocab import Node, hook_names
 from tasks.builtin import make_task

@@ -53,8 +53,8 @@ def test_argparse_errors_are_one_line(argv, expected, capsys):
 
 
 def test_defaults_come_from_the_library():
-    from circuits.toy.model import ToyModelConfig
-    from sae.train import SAETrainConfig
+    from circuits.toy.config import ToyModelConfig
+    from sae.config import SAETrainConfig
 
     parser = build_parser()
     train = parser.parse_args(["train-saes"])
@@ -68,6 +68,68 @@ def test_defaults_come_from_the_library():
     )
     assert tuple(train.hooks.split(",")) == cfg.kinds
     assert parser.parse_args(["train-model"]).steps == ToyModelConfig().steps
+
+
+def test_defaults_read_from_the_source_are_the_functions():
+    """Function defaults the help shows are read from the source (no import); they are the
+    functions' own."""
+    from circuits.circuit.ablation import prune_by_ablation
+    from circuits.circuit.check import check_attribution
+    from circuits.circuit.config import DiscoverConfig
+    from circuits.circuit.edit import edit_from_circuit
+    from circuits.circuit.evaluate import evaluate_model
+    from circuits.core.config import param_default
+    from circuits.demo import run_demo
+    from sae.evaluate import evaluate_saes
+    from tasks.builtin import make_task
+
+    parser = build_parser()
+    model = parser.parse_args(["eval-model"])
+    assert (model.n, model.seed) == (param_default(evaluate_model, "n"), param_default(evaluate_model, "seed"))
+    assert parser.parse_args(["eval-saes"]).n_seqs == param_default(evaluate_saes, "n_seqs")
+    check = parser.parse_args(["check-attribution", "--task", "ioi"])
+    assert (check.top, check.steps) == (
+        param_default(check_attribution, "n_top"),
+        param_default(check_attribution, "steps"),
+    )
+    assert parser.parse_args(["validate", "--circuit", "c.json"]).target == param_default(prune_by_ablation, "target")
+    assert parser.parse_args(["edit"]).action == param_default(edit_from_circuit, "action")
+    assert parser.parse_args(["demo"]).n == param_default(run_demo, "n")
+    found = parser.parse_args(["discover", "--task", "ioi"])
+    cfg = DiscoverConfig()
+    assert (found.method, found.steps, found.node_threshold, found.edge_threshold, found.batch_size) == (
+        cfg.method,
+        cfg.steps,
+        cfg.node_threshold,
+        cfg.edge_threshold,
+        cfg.batch_size,
+    )
+    assert found.n == param_default(make_task, "n") and found.ablation is None  # None: not given
+
+
+def test_the_parser_imports_no_model_library():
+    """`circuits --help` and `circuits CMD --help` answer at once: building the parser and
+    parsing every command's arguments, --help included, imports none of torch,
+    TransformerLens, sae-lens, transformers, networkx or matplotlib."""
+    import subprocess
+    import sys
+
+    code = """
+import contextlib, io, json, sys
+from circuits.cli import build_parser
+required = {"discover": ["--task", "ioi"], "check-attribution": ["--task", "ioi"],
+            "validate": ["--circuit", "c.json"], "export": ["--circuit", "c.json"]}
+commands = ["train-model", "eval-model", "train-saes", "eval-saes", "discover", "validate", "edit",
+            "check-attribution", "export", "demo"]
+for argv in [["--help"]] + [[c, "--help"] for c in commands] + [[c, *required.get(c, [])] for c in commands]:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        build_parser().parse_args(argv)
+heavy = ("torch", "transformer_lens", "sae_lens", "transformers", "networkx", "matplotlib")
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in heavy)))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout) == []
 
 
 def test_eval_model_json(tiny_model_dir, capsys):
@@ -314,12 +376,12 @@ def test_missed_target_is_one_line_and_keeps_the_circuit(hierarchical_circuit, c
 
     from circuits.circuit.graph import load_graph
     from circuits.circuit.record import record_of
-    from circuits.cli import _print_hierarchy
+    from circuits.cli.discover import print_hierarchy
 
     record = record_of(load_graph(hierarchical_circuit))
     h = record.hierarchy
     h = replace(h, feature_level=replace(h.feature_level, reached_target=False, faithfulness=0.5))
-    _print_hierarchy(replace(record, hierarchy=h), hierarchical_circuit)
+    print_hierarchy(replace(record, hierarchy=h), hierarchical_circuit)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not reached" in err and "F 0.500" in err
     assert str(hierarchical_circuit) in err

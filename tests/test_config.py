@@ -131,9 +131,10 @@ def test_cli_helpers_read_the_dataclass():
 
 
 def test_the_project_configs_take_their_choices_from_literals():
-    from circuits.circuit.edit import ACTIONS, FeatureEdit
-    from circuits.toy.model import ToyModelConfig
-    from sae.train import ARCHITECTURES, SAETrainConfig
+    from circuits.circuit.config import ACTIONS
+    from circuits.circuit.edit import FeatureEdit
+    from circuits.toy.config import ToyModelConfig
+    from sae.config import ARCHITECTURES, SAETrainConfig
 
     assert field_choices(SAETrainConfig, "arch") == ARCHITECTURES
     assert field_choices(SAETrainConfig, "kinds") == ("resid", "mlp", "attn")
@@ -167,3 +168,38 @@ def test_results_convert_nested_dataclasses_and_tuples():
 
 def test_markdown_table():
     assert markdown_table(["a", "b"], [["x", 0.12345], [1, "y"]]) == "| a | b |\n|---|---|\n| x | 0.123 |\n| 1 | y |"
+
+
+SEED = 3
+
+
+def module_level_function(n: int = 7, *, name: str = "x", seed: int = SEED) -> None:
+    """A function whose defaults `param_default` reads from this file's source."""
+
+
+def test_param_default_reads_a_named_function_from_its_source():
+    here = "tests.test_config:module_level_function"
+    assert (param_default(here, "n"), param_default(here, "name")) == (7, "x")
+    with pytest.raises(KeyError, match="not a literal"):
+        param_default(here, "seed")
+    with pytest.raises(KeyError, match="has no function"):
+        param_default("tests.test_config:nowhere", "n")
+
+
+def test_add_flag_takes_default_type_and_choices_from_the_field():
+    import argparse
+
+    from circuits.core.config import add_flag
+
+    p = argparse.ArgumentParser()
+    add_flag(p, "--arch", Demo, "one of {choices}")
+    add_flag(p, "--kinds", Demo, "kinds of {choices}")
+    add_flag(p, "--width", Demo, "latents", given=True)
+    add_flag(p, "--n", "tests.test_config:module_level_function", "pairs")
+    helps = {a.dest: a.help for a in p._actions}
+    assert helps["arch"] == "one of topk, relu (default topk)"
+    assert helps["kinds"] == "kinds of resid, mlp (default resid,mlp)"
+    assert helps["width"] == "latents (default 16)" and helps["n"] == "pairs (default 7)"
+    args = p.parse_args([])
+    assert (args.arch, args.kinds, args.width, args.n) == ("topk", "resid,mlp", None, 7)
+    assert p.parse_args(["--width", "3", "--arch", "gelu"]).width == 3  # the config checks the choice

@@ -8,7 +8,8 @@ import torch
 
 from circuits.attribution.edges import edges_into, upstream_hooks
 from circuits.attribution.nodes import exact_effects, node_effects
-from circuits.circuit.discover import DiscoverConfig, discover, example_record
+from circuits.circuit.config import DiscoverConfig
+from circuits.circuit.discover import discover, example_record
 from circuits.circuit.graph import METRIC, load_graph, nodes_of, save_graph
 from circuits.circuit.record import record_of
 from circuits.core.errors import CircuitsError

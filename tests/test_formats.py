@@ -150,7 +150,8 @@ def test_write_circuit_tracer_writes_the_folder_and_merges_metadata(tmp_path):
 
 def test_circuit_tracer_rows_follow_a_released_sets_hooks():
     # gpt2-small-res-jb's kinds: an SAE on the embeddings, resid_pre, the last resid_post
-    from circuits.circuit.discover import DiscoverConfig, discover
+    from circuits.circuit.config import DiscoverConfig
+    from circuits.circuit.discover import discover
     from circuits.core.vocab import EMBED_HOOK
     from tasks.builtin import make_task
     from tests.helpers import TOK, random_saes, tiny_hooked_model

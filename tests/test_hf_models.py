@@ -11,9 +11,11 @@ import time
 import pytest
 import torch
 
-import circuits.toy.model as M
+import circuits.load as L
+import circuits.load.pretrained as P
 from circuits.attribution.splice import spliced
-from circuits.circuit.discover import DiscoverConfig, discover
+from circuits.circuit.config import DiscoverConfig
+from circuits.circuit.discover import discover
 from circuits.circuit.graph import METRIC
 from circuits.circuit.record import record_of
 from circuits.core.errors import CircuitsError
@@ -89,7 +91,7 @@ def use_cache(monkeypatch, cache, offline_env: bool = True) -> None:
     else:
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(M, "hub_reachable", lambda: False)
+        monkeypatch.setattr(P, "hub_reachable", lambda: False)
 
 
 def max_logit_diff(model, hf_model, tokenizer) -> float:
@@ -119,7 +121,7 @@ def test_the_cache_is_laid_out_as_a_download(caches):
 def test_gpt2_from_the_offline_cache_has_the_transformers_logits(hf, caches, monkeypatch, repo, capsys):
     use_cache(monkeypatch, caches[repo])
     start = time.perf_counter()
-    model = M.load_model("gpt2")
+    model = L.load_model("gpt2")
     seconds = time.perf_counter() - start
     assert model.cfg.model_name == "gpt2" and model.cfg.n_layers == 2 and model.cfg.d_model == 64
     diff = max_logit_diff(model, *hf["gpt2"])
@@ -130,7 +132,7 @@ def test_gpt2_from_the_offline_cache_has_the_transformers_logits(hf, caches, mon
 
 def test_pythia_from_the_offline_cache_has_the_transformers_logits(hf, caches, monkeypatch, capsys):
     use_cache(monkeypatch, caches["gpt2"])
-    model = M.load_model("pythia-70m")
+    model = L.load_model("pythia-70m")
     assert model.cfg.model_name == "pythia-70m" and model.cfg.parallel_attn_mlp
     assert model.cfg.positional_embedding_type == "rotary" and model.cfg.rotary_dim == 4
     diff = max_logit_diff(model, *hf["pythia"])
@@ -141,7 +143,7 @@ def test_pythia_from_the_offline_cache_has_the_transformers_logits(hf, caches, m
 
 def test_an_unreachable_hub_without_offline_mode_reads_the_cache(hf, caches, monkeypatch):
     use_cache(monkeypatch, caches["openai-community/gpt2"], offline_env=False)
-    assert max_logit_diff(M.load_model("gpt2"), *hf["gpt2"]) < ATOL
+    assert max_logit_diff(L.load_model("gpt2"), *hf["gpt2"]) < ATOL
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "pythia"])
@@ -150,7 +152,7 @@ def test_a_hugging_face_folder_loads_with_the_transformers_logits(hf, tmp_path, 
     if kind == "gpt2":  # as transformers >= 5 writes it, without n_ctx (TransformerLens reads it)
         config = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "n_ctx"}))
-    model = M.load_model(str(folder))
+    model = L.load_model(str(folder))
     assert model.cfg.model_name == f"my-{kind}"
     assert max_logit_diff(model, *hf[kind]) < ATOL
 
@@ -158,7 +160,7 @@ def test_a_hugging_face_folder_loads_with_the_transformers_logits(hf, tmp_path, 
 def test_a_model_missing_from_the_offline_cache_is_one_line(caches, monkeypatch):
     use_cache(monkeypatch, caches["openai-community/gpt2"])
     with pytest.raises(CircuitsError, match=r"cannot download 'EleutherAI/pythia-160m'.*not in the local cache"):
-        M.load_model("pythia-160m")
+        L.load_model("pythia-160m")
 
 
 def test_a_partial_download_is_one_line(hf, tmp_path, monkeypatch):
@@ -166,7 +168,7 @@ def test_a_partial_download_is_one_line(hf, tmp_path, monkeypatch):
     (snapshot / "model.safetensors").unlink()  # an interrupted download
     use_cache(monkeypatch, tmp_path / "cache")
     with pytest.raises(CircuitsError) as err:
-        M.load_model("gpt2")
+        L.load_model("gpt2")
     assert "\n" not in str(err.value) and "local Hugging Face cache" in str(err.value)
 
 
@@ -176,36 +178,36 @@ def test_bad_folders_are_one_line(hf, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(CircuitsError, match=r"empty: no config.json"):
-        M.load_model(str(empty))
+        L.load_model(str(empty))
     config = FalconConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4)
     config.architectures = ["FalconForCausalLM"]
     config.save_pretrained(tmp_path / "falcon")
     with pytest.raises(CircuitsError, match=r"TransformerLens cannot convert architecture FalconForCausalLM"):
-        M.load_model(str(tmp_path / "falcon"))
+        L.load_model(str(tmp_path / "falcon"))
     config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4)
     config.architectures = ["BertForMaskedLM"]
     config.save_pretrained(tmp_path / "bert")
     with pytest.raises(CircuitsError, match=r"BertForMaskedLM is not a causal language model"):
-        M.load_model(str(tmp_path / "bert"))
+        L.load_model(str(tmp_path / "bert"))
     config.architectures = None
     config.save_pretrained(tmp_path / "bert")
     with pytest.raises(CircuitsError, match=r"bert: config.json names no architecture"):
-        M.load_model(str(tmp_path / "bert"))
+        L.load_model(str(tmp_path / "bert"))
     folder = save_folder(*hf["gpt2"], tmp_path / "no-weights")
     (folder / "model.safetensors").unlink()
     with pytest.raises(CircuitsError) as err:
-        M.load_model(str(folder))
+        L.load_model(str(folder))
     assert "\n" not in str(err.value) and "model.safetensors" in str(err.value)
     folder = save_folder(*hf["gpt2"], tmp_path / "no-tokenizer")
     for f in folder.glob("tokenizer*"):
         f.unlink()
     with pytest.raises(CircuitsError, match=r"no-tokenizer: no tokenizer files"):
-        M.load_model(str(folder))
+        L.load_model(str(folder))
 
 
 def test_discover_on_the_hf_gpt2(caches, monkeypatch, tmp_path):
     use_cache(monkeypatch, caches["openai-community/gpt2"])
-    model = M.load_model("gpt2")
+    model = L.load_model("gpt2")
     names = [("Mary", "John"), ("Alice", "Bob"), ("Carol", "David"), ("Emma", "Frank")]
     lines = [
         {
@@ -237,7 +239,7 @@ def test_a_full_size_gpt2_small_round_trips(hf, tmp_path, monkeypatch, capsys):
     model_hf = gpt2_model(50_257, n_layer=12, n_embd=768, n_head=12, n_positions=1024)
     put_in_hub_cache(tmp_path / "cache", "openai-community/gpt2", model_hf, tokenizer)
     use_cache(monkeypatch, tmp_path / "cache")
-    model = M.load_model("gpt2")
+    model = L.load_model("gpt2")
     assert model.cfg.n_layers == 12 and model.cfg.d_vocab == 50_257
     diff = max_logit_diff(model, model_hf, tokenizer)
     with capsys.disabled():
@@ -248,8 +250,8 @@ def test_a_full_size_gpt2_small_round_trips(hf, tmp_path, monkeypatch, capsys):
 def test_sae_training_reads_gpt2_activations_through_the_fused_forward_and_pythia_through_hooks(hf, tmp_path):
     from circuits.core.fused import block_activations, fused_supported
 
-    gpt2 = M.load_model(str(save_folder(*hf["gpt2"], tmp_path / "g")))
-    pythia = M.load_model(str(save_folder(*hf["pythia"], tmp_path / "p")))
+    gpt2 = L.load_model(str(save_folder(*hf["gpt2"], tmp_path / "g")))
+    pythia = L.load_model(str(save_folder(*hf["pythia"], tmp_path / "p")))
     assert fused_supported(gpt2) and not fused_supported(pythia)  # rotary, parallel blocks
     tokens = gpt2.to_tokens(["When Mary and John went to the store", "the cat sat on the mat"])
     hooks = ["blocks.0.hook_resid_pre", "blocks.0.hook_attn_out", "blocks.1.hook_mlp_out", "blocks.1.hook_resid_post"]

@@ -6,8 +6,8 @@ import torch
 
 from circuits.attribution.nodes import node_effects
 from circuits.circuit.ablation import Ablator
+from circuits.circuit.config import HierarchyConfig, MaskConfig
 from circuits.circuit.hierarchy import (
-    HierarchyConfig,
     find_hierarchy,
     ranked_sites,
     site_from_record,
@@ -16,7 +16,7 @@ from circuits.circuit.hierarchy import (
     site_scores,
     validate_hierarchy,
 )
-from circuits.circuit.optimise import MaskConfig, initial_logits, optimise_mask
+from circuits.circuit.optimise import initial_logits, optimise_mask
 from circuits.core.errors import CircuitsError
 from circuits.core.vocab import Node, Site, hook_names
 from tasks.builtin import make_task

@@ -4,7 +4,8 @@ full embedded model meets its behaviour targets (slow, `make test-slow`)."""
 import pytest
 
 from circuits.circuit.evaluate import evaluate_model, evaluate_task
-from circuits.toy.model import ToyModelConfig, train_model
+from circuits.toy.config import ToyModelConfig
+from circuits.toy.model import train_model
 from tasks.builtin import make_task
 from tasks.language import Mixture
 from tests.helpers import tiny_config

@@ -7,7 +7,8 @@ import torch
 from circuits.attribution.nodes import exact_submodule_effect, node_effects
 from circuits.attribution.splice import spliced
 from circuits.circuit.ablation import faithfulness
-from circuits.circuit.discover import DiscoverConfig, discover
+from circuits.circuit.config import DiscoverConfig
+from circuits.circuit.discover import discover
 from circuits.circuit.edit import Edit, FeatureEdit, edited
 from circuits.circuit.graph import nodes_of
 from circuits.core.vocab import EMBED_HOOK, Node, flat_act, hook_names, on_flat

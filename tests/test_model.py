@@ -5,23 +5,26 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import circuits.load as L
+import circuits.load.pretrained as P
 import circuits.toy.model as M
 from circuits.core.errors import CircuitsError
+from circuits.toy.config import ToyModelConfig
 from tests.helpers import tiny_config
 
 
 def test_config_that_cannot_work():
     with pytest.raises(CircuitsError, match="d_model 130 is not divisible by n_heads 4"):
-        M.ToyModelConfig(d_model=130)
+        ToyModelConfig(d_model=130)
     with pytest.raises(CircuitsError, match="seq_len 64 is longer than n_ctx 32"):
-        M.ToyModelConfig(n_ctx=32)
+        ToyModelConfig(n_ctx=32)
     with pytest.raises(CircuitsError, match="unknown model config field"):
-        M.ToyModelConfig.from_dict({"n_layer": 2})
+        ToyModelConfig.from_dict({"n_layer": 2})
 
 
 def test_config_round_trip():
     cfg = tiny_config(seed=5)
-    assert M.ToyModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert ToyModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
 def test_save_load_identical_logits(tmp_path):
@@ -95,26 +98,26 @@ def test_config_that_is_not_json(model_copy):
 
 def test_unknown_model_name():
     with pytest.raises(CircuitsError, match=r"unknown model 'gpt-3'.*close: "):
-        M.load_model("gpt-3")
+        L.load_model("gpt-3")
 
 
 def test_hub_unreachable_fails_fast(monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setattr(M, "in_hf_cache", lambda repo: False)
+    monkeypatch.setattr(P, "in_hf_cache", lambda repo: False)
 
     def never(*args, **kwargs):
         raise AssertionError("from_pretrained must not be called when the hub is unreachable")
 
-    monkeypatch.setattr(M.HookedTransformer, "from_pretrained", never)
-    assert not M.hub_reachable()
+    monkeypatch.setattr(P.HookedTransformer, "from_pretrained", never)
+    assert not P.hub_reachable()
     with pytest.raises(CircuitsError, match=r"cannot download 'gpt2'.*hub is unreachable"):
-        M.load_model("gpt2")
+        L.load_model("gpt2")
 
 
 def test_load_model_from_folder(tiny_model_dir):
-    model = M.load_model(str(tiny_model_dir))
+    model = L.load_model(str(tiny_model_dir))
     assert model.cfg.n_layers == 1 and model.to_str_tokens("Mary")[-1] == "Mary"
 
 
@@ -132,15 +135,15 @@ def test_the_cached_toy_model_is_trained_again_after_a_default_recipe_change(
 ):
     folder = tmp_path / M.TOY_NAME
     shutil.copytree(tiny_model_dir, folder)
-    (folder / M.CONFIG_FILE).write_text(json.dumps({**M.ToyModelConfig().to_dict(), **config}))
+    (folder / M.CONFIG_FILE).write_text(json.dumps({**ToyModelConfig().to_dict(), **config}))
     (folder / M.RECORD_FILE).unlink()
     if record is not None:
         (folder / M.RECORD_FILE).write_text(json.dumps(record))
     calls = []
     monkeypatch.setattr(M, "train_model", lambda cfg, out, progress: calls.append((cfg, out)))
     monkeypatch.setattr(M, "load_saved_model", lambda out, device: out)
-    assert M.load_model(M.TOY_NAME, cache_dir=tmp_path) == folder
-    assert calls == ([(M.ToyModelConfig(), folder)] if why else [])
+    assert L.load_model(M.TOY_NAME, cache_dir=tmp_path) == folder
+    assert calls == ([(ToyModelConfig(), folder)] if why else [])
     err = capsys.readouterr().err
     assert (f"{folder}: {why}; training the default model again" in err) if why else err == ""
 

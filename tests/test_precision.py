@@ -8,8 +8,8 @@ import torch
 import circuits.core.precision as P
 import circuits.toy.model as M
 from circuits.core.errors import CircuitsError
-from circuits.toy.model import ToyModelConfig
-from sae.train import SAETrainConfig
+from circuits.toy.config import ToyModelConfig
+from sae.config import SAETrainConfig
 from tests.helpers import tiny_config
 
 

@@ -23,7 +23,8 @@ import torch
 
 from circuits.attribution.splice import spliced
 from circuits.circuit.ablation import faithfulness_curve, ranked_nodes
-from circuits.circuit.discover import DiscoverConfig, discover
+from circuits.circuit.config import DiscoverConfig
+from circuits.circuit.discover import discover
 from circuits.circuit.edit import edit_from_circuit, edit_report
 from circuits.circuit.graph import METRIC, load_graph, save_graph
 from circuits.circuit.record import record_of

@@ -9,9 +9,10 @@ import sae.saeset as S
 from circuits.core.errors import CircuitsError
 from circuits.core.vocab import hook_names
 from circuits.toy.model import load_saved_model
+from sae.config import ARCHITECTURES, SAETrainConfig
 from sae.evaluate import evaluate_saes
 from sae.saeset import SAESet
-from sae.train import ARCHITECTURES, SAETrainConfig, train_sae_set
+from sae.train import train_sae_set
 from tasks.corpus import corpus_tokens
 from tests.helpers import tiny_sae_config
 

@@ -4,7 +4,8 @@ dictionary of unit directions in superposition, a few active per sample."""
 import torch
 from sae_lens.synthetic import ActivationGenerator, FeatureDictionary
 
-from sae.train import SAETrainConfig, fit_saes, training_sae
+from sae.config import SAETrainConfig
+from sae.train import fit_saes, training_sae
 
 
 def mean_max_cosine(true_features: torch.Tensor, decoder: torch.Tensor) -> float:

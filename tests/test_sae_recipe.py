@@ -11,9 +11,12 @@ from safetensors.torch import load_file
 
 import sae.train as T
 from circuits.core.determinism import keep_freed_memory
-from circuits.toy.model import ToyModelConfig, load_saved_model, train_model
+from circuits.load import load_saes
+from circuits.toy.config import ToyModelConfig
+from circuits.toy.model import load_saved_model, train_model
+from sae.config import SAETrainConfig
 from sae.evaluate import QualityBar, SAEEvaluation, SAEScore, evaluate_saes
-from sae.train import SAETrainConfig, load_saes, train_sae_set
+from sae.train import train_sae_set
 from tests.helpers import tiny_config, tiny_sae_config
 
 

@@ -27,7 +27,6 @@ import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from typing import Literal, get_args
 
 import networkx as nx
 import torch
@@ -37,6 +36,7 @@ from transformer_lens import HookedTransformer
 from circuits.attribution.edges import source_masks
 from circuits.attribution.nodes import prepare
 from circuits.attribution.splice import decode, spliced
+from circuits.circuit.config import ABLATIONS, Ablation
 from circuits.circuit.graph import nodes_of
 from circuits.circuit.record import AblationPruning, attach, record_of
 from circuits.core.errors import CircuitsError
@@ -45,8 +45,6 @@ from circuits.core.vocab import METRIC, Node, Submodule, on_flat
 from sae.saeset import SAESet
 from tasks.task import Task
 
-Ablation = Literal["mean", "mean_corrupt", "counterfactual", "zero", "resample"]
-ABLATIONS: tuple[str, ...] = get_args(Ablation)
 Masks = dict[str, NodeValues]  # per hook: which latents [pos, d_sae] and error terms [pos]
 
 

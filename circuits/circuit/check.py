@@ -12,7 +12,8 @@ from transformer_lens import HookedTransformer
 
 from circuits.attribution.edges import edges_into, exact_edge_effects
 from circuits.attribution.nodes import exact_effects, exact_submodule_effect, node_effects, prepare
-from circuits.circuit.discover import DiscoverConfig, discover
+from circuits.circuit.config import DiscoverConfig
+from circuits.circuit.discover import discover
 from circuits.circuit.graph import nodes_of
 from circuits.core.vocab import METRIC, Node
 from sae.saeset import SAESet

@@ -24,9 +24,8 @@ from __future__ import annotations
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import ClassVar, Literal
 
 import networkx as nx
 import torch
@@ -43,64 +42,16 @@ from circuits.attribution.nodes import (
     prepare,
     run_batch,
 )
-from circuits.circuit.ablation import Ablation
+from circuits.circuit.config import DiscoverConfig
 from circuits.circuit.graph import nodes_of, prune, site_graph
-from circuits.circuit.hierarchy import HierarchicalCircuit, HierarchyConfig, find_hierarchy
-from circuits.circuit.optimise import MaskConfig
+from circuits.circuit.hierarchy import HierarchicalCircuit, find_hierarchy
 from circuits.circuit.record import CircuitRecord, ExampleRecord, HierarchyRecord, ModelRecord, attach
-from circuits.core.config import Config, field_default
 from circuits.core.errors import CircuitsError
 from circuits.core.parallel import all_reduce, batch_starts, is_main
 from circuits.core.values import NodeValues, add_into, flat
 from circuits.core.vocab import EMBED_HOOK, METRIC, Node, in_forward_order, metric_inputs
 from sae.saeset import SAESet
 from tasks.task import Task
-
-DiscoverMethod = Literal["atp", "ig", "exact"]
-
-
-@dataclass
-class DiscoverConfig(Config):
-    """How to find a circuit. Thresholds are fractions of |total effect|."""
-
-    label: ClassVar[str] = "discover setting"
-    field_labels: ClassVar[dict[str, str]] = {"method": "method"}
-
-    method: DiscoverMethod = "ig"  # exact: one forward pass per node
-    steps: int = 10  # IG steps (midpoint rule)
-    node_threshold: float = 0.01
-    edge_threshold: float = 0.002
-    top_n: int | None = None
-    batch_size: int = 32
-    max_exact_nodes: int = 5000
-    edges: bool = True  # False: nodes only (no edges, no path pruning), e.g. for long ranked lists
-    # a hierarchical circuit held to this faithfulness on held-out prompts (None: thresholds)
-    target_faithfulness: float | None = None
-    ablation: Ablation = "mean"
-    start_layer: int = 0
-    mask_steps: int = field_default(MaskConfig, "steps")
-    mask_sparsity: float = field_default(MaskConfig, "sparsity")
-
-    def validate(self) -> None:
-        for name in ("node_threshold", "edge_threshold"):
-            if getattr(self, name) < 0:
-                raise CircuitsError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.top_n is not None and self.top_n < 1:
-            raise CircuitsError(f"top_n must be >= 1, got {self.top_n}")
-        if self.steps < 1:
-            raise CircuitsError(f"IG needs at least one step, got steps={self.steps}")
-        if self.batch_size < 1:
-            raise CircuitsError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.target_faithfulness is not None:
-            self.hierarchy()  # validates the target, ablation and mask settings
-            self.mask()
-
-    def hierarchy(self) -> HierarchyConfig:
-        target = 0.9 if self.target_faithfulness is None else self.target_faithfulness
-        return HierarchyConfig(target, self.ablation, self.start_layer)
-
-    def mask(self) -> MaskConfig:
-        return MaskConfig(steps=self.mask_steps, sparsity=self.mask_sparsity)
 
 
 def discover(

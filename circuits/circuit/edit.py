@@ -25,13 +25,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal, get_args
+from typing import ClassVar
 
 import networkx as nx
 import torch
 from transformer_lens import HookedTransformer
 
 from circuits.attribution.splice import NodeEdit, splice_hook, spliced
+from circuits.circuit.config import CIRCUIT_ACTIONS, Action
 from circuits.circuit.evaluate import TaskScore, evaluate_task
 from circuits.circuit.graph import METRIC
 from circuits.circuit.record import record_of
@@ -40,10 +41,7 @@ from circuits.core.errors import CircuitsError
 from circuits.core.files import read_json, write_atomic
 from circuits.core.values import NodeValues
 from sae.saeset import SAESet
-
-Action = Literal["zero", "mean", "clamp", "scale"]
-ACTIONS: tuple[str, ...] = get_args(Action)
-CIRCUIT_ACTIONS = ("zero", "mean")  # what `edit_from_circuit` can do (clamp / scale need a value)
+from tasks.corpus import corpus_tokens
 
 
 @dataclass
@@ -204,6 +202,23 @@ def edit_from_circuit(
     ]
     scope = "every position" if everywhere or not where else "the circuit's positions"
     return Edit(features, f"top {len(features)} features of the {record.task} circuit, {action} at {scope}")
+
+
+def circuit_edit(
+    graph: nx.DiGraph,
+    model: HookedTransformer,
+    saes: SAESet,
+    top: int,
+    action: str = "zero",
+    everywhere: bool = False,
+) -> Edit:
+    """`edit_from_circuit`, with the mean activations a ``mean`` edit sets its features to
+    (over 256 sequences of the toy corpus)."""
+    means = None
+    if action == "mean":
+        tokens = corpus_tokens(model.tokenizer, "edit-means", 256, min(64, model.cfg.n_ctx))
+        means = mean_activations(model, saes, tokens, list(saes))
+    return edit_from_circuit(graph, top, action, means, everywhere=everywhere)
 
 
 @torch.no_grad()

@@ -26,15 +26,14 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import ClassVar
 
+import networkx as nx
 import torch
 from transformer_lens import HookedTransformer
 
 from circuits.attribution.nodes import NodeEffects
 from circuits.attribution.splice import spliced
 from circuits.circuit.ablation import (
-    Ablation,
     Ablator,
     CurvePoint,
     Masks,
@@ -44,36 +43,16 @@ from circuits.circuit.ablation import (
     log_sizes,
     node_counts,
     node_masks,
+    ranked_nodes,
     smallest_prefix,
 )
-from circuits.circuit.optimise import MaskConfig, MaskResult, initial_logits, optimise_mask
-from circuits.core.config import Config
+from circuits.circuit.config import Ablation, HierarchyConfig, MaskConfig
+from circuits.circuit.optimise import MaskResult, initial_logits, optimise_mask
+from circuits.circuit.record import record_of
 from circuits.core.errors import CircuitsError
 from circuits.core.vocab import Node, Site, Submodule
 from sae.saeset import SAESet
 from tasks.task import Task
-
-
-@dataclass
-class HierarchyConfig(Config):
-    """The faithfulness target and the ablation convention both levels are held to."""
-
-    label: ClassVar[str] = "hierarchy setting"
-    field_labels: ClassVar[dict[str, str]] = {"ablation": "ablation"}
-
-    target: float = 0.9
-    ablation: Ablation = "mean"
-    start_layer: int = 0
-    n_random: int = 3  # random same-size circuits per baseline
-    seed: int = 0
-
-    def validate(self) -> None:
-        if not 0 < self.target <= 1:
-            raise CircuitsError(f"target faithfulness must be in (0, 1], got {self.target}")
-        if self.start_layer < 0:
-            raise CircuitsError(f"start_layer must be >= 0, got {self.start_layer}")
-        if self.n_random < 1:
-            raise CircuitsError(f"n_random must be >= 1, got {self.n_random}")
 
 
 @dataclass
@@ -370,6 +349,21 @@ def validate_hierarchy(
     feature_level = _measure(ab, node_masks(features, saes, ab.n_pos), lambda: random_features(n_lat, n_err), cfg)
     feature_level.n_nodes, feature_level.n_error_nodes = n_lat, n_err
     return site_level, feature_level
+
+
+def validate_recorded(
+    graph: nx.DiGraph,
+    model: HookedTransformer,
+    saes: SAESet,
+    task: Task,
+    how: Ablation = "mean",
+    start_layer: int = 0,
+    seed: int = 0,
+) -> tuple[Level, Level]:
+    """`validate_hierarchy` of the hierarchical circuit ``graph`` records (its sites, its
+    features by |effect|, its target) on ``task``."""
+    h = record_of(graph).hierarchy
+    return validate_hierarchy(model, saes, task, h.skeleton, ranked_nodes(graph), how, start_layer, h.target, seed=seed)
 
 
 def all_sites(saes: SAESet, task: Task) -> list[Site]:

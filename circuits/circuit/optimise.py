@@ -24,48 +24,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
 
 import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from circuits.circuit.ablation import Ablator, ablation_hook
-from circuits.core.config import Config
-from circuits.core.errors import CircuitsError
+from circuits.circuit.config import MaskConfig
 from circuits.core.values import NodeValues
 from circuits.core.vocab import Site
 from sae.saeset import SAESet
-
-
-@dataclass
-class MaskConfig(Config):
-    """How the node mask is trained."""
-
-    label: ClassVar[str] = "mask optimiser setting"
-
-    steps: int = 300  # Adam steps over the discovery prompts (full batch)
-    lr: float = 0.1
-    sparsity: float = 3.0  # weight of the mean keep probability in the loss (at the end, for a ramp)
-    schedule: Literal["constant", "ramp"] = "ramp"  # ramp: sparsity grows from 0 over the steps
-    aim: float = 1.0  # faithfulness aimed at on the training prompts: no reward above it
-    init_nodes: int = 1000  # nodes switched on at the start: the attribution top list
-    batch_size: int | None = None  # prompt pairs per step, drawn at random (None: all, full batch)
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.steps < 0:
-            raise CircuitsError(f"mask steps must be >= 0, got {self.steps}")
-        if self.lr <= 0:
-            raise CircuitsError(f"mask lr must be > 0, got {self.lr}")
-        if self.sparsity < 0:
-            raise CircuitsError(f"mask sparsity must be >= 0, got {self.sparsity}")
-        if not 0 < self.aim <= 1.5:
-            raise CircuitsError(f"mask aim must be in (0, 1.5], got {self.aim}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise CircuitsError(f"mask batch_size must be >= 1, got {self.batch_size}")
-        if self.init_nodes < 1:
-            raise CircuitsError(f"mask init_nodes must be >= 1, got {self.init_nodes}")
 
 
 @dataclass

@@ -5,8 +5,10 @@ Configs (in the style of sae-lens): choice fields are typed ``Literal[...]`` (or
 them) and `Config.__post_init__` checks every such field, then calls `validate()` for the
 other checks, so an invalid config cannot exist. Errors are one-line `CircuitsError`s.
 ``to_dict()`` / ``from_dict(data, where=...)`` are the only serialisation code; the command
-line takes its defaults and choices from the dataclasses with `field_default` and
-`field_choices` (and from functions with `param_default`), so no default is written twice.
+line takes its defaults and choices from the dataclasses (`add_flag`, over `field_default` and
+`field_choices`) and from functions (`param_default`), so no default is written twice. A
+function may be named as ``"module:function"``: its default is then read from the source, so
+``circuits CMD --help`` shows it without importing the module (and torch).
 
 Results (`Result`) are plain dataclasses with ``to_dict()``: what a library function
 returns, read by attribute, and turned into JSON only at the edge (the CLI, the report).
@@ -31,7 +33,9 @@ import inspect
 import types
 from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 from typing import (
+    TYPE_CHECKING,
     Any,
     ClassVar,
     Literal,
@@ -43,6 +47,10 @@ from typing import (
 )
 
 from circuits.core.errors import CircuitsError
+
+if TYPE_CHECKING:
+    import argparse
+    import ast
 
 C = TypeVar("C", bound="Config")
 
@@ -267,12 +275,88 @@ def field_choices(cls: type, name: str) -> tuple:
     return choices
 
 
-def param_default(fn: Callable, name: str) -> Any:
-    """The default of parameter ``name`` of function ``fn``."""
+def param_default(fn: Callable | str, name: str) -> Any:
+    """The default of parameter ``name`` of function ``fn``. ``fn`` may be a name,
+    ``"package.module:function"``: its default, a literal, is then read from the module's source
+    without importing the module."""
+    if isinstance(fn, str):
+        import ast
+
+        node = _source_defaults(fn).get(name)
+        if node is None:
+            raise KeyError(f"{fn}({name}) has no default")
+        try:
+            return ast.literal_eval(node)
+        except ValueError:
+            raise KeyError(f"{fn}({name}): the default is not a literal") from None
     default = inspect.signature(fn).parameters[name].default
     if default is inspect.Parameter.empty:
         raise KeyError(f"{fn.__name__}({name}) has no default")
     return default
+
+
+@cache
+def _source_defaults(target: str) -> dict[str, ast.expr]:
+    """Parameter name -> default expression of the module-level function ``"module:function"``."""
+    import ast
+    import importlib.util
+
+    module, _, name = target.partition(":")
+    spec = importlib.util.find_spec(module)  # imports the parent packages, not the module
+    if spec is None or not spec.origin:
+        raise KeyError(f"no module {module}")
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"), spec.origin)
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+            a = node.args
+            positional = [*a.posonlyargs, *a.args]
+            with_defaults = positional[len(positional) - len(a.defaults) :]
+            defaults = {p.arg: d for p, d in zip(with_defaults, a.defaults, strict=True)}
+            defaults.update({p.arg: d for p, d in zip(a.kwonlyargs, a.kw_defaults, strict=True) if d is not None})
+            return defaults
+    raise KeyError(f"{module} has no function {name}")
+
+
+# ------------------------------------------------------------------------------ command-line flags
+def with_default(text: str, value: Any) -> str:
+    """Help text ending in the default the library uses (a tuple comma-joined)."""
+    if isinstance(value, (tuple, list)):
+        value = ",".join(str(v) for v in value)
+    return f"{text} (default {value})"
+
+
+def add_flag(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    source: type | Callable | str,
+    help: str,
+    name: str | None = None,
+    given: bool = False,
+    **kwargs: Any,
+) -> argparse.Action:
+    """Add ``flag`` for field ``name`` of the dataclass ``source`` (or parameter ``name`` of the
+    function ``source``, see `param_default`); ``name`` defaults to the flag's, dashes as
+    underscores. The flag takes the default (a tuple as comma-joined text) and its type (int,
+    float, else text); the help ends in ``(default X)``, with ``{choices}`` replaced by a
+    ``Literal`` field's choices. The choices are not given to argparse: the config checks them,
+    with its own one-line error. ``given=True``: the value is None unless the flag is given
+    (for settings that only apply with another flag); the help still names the default.
+    Other keywords go to ``add_argument``."""
+    name = name or flag.lstrip("-").replace("-", "_")
+    if isinstance(source, type):
+        default, hint = field_default(source, name), _strip_none(_hints(source)[name])
+        if "{choices}" in help:
+            help = help.replace("{choices}", ", ".join(map(str, field_choices(source, name))))
+    else:
+        default = param_default(source, name)
+        hint = type(default)
+    kind = hint if hint in (int, float) else None
+    if isinstance(default, (tuple, list)):
+        default = ",".join(str(v) for v in default)
+    shown = with_default(help, default)
+    if kind is not None:
+        kwargs.setdefault("type", kind)
+    return parser.add_argument(flag, default=None if given else default, help=shown, **kwargs)
 
 
 # ------------------------------------------------------------------------------ results

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 import platform
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 Autocast = Literal["auto", "on", "off"]
 NATIVE_BF16_ENV = "SAE_CIRCUITS_NATIVE_BF16"
@@ -27,6 +28,8 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
     """Whether ``device`` multiplies bfloat16 matrices in hardware. ``$SAE_CIRCUITS_NATIVE_BF16``
     (``1`` / ``0``) overrides the answer for the CPU, so a machine without bf16 instructions can
     reproduce what "auto" trains on one with them (slowly), and the other way round."""
+    import torch  # here: the configs that name an `Autocast` are read without torch (the CLI)
+
     device = torch.device(device)
     forced = os.environ.get(NATIVE_BF16_ENV)
     if device.type == "cpu" and forced in ("0", "1"):

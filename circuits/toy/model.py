@@ -1,12 +1,8 @@
 """The embedded default model: a small HookedTransformer trained here on the toy language.
 
-`load_model("toy")` loads it from the cache (training it on first use); a folder path loads a
-saved toy-style model, or a model in Hugging Face format (what ``save_pretrained`` writes);
-any other name goes to `HookedTransformer.from_pretrained`, which reads the local Hugging Face
-cache alone when the hub cannot be reached, failing fast with one line when the model is not
-there. Pretrained models keep the Hugging Face model's logits: LayerNorm is folded and the
-writing weights centred (the activations sae-lens's released SAEs were trained on), the
-unembedding is not centred.
+Built from a `ToyModelConfig` (``circuits/toy/config.py``); `load_default_model` keeps the
+default one cached (trained on first use; `circuits.load.load_model("toy")` resolves the name
+to it, and other names to saved folders or pretrained models).
 
 A saved model folder holds ``config.json`` (a `ToyModelConfig`), ``model.safetensors`` and the
 tokenizer files. Training writes an atomic checkpoint every ``checkpoint_every`` steps into
@@ -16,119 +12,32 @@ resumed run gives the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
-import os
 import shutil
 import sys
-import tempfile
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, redirect_stdout
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
-from circuits.core.config import Config
 from circuits.core.determinism import deterministic
 from circuits.core.errors import CircuitsError
 from circuits.core.fused import fused_supported, training_loss
-from circuits.core.hub import cached_snapshot, hub_reachable, in_hf_cache, offline
-from circuits.core.precision import Autocast, as_setting, use_bf16
+from circuits.core.precision import use_bf16
+from circuits.toy.config import ToyModelConfig
 from tasks.corpus import corpus_tokens
-from tasks.language import Mixture
 from tasks.tokenizer import build_tokenizer, load_tokenizer
-
-if TYPE_CHECKING:
-    from sae.saeset import SAESet
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 # {"default": trained with the default recipe of its day, "bf16": its products were bf16}
 RECORD_FILE = "training.json"
 TOY_NAME = "toy"
-
-
-def default_cache_dir() -> Path:
-    """Where trained artefacts live: $SAE_CIRCUITS_CACHE, else ``outputs/cache`` in a source
-    checkout, else ``~/.cache/sae-circuits``."""
-    if os.environ.get("SAE_CIRCUITS_CACHE"):
-        return Path(os.environ["SAE_CIRCUITS_CACHE"])
-    repo = Path(__file__).resolve().parents[2]
-    if (repo / "pyproject.toml").is_file():
-        return repo / "outputs" / "cache"
-    return Path.home() / ".cache" / "sae-circuits"
-
-
-ActFn = Literal["gelu", "gelu_new", "gelu_fast", "relu", "silu", "solu_ln"]
-Normalization = Literal["LN", "LNPre", "RMS", "RMSPre"]
-
-
-@dataclass
-class ToyModelConfig(Config):
-    """Architecture and training recipe of a toy-language model."""
-
-    label: ClassVar[str] = "model config"
-
-    n_layers: int = 4
-    d_model: int = 128
-    n_heads: int = 4
-    d_mlp: int = 512
-    n_ctx: int = 64
-    act_fn: ActFn = "gelu"
-    normalization_type: Normalization | None = "LN"
-    seed: int = 0
-    steps: int = 850
-    batch_size: int = 64
-    seq_len: int = 64
-    lr: float = 3e-3
-    warmup: int = 50
-    weight_decay: float = 0.01
-    checkpoint_every: int = 100
-    # bf16 weight products in training steps (circuits/fused.py): "auto" where the hardware
-    # multiplies bf16 natively (~1.5-2x faster there; 17x slower where it does not), "on", "off"
-    autocast: Autocast = "auto"
-    mixture: Mixture = field(default_factory=Mixture)
-
-    def __post_init__(self) -> None:
-        self.autocast = as_setting(self.autocast)  # configs saved when it was a bool
-        super().__post_init__()
-
-    def validate(self) -> None:
-        """A `CircuitsError` naming the first setting that cannot work."""
-        for name in ("n_layers", "d_model", "n_heads", "d_mlp", "n_ctx", "steps", "batch_size", "seq_len"):
-            if getattr(self, name) <= 0:
-                raise CircuitsError(f"model config: {name} must be positive, got {getattr(self, name)}")
-        if self.d_model % self.n_heads:
-            raise CircuitsError(f"model config: d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
-        if self.seq_len > self.n_ctx:
-            raise CircuitsError(f"model config: seq_len {self.seq_len} is longer than n_ctx {self.n_ctx}")
-        if self.seq_len < 20:
-            raise CircuitsError(
-                f"model config: seq_len {self.seq_len} is shorter than the toy language's sentences (need >= 20)"
-            )
-
-    def hooked_config(self, d_vocab: int) -> HookedTransformerConfig:
-        return HookedTransformerConfig(
-            n_layers=self.n_layers,
-            d_model=self.d_model,
-            n_heads=self.n_heads,
-            d_head=self.d_model // self.n_heads,
-            d_mlp=self.d_mlp,
-            n_ctx=self.n_ctx,
-            d_vocab=d_vocab,
-            act_fn=self.act_fn,
-            normalization_type=self.normalization_type,
-            seed=self.seed,
-            model_name="toy",
-        )
 
 
 def build_model(cfg: ToyModelConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> HookedTransformer:
@@ -290,23 +199,17 @@ def load_saved_model(folder: str | Path, device: str = "cpu") -> HookedTransform
     return model.to(device, print_details=False)
 
 
-def load_model(
-    name: str = TOY_NAME, device: str = "cpu", cache_dir: str | Path | None = None, progress: bool = True
-) -> HookedTransformer:
-    """The embedded toy model ("toy": cached, trained on first use), a saved model folder (toy
-    or Hugging Face format), or a TransformerLens pretrained model by name (needs the Hugging
-    Face hub or its local cache)."""
-    if name == TOY_NAME:
-        folder = Path(cache_dir or default_cache_dir()) / TOY_NAME
-        reason = _stale_reason(folder)
-        if reason:
-            if (folder / CONFIG_FILE).is_file():
-                print(f"{folder}: {reason}; training the default model again", file=sys.stderr)
-            train_model(ToyModelConfig(), folder, progress=progress)
-        return load_saved_model(folder, device)
-    if Path(name).is_dir():
-        return load_hf_folder(name, device) if is_hf_folder(name) else load_saved_model(name, device)
-    return load_pretrained(name, device)
+def load_default_model(folder: str | Path, device: str = "cpu", progress: bool = True) -> HookedTransformer:
+    """The default model cached in ``folder``, trained there first (again) when it is missing,
+    predates training records, or was trained with an earlier default recipe
+    (`circuits.load.load_model("toy")` calls this on the cache's ``toy/`` folder)."""
+    folder = Path(folder)
+    reason = _stale_reason(folder)
+    if reason:
+        if (folder / CONFIG_FILE).is_file():
+            print(f"{folder}: {reason}; training the default model again", file=sys.stderr)
+        train_model(ToyModelConfig(), folder, progress=progress)
+    return load_saved_model(folder, device)
 
 
 def _stale_reason(folder: Path) -> str | None:
@@ -326,189 +229,3 @@ def _stale_reason(folder: Path) -> str | None:
     if default and saved != json.loads(json.dumps(ToyModelConfig().to_dict())):
         return "trained with an earlier default recipe"
     return None
-
-
-# TransformerLens names of models the hub has since moved into an organisation: a download
-# made under the new id sits in the cache under it (models--openai-community--gpt2).
-MOVED_ON_HUB = {
-    "gpt2": "openai-community/gpt2",
-    "gpt2-medium": "openai-community/gpt2-medium",
-    "gpt2-large": "openai-community/gpt2-large",
-    "gpt2-xl": "openai-community/gpt2-xl",
-    "distilgpt2": "distilbert/distilgpt2",
-}
-
-
-def load_pretrained(name: str, device: str = "cpu") -> HookedTransformer:
-    """`HookedTransformer.from_pretrained` (unembedding not centred: the logits are the Hugging
-    Face model's). With the hub unreachable it reads only the local cache — under
-    TransformerLens's id, or the id the hub moved the model to — and fails fast in one line
-    when the model is not there."""
-    from transformer_lens import loading_from_pretrained as loading
-
-    try:
-        official = loading.get_official_model_name(name)
-    except ValueError:
-        known = list(loading.OFFICIAL_MODEL_NAMES)
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f"; close: {', '.join(close)}" if close else ""
-        raise CircuitsError(
-            f"unknown model {name!r}: not 'toy', a model folder, or a TransformerLens model{hint}"
-        ) from None
-    if hub_reachable():
-        return _from_pretrained(official, device)
-    if in_hf_cache(official):
-        with offline():
-            try:
-                return _from_pretrained(official, device)
-            except OSError as err:  # e.g. config.json there, the weights not (an interrupted download)
-                raise CircuitsError(
-                    f"cannot load {official!r} from the local Hugging Face cache: {_one_line(err)}"
-                ) from None
-    moved = MOVED_ON_HUB.get(official)
-    if moved is not None and in_hf_cache(moved):
-        return load_hf_folder(cached_snapshot(moved), device, name=official)
-    looked = ", ".join(filter(None, [official, moved]))
-    raise CircuitsError(
-        f"cannot download {official!r}: the Hugging Face hub is unreachable and the model is "
-        f"not in the local cache (looked for {looked} in {_hub_cache()}; use load_model('toy') offline)"
-    )
-
-
-def _from_pretrained(official: str, device: str) -> HookedTransformer:
-    # TransformerLens prints "Loaded pretrained model ..." and warns that from_pretrained is
-    # deprecated (in favour of its TransformerBridge, which has no HookedTransformer hooks)
-    with redirect_stdout(sys.stderr), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "HookedTransformer.from_pretrained is deprecated", DeprecationWarning)
-        return HookedTransformer.from_pretrained(official, device=device, center_unembed=False)
-
-
-def _hub_cache() -> str:
-    from huggingface_hub import constants
-
-    return constants.HF_HUB_CACHE
-
-
-def _one_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
-
-
-# ------------------------------------------------------------------------------ Hugging Face folders
-CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel", "LMHeadCustomModel")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt")  # transformers builds one from any
-
-
-def is_hf_folder(folder: str | Path) -> bool:
-    """Whether ``folder`` holds a Hugging Face config (a config.json naming a ``model_type``)."""
-    try:
-        config = json.loads((Path(folder) / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and "model_type" in config
-
-
-def load_hf_folder(folder: str | Path, device: str = "cpu", name: str | None = None) -> HookedTransformer:
-    """A causal language model in Hugging Face format (config.json naming a ``model_type`` and
-    its architecture, safetensors weights, tokenizer files) converted by TransformerLens's
-    pretrained-model loaders as ``from_pretrained`` converts a download; only local files are
-    read. ``name`` names the model (default: the folder's name)."""
-    from transformer_lens import loading_from_pretrained as loading
-    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = Path(folder)
-    if not (folder / CONFIG_FILE).is_file():
-        raise CircuitsError(f"{folder}: no {CONFIG_FILE} (not a model folder, or a partial one)")
-    try:
-        config = json.loads((folder / CONFIG_FILE).read_text())
-    except (OSError, ValueError) as err:
-        raise CircuitsError(f"{folder / CONFIG_FILE}: not a valid model config ({err})") from None
-    if not isinstance(config, dict) or not config.get("architectures"):
-        raise CircuitsError(f"{folder}: {CONFIG_FILE} names no architecture (its 'architectures' list)")
-    architecture = str(config["architectures"][0])
-    if not architecture.endswith(CAUSAL_LM_SUFFIXES):
-        raise CircuitsError(
-            f"{folder}: architecture {architecture} is not a causal language model that TransformerLens converts"
-        )
-    fold = architecture not in POST_NORM_ARCHITECTURES  # as from_pretrained decides
-    with offline(), redirect_stdout(sys.stderr):
-        try:
-            with _config_for_transformer_lens(folder, config) as config_folder:
-                cfg = loading.get_pretrained_model_config(str(config_folder), fold_ln=fold, device=device)
-        except NotImplementedError:
-            raise CircuitsError(f"{folder}: TransformerLens cannot convert architecture {architecture}") from None
-        except (OSError, ValueError, KeyError, AttributeError) as err:
-            raise CircuitsError(f"{folder}: cannot read the {architecture} config ({_one_line(err)})") from None
-        if not any((folder / f).is_file() for f in TOKENIZER_FILES):
-            raise CircuitsError(f"{folder}: no tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
-        try:
-            hf_model = AutoModelForCausalLM.from_pretrained(
-                folder, local_files_only=True, use_safetensors=True, dtype=torch.float32
-            )
-            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError) as err:
-            raise CircuitsError(f"{folder}: {_one_line(err)}") from None
-        n_vocab = hf_model.config.vocab_size
-        if len(tokenizer) > n_vocab:
-            raise CircuitsError(
-                f"{folder}: the tokenizer has {len(tokenizer)} tokens, the model's vocabulary {n_vocab}"
-            )
-        hf_model.requires_grad_(False)
-        state = loading.get_pretrained_state_dict(str(folder), cfg, hf_model)
-        cfg.model_name, cfg.tokenizer_name = name or folder.name, str(folder)
-        model = HookedTransformer(cfg, tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(
-        state, fold_ln=fold, center_writing_weights=fold, center_unembed=False, fold_value_biases=True
-    )
-    model.move_model_modules_to_device()
-    return model.eval()
-
-
-@contextmanager
-def _config_for_transformer_lens(folder: Path, config: dict) -> Iterator[Path]:
-    """``folder``, or a temporary copy of its config.json that TransformerLens can read:
-    TransformerLens reads a GPT-2 config's ``n_ctx``, which transformers >= 5 no longer writes
-    (it is ``n_positions``)."""
-    if config.get("model_type") != "gpt2" or "n_ctx" in config:
-        yield folder
-        return
-    with tempfile.TemporaryDirectory(prefix="sae-circuits-config-") as tmp:
-        patched = {**config, "n_ctx": config.get("n_positions", 1024)}
-        (Path(tmp) / CONFIG_FILE).write_text(json.dumps(patched))
-        yield Path(tmp)
-
-
-# ------------------------------------------------------------------------------ placement
-DType = Literal["fp32", "bf16", "fp16"]
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def check_placement(device: str = "cpu", dtype: DType = "fp32") -> torch.dtype:
-    """The torch dtype named by ``dtype``; a one-line `CircuitsError` for an unknown dtype or
-    a CUDA device when no GPU is visible (checked before anything is loaded)."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CircuitsError(
-            f"--device {device}: no GPU is visible here (torch.cuda.is_available() is False); use --device cpu"
-        )
-    if dtype not in DTYPES:
-        raise CircuitsError(f"--dtype {dtype}: use {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
-def place(
-    model: HookedTransformer, saes: SAESet | None = None, device: str = "cpu", dtype: DType = "fp32"
-) -> tuple[HookedTransformer, SAESet | None]:
-    """Move ``model`` and ``saes`` (in place) to ``device`` and ``dtype`` (fp32, bf16, fp16);
-    returns them. Sums in the library are kept in float32 whatever the dtype."""
-    torch_dtype = check_placement(device, dtype)
-    if str(model.cfg.device) != device:
-        model.to(device, print_details=False)
-    if saes is not None:
-        saes.to(device=device)
-    if torch_dtype != torch.float32:
-        model.cfg.dtype = torch_dtype
-        model.to(torch_dtype)
-        if saes is not None:
-            saes.to(dtype=torch_dtype)
-    return model, saes

@@ -1,0 +1,7 @@
+"""``python -m circuits.cli`` (and ``torchrun ... -m circuits.cli``)."""
+
+import sys
+
+from circuits.cli import main
+
+sys.exit(main())

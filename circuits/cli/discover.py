@@ -1,0 +1,183 @@
+"""``discover``: find a task's circuit (thresholds, or a hierarchical circuit held to a target
+faithfulness on held-out prompts), in one process, ``--nproc`` local ones, or under torchrun."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from circuits.circuit.config import DiscoverConfig
+from circuits.cli.args import add_task_args, placed, task_spec, writable
+from circuits.core.config import add_flag, field_default
+from circuits.core.errors import CircuitsError
+from circuits.core.tables import print_table
+
+# the settings only a hierarchical circuit uses, by their flags
+HIERARCHY_FLAGS = {
+    "ablation": "--ablation",
+    "start_layer": "--start-layer",
+    "mask_steps": "--mask-steps",
+    "mask_sparsity": "--mask-sparsity",
+}
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "discover",
+        help="find the feature circuit of a task",
+        description="Score every SAE latent and error node (AtP, IG or exact "
+        "patching), keep those above the node threshold, compute the "
+        "direct-effect edges between them, prune to what reaches the "
+        "metric, write DIR/circuit.json and print a summary.",
+    )
+    add_task_args(p)
+    add_flag(p, "--method", DiscoverConfig, "one of {choices} (exact: one forward pass per node)")
+    add_flag(p, "--steps", DiscoverConfig, "IG steps")
+    add_flag(p, "--node-threshold", DiscoverConfig, "keep nodes with |effect| >= this fraction of |total effect|")
+    add_flag(p, "--edge-threshold", DiscoverConfig, "keep edges with |weight| >= this fraction of |total effect|")
+    p.add_argument("--top-n", type=int, help="keep at most this many nodes (largest |effect|)")
+    add_flag(p, "--batch-size", DiscoverConfig, "prompt pairs per batch")
+    p.add_argument("--no-edges", action="store_true", help="nodes only (no edges, no path pruning)")
+    p.add_argument(
+        "--target-faithfulness",
+        type=float,
+        help="find a hierarchical circuit (sites, then features inside them) reaching this "
+        "faithfulness on held-out prompts (the next seed's, or the second half of a .jsonl file)",
+    )
+    hierarchy = {
+        "--ablation": "ablation convention for --target-faithfulness: {choices}",
+        "--start-layer": "layers below this are never ablated (given for free)",
+        "--mask-steps": "Adam steps of the feature mask optimiser (0: attribution ranking only)",
+        "--mask-sparsity": "sparsity weight of the mask optimiser",
+    }
+    for flag, text in hierarchy.items():
+        add_flag(p, flag, DiscoverConfig, text, given=True)
+    p.add_argument(
+        "--nproc", type=int, default=1, help="processes sharing the prompt batches (torch.distributed, gloo; default 1)"
+    )
+    p.add_argument("--out", help="output folder (default outputs/<task>)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from circuits.circuit.graph import record_sources, save_graph, summary
+    from circuits.circuit.record import record_of
+    from circuits.core.parallel import check_nproc, rank_and_world, run_local
+    from circuits.load import load_model, load_saes
+
+    check_nproc(args.nproc)
+    out = Path(args.out) if args.out else Path("outputs") / Path(args.task).stem
+    path = writable(out) / "circuit.json"  # before the work, not after
+    start = time.perf_counter()
+    if args.nproc != 1:
+        # train / fill the caches once here, not in every worker
+        load_saes(args.saes, load_model(args.model, progress=not args.quiet), progress=not args.quiet)
+        graph = run_local(args.nproc, discover_job, args)
+    else:
+        graph = _in_this_process(args)
+        if graph is None:  # another process of a torchrun group
+            return
+    # what validate / edit need to rebuild the model, SAE set and prompts
+    record_sources(graph, args.task, args.n, args.seed, args.model, args.saes, args.metric, args.hooks)
+    save_graph(graph, path)
+    print(summary(graph))
+    if record_of(graph).hierarchy is not None:
+        print_hierarchy(record_of(graph), path)
+    procs = max(args.nproc, rank_and_world()[1])
+    print(
+        f"\n{record_of(graph).method} discovery in {time.perf_counter() - start:.1f} s "
+        f"({procs} process{'es' if procs > 1 else ''}) -> {path}"
+    )
+
+
+def _in_this_process(args: argparse.Namespace):
+    """`discover_job` here, its warnings as one line each; None in a torchrun group's other
+    processes (the main one writes)."""
+    import warnings
+
+    from circuits.core.parallel import is_main, join_from_environment
+
+    joined = join_from_environment()  # under torchrun: one process of the group
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        graph = discover_job(args)
+    if joined and not is_main():
+        return None
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            print(f"circuits: warning: {w.message}", file=sys.stderr)
+    return graph
+
+
+def discover_job(args: argparse.Namespace):
+    """Load what the arguments name and find the circuit (also run in each --nproc worker); a
+    hierarchical circuit records which prompts it was validated on."""
+    from circuits.circuit.discover import discover_fitting
+    from circuits.circuit.graph import record_held_out
+    from circuits.circuit.record import record_of
+
+    model, saes = placed(args)
+    spec = task_spec(args)
+    task = spec.build(model.tokenizer)
+    cfg = DiscoverConfig(
+        method=args.method,
+        steps=args.steps,
+        node_threshold=args.node_threshold,
+        edge_threshold=args.edge_threshold,
+        top_n=args.top_n,
+        batch_size=args.batch_size,
+        edges=not args.no_edges,
+        target_faithfulness=args.target_faithfulness,
+        **hierarchy_settings(args),
+    )
+    if cfg.target_faithfulness is None:
+        return discover_fitting(model, saes, task, cfg, progress=not args.quiet)
+    task, held_out, record = spec.split(model.tokenizer, task)
+    graph = discover_fitting(model, saes, task, cfg, progress=not args.quiet, held_out=held_out)
+    if record_of(graph).hierarchy is not None:
+        record_held_out(graph, record)
+    return graph
+
+
+def hierarchy_settings(args: argparse.Namespace) -> dict:
+    """The settings that only a hierarchical circuit uses: given without
+    --target-faithfulness they would do nothing, which is an error."""
+    given = {k: getattr(args, k) for k in HIERARCHY_FLAGS if getattr(args, k) is not None}
+    if given and args.target_faithfulness is None:
+        flags = ", ".join(HIERARCHY_FLAGS[k] for k in given)
+        raise CircuitsError(f"{flags} only apply with --target-faithfulness (not given)")
+    return {k: given.get(k, field_default(DiscoverConfig, k)) for k in HIERARCHY_FLAGS}
+
+
+LEVEL_NAMES = {"sites": "sites", "attribution": "features (attribution prefix)", "optimised": "features (optimised)"}
+
+
+def print_hierarchy(record, path: Path) -> None:
+    """Both levels of a hierarchical circuit (a CircuitRecord's ``hierarchy``) as a table,
+    its step times, and one line when the target was missed (the circuit is kept)."""
+    h = record.hierarchy
+    start = f", layers < {h.start_layer} kept" if h.start_layer else ""
+    print(f"\nhierarchical circuit, {h.ablation} ablation{start}, held-out prompts, target F >= {h.target}:")
+    rows = [
+        [
+            LEVEL_NAMES[key],
+            str(level.n_nodes) if key == "sites" else f"{level.n_nodes} + {level.n_error_nodes} err",
+            f"{level.faithfulness:.3f}",
+            f"{level.completeness:.3f}",
+            f"{level.random_faithfulness:.3f}",
+        ]
+        for key, level in h.levels()
+    ]
+    print_table(["level", "size", "faithfulness", "completeness", "random same size"], rows)
+    print(f"circuit: {len(h.sites)} sites, features from the {h.feature_level.ranking} ranking")
+    print_table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in record.times.items()])
+    if not h.reached_target:
+        sl, fl = h.site_level, h.feature_level
+        print(
+            f"circuits: warning: target faithfulness {h.target} not reached: best found "
+            f"F {sl.faithfulness:.3f} at {sl.n_nodes} sites, F {fl.faithfulness:.3f} at "
+            f"{fl.n_nodes} features + {fl.n_error_nodes} error nodes (circuit kept: {path})",
+            file=sys.stderr,
+        )

@@ -1,0 +1,90 @@
+"""``edit``: switch a circuit's top features off (or apply an edit file) and measure what moves
+on every built-in task."""
+
+from __future__ import annotations
+
+import argparse
+
+from circuits.circuit.config import CIRCUIT_ACTIONS
+from circuits.cli.args import add_circuit_args, open_circuit
+from circuits.core.config import add_flag
+from circuits.core.errors import CircuitsError
+from circuits.core.tables import print_table
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "edit",
+        help="switch circuit features off and measure the effect on every task",
+        description="Ablate (or clamp / scale) SAE features: the top features of a "
+        "circuit (--top N) or an edit file; report each built-in task's "
+        "metric and accuracy before and after, and a few greedy completions.",
+    )
+    add_circuit_args(p, circuit_required=False)
+    p.add_argument("--top", type=int, default=10, help="features from the circuit (default 10)")
+    add_flag(
+        p,
+        "--action",
+        "circuits.circuit.edit:edit_from_circuit",
+        f"for --top: {' or '.join(CIRCUIT_ACTIONS)}",
+        choices=CIRCUIT_ACTIONS,
+    )
+    p.add_argument(
+        "--everywhere",
+        action="store_true",
+        help="switch the features off at every position, not only where the circuit uses them",
+    )
+    p.add_argument("--edit", help="an edit JSON file instead of --circuit/--top")
+    p.add_argument("--save-edit", help="write the edit as JSON here")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from circuits.circuit.edit import Edit, circuit_edit, edit_report
+    from circuits.circuit.record import record_of
+    from circuits.core.config import param_default
+    from circuits.load import load_model, load_saes
+
+    if args.edit:
+        edit = Edit.load(args.edit)
+        model = load_model(args.model or "toy", progress=not args.quiet)
+        saes = load_saes(args.saes or "toy", model, progress=not args.quiet)
+        task_name = args.task or "ioi"
+    else:
+        if not args.circuit:
+            raise CircuitsError("circuits edit needs --circuit (with --top N) or --edit FILE")
+        graph, model, saes, _ = open_circuit(args)
+        edit = circuit_edit(graph, model, saes, args.top, args.action, everywhere=args.everywhere)
+        record = record_of(graph)
+        task_name = args.task or (record.sources.task if record.sources else record.task)
+    if args.save_edit:
+        edit.save(args.save_edit)
+    report = edit_report(model, saes, edit.check(saes), task_name, n=args.n or param_default(edit_report, "n"))
+    print_report(edit, report, args.json)
+
+
+def print_report(edit, report, as_json: bool) -> None:
+    """Each task before and after the edit, and the greedy completions (or JSON)."""
+    import json
+
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    print(f"edit: {edit.description or f'{len(edit.features)} features'}\n")
+    print_table(
+        ["task", "accuracy before", "after", "metric before", "after", "moved (share of clean-corrupt range)"],
+        [
+            [
+                name,
+                r.before.accuracy,
+                r.after.accuracy,
+                r.before.clean_metric,
+                r.after.clean_metric,
+                f"{r.relative_change:+.1%}",
+            ]
+            for name, r in report.tasks.items()
+        ],
+    )
+    print("\ngreedy completions:\n")
+    print_table(["prompt", "before", "after"], [[c.prompt, c.before, c.after] for c in report.completions])

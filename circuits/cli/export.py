@@ -1,0 +1,89 @@
+"""``export``: a circuit as a picture (graphviz), GraphML, node-link JSON or circuit-tracer's
+frontend files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from circuits.cli.args import read_circuit, writable
+from circuits.core.errors import CircuitsError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a circuit as an image or data file",
+        description="Draw a circuit (png, svg, pdf via graphviz; the strongest "
+        "--max-nodes nodes) or write it as GraphML, node-link JSON or "
+        "circuit-tracer's frontend JSON.",
+    )
+    p.add_argument("--circuit", required=True, help="a circuit.json written by discover")
+    p.add_argument("--format", default="png", help="png (default), svg, pdf, graphml, json or circuit-tracer")
+    p.add_argument("--out", help="output path without extension (default: beside the circuit)")
+    p.add_argument(
+        "--max-nodes",
+        type=int,
+        default=40,
+        help="latents drawn at most, spread over the sites, strongest first (default 40)",
+    )
+    p.add_argument("--annotations", help='JSON file {"node id": "label"} replacing automatic descriptions')
+    p.add_argument("--no-descriptions", action="store_true", help="no feature descriptions (no model needed)")
+    p.add_argument(
+        "--slug",
+        help="circuit-tracer: the graph's name (default: the task's); --out is then a folder "
+        "(default circuit-tracer/ beside the circuit) that gets SLUG.json and graph-metadata.json",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from circuits.export.annotations import load_annotations
+    from circuits.export.pictures import FORMATS
+
+    graph = read_circuit(args.circuit)
+    stem = Path(args.out) if args.out else Path(args.circuit).with_suffix("")
+    writable(stem.parent)
+    annotations = load_annotations(args.annotations, graph, args.circuit) if args.annotations else None
+    described = args.format in (*FORMATS, "circuit-tracer") and not args.no_descriptions
+    cards = circuit_cards(graph, args.max_nodes, progress=not args.quiet) if described else {}
+    files = write(graph, args, stem, annotations, cards)
+    if len(graph) <= 1:
+        print("the circuit is empty (drawn as such)")
+    print("\n".join(str(f) for f in files))
+
+
+def write(graph, args: argparse.Namespace, stem: Path, annotations: dict | None, cards: dict) -> list:
+    """The files of ``--format``."""
+    from circuits.circuit.graph import save_graph
+    from circuits.export.formats import write_circuit_tracer, write_graphml
+    from circuits.export.pictures import FORMATS, draw_graph
+
+    if args.format in FORMATS:
+        files, missing = draw_graph(graph, stem, (args.format,), args.max_nodes, annotations, cards)
+        if missing:
+            print(f"circuits: warning: {missing}", file=sys.stderr)
+        return files
+    if args.format == "graphml":
+        return [write_graphml(graph, stem.with_suffix(".graphml"))]
+    if args.format == "json":
+        return [save_graph(graph, stem.with_suffix(".json"))]
+    if args.format == "circuit-tracer":  # --out is a folder: {slug}.json + graph-metadata.json
+        folder = Path(args.out) if args.out else Path(args.circuit).parent / "circuit-tracer"
+        return write_circuit_tracer(graph, writable(folder), cards, args.slug)
+    raise CircuitsError(f"unknown format {args.format!r}: use png, svg, pdf, graphml, json, circuit-tracer")
+
+
+def circuit_cards(graph, max_nodes: int, progress: bool = True) -> dict:
+    """Feature cards for the latents drawn, from the circuit's own model and SAE set."""
+    from circuits.circuit.record import record_of
+    from circuits.export.cards import feature_cards
+    from circuits.export.pictures import card_keys
+    from circuits.load import load_model, load_saes
+
+    src = record_of(graph).sources
+    model = load_model(src.model if src else "toy", progress=progress)
+    saes = load_saes(src.saes if src else "toy", model, progress=progress)
+    return feature_cards(model, saes, card_keys(graph, max_nodes))
