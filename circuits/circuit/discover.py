@@ -61,13 +61,15 @@ def discover(
     cfg: DiscoverConfig | None = None,
     progress: bool = True,
     held_out: Task | None = None,
+    **settings,
 ) -> nx.DiGraph:
     """The feature circuit of ``task``: nodes whose |effect| passes the node threshold, the
     direct-effect edges between them, pruned to what reaches the metric. With a target
     faithfulness, the nodes are instead a hierarchical circuit (``circuits.circuit.hierarchy``:
     sites, then features inside them) validated on the ``held_out`` prompts, recorded in
-    its record's ``hierarchy`` (``circuits.circuit.record``)."""
-    cfg = cfg or DiscoverConfig()
+    its record's ``hierarchy`` (``circuits.circuit.record``). ``settings`` are `DiscoverConfig`
+    fields that replace ``cfg``'s (``discover(model, saes, task, method="atp")``)."""
+    cfg = replace(cfg or DiscoverConfig(), **settings)
     _check_hooks(saes, model)
     if cfg.target_faithfulness is not None and held_out is None:
         raise CircuitsError("a target faithfulness needs held-out prompts to validate on")

@@ -200,6 +200,9 @@ def load_graph(path: str | Path) -> nx.DiGraph:
     return graph
 
 
+load_circuit = load_graph  # the public API's name (``from circuits import load_circuit``)
+
+
 def summary(graph: nx.DiGraph, n_top: int = 10) -> str:
     """Nodes and edges per layer and kind, and the strongest nodes, as text."""
     r = record_of(graph)
