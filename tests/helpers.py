@@ -374,3 +374,8 @@ def level(n_nodes: int, faithfulness: float, n_error_nodes: int = 0, ranking: st
 def with_record(graph: nx.DiGraph, **changes) -> nx.DiGraph:
     """``graph`` with its record's fields ``changes`` replaced."""
     return attach(graph, replace(record_of(graph), **changes))
+
+
+def discover_argv(model_dir, sae_dir, *flags: str, task: str = "ioi") -> list[str]:
+    """``circuits discover`` on a saved model and SAE set, with more ``flags``."""
+    return ["discover", "--task", str(task), "--model", str(model_dir), "--saes", str(sae_dir), *flags]

@@ -4,6 +4,7 @@ import math
 import pytest
 
 from circuits.cli import build_parser, main
+from tests.helpers import discover_argv
 
 
 @pytest.mark.parametrize(
@@ -204,14 +205,9 @@ def test_discover_writes_a_circuit(tiny_model_dir, tiny_sae_dir, tmp_path, capsy
     out = tmp_path / "ioi"
     assert (
         main(
-            [
-                "discover",
-                "--task",
-                "ioi",
-                "--model",
-                str(tiny_model_dir),
-                "--saes",
-                str(tiny_sae_dir),
+            discover_argv(
+                tiny_model_dir,
+                tiny_sae_dir,
                 "--n",
                 "8",
                 "--method",
@@ -221,7 +217,7 @@ def test_discover_writes_a_circuit(tiny_model_dir, tiny_sae_dir, tmp_path, capsy
                 "--out",
                 str(out),
                 "--quiet",
-            ]
+            )
         )
         == 0
     )
@@ -282,14 +278,9 @@ def tiny_circuit(tiny_model_dir, tiny_sae_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("circuit")
     assert (
         main(
-            [
-                "discover",
-                "--task",
-                "ioi",
-                "--model",
-                str(tiny_model_dir),
-                "--saes",
-                str(tiny_sae_dir),
+            discover_argv(
+                tiny_model_dir,
+                tiny_sae_dir,
                 "--n",
                 "8",
                 "--method",
@@ -299,7 +290,7 @@ def tiny_circuit(tiny_model_dir, tiny_sae_dir, tmp_path_factory):
                 "--out",
                 str(out),
                 "--quiet",
-            ]
+            )
         )
         == 0
     )
@@ -322,7 +313,7 @@ def test_validate_json_and_picture(tiny_circuit, capsys):
 @pytest.fixture(scope="module")
 def hierarchical_circuit(tiny_model_dir, tiny_sae_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("hierarchical")
-    argv = ["discover", "--task", "ioi", "--model", str(tiny_model_dir), "--saes", str(tiny_sae_dir)]
+    argv = discover_argv(tiny_model_dir, tiny_sae_dir)
     argv += ["--n", "16", "--method", "atp", "--target-faithfulness", "0.8", "--ablation", "mean_corrupt"]
     assert main([*argv, "--mask-steps", "10", "--out", str(out), "--quiet"]) == 0
     return out / "circuit.json"
@@ -515,24 +506,9 @@ def test_export_bad_input_is_one_line(tiny_circuit, tmp_path, capsys):
 def test_two_processes_find_the_same_circuit_as_one(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
     from circuits.circuit.graph import load_graph
 
-    common = [
-        "discover",
-        "--task",
-        "ioi",
-        "--model",
-        str(tiny_model_dir),
-        "--saes",
-        str(tiny_sae_dir),
-        "--n",
-        "12",
-        "--batch-size",
-        "4",
-        "--method",
-        "atp",
-        "--top-n",
-        "30",
-        "--quiet",
-    ]
+    common = discover_argv(
+        tiny_model_dir, tiny_sae_dir, "--n", "12", "--batch-size", "4", "--method", "atp", "--top-n", "30", "--quiet"
+    )
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
     assert main([*common, "--out", str(tmp_path / "two"), "--nproc", "2"]) == 0
     assert "(2 processes)" in capsys.readouterr().out
@@ -549,20 +525,16 @@ def test_failed_worker_stops_all_and_writes_nothing(tiny_model_dir, tiny_sae_dir
     out = tmp_path / "bad"
     assert (
         main(
-            [
-                "discover",
-                "--task",
-                str(tmp_path / "missing.jsonl"),
-                "--model",
-                str(tiny_model_dir),
-                "--saes",
-                str(tiny_sae_dir),
+            discover_argv(
+                tiny_model_dir,
+                tiny_sae_dir,
                 "--nproc",
                 "2",
                 "--out",
                 str(out),
                 "--quiet",
-            ]
+                task=str(tmp_path / "missing.jsonl"),
+            )
         )
         == 2
     )
@@ -578,22 +550,7 @@ def test_bf16_discovery_runs(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
 
     from circuits.circuit.graph import load_graph
 
-    common = [
-        "discover",
-        "--task",
-        "ioi",
-        "--model",
-        str(tiny_model_dir),
-        "--saes",
-        str(tiny_sae_dir),
-        "--n",
-        "8",
-        "--method",
-        "atp",
-        "--top-n",
-        "10",
-        "--quiet",
-    ]
+    common = discover_argv(tiny_model_dir, tiny_sae_dir, "--n", "8", "--method", "atp", "--top-n", "10", "--quiet")
     assert main([*common, "--out", str(tmp_path / "fp32")]) == 0
     assert main([*common, "--out", str(tmp_path / "bf16"), "--dtype", "bf16"]) == 0
     # how far bf16 may move effects: tests/test_attribution.py::test_bf16_effects_agree_with_fp32_per_submodule
@@ -613,14 +570,9 @@ def test_torchrun_launch_equals_one_process(tiny_model_dir, tiny_sae_dir, tmp_pa
     from circuits.circuit.graph import load_graph
     from circuits.core.parallel import _free_port
 
-    args = [
-        "discover",
-        "--task",
-        "ioi",
-        "--model",
-        str(tiny_model_dir),
-        "--saes",
-        str(tiny_sae_dir),
+    args = discover_argv(
+        tiny_model_dir,
+        tiny_sae_dir,
         "--pairs",
         "12",
         "--batch-size",
@@ -630,7 +582,7 @@ def test_torchrun_launch_equals_one_process(tiny_model_dir, tiny_sae_dir, tmp_pa
         "--top-n",
         "20",
         "--quiet",
-    ]
+    )
     run = subprocess.run(
         [
             sys.executable,
