@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import shutil
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -21,6 +20,7 @@ from safetensors import SafetensorError
 from transformer_lens import HookedTransformer
 
 from circuits.core.errors import CircuitsError
+from circuits.core.files import replace_dir
 from circuits.core.hub import hub_reachable, offline
 from circuits.core.vocab import BLOCK_KINDS, Submodule, activation_width
 
@@ -143,18 +143,12 @@ class SAESet(Mapping[str, SAE]):
             check_fits(model, hook, sae.cfg.d_in, getattr(sae.cfg, "normalize_activations", "none"))
 
     def save(self, folder: str | Path) -> Path:
-        """Write the set atomically (a temporary folder renamed into place)."""
-        folder = Path(folder)
-        tmp = folder.with_name(folder.name + ".saving")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for hook, sae in self.saes.items():
-            sae.save_model(tmp / hook)
-        write_manifest(tmp, list(self.saes), self.model_name)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-        return folder
+        """Write the set atomically (`replace_dir`: a temporary folder renamed into place)."""
+        with replace_dir(folder) as tmp:
+            for hook, sae in self.saes.items():
+                sae.save_model(tmp / hook)
+            write_manifest(tmp, list(self.saes), self.model_name)
+        return Path(folder)
 
     @classmethod
     def load(cls, folder: str | Path, model: HookedTransformer | None = None, device: str = "cpu") -> SAESet:

@@ -33,6 +33,7 @@ from transformer_lens import HookedTransformer
 
 from circuits.core.determinism import deterministic, keep_freed_memory
 from circuits.core.errors import CircuitsError
+from circuits.core.files import replace_dir
 from circuits.core.fused import block_activations, fused_hook, fused_supported
 from circuits.core.precision import use_bf16
 from circuits.core.vocab import Submodule
@@ -374,16 +375,11 @@ def _progress(enabled: bool):
 def _save_inference_set(saes: dict[str, TrainingSAE], folder: Path, model_name: str, record: dict) -> None:
     """Write the trained SAEs in sae-lens's inference format as an SAE set, with its training
     record, atomically."""
-    tmp = folder.with_name(folder.name + ".saving")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for hook, sae in saes.items():
-        sae.save_inference_model(tmp / hook)
-    write_manifest(tmp, list(saes), model_name)
-    (tmp / RECORD).write_text(json.dumps(record, indent=2))
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    with replace_dir(folder) as tmp:
+        for hook, sae in saes.items():
+            sae.save_inference_model(tmp / hook)
+        write_manifest(tmp, list(saes), model_name)
+        (tmp / RECORD).write_text(json.dumps(record, indent=2))
 
 
 def load_default_set(folder: str | Path, model: HookedTransformer, progress: bool = True) -> SAESet:

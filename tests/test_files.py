@@ -116,3 +116,25 @@ def test_write_atomic_gives_the_mode_the_umask_gives_any_new_file(tmp_path, umas
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == (tmp_path / "plain.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_replace_dir_swaps_a_whole_folder_in(tmp_path):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    (folder / "old.txt").write_text("old")
+    with files.replace_dir(folder) as tmp:
+        (tmp / "new.txt").write_text("new")
+        assert (folder / "old.txt").is_file()  # the old folder stays whole until the block ends
+    assert [p.name for p in folder.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+
+
+def test_replace_dir_keeps_the_old_folder_on_error(tmp_path):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    (folder / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), files.replace_dir(folder) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("crash")
+    assert [p.name for p in folder.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]

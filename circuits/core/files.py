@@ -1,10 +1,15 @@
-"""Atomic file writes: a crash leaves the old file or none, never half a file."""
+"""Atomic writes: a crash leaves the old file (or folder) or none, never half of one."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+OLD_SUFFIX = ".old"  # where a replaced folder waits until its successor is in place
 
 
 def user_mode() -> int:
@@ -30,6 +35,33 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def replace_dir(folder: str | Path) -> Iterator[Path]:
+    """Write a folder atomically: the block fills the yielded temporary folder beside
+    ``folder``; on success it takes ``folder``'s place (the old one is renamed to
+    ``<folder>.old`` first and removed after, so a crash leaves one of the two whole), on
+    error it is removed and ``folder`` is untouched."""
+    folder = Path(folder)
+    tmp, old = folder.with_name(folder.name + ".saving"), previous_dir(folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def previous_dir(folder: Path) -> Path:
+    """Where `replace_dir` keeps ``folder``'s last version while it swaps the new one in."""
+    return folder.with_name(folder.name + OLD_SUFFIX)
 
 
 def read_json(path: str | Path, what: str):

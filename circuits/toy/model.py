@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 
 from circuits.core.determinism import deterministic
 from circuits.core.errors import CircuitsError
+from circuits.core.files import previous_dir, replace_dir
 from circuits.core.fused import fused_supported, training_loss
 from circuits.core.precision import use_bf16
 from circuits.toy.config import ToyModelConfig
@@ -112,24 +113,16 @@ def train_model(
 def _checkpoint(
     ckpt_dir: Path, cfg: ToyModelConfig, model: HookedTransformer, optimizer: torch.optim.Optimizer, step: int
 ) -> None:
-    """Write a checkpoint atomically: a new folder renamed over the old one."""
-    tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(_contiguous(model.state_dict()), str(tmp / WEIGHTS_FILE))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "config": cfg.to_dict()}))
-    old = ckpt_dir.with_name(ckpt_dir.name + ".old")
-    if ckpt_dir.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        ckpt_dir.rename(old)
-    tmp.rename(ckpt_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    """Write a checkpoint atomically (`replace_dir`: a new folder renamed over the old one)."""
+    with replace_dir(ckpt_dir) as tmp:
+        save_file(_contiguous(model.state_dict()), str(tmp / WEIGHTS_FILE))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "config": cfg.to_dict()}))
 
 
 def _resume(ckpt_dir: Path, cfg: ToyModelConfig, model: HookedTransformer, optimizer: torch.optim.Optimizer) -> int:
     """Load the last good checkpoint into model and optimizer; return its step (0 if none)."""
-    old = ckpt_dir.with_name(ckpt_dir.name + ".old")
+    old = previous_dir(ckpt_dir)  # a crash between replace_dir's two renames leaves only this one
     source = ckpt_dir if (ckpt_dir / "state.json").is_file() else old
     if not (source / "state.json").is_file():
         return 0
@@ -147,19 +140,13 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_model(model: HookedTransformer, cfg: ToyModelConfig, folder: str | Path) -> None:
-    """Save weights, config and tokenizer into ``folder``, atomically (tmp folder + rename)."""
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".saving")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(_contiguous(model.state_dict()), str(tmp / WEIGHTS_FILE))
-    (tmp / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
-    record = {"default": cfg == ToyModelConfig(), "bf16": use_bf16(cfg.autocast)}
-    (tmp / RECORD_FILE).write_text(json.dumps(record))
-    model.tokenizer.save_pretrained(str(tmp))
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    """Save weights, config and tokenizer into ``folder``, atomically (`replace_dir`)."""
+    with replace_dir(folder) as tmp:
+        save_file(_contiguous(model.state_dict()), str(tmp / WEIGHTS_FILE))
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
+        record = {"default": cfg == ToyModelConfig(), "bf16": use_bf16(cfg.autocast)}
+        (tmp / RECORD_FILE).write_text(json.dumps(record))
+        model.tokenizer.save_pretrained(str(tmp))
 
 
 def _load_weights(model: HookedTransformer, path: Path) -> None:
