@@ -3,7 +3,7 @@
 Trains the default `ToyModelConfig` into a temporary folder (the cache is untouched),
 evaluates it on held-out prompts and prints a markdown table; `--json PATH` also writes JSON.
 `--compare N` instead times N training steps of each way to compute a step (TransformerLens's
-forward; the fused forward of circuits/fused.py in float32; fused with bf16 products),
+forward; the fused forward of circuits/core/fused.py in float32; fused with bf16 products),
 alternating, twice, and prints ms per step and the ratio to TransformerLens in one run.
 Run: `make benchmark` or `.venv/bin/python benchmarks/train_model.py`.
 """

@@ -53,7 +53,7 @@ class SAETrainConfig(Config):
     # at 90 % sent one SAE's batch FVU to 2.5 and it ended at 0.11 (docs/design.md).
     resample_until: float = 0.8
     # bf16 autocast for SAE training steps: "auto" where the device multiplies bf16 natively
-    # (GPUs; CPUs with AVX-512 BF16, AMX or Arm BF16), "on", "off" (circuits/precision.py)
+    # (GPUs; CPUs with AVX-512 BF16, AMX or Arm BF16), "on", "off" (circuits/core/precision.py)
     autocast: Autocast = "auto"
 
     def __post_init__(self) -> None:

@@ -148,7 +148,7 @@ class ActivationBatches(Iterator[dict[str, torch.Tensor]]):
     def __init__(self, model: HookedTransformer, hooks: list[str], cfg: SAETrainConfig, start: int = 0):
         self.model, self.hooks, self.cfg, self.index = model, hooks, cfg, start
         self.stop_at = max(Submodule.parse(h).layer for h in hooks) + 1
-        # the same values as run_with_cache, ~2.5x faster (circuits/fused.py)
+        # the same values as run_with_cache, ~2.5x faster (circuits/core/fused.py)
         self.fused = fused_supported(model) and all(fused_hook(h) for h in hooks)
 
     @torch.no_grad()

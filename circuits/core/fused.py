@@ -14,7 +14,7 @@ HookedTransformer. Architectures outside `fused_supported` (rotary, parallel blo
 ``bf16``: the four weight products of each block (QKV, O, MLP in and out) run in bfloat16
 with float32 accumulation, like autocast; the residual stream, norms, attention, activation
 function and unembedding stay float32. It is used only where the hardware multiplies bf16
-natively (circuits/precision.py): there a training step of the default model was ~2x faster
+natively (circuits/core/precision.py): there a training step of the default model was ~2x faster
 than TransformerLens's float32 forward; on an AVX2-only CPU bf16 was 17x slower, and the
 fused float32 step 1.4-2x faster than TransformerLens's (benchmarks/train_model.py --compare).
 """

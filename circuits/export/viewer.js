@@ -1,4 +1,4 @@
-// The circuit viewer of report.html (circuits/viewer.py writes the data it reads). Sites sit on
+// The circuit viewer of report.html (circuits/export/viewer.py writes the data it reads). Sites sit on
 // a grid: rows are submodules from the embeddings (bottom) to the metric (top), columns are
 // prompt positions. Click a site to show or hide its features, click a feature for its card;
 // the filters hide features by |effect| and edges by |weight|. Edges of features not shown are

@@ -4,7 +4,7 @@ example prompt's tokens), click a site to expand its features, click a feature f
 filters on |effect| and |edge weight|, the faithfulness curves beside it.
 
 Python lays out the grid and gathers the data (``viewer_data``); ``viewer.js`` draws it with
-cytoscape.js, vendored whole under ``circuits/vendor`` with its licence and inlined into the
+cytoscape.js, vendored whole under ``circuits/export/vendor`` with its licence and inlined into the
 page, so the report stays one file that works offline. Cytoscape because it draws compound
 nodes (a site holding its features) natively, renders thousands of elements on a canvas,
 has no dependencies, and is MIT-licensed and actively maintained; the grid positions are

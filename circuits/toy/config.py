@@ -42,7 +42,7 @@ class ToyModelConfig(Config):
     warmup: int = 50
     weight_decay: float = 0.01
     checkpoint_every: int = 100
-    # bf16 weight products in training steps (circuits/fused.py): "auto" where the hardware
+    # bf16 weight products in training steps (circuits/core/fused.py): "auto" where the hardware
     # multiplies bf16 natively (~1.5-2x faster there; 17x slower where it does not), "on", "off"
     autocast: Autocast = "auto"
     mixture: Mixture = field(default_factory=Mixture)
