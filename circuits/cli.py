@@ -486,32 +486,22 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     from circuits.circuit.graph import save_graph
-    from circuits.core.files import read_json
-    from circuits.export.formats import write_circuit_tracer, write_graphml
+    from circuits.export.annotations import load_annotations
+    from circuits.export.circuit_tracer import write_circuit_tracer
+    from circuits.export.graphml import write_graphml
+    from circuits.export.options import PictureOptions
     from circuits.export.pictures import FORMATS, draw_graph
 
     graph = _load_circuit(args.circuit)
     stem = Path(args.out) if args.out else Path(args.circuit).with_suffix("")
     _writable(stem.parent)
-    annotations = None
-    if args.annotations:
-        annotations = read_json(args.annotations, "annotation file")
-        if not isinstance(annotations, dict):
-            raise CircuitsError(f'annotation file {args.annotations}: expected {{"node id": "text"}}')
-        unknown = [k for k in annotations if k not in graph]
-        if unknown:
-            raise CircuitsError(
-                f"annotation file {args.annotations}: {len(unknown)} node id(s) not in the circuit "
-                f"{args.circuit}: {', '.join(map(repr, unknown[:5]))}" + (" ..." if len(unknown) > 5 else "")
-            )
-        bad = [k for k, v in annotations.items() if not isinstance(v, str)]
-        if bad:
-            raise CircuitsError(f"annotation file {args.annotations}: the label of {bad[0]!r} must be a string")
+    opts = PictureOptions(max_nodes=args.max_nodes)
+    annotations = load_annotations(args.annotations, graph, args.circuit) if args.annotations else None
     cards = {}
     if args.format in (*FORMATS, "circuit-tracer") and not args.no_descriptions:
-        cards = _cards_for(graph, args)
+        cards = _cards_for(graph, args, opts)
     if args.format in FORMATS:
-        files, missing = draw_graph(graph, stem, (args.format,), args.max_nodes, annotations, cards)
+        files, missing = draw_graph(graph, stem, (args.format,), opts, cards=cards, annotations=annotations)
         if missing:
             print(f"circuits: warning: {missing}", file=sys.stderr)
     elif args.format == "graphml":
@@ -528,7 +518,7 @@ def _export(args: argparse.Namespace) -> None:
     print("\n".join(str(f) for f in files))
 
 
-def _cards_for(graph, args: argparse.Namespace) -> dict:
+def _cards_for(graph, args: argparse.Namespace, opts) -> dict:
     """Feature cards for the drawn latents, from the circuit's model and SAE set."""
     from circuits.circuit.record import record_of
     from circuits.export.cards import feature_cards
@@ -539,7 +529,7 @@ def _cards_for(graph, args: argparse.Namespace) -> dict:
     src = record_of(graph).sources
     model = load_model(src.model if src else "toy", progress=not args.quiet)
     saes = load_saes(src.saes if src else "toy", model, progress=not args.quiet)
-    return feature_cards(model, saes, card_keys(graph, args.max_nodes))
+    return feature_cards(model, saes, card_keys(graph, opts))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -565,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     from circuits.circuit.edit import CIRCUIT_ACTIONS, FeatureEdit
     from circuits.circuit.evaluate import evaluate_model
     from circuits.demo import run_demo
+    from circuits.export.options import PictureOptions
     from circuits.toy.model import ToyModelConfig
     from sae.evaluate import evaluate_saes
     from sae.train import SAETrainConfig
@@ -817,11 +808,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--circuit", required=True, help="a circuit.json written by discover")
     p.add_argument("--format", default="png", help="png (default), svg, pdf, graphml, json or circuit-tracer")
     p.add_argument("--out", help="output path without extension (default: beside the circuit)")
+    max_nodes = field_default(PictureOptions, "max_nodes")
     p.add_argument(
         "--max-nodes",
         type=int,
-        default=40,
-        help="latents drawn at most, spread over the sites, strongest first (default 40)",
+        default=max_nodes,
+        help=_default("latents drawn at most, spread over the sites, strongest first", max_nodes),
     )
     p.add_argument("--annotations", help='JSON file {"node id": "label"} replacing automatic descriptions')
     p.add_argument("--no-descriptions", action="store_true", help="no feature descriptions (no model needed)")
