@@ -257,7 +257,7 @@ def api_child(args: dict) -> None:
     from circuits.circuit.edit import edit_from_circuit, edit_report
     from circuits.circuit.graph import save_graph
     from circuits.export.cards import feature_cards
-    from circuits.export.formats import write_circuit_tracer
+    from circuits.export.circuit_tracer import write_circuit_tracer
     from circuits.export.pictures import card_keys
     from circuits.load import TaskSpec
     from sae import standins as S
@@ -283,7 +283,7 @@ def api_child(args: dict) -> None:
         result["faithfulness"] = curve.faithfulness
         result["range"] = curve.m_model - curve.m_empty
         start = time.perf_counter()
-        cards = feature_cards(model, saes, card_keys(graph, 40)) if args["cards"] else {}
+        cards = feature_cards(model, saes, card_keys(graph)) if args["cards"] else {}
         write_circuit_tracer(graph, out / "circuit-tracer", cards)
         result["export"] = {"ok": True, "seconds": time.perf_counter() - start, "peak_mib": peak()}
         start = time.perf_counter()

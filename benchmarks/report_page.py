@@ -47,7 +47,7 @@ def synthetic(n_features: int = 2000, n_sites: int = 8, seed: int = 0) -> tuple[
             g.add_node(node.id, **node.attrs(-abs(rng.gauss(0, 0.1)), rng.random()))
             ids.append(node.id)
             tokens = [f"w{rng.randrange(300)}" for _ in range(13)]
-            cards[(sub.hook, i)] = FeatureCard(
+            cards[node.feature] = FeatureCard(
                 sub.hook,
                 i,
                 [{"tokens": tokens, "index": 6, "activation": 3.0}] * 8,

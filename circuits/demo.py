@@ -19,7 +19,8 @@ from circuits.circuit.graph import node_link, record_held_out, record_sources, s
 from circuits.circuit.record import record_of
 from circuits.core.config import Result
 from circuits.export.cards import feature_cards, latent_keys
-from circuits.export.formats import write_circuit_tracer, write_graphml
+from circuits.export.circuit_tracer import write_circuit_tracer
+from circuits.export.graphml import write_graphml
 from circuits.export.pictures import draw_graph
 from circuits.export.plots import plot_faithfulness, plot_rankings
 from circuits.export.report import write_report
@@ -94,7 +95,7 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
     edit.save(folder / "edit.json")
     edited = step("edit", edit_report, model, saes, edit, "ioi", n=128)
     cards = step("feature cards", feature_cards, model, saes, latent_keys(graph))  # the viewer opens any
-    _, missing_dot = step("draw", draw_graph, graph, folder / "graph", ("png", "svg"), 40, None, cards)
+    _, missing_dot = step("draw", draw_graph, graph, folder / "graph", ("png", "svg"), cards=cards)
     write_graphml(graph, folder / "circuit.graphml")
     write_circuit_tracer(graph, folder / "circuit-tracer", cards, slug="ioi")
     quality = step("SAE quality", evaluate_saes, model, saes, n_seqs=64, progress=progress)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from circuits.export.formats import to_circuit_tracer, write_circuit_tracer
+from circuits.core.vocab import Latent
+from circuits.export.circuit_tracer import to_circuit_tracer, write_circuit_tracer
 from tests.helpers import EXAMPLE_TOKENS, card, example_graph, nasty_graph
 
 MISSING = "circuit-tracer is not installed (make test installs it: pip install --no-deps circuit-tracer==0.5.0)"
@@ -123,7 +124,7 @@ def served(ct_dir, tmp_path):
 
 
 def test_export_validates_against_circuit_tracer_models(models, tmp_path):
-    cards = {("blocks.0.hook_mlp_out", 5): card()}
+    cards = {Latent("blocks.0.hook_mlp_out", 5): card()}
     for graph in (example_graph(), nasty_graph()):
         data = to_circuit_tracer(graph, cards=cards)
         model = models.Model.model_validate(data)
@@ -176,7 +177,7 @@ def test_circuit_tracer_frontend_renders_the_export(page, served, npm_packages, 
         page.route(url, functools.partial(_fulfil, body=body))
 
     graph = example_graph()
-    cards = {("blocks.0.hook_mlp_out", 5): card()}
+    cards = {Latent("blocks.0.hook_mlp_out", 5): card()}
     data = to_circuit_tracer(graph, cards=cards, slug="ioi-test")
     page.goto(served(graph, "ioi-test", cards=cards))
     try:

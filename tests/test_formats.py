@@ -6,14 +6,9 @@ import networkx as nx
 import pytest
 
 from circuits.core.errors import CircuitsError
-from circuits.export.formats import (
-    cantor,
-    ct_influence,
-    to_circuit_tracer,
-    uncantor,
-    write_circuit_tracer,
-    write_graphml,
-)
+from circuits.core.vocab import Latent
+from circuits.export.circuit_tracer import cantor, ct_influence, to_circuit_tracer, uncantor, write_circuit_tracer
+from circuits.export.graphml import write_graphml
 from tests.helpers import EXAMPLE_TOKENS, card, example_graph, nasty_graph, toy_graph
 
 
@@ -35,7 +30,7 @@ def test_graphml_has_gephi_labels(tmp_path):
 
 
 def test_circuit_tracer_schema():
-    data = to_circuit_tracer(nasty_graph(), cards={("blocks.0.hook_mlp_out", 5): card()})
+    data = to_circuit_tracer(nasty_graph(), cards={Latent("blocks.0.hook_mlp_out", 5): card()})
     assert set(data) == {"metadata", "qParams", "nodes", "links"}
     ids = [n["node_id"] for n in data["nodes"]]
     assert len(ids) == len(set(ids))
@@ -131,7 +126,7 @@ def test_circuit_tracer_bad_slug_is_one_line(slug, tmp_path):
 
 
 def test_write_circuit_tracer_writes_the_folder_and_merges_metadata(tmp_path):
-    cards = {("blocks.0.hook_mlp_out", 5): card()}
+    cards = {Latent("blocks.0.hook_mlp_out", 5): card()}
     (tmp_path / "graph-metadata.json").write_text(json.dumps({"graphs": [{"slug": "other", "prompt": "x"}]}))
     files = write_circuit_tracer(nasty_graph(), tmp_path, cards, slug="ioi")
     assert files == [tmp_path / "ioi.json", tmp_path / "graph-metadata.json"]

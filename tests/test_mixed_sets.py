@@ -92,7 +92,7 @@ def test_discover_cards_pictures_and_evaluation_on_heads(model, task):
     graph = discover(model, saes, task, DiscoverConfig(method="atp", top_n=30), progress=False)
     heads = [n for n in nodes_of(graph).values() if n.submodule.kind == "z"]
     assert heads, "the circuit should hold hook_z nodes"
-    keys = [(n.hook, n.latent) for n in heads if n.latent is not None][:2]
+    keys = [n.feature for n in heads if n.feature is not None][:2]
     cards = feature_cards(model, saes, keys, n_seqs=8, seq_len=16)
     assert set(cards) == set(keys) and all(card.contexts and card.promoted for card in cards.values())
     picture = layout(graph, cards=cards)

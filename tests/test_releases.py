@@ -31,7 +31,8 @@ from circuits.circuit.record import record_of
 from circuits.cli import main
 from circuits.core.errors import CircuitsError
 from circuits.core.vocab import EMBED_HOOK, Node
-from circuits.export.formats import write_circuit_tracer, write_graphml
+from circuits.export.circuit_tracer import write_circuit_tracer
+from circuits.export.graphml import write_graphml
 from sae import standins as S
 from sae.saeset import SAESet
 from tasks.builtin import make_task

@@ -4,6 +4,7 @@ import networkx as nx
 
 from circuits.circuit.graph import METRIC
 from circuits.circuit.record import CircuitRecord, HierarchyRecord, attach
+from circuits.core.vocab import Latent
 from circuits.export.pictures import draw_graph
 from circuits.export.report import write_report
 from tests.helpers import card, nasty_graph, with_record
@@ -17,7 +18,9 @@ def test_empty_circuit_is_named(tmp_path):
 
 
 def test_report_escapes_text(tmp_path):
-    html = write_report(tmp_path / "r.html", nasty_graph(), cards={("blocks.0.hook_mlp_out", 5): card()}).read_text()
+    html = write_report(
+        tmp_path / "r.html", nasty_graph(), cards={Latent("blocks.0.hook_mlp_out", 5): card()}
+    ).read_text()
     # the viewer's three scripts (library, data, code) are the only ones; the card's "<script>" is text
     assert html.count("<script") == 3 and "&lt;script&gt;" in html
     assert "&lt;/div&gt;" in html  # a token that looks like markup stays text
@@ -69,7 +72,7 @@ def test_report_renders_in_headless_chromium(page, tmp_path):
         tmp_path / "report.html",
         nasty_graph(),
         svg[svg.index("<svg") :] if svg else None,
-        cards={("blocks.0.hook_mlp_out", 5): card()},
+        cards={Latent("blocks.0.hook_mlp_out", 5): card()},
         faithfulness_png=svg_dir / "graph.png",
     )
     page.goto(report.as_uri())

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from circuits.circuit.record import LevelRecord, record_of
+from circuits.core.vocab import Latent
 from circuits.export.report import write_report
 from circuits.export.viewer import viewer_data, viewer_html
 from tests.helpers import card, hierarchical_graph, with_record
@@ -47,7 +48,7 @@ def _graph():
 
 
 def _cards():
-    return {("blocks.0.hook_mlp_out", 10 + i): card("blocks.0.hook_mlp_out", 10 + i) for i in range(6)}
+    return {Latent("blocks.0.hook_mlp_out", 10 + i): card("blocks.0.hook_mlp_out", 10 + i) for i in range(6)}
 
 
 def test_viewer_data_lays_out_every_site_on_the_token_grid():

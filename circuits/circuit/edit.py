@@ -40,6 +40,7 @@ from circuits.core.config import Config, Result
 from circuits.core.errors import CircuitsError
 from circuits.core.files import read_json, write_atomic
 from circuits.core.values import NodeValues
+from circuits.core.vocab import Latent
 from sae.saeset import SAESet
 from tasks.corpus import corpus_tokens
 
@@ -175,13 +176,13 @@ def edit_from_circuit(
     effect over their positions). Each is switched off where the circuit uses it, as
     positions counted from the end of the prompt (END = -1), or at every position with
     ``everywhere`` (or when the circuit sums over positions)."""
-    totals: dict[tuple[str, int], float] = {}
-    where: dict[tuple[str, int], set[int]] = {}
+    totals: dict[Latent, float] = {}
+    where: dict[Latent, set[int]] = {}
     record = record_of(graph)
     n_pos = record.n_positions
     for n, a in graph.nodes(data=True):
         if n != METRIC and a.get("latent") is not None:
-            key = (a["hook"], a["latent"])
+            key = Latent(a["hook"], a["latent"])
             totals[key] = totals.get(key, 0.0) + a["effect"]
             if a.get("position") is not None and n_pos:
                 where.setdefault(key, set()).add(a["position"] - n_pos)
@@ -192,13 +193,13 @@ def edit_from_circuit(
         raise CircuitsError("a mean edit needs the features' mean activations")
     features = [
         FeatureEdit(
-            h,
-            i,
+            k.hook,
+            k.index,
             action,
-            None if action == "zero" else float(means[h][i]),
-            None if everywhere or (h, i) not in where else sorted(where[(h, i)]),
+            None if action == "zero" else float(means[k.hook][k.index]),
+            None if everywhere or k not in where else sorted(where[k]),
         )
-        for h, i in chosen
+        for k in chosen
     ]
     scope = "every position" if everywhere or not where else "the circuit's positions"
     return Edit(features, f"top {len(features)} features of the {record.task} circuit, {action} at {scope}")

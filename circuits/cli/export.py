@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 from circuits.cli.args import read_circuit, writable
+from circuits.core.config import add_flag
 from circuits.core.errors import CircuitsError
+from circuits.export.options import PictureOptions
 
 
 def register(sub) -> None:
@@ -22,12 +24,7 @@ def register(sub) -> None:
     p.add_argument("--circuit", required=True, help="a circuit.json written by discover")
     p.add_argument("--format", default="png", help="png (default), svg, pdf, graphml, json or circuit-tracer")
     p.add_argument("--out", help="output path without extension (default: beside the circuit)")
-    p.add_argument(
-        "--max-nodes",
-        type=int,
-        default=40,
-        help="latents drawn at most, spread over the sites, strongest first (default 40)",
-    )
+    add_flag(p, "--max-nodes", PictureOptions, "latents drawn at most, spread over the sites, strongest first")
     p.add_argument("--annotations", help='JSON file {"node id": "label"} replacing automatic descriptions')
     p.add_argument("--no-descriptions", action="store_true", help="no feature descriptions (no model needed)")
     p.add_argument(
@@ -46,23 +43,27 @@ def run(args: argparse.Namespace) -> None:
     graph = read_circuit(args.circuit)
     stem = Path(args.out) if args.out else Path(args.circuit).with_suffix("")
     writable(stem.parent)
+    opts = PictureOptions(max_nodes=args.max_nodes)
     annotations = load_annotations(args.annotations, graph, args.circuit) if args.annotations else None
     described = args.format in (*FORMATS, "circuit-tracer") and not args.no_descriptions
-    cards = circuit_cards(graph, args.max_nodes, progress=not args.quiet) if described else {}
-    files = write(graph, args, stem, annotations, cards)
+    cards = circuit_cards(graph, opts, progress=not args.quiet) if described else {}
+    files = write(graph, args, stem, opts, annotations, cards)
     if len(graph) <= 1:
         print("the circuit is empty (drawn as such)")
     print("\n".join(str(f) for f in files))
 
 
-def write(graph, args: argparse.Namespace, stem: Path, annotations: dict | None, cards: dict) -> list:
+def write(
+    graph, args: argparse.Namespace, stem: Path, opts: PictureOptions, annotations: dict | None, cards: dict
+) -> list:
     """The files of ``--format``."""
     from circuits.circuit.graph import save_graph
-    from circuits.export.formats import write_circuit_tracer, write_graphml
+    from circuits.export.circuit_tracer import write_circuit_tracer
+    from circuits.export.graphml import write_graphml
     from circuits.export.pictures import FORMATS, draw_graph
 
     if args.format in FORMATS:
-        files, missing = draw_graph(graph, stem, (args.format,), args.max_nodes, annotations, cards)
+        files, missing = draw_graph(graph, stem, (args.format,), opts, cards=cards, annotations=annotations)
         if missing:
             print(f"circuits: warning: {missing}", file=sys.stderr)
         return files
@@ -76,7 +77,7 @@ def write(graph, args: argparse.Namespace, stem: Path, annotations: dict | None,
     raise CircuitsError(f"unknown format {args.format!r}: use png, svg, pdf, graphml, json, circuit-tracer")
 
 
-def circuit_cards(graph, max_nodes: int, progress: bool = True) -> dict:
+def circuit_cards(graph, opts: PictureOptions, progress: bool = True) -> dict:
     """Feature cards for the latents drawn, from the circuit's own model and SAE set."""
     from circuits.circuit.record import record_of
     from circuits.export.cards import feature_cards
@@ -86,4 +87,4 @@ def circuit_cards(graph, max_nodes: int, progress: bool = True) -> dict:
     src = record_of(graph).sources
     model = load_model(src.model if src else "toy", progress=progress)
     saes = load_saes(src.saes if src else "toy", model, progress=progress)
-    return feature_cards(model, saes, card_keys(graph, max_nodes))
+    return feature_cards(model, saes, card_keys(graph, opts))

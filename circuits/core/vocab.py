@@ -14,6 +14,8 @@
   string (``blocks.2.hook_mlp_out/317@S2``, ``blocks.2.hook_mlp_out/err@S2``, ``embed@IO``;
   ``embed/17@IO``: latent 17 of an SAE on the embeddings, whose error term is ``embed@IO``)
   and its graph attributes round-trip through ``Node.attrs`` / ``Node.from_attrs``.
+* A **latent** without its position, ``Latent(hook, index)`` (id ``blocks.2.hook_mlp_out/317``),
+  is what a feature card describes and an edit switches off: ``Node.feature``.
 """
 
 from __future__ import annotations
@@ -260,6 +262,20 @@ class Site:
         return f"{_EMBED_ID if self.submodule.is_embed else self.hook}@{self.label}"
 
 
+@dataclass(frozen=True, order=True)
+class Latent:
+    """One SAE latent, wherever it fires: the SAE's hook and the latent's index. Sorts by
+    hook, then index."""
+
+    hook: str
+    index: int
+
+    @property
+    def id(self) -> str:
+        """``hook/index`` (``blocks.2.hook_mlp_out/317``)."""
+        return f"{self.hook}/{self.index}"
+
+
 @dataclass(frozen=True)
 class Node:
     """A latent (``latent`` set), the error term (``latent`` None) or, at the embeddings
@@ -283,6 +299,11 @@ class Node:
     @property
     def position(self) -> int | None:
         return self.site.position
+
+    @property
+    def feature(self) -> Latent | None:
+        """The latent this node is at some position (None: an error term or the embedding)."""
+        return None if self.latent is None else Latent(self.hook, self.latent)
 
     @property
     def is_error(self) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from transformer_lens import HookedTransformer
 
-from circuits.core.vocab import Submodule
+from circuits.core.vocab import Latent, Node, Submodule
 from sae.saeset import SAESet
 
 
@@ -26,6 +26,11 @@ class FeatureCard:
     suppressed: list[tuple[str, float]]
 
     @property
+    def feature(self) -> Latent:
+        """The latent the card describes: its key in a dict of cards."""
+        return Latent(self.hook, self.latent)
+
+    @property
     def description(self) -> str:
         """A short automatic label: the tokens it fires on most."""
         seen: list[str] = []
@@ -36,10 +41,10 @@ class FeatureCard:
         return " · ".join(seen[:3]) if seen else "(never active)"
 
 
-def latent_keys(graph) -> list[tuple[str, int]]:
-    """The ``(hook, latent)`` of every latent in a circuit graph: the cards its report's viewer
-    can open."""
-    return sorted({(a["hook"], a["latent"]) for _, a in graph.nodes(data=True) if a.get("latent") is not None})
+def latent_keys(graph) -> list[Latent]:
+    """Every latent in a circuit graph (``Node.feature``), sorted: the cards its report's
+    viewer can open."""
+    return sorted({Node.from_attrs(a).feature for _, a in graph.nodes(data=True) if a.get("latent") is not None})
 
 
 @torch.no_grad()
@@ -56,23 +61,23 @@ def residual_direction(model: HookedTransformer, hook: str, row: torch.Tensor) -
 def feature_cards(
     model: HookedTransformer,
     saes: SAESet,
-    keys: list[tuple[str, int]],
+    keys: list[Latent],
     n_seqs: int = 256,
     seq_len: int = 64,
     top: int = 8,
     bins: int = 20,
     window: int = 6,
     batch_size: int = 32,
-) -> dict[tuple[str, int], FeatureCard]:
-    """Cards for ``(hook, latent)`` keys from a fixed sample of the toy corpus (BOS skipped)."""
+) -> dict[Latent, FeatureCard]:
+    """Cards for latents from a fixed sample of the toy corpus (BOS skipped), keyed by them."""
     from circuits.attribution.splice import spliced
     from tasks.corpus import corpus_tokens
 
     if not keys:
         return {}
     tokens = corpus_tokens(model.tokenizer, "feature-cards", n_seqs, min(seq_len, model.cfg.n_ctx))
-    hooks = sorted({h for h, _ in keys})
-    index = {h: torch.tensor([i for k, i in keys if k == h]) for h in hooks}
+    hooks = sorted({k.hook for k in keys})
+    index = {h: torch.tensor([k.index for k in keys if k.hook == h]) for h in hooks}
     acts = {h: [] for h in hooks}
     for lo in range(0, n_seqs, batch_size):
         with spliced(model, saes, hooks=hooks) as nodes:
@@ -106,7 +111,7 @@ def feature_cards(
             hist = torch.histc(live, bins=bins, min=0, max=peak).int().tolist() if len(live) else [0] * bins
             logits = residual_direction(model, h, saes[h].W_dec[latent].detach()) @ w_u
             up, down = logits.topk(5), (-logits).topk(5)
-            cards[(h, latent)] = FeatureCard(
+            cards[Latent(h, latent)] = FeatureCard(
                 h,
                 latent,
                 contexts,

@@ -2,7 +2,8 @@
 layer's attn, mlp and resid, up to the metric; columns: the prompt's token positions), each
 site a cluster holding its strongest features, the error term's share and what was left out,
 joined by summed site -> site edges. ``layout`` decides what is drawn (a ``Picture``, testable
-without graphviz); ``to_dot`` renders it as DOT; ``draw_graph`` writes PNG / SVG / PDF."""
+without graphviz; how much it shows is one ``PictureOptions``); ``to_dot`` renders a picture as
+DOT; ``draw_graph`` writes PNG / SVG / PDF."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from circuits.circuit.graph import METRIC, site_graph
 from circuits.circuit.record import record_of
 from circuits.core.errors import CircuitsError
 from circuits.core.files import write_atomic
-from circuits.core.vocab import Node, Submodule
+from circuits.core.vocab import Latent, Node, Submodule
+from circuits.export.options import PictureOptions
 
 if TYPE_CHECKING:
     from circuits.export.cards import FeatureCard
@@ -153,21 +155,30 @@ class Picture:
         g = nx.DiGraph((e.source, e.target) for e in self.edges)
         return nx.ancestors(g, METRIC) if METRIC in g else set()
 
+    @property
+    def card_keys(self) -> list[Latent]:
+        """The latents drawn, sorted: the feature cards the picture needs."""
+        return sorted(
+            {Latent(s.submodule.hook, f.latent) for s in self.sites for f in s.features if f.latent is not None}
+        )
+
 
 def layout(
     graph: nx.DiGraph,
-    max_nodes: int = 40,
+    opts: PictureOptions | None = None,
+    *,
+    cards: dict[Latent, FeatureCard] | None = None,
     annotations: dict[str, str] | None = None,
-    cards: dict[tuple[str, int], FeatureCard] | None = None,
-    per_site: int = 4,
-    min_edge: float = 0.05,
 ) -> Picture:
     """What the picture of ``graph`` shows. Every site (a hierarchical circuit's skeleton, or
     the sites of the nodes present) is a box; each shows its strongest latents by |effect|, at
-    most ``per_site``, and ``max_nodes`` in all, handed out one per site in turn (strongest
-    sites first), so every site shows its best latent before any shows a second. Site edges
-    weaker than ``min_edge`` of the strongest are dropped unless one is a site's only path
-    to the metric; a site with no recorded path gets a dotted edge with its total effect."""
+    most ``opts.per_site``, and ``opts.max_nodes`` in all, handed out one per site in turn
+    (strongest sites first), so every site shows its best latent before any shows a second.
+    Site edges weaker than ``opts.min_edge`` of the strongest are dropped unless one is a
+    site's only path to the metric; a site with no recorded path gets a dotted edge with its
+    total effect. A feature's description is its ``annotations`` entry (by node id), else its
+    card's."""
+    opts = opts or PictureOptions()
     annotations = annotations or {}
     cards = cards or {}
     sg = site_graph(graph)
@@ -191,34 +202,33 @@ def layout(
     for n, a in graph.nodes(data=True):
         if n == METRIC:
             continue
-        sid = Node.from_attrs(a).site.id
-        box = boxes[sid]
+        node = Node.from_attrs(a)
+        box = boxes[node.site.id]
         if a.get("is_error"):
             box.error = (n, a["effect"])
-        elif a.get("latent") is None:  # the embedding vector
+        elif node.feature is None:  # the embedding vector
             box.features.append(Feature(n, None, a["effect"], annotations.get(n)))
         else:
-            latents[sid].append(n)
+            latents[box.id].append((n, node.feature))
     for sid, ns in latents.items():
-        ns.sort(key=lambda n: (-abs(graph.nodes[n]["effect"]), n))
+        ns.sort(key=lambda nf: (-abs(graph.nodes[nf[0]]["effect"]), nf[0]))
         boxes[sid].n_latents = len(ns)
-    budget = max(max_nodes, 0)
+    budget = opts.max_nodes
     order = sorted(boxes, key=lambda s: (-abs(boxes[s].effect), s))
-    for k in range(per_site):
+    for k in range(opts.per_site):
         for sid in order:
             if budget and k < len(latents[sid]):
-                n = latents[sid][k]
-                a = graph.nodes[n]
+                n, feature = latents[sid][k]
                 desc = annotations.get(n)
-                if desc is None and (a["hook"], a["latent"]) in cards:
-                    desc = cards[(a["hook"], a["latent"])].description
-                boxes[sid].features.append(Feature(n, a["latent"], a["effect"], desc))
+                if desc is None and feature in cards:
+                    desc = cards[feature].description
+                boxes[sid].features.append(Feature(n, feature.index, graph.nodes[n]["effect"], desc))
                 budget -= 1
     for sid, box in boxes.items():
         shown = {f.node for f in box.features}
-        rest = [n for n in latents[sid] if n not in shown]
+        rest = [n for n, _ in latents[sid] if n not in shown]
         box.more, box.more_effect = len(rest), sum(graph.nodes[n]["effect"] for n in rest)
-    edges, dropped = _site_edges(sg, boxes, min_edge)
+    edges, dropped = _site_edges(sg, boxes, opts.min_edge)
     drawn = [f.effect for b in boxes.values() for f in b.features if f.latent is not None]
     drawn = drawn or [b.error[1] for b in boxes.values() if b.error]  # no latent: scale by the errors
     scale = max((abs(e) for e in drawn), default=1.0) or 1.0
@@ -229,7 +239,7 @@ def layout(
         ordered,
         edges,
         _metric_label(graph),
-        _title(graph, ordered, len(edges) - sum(not e.recorded for e in edges), dropped, per_site),
+        _title(graph, ordered, len(edges) - sum(not e.recorded for e in edges), dropped, opts.per_site),
         dropped,
         scale,
     )
@@ -322,24 +332,14 @@ def _title(graph: nx.DiGraph, boxes: list[SiteBox], n_edges: int, dropped: int, 
 # --- rendering ------------------------------------------------------------------------------
 
 
-def card_keys(graph: nx.DiGraph, max_nodes: int = 40, per_site: int = 4) -> list[tuple[str, int]]:
-    """The ``(hook, latent)`` keys of the latents drawn (see ``layout``): the feature cards a
-    picture needs."""
-    pic = layout(graph, max_nodes, per_site=per_site)
-    return sorted(
-        {(graph.nodes[f.node]["hook"], f.latent) for s in pic.sites for f in s.features if f.latent is not None}
-    )
+def card_keys(graph: nx.DiGraph, opts: PictureOptions | None = None) -> list[Latent]:
+    """The latents the picture of ``graph`` draws (``layout(graph, opts).card_keys``): the
+    feature cards it needs, to fetch before drawing it with them."""
+    return layout(graph, opts).card_keys
 
 
-def to_dot(
-    graph: nx.DiGraph,
-    max_nodes: int = 40,
-    annotations: dict[str, str] | None = None,
-    cards: dict[tuple[str, int], FeatureCard] | None = None,
-    per_site: int = 4,
-    min_edge: float = 0.05,
-):
-    """A graphviz.Digraph of ``layout(...)``: one cluster per site on a grid (rows bottom to
+def to_dot(pic: Picture):
+    """A graphviz.Digraph of a ``layout``: one cluster per site on a grid (rows bottom to
     top: embeddings, then attn, mlp, resid of each layer, then the metric; columns: token
     positions, labelled with the example's tokens and slot names), features coloured by the
     sign and strength of their effect (blue = the behaviour relies on it), the error term as a
@@ -347,7 +347,6 @@ def to_dot(
     and a title. Every text is escaped for DOT."""
     import graphviz
 
-    pic = layout(graph, max_nodes, annotations, cards, per_site, min_edge)
     dot = graphviz.Digraph(
         "circuit",
         graph_attr={
@@ -539,22 +538,22 @@ def draw_graph(
     graph: nx.DiGraph,
     stem: str | Path,
     formats: tuple[str, ...] = ("png", "svg"),
-    max_nodes: int = 40,
+    opts: PictureOptions | None = None,
+    *,
+    cards: dict[Latent, FeatureCard] | None = None,
     annotations: dict[str, str] | None = None,
-    cards: dict[tuple[str, int], FeatureCard] | None = None,
-    per_site: int = 4,
-    min_edge: float = 0.05,
 ) -> tuple[list[Path], str | None]:
-    """Write ``stem.dot`` and ``stem.<format>`` for each format (PNG at ``PNG_DPI``). Returns
-    the files written and, when the ``dot`` binary is missing, a one-line message saying how
-    to install it (the .dot file is still written)."""
+    """Write ``stem.dot`` and ``stem.<format>`` for each format (PNG at ``PNG_DPI``) of
+    ``layout(graph, opts, cards=cards, annotations=annotations)``. Returns the files written
+    and, when the ``dot`` binary is missing, a one-line message saying how to install it (the
+    .dot file is still written)."""
     import shutil
 
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise CircuitsError(f"unknown image format {bad[0]!r}: use {', '.join(FORMATS)}")
     stem = Path(stem)
-    dot = to_dot(graph, max_nodes, annotations, cards, per_site, min_edge)
+    dot = to_dot(layout(graph, opts, cards=cards, annotations=annotations))
     written = [write_atomic(stem.with_suffix(".dot"), dot.source)]
     if shutil.which("dot") is None:
         return written, (

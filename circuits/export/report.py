@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING
 
 import networkx as nx
 
+from circuits.circuit.graph import nodes_of
 from circuits.circuit.record import HierarchyRecord, record_of
 from circuits.core.files import write_atomic
+from circuits.core.vocab import Latent
 from circuits.export.viewer import viewer_html
 
 if TYPE_CHECKING:
@@ -106,7 +108,7 @@ def write_report(
     edit: EditReport | None = None,
     sae_quality: SAEEvaluation | None = None,
     fidelity: AttributionCheck | None = None,
-    cards: dict | None = None,
+    cards: dict[Latent, FeatureCard] | None = None,
     faithfulness_png: Path | None = None,
     rankings_png: Path | None = None,
 ) -> Path:
@@ -175,11 +177,10 @@ def write_report(
             )
         )
     if cards:
-        effects = {}
-        for _, a in graph.nodes(data=True):
-            if a.get("latent") is not None:
-                key = (a["hook"], a["latent"])
-                effects[key] = effects.get(key, 0.0) + a["effect"]
+        effects: dict[Latent, float] = {}
+        for n, node in nodes_of(graph).items():
+            if node.feature is not None:
+                effects[node.feature] = effects.get(node.feature, 0.0) + graph.nodes[n]["effect"]
         strongest = sorted(cards, key=lambda k: -abs(effects.get(k, 0.0)))[:STATIC_CARDS]
         more = f" ({len(cards) - len(strongest)} more in the viewer above)" if len(cards) > len(strongest) else ""
         parts.append(

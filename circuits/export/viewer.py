@@ -21,7 +21,7 @@ import networkx as nx
 
 from circuits.circuit.graph import nodes_of, sites_of
 from circuits.circuit.record import LEVELS, HierarchyRecord, record_of
-from circuits.core.vocab import METRIC, Site, Submodule
+from circuits.core.vocab import METRIC, Latent, Site, Submodule
 
 if TYPE_CHECKING:
     from circuits.export.cards import FeatureCard
@@ -47,7 +47,7 @@ def _columns(graph: nx.DiGraph, sites: list[Site]) -> tuple[list[dict], dict]:
     return columns, {p: i for i, p in enumerate(positions)}
 
 
-def viewer_data(graph: nx.DiGraph, cards: dict[tuple[str, int], FeatureCard] | None = None) -> dict:
+def viewer_data(graph: nx.DiGraph, cards: dict[Latent, FeatureCard] | None = None) -> dict:
     """Everything ``viewer.js`` draws, as JSON-ready data: rows, columns, sites, nodes (by
     index; -1 is the metric), node edges, the faithfulness curves and the feature cards."""
     cards = cards or {}
@@ -83,7 +83,7 @@ def viewer_data(graph: nx.DiGraph, cards: dict[tuple[str, int], FeatureCard] | N
                 "latent": node.latent,
                 "effect": float(a["effect"]),
                 "activation": None if a.get("activation") is None else float(a["activation"]),
-                "card": f"{node.hook}/{node.latent}" if (node.hook, node.latent) in cards else None,
+                "card": node.feature.id if node.feature in cards else None,
             }
         )
     answer = r.answer_label()
@@ -99,7 +99,7 @@ def viewer_data(graph: nx.DiGraph, cards: dict[tuple[str, int], FeatureCard] | N
             [index[u], index[v], float(w)] for u, v, w in graph.edges(data="weight") if u in index and v in index
         ],
         "curves": _curves(r.hierarchy),
-        "cards": {f"{k[0]}/{k[1]}": _card(c) for k, c in cards.items()},
+        "cards": {k.id: _card(c) for k, c in cards.items()},
     }
 
 
@@ -143,7 +143,7 @@ def _script_json(data: dict) -> str:
     return json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
 
 
-def viewer_html(graph: nx.DiGraph, cards: dict[tuple[str, int], FeatureCard] | None = None) -> str:
+def viewer_html(graph: nx.DiGraph, cards: dict[Latent, FeatureCard] | None = None) -> str:
     """The viewer as one HTML fragment: its markup and style, cytoscape.js (with its licence
     header), the circuit's data and ``viewer.js``; nothing is fetched at view time."""
     library = (HERE / "vendor" / "cytoscape.min.js").read_text(encoding="utf-8")

@@ -1,5 +1,6 @@
-"""Circuits as data files for other tools: GraphML (Gephi, Cytoscape) and circuit-tracer's
-frontend folder (``{slug}.json`` + ``graph-metadata.json``)."""
+"""A circuit as circuit-tracer's frontend folder (``{slug}.json`` + ``graph-metadata.json``):
+rows, ``feature`` = cantor(row, latent), influence, slugs (``to_circuit_tracer``,
+``write_circuit_tracer``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from circuits.circuit.graph import METRIC
 from circuits.circuit.record import record_of
 from circuits.core.errors import CircuitsError
 from circuits.core.files import read_json, write_atomic
-from circuits.core.vocab import SAE_KINDS, Submodule, in_forward_order
+from circuits.core.vocab import SAE_KINDS, Latent, Submodule, in_forward_order
+from circuits.export.graphml import finite
 
 if TYPE_CHECKING:
     from circuits.export.cards import FeatureCard
@@ -25,51 +27,6 @@ CT_METADATA = "graph-metadata.json"
 SLUG_RULE = "letters, digits, '.', '_' and '-', not starting with '.'"
 _SLUG = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 ROWS = "layer = the SAE's index in transcoder_list (the set's hooks in forward order); E = embeddings; logits on top"
-
-
-def write_graphml(graph: nx.DiGraph, path: str | Path) -> Path:
-    """GraphML for Gephi / Cytoscape: None becomes "" and nested values JSON text. Nodes also
-    get a short ``label`` (Gephi shows it) and ``abs_effect``, edges ``abs_weight`` (for sizes)."""
-    out = nx.DiGraph()
-    for n, a in graph.nodes(data=True):
-        extra = {"label": _short_label(n, a), "abs_effect": abs(_number(a.get("effect")))}
-        out.add_node(n, **{k: _scalar(v) for k, v in (extra | a).items()})
-    for u, v, a in graph.edges(data=True):
-        extra = {"abs_weight": abs(_number(a.get("weight")))}
-        out.add_edge(u, v, **{k: _scalar(x) for k, x in (extra | a).items()})
-    out.graph.update({k: _scalar(v) for k, v in record_of(graph).to_dict().items()})
-    text = "\n".join(nx.generate_graphml(out))
-    return write_atomic(Path(path), text)
-
-
-def _short_label(n: str, a: dict) -> str:
-    """``L2 mlp 317 @S2``, ``L2 mlp err @S2``, ``embed @S2``, ``metric``."""
-    if n == METRIC or a.get("kind") in (None, "metric"):
-        return str(n)
-    if a.get("kind") == "embed":
-        return f"embed @{a.get('pos_label', '')}"
-    what = "err" if a.get("is_error") else a.get("latent")
-    return f"L{a.get('layer')} {a.get('kind')} {what} @{a.get('pos_label', '')}"
-
-
-def _scalar(v):
-    if v is None:
-        return ""
-    if isinstance(v, (dict, list, tuple)):
-        return json.dumps(v)
-    return v
-
-
-def _number(v) -> float:
-    """A finite float (None, NaN and infinities count as 0)."""
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return 0.0
-    return x if math.isfinite(x) else 0.0
-
-
-# --- circuit-tracer ---------------------------------------------------------------------
 
 
 def cantor(x: int, y: int) -> int:
@@ -124,7 +81,7 @@ def ct_influence(graph: nx.DiGraph) -> dict[str, float]:
     estimates; edges may be thresholded or absent, effects are not): ties share the largest
     value of their group, so influence never decreases as |effect| decreases, and the weakest
     nodes get 1. With no effect at all every node gets 1."""
-    scores = {n: abs(_number(e)) for n, e in graph.nodes(data="effect") if n != METRIC}
+    scores = {n: abs(finite(e)) for n, e in graph.nodes(data="effect") if n != METRIC}
     total = sum(scores.values())
     if total <= 0:
         return dict.fromkeys(scores, 1.0)
@@ -144,7 +101,7 @@ def ct_influence(graph: nx.DiGraph) -> dict[str, float]:
 def to_circuit_tracer(
     graph: nx.DiGraph,
     prompt_tokens: list[str] | None = None,
-    cards: dict[tuple[str, int], FeatureCard] | None = None,
+    cards: dict[Latent, FeatureCard] | None = None,
     slug: str | None = None,
 ) -> dict:
     """The graph as one circuit-tracer graph file (metadata / qParams / nodes / links,
@@ -195,7 +152,7 @@ def to_circuit_tracer(
         if n == METRIC:
             continue
         pos = a.get("position") if isinstance(a.get("position"), int) else last
-        common = {"node_id": n, "ctx_idx": pos, "influence": influence[n], "effect": _number(a.get("effect"))}
+        common = {"node_id": n, "ctx_idx": pos, "influence": influence[n], "effect": finite(a.get("effect"))}
         if _is_input(a):
             embedded.add(pos)
             node = {"feature": pos, "layer": "E", "feature_type": "embedding", "clerp": f"Emb: “{tokens[pos]}”"}
@@ -209,13 +166,14 @@ def to_circuit_tracer(
             }
         else:
             row = rows.index(a["hook"])
-            card = cards.get((a["hook"], a["latent"]))
+            feature = Latent(a["hook"], int(a["latent"]))
+            card = cards.get(feature)
             node = {
-                "feature": cantor(row, int(a["latent"])),
+                "feature": cantor(row, feature.index),
                 "layer": str(row),
                 "feature_type": "cross layer transcoder",
-                "activation": _number(a.get("activation")),
-                "clerp": (f"{card.description} " if card else "") + f"[{a['hook']}/{a['latent']}]",
+                "activation": finite(a.get("activation")),
+                "clerp": (f"{card.description} " if card else "") + f"[{feature.id}]",
             }
             if card:  # the frontend lists these as the feature's top / bottom outputs
                 node["top_logit_effects"] = [str(t) for t, _ in card.promoted]
@@ -243,11 +201,11 @@ def to_circuit_tracer(
     metric = str(record.metric or "metric")
     example = record.example
     if example is not None and example.answer is not None and example.answer_prob is not None:
-        outputs = [(example.answer, _number(example.answer_prob))]
+        outputs = [(example.answer, finite(example.answer_prob))]
     else:
         outputs = [(f"{metric}, p unknown", 0.0)]
     if example is not None and example.wrong_answer is not None and example.wrong_prob is not None:
-        outputs.append((example.wrong_answer, _number(example.wrong_prob)))
+        outputs.append((example.wrong_answer, finite(example.wrong_prob)))
     ids[METRIC] = METRIC  # the target logit node stands for the metric
     for i, (token, p) in enumerate(outputs):
         nodes.append(
@@ -266,7 +224,7 @@ def to_circuit_tracer(
         node.setdefault("is_target_logit", False)
         node.update({"run_idx": 0, "reverse_ctx_idx": 0, "jsNodeId": node["node_id"]})
     links = [
-        {"source": ids[u], "target": ids[v], "weight": -_number(w)}
+        {"source": ids[u], "target": ids[v], "weight": -finite(w)}
         for u, v, w in graph.edges(data="weight")
         if u in ids and v in ids
     ]
@@ -308,7 +266,7 @@ def _join(tokens: list[str]) -> str:
 def write_circuit_tracer(
     graph: nx.DiGraph,
     folder: str | Path,
-    cards: dict[tuple[str, int], FeatureCard] | None = None,
+    cards: dict[Latent, FeatureCard] | None = None,
     slug: str | None = None,
 ) -> list[Path]:
     """Write ``folder/{slug}.json`` (``to_circuit_tracer``) and add its metadata to
