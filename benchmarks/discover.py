@@ -20,7 +20,7 @@ from circuits.circuit.config import DiscoverConfig
 from circuits.circuit.discover import discover
 from circuits.circuit.graph import nodes_of
 from circuits.core.vocab import Node
-from circuits.load import load_model, load_saes
+from circuits.loaders import load_model, load_saes
 from tasks.builtin import make_task
 
 

@@ -31,7 +31,7 @@ from circuits.circuit.config import ABLATIONS, HierarchyConfig, MaskConfig
 from circuits.circuit.hierarchy import find_hierarchy
 from circuits.core.tables import print_table
 from circuits.core.vocab import Node
-from circuits.load import load_model, load_saes
+from circuits.loaders import load_model, load_saes
 from tasks.builtin import BUILTIN_TASKS, make_task
 
 TARGET = 0.9

@@ -117,7 +117,7 @@ def model_overrides(spec: dict) -> dict:
 def setup(release: str, spec: dict, cache: Path, write_model: bool) -> dict:
     """Write the model (``write_model``: not yet in the cache) and the release, in this
     process; returns what the table shows."""
-    from circuits.load import load_model
+    from circuits.loaders import load_model
     from sae import standins as S
     from sae.saeset import release_entry
 
@@ -238,7 +238,7 @@ def site_level(model, saes, task, held_out) -> dict:
 
 def site_level_child(spec: dict) -> None:
     """``--site-level``: load what the CLI loads and print the site level as JSON."""
-    from circuits.load import TaskSpec, load_model, load_saes
+    from circuits.loaders import TaskSpec, load_model, load_saes
 
     model = load_model(spec["model"], progress=False)
     saes = load_saes(spec["saes"], model, progress=False)
@@ -259,7 +259,7 @@ def api_child(args: dict) -> None:
     from circuits.export.cards import feature_cards
     from circuits.export.circuit_tracer import write_circuit_tracer
     from circuits.export.pictures import card_keys
-    from circuits.load import TaskSpec
+    from circuits.loaders import TaskSpec
     from sae import standins as S
     from sae.saeset import SAESet
 

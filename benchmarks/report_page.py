@@ -70,7 +70,7 @@ def synthetic(n_features: int = 2000, n_sites: int = 8, seed: int = 0) -> tuple[
 def demo(circuit: Path) -> tuple[nx.DiGraph, dict]:
     from circuits.circuit.graph import load_graph
     from circuits.export.cards import feature_cards, latent_keys
-    from circuits.load import load_model, load_saes
+    from circuits.loaders import load_model, load_saes
 
     graph = load_graph(circuit)
     model = load_model("toy", progress=False)

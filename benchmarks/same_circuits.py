@@ -24,7 +24,7 @@ try:  # either side of the moves, so the old code can save a reference
 except ImportError:
     from circuits.discover import DiscoverConfig, discover
 try:
-    from circuits.load import load_model, load_saes
+    from circuits.loaders import load_model, load_saes
 except ImportError:
     try:
         from circuits.toy.model import load_model

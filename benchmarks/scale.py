@@ -31,7 +31,7 @@ def child(spec: dict) -> dict:
 
     torch.manual_seed(0)
     if spec["kind"] == "embedded":
-        from circuits.load import load_model, load_saes
+        from circuits.loaders import load_model, load_saes
 
         model = load_model("toy", progress=False)
         saes = load_saes("toy", model, progress=False)

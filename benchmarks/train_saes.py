@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from circuits.core.tables import markdown_table
-from circuits.load import load_model
+from circuits.loaders import load_model
 from circuits.toy.config import ToyModelConfig
 from circuits.toy.model import train_model
 from sae.config import SAETrainConfig

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 # name -> the module that defines it
 API = {
-    "load": "circuits.load",
+    "load": "circuits.loaders",
     "make_task": "tasks.builtin",
     "discover": "circuits.circuit.discover",
     "load_circuit": "circuits.circuit.graph",
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from circuits.circuit.edit import Edit
     from circuits.circuit.graph import load_circuit
     from circuits.circuit.record import record_of
-    from circuits.load import load
+    from circuits.loaders import load
     from tasks.builtin import make_task
 
 

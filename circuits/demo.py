@@ -24,7 +24,7 @@ from circuits.export.graphml import write_graphml
 from circuits.export.pictures import draw_graph
 from circuits.export.plots import plot_faithfulness, plot_rankings
 from circuits.export.report import write_report
-from circuits.load import TaskSpec, load_model, load_saes
+from circuits.loaders import TaskSpec, load_model, load_saes
 from sae.evaluate import evaluate_saes
 from tasks.builtin import make_task
 

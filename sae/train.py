@@ -384,7 +384,7 @@ def _save_inference_set(saes: dict[str, TrainingSAE], folder: Path, model_name: 
 
 def load_default_set(folder: str | Path, model: HookedTransformer, progress: bool = True) -> SAESet:
     """The default SAE set for ``model`` cached in ``folder``, trained there first (again) when
-    `stale_reason` says so (`circuits.load.load_saes("toy")` calls this on the cache's
+    `stale_reason` says so (`circuits.loaders.load_saes("toy")` calls this on the cache's
     ``saes-toy/`` folder)."""
     folder = Path(folder)
     reason = stale_reason(folder, model)

@@ -11,6 +11,9 @@ from tests.helpers import TOK, random_saes, tiny_hooked_model
 
 
 def test_the_api_names_what_it_exports():
+    import circuits.cli  # noqa: F401  (importing every stage must not shadow an API name)
+    import circuits.loaders  # noqa: F401
+
     assert sorted(circuits.__all__) == sorted(circuits.API)
     for name in circuits.__all__:
         assert callable(getattr(circuits, name)), name

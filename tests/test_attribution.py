@@ -65,7 +65,7 @@ def test_bf16_effects_agree_with_fp32_per_submodule():
     # close calls (on a CPU with native bf16 the CLI's top node moved from 0.80 to 0.47). A
     # submodule's summed AtP effect, grad . delta x at the hook, does not depend on the SAE's
     # split into latents and error: that is what bf16 products must preserve.
-    from circuits.load import place
+    from circuits.loaders import place
 
     model = tiny_hooked_model()
     hooks = hook_names(["resid", "mlp", "attn"], range(2))

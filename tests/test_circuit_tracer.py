@@ -72,7 +72,7 @@ def models(ct_dir):
 @pytest.fixture(scope="session")
 def npm_packages() -> Path:
     """The npm packages of ``NPM``, unpacked once under the cache folder (npm pack)."""
-    from circuits.load import default_cache_dir
+    from circuits.loaders import default_cache_dir
 
     cache = default_cache_dir() / "npm"
     for name, version in NPM.items():

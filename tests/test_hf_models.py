@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-import circuits.load as L
-import circuits.load.pretrained as P
+import circuits.loaders as L
+import circuits.loaders.pretrained as P
 from circuits.attribution.splice import spliced
 from circuits.circuit.config import DiscoverConfig
 from circuits.circuit.discover import discover

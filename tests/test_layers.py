@@ -19,7 +19,7 @@ LAYERS = {
     "circuits.attribution": 3,
     "circuits.circuit": 4,
     "circuits.export": 5,
-    "circuits.load": 6,
+    "circuits.loaders": 6,
     "circuits.demo": 7,
     "circuits.cli": 8,
     "circuits": 9,  # circuits/__init__.py: the public API, above everything it names
@@ -50,7 +50,7 @@ def imports(path: Path) -> list[tuple[int, str]]:
             base = node.module or ""
             if node.level:
                 base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
-            # `from circuits import load` imports the module circuits.load, not the package
+            # `from circuits import load` imports the module circuits.loaders, not the package
             out += [
                 (node.lineno, f"{base}.{a.name}" if unit_of(f"{base}.{a.name}") != unit_of(base) else base)
                 for a in node.names

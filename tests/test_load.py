@@ -8,7 +8,7 @@ import torch
 
 from circuits.circuit.record import HeldOut
 from circuits.core.errors import CircuitsError
-from circuits.load import MIN_HELD_OUT, TaskSpec, hook_kinds, restrict
+from circuits.loaders import MIN_HELD_OUT, TaskSpec, hook_kinds, restrict
 from tasks.builtin import make_task
 from tasks.tokenizer import build_tokenizer
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import circuits.load as L
-import circuits.load.pretrained as P
+import circuits.loaders as L
+import circuits.loaders.pretrained as P
 import circuits.toy.model as M
 from circuits.core.errors import CircuitsError
 from circuits.toy.config import ToyModelConfig

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import sae.train as T
 from circuits.core.determinism import keep_freed_memory
-from circuits.load import load_saes
+from circuits.loaders import load_saes
 from circuits.toy.config import ToyModelConfig
 from circuits.toy.model import load_saved_model, train_model
 from sae.config import SAETrainConfig

@@ -59,14 +59,14 @@ def add_circuit_args(p: argparse.ArgumentParser, circuit_required: bool = True) 
 def placed(args: argparse.Namespace):
     """The model and SAE set the task flags name, on ``--device`` in ``--dtype``, restricted
     to ``--hooks``."""
-    from circuits.load import load
+    from circuits.loaders import load
 
     return load(args.model, args.saes, args.hooks, args.device, args.dtype, progress=not args.quiet)
 
 
 def task_spec(args: argparse.Namespace):
-    """The `circuits.load.TaskSpec` the task flags name."""
-    from circuits.load import TaskSpec
+    """The `circuits.loaders.TaskSpec` the task flags name."""
+    from circuits.loaders import TaskSpec
 
     return TaskSpec(args.task, args.n, args.seed, args.metric)
 
@@ -87,8 +87,8 @@ def read_circuit(path: str):
 
 def open_circuit(args: argparse.Namespace):
     """The circuit ``--circuit`` names with its model, SAE set and (held-out) prompts, each
-    overridable by the circuit flags (`circuits.load.open_circuit`)."""
-    from circuits.load import open_circuit
+    overridable by the circuit flags (`circuits.loaders.open_circuit`)."""
+    from circuits.loaders import open_circuit
 
     graph = read_circuit(args.circuit)
     return open_circuit(graph, args.model, args.saes, args.task, args.n, args.seed, progress=not args.quiet)

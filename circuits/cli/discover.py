@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> None:
     from circuits.circuit.graph import record_sources, save_graph, summary
     from circuits.circuit.record import record_of
     from circuits.core.parallel import check_nproc, rank_and_world, run_local
-    from circuits.load import load_model, load_saes
+    from circuits.loaders import load_model, load_saes
 
     check_nproc(args.nproc)
     out = Path(args.out) if args.out else Path("outputs") / Path(args.task).stem

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> None:
     from circuits.circuit.edit import Edit, circuit_edit, edit_report
     from circuits.circuit.record import record_of
     from circuits.core.config import param_default
-    from circuits.load import load_model, load_saes
+    from circuits.loaders import load_model, load_saes
 
     if args.edit:
         edit = Edit.load(args.edit)

@@ -32,7 +32,7 @@ def register_eval_model(sub) -> None:
 
 def run_eval_model(args: argparse.Namespace) -> None:
     from circuits.circuit.evaluate import evaluate_model, format_table
-    from circuits.load import load_model
+    from circuits.loaders import load_model
 
     model = load_model(args.model, device=args.device, progress=not args.quiet)
     print_result(evaluate_model(model, tasks=args.tasks, n=args.n, seed=args.seed), args.json, format_table)
@@ -60,7 +60,7 @@ def register_eval_saes(sub) -> None:
 
 
 def run_eval_saes(args: argparse.Namespace) -> None:
-    from circuits.load import load_model, load_saes
+    from circuits.loaders import load_model, load_saes
     from sae.evaluate import evaluate_saes, format_table
 
     model = load_model(args.model, progress=not args.quiet)

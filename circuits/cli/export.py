@@ -82,7 +82,7 @@ def circuit_cards(graph, opts: PictureOptions, progress: bool = True) -> dict:
     from circuits.circuit.record import record_of
     from circuits.export.cards import feature_cards
     from circuits.export.pictures import card_keys
-    from circuits.load import load_model, load_saes
+    from circuits.loaders import load_model, load_saes
 
     src = record_of(graph).sources
     model = load_model(src.model if src else "toy", progress=progress)

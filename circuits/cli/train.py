@@ -27,7 +27,7 @@ def register_train_model(sub) -> None:
 
 
 def run_train_model(args: argparse.Namespace) -> None:
-    from circuits.load import default_cache_dir
+    from circuits.loaders import default_cache_dir
     from circuits.toy.model import TOY_NAME, train_model
 
     cfg = ToyModelConfig(seed=args.seed, steps=args.steps)
@@ -59,7 +59,7 @@ def register_train_saes(sub) -> None:
 
 
 def run_train_saes(args: argparse.Namespace) -> None:
-    from circuits.load import TOY_SAES, default_cache_dir, hook_kinds, load_model
+    from circuits.loaders import TOY_SAES, default_cache_dir, hook_kinds, load_model
     from circuits.toy.model import TOY_NAME
     from sae.train import train_sae_set
 

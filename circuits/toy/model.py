@@ -1,7 +1,7 @@
 """The embedded default model: a small HookedTransformer trained here on the toy language.
 
 Built from a `ToyModelConfig` (``circuits/toy/config.py``); `load_default_model` keeps the
-default one cached (trained on first use; `circuits.load.load_model("toy")` resolves the name
+default one cached (trained on first use; `circuits.loaders.load_model("toy")` resolves the name
 to it, and other names to saved folders or pretrained models).
 
 A saved model folder holds ``config.json`` (a `ToyModelConfig`), ``model.safetensors`` and the
@@ -189,7 +189,7 @@ def load_saved_model(folder: str | Path, device: str = "cpu") -> HookedTransform
 def load_default_model(folder: str | Path, device: str = "cpu", progress: bool = True) -> HookedTransformer:
     """The default model cached in ``folder``, trained there first (again) when it is missing,
     predates training records, or was trained with an earlier default recipe
-    (`circuits.load.load_model("toy")` calls this on the cache's ``toy/`` folder)."""
+    (`circuits.loaders.load_model("toy")` calls this on the cache's ``toy/`` folder)."""
     folder = Path(folder)
     reason = _stale_reason(folder)
     if reason:

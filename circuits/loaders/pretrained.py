@@ -5,7 +5,7 @@ when the model is not there), or from a folder in Hugging Face format (what
 
 Pretrained models keep the Hugging Face model's logits: LayerNorm is folded and the writing
 weights centred (the activations sae-lens's released SAEs were trained on), the unembedding
-is not centred. `circuits.load.load_model` resolves a name to one of these, or to the toy model.
+is not centred. `circuits.loaders.load_model` resolves a name to one of these, or to the toy model.
 """
 
 from __future__ import annotations

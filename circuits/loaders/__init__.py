@@ -31,7 +31,7 @@ from circuits.circuit.graph import load_graph
 from circuits.circuit.record import HeldOut, Sources, record_of
 from circuits.core.config import field_default, param_default
 from circuits.core.errors import CircuitsError
-from circuits.load.pretrained import is_hf_folder, load_hf_folder, load_pretrained
+from circuits.loaders.pretrained import is_hf_folder, load_hf_folder, load_pretrained
 from circuits.toy.model import TOY_NAME, load_default_model, load_saved_model
 from sae.saeset import SAESet, release_entry
 from sae.train import load_default_set
