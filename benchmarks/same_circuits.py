@@ -7,6 +7,7 @@ nodes and edges, effects and weights within ``--atol`` (default 1e-5). Prints a 
 
 Run: `.venv/bin/python benchmarks/same_circuits.py --reference DIR` (save DIR from the old
 code first, e.g. from a git worktree of it: `cd OLD && python NEW/benchmarks/same_circuits.py --save DIR`).
+`--time K` times warm IG discovery instead, to compare two commits in one sitting.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -96,11 +98,22 @@ def main() -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--save", help="write this code's circuits to DIR")
     group.add_argument("--reference", help="compare with circuits saved in DIR")
+    group.add_argument(
+        "--time", type=int, metavar="K", help="time warm IG discovery of IOI K times (after one untimed run)"
+    )
     parser.add_argument("--n", type=int, default=128, help="prompt pairs (default 128)")
     parser.add_argument("--atol", type=float, default=1e-5, help="largest allowed difference (default 1e-5)")
     args = parser.parse_args()
     model = load_model("toy", progress=False)
     saes = load_saes("toy", model, progress=False)
+    if args.time:
+        task = make_task("ioi", model.tokenizer, n=args.n, seed=0)
+        discover(model, saes, task, DiscoverConfig(method="ig"), progress=False)  # warm
+        for _ in range(args.time):
+            start = time.perf_counter()
+            discover(model, saes, task, DiscoverConfig(method="ig"), progress=False)
+            print(f"warm IG discovery, IOI, {args.n} pairs: {time.perf_counter() - start:.2f} s")
+        return
     if args.save:
         folder = Path(args.save)
         folder.mkdir(parents=True, exist_ok=True)
