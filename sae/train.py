@@ -74,7 +74,7 @@ class NormsOnWeights:
     ``1 / n`` before decoding: two [batch, width] products forward and four backward, ~40 % of
     an SAE step on 2 CPU cores. ``(x W_enc + b_enc) * n = x (W_enc * n) + b_enc * n`` and
     ``(a / n) W_dec = a (W_dec / n)``, so scaling the [d_in, width] weights instead is the same
-    function with the same gradients (to float rounding; tests/test_sae.py), and the
+    function with the same gradients (to float rounding; tests/sae/test_sae.py), and the
     parameters, their meaning and the saved SAE are sae-lens's.
     """
 
@@ -103,7 +103,7 @@ class FoldedTopKTrainingSAE(NormsOnWeights, TopKTrainingSAE):
     Each latent vector has exactly ``k`` non-zeros, so the decode is ``k`` decoder rows per
     token (``F.embedding_bag`` with the latents as per-sample weights): ``k / width`` of the
     dense product forward, and its backward (the latents' and the decoder's gradients) is as
-    sparse. Same function and gradients as the dense decode (tests/test_sae.py); about a
+    sparse. Same function and gradients as the dense decode (tests/sae/test_sae.py); about a
     quarter of an SAE training step on 2 CPU cores. ``encode_with_hidden_pre`` keeps the top-k
     values and indices for the ``decode`` of the latents it returned; any other tensor
     decodes densely, and with a hook on the latents the whole step is sae-lens's.

@@ -12,7 +12,7 @@ from circuits.circuit.evaluate import ModelEvaluation, TaskScore, evaluate_model
 from tasks.builtin import BUILTIN_TASKS, make_task
 from tests.helpers import TOK, tiny_hooked_model
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 N = 8
 
 

@@ -178,12 +178,12 @@ def module_level_function(n: int = 7, *, name: str = "x", seed: int = SEED) -> N
 
 
 def test_param_default_reads_a_named_function_from_its_source():
-    here = "tests.test_config:module_level_function"
+    here = "tests.core.test_config:module_level_function"
     assert (param_default(here, "n"), param_default(here, "name")) == (7, "x")
     with pytest.raises(KeyError, match="not a literal"):
         param_default(here, "seed")
     with pytest.raises(KeyError, match="has no function"):
-        param_default("tests.test_config:nowhere", "n")
+        param_default("tests.core.test_config:nowhere", "n")
 
 
 def test_add_flag_takes_default_type_and_choices_from_the_field():
@@ -195,7 +195,7 @@ def test_add_flag_takes_default_type_and_choices_from_the_field():
     add_flag(p, "--arch", Demo, "one of {choices}")
     add_flag(p, "--kinds", Demo, "kinds of {choices}")
     add_flag(p, "--width", Demo, "latents", given=True)
-    add_flag(p, "--n", "tests.test_config:module_level_function", "pairs")
+    add_flag(p, "--n", "tests.core.test_config:module_level_function", "pairs")
     helps = {a.dest: a.help for a in p._actions}
     assert helps["arch"] == "one of topk, relu (default topk)"
     assert helps["kinds"] == "kinds of resid, mlp (default resid,mlp)"

@@ -27,7 +27,7 @@ from circuits.core.errors import CircuitsError
 from circuits.core.vocab import Site
 from tests.helpers import example_graph, hierarchical_graph, level, with_record
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 FLAT, HIERARCHICAL = DATA / "circuit-flat-dfa0800.json", DATA / "circuit-hierarchical-dfa0800.json"
 
 

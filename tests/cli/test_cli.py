@@ -553,7 +553,7 @@ def test_bf16_discovery_runs(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
     common = discover_argv(tiny_model_dir, tiny_sae_dir, "--n", "8", "--method", "atp", "--top-n", "10", "--quiet")
     assert main([*common, "--out", str(tmp_path / "fp32")]) == 0
     assert main([*common, "--out", str(tmp_path / "bf16"), "--dtype", "bf16"]) == 0
-    # how far bf16 may move effects: tests/test_attribution.py::test_bf16_effects_agree_with_fp32_per_submodule
+    # how far bf16 may move effects: tests/attribution/test_nodes.py::test_bf16_effects_agree_with_fp32_per_submodule
     b = load_graph(tmp_path / "bf16" / "circuit.json")
     effects = [b.nodes[n]["effect"] for n in b if n != "metric"]
     assert effects and all(math.isfinite(e) for e in effects) and any(e != 0 for e in effects)
