@@ -5,13 +5,12 @@ import pytest
 import torch
 
 from circuits.attribution.nodes import node_effects
-from circuits.circuit.ablation import Ablator
-from circuits.circuit.config import HierarchyConfig, MaskConfig
+from circuits.circuit.ablation import Ablator, site_masks
+from circuits.circuit.config import AblationSpec, HierarchyConfig, MaskConfig
 from circuits.circuit.hierarchy import (
     find_hierarchy,
     ranked_sites,
     site_from_record,
-    site_masks,
     site_record,
     site_scores,
     validate_hierarchy,
@@ -58,12 +57,12 @@ def test_planted_circuit_is_recovered_at_both_levels():
         task,
         task,
         effects,
-        HierarchyConfig(target=0.9, ablation="zero", n_random=1),
+        HierarchyConfig(target=0.9, ablation=AblationSpec("zero"), n_random=1),
         MaskConfig(steps=60, sparsity=0.5),
         **QUIET,
     )
     assert h.sites == [Site.at(PLANTED_HOOK, task.n_pos - 1)]
-    assert h.site_level.faithfulness >= 0.9 and h.site_level.completeness < 0.2
+    assert h.site_level.cut.faithfulness >= 0.9 and h.site_level.cut.completeness < 0.2
     assert Node(h.sites[0], 7) in h.features and h.feature_level.reached_target
     assert h.feature_level.size <= 2  # the latent (and at most the error term)
 
@@ -80,7 +79,7 @@ def test_optimiser_takes_one_of_two_redundant_paths_that_attribution_misses():
         task,
         task,
         effects,
-        HierarchyConfig(target=0.9, ablation="zero", n_random=1),
+        HierarchyConfig(target=0.9, ablation=AblationSpec("zero"), n_random=1),
         MaskConfig(steps=100, init_nodes=2),
         **QUIET,
     )
@@ -103,7 +102,7 @@ def test_the_mask_never_sees_held_out_prompts():
             seen.append(tokens.clone())
         return original(tokens, *args, **kwargs)
 
-    train = Ablator(model, saes, task, "zero")
+    train = Ablator(model, saes, task, AblationSpec("zero"))
     sites = [Site.at(PLANTED_HOOK, task.n_pos - 1)]
     init = initial_logits({sites[0]: torch.rand(17)}, 4)
     model.forward = spy
@@ -118,7 +117,7 @@ def test_the_mask_never_sees_held_out_prompts():
     seen.clear()
     model, task = tiny_hooked_model(), make_task("ioi", TOK, n=8, split="train")
     saes = random_saes(hook_names(["resid"], range(2)))
-    train = Ablator(model, saes, task, "counterfactual")
+    train = Ablator(model, saes, task, AblationSpec("counterfactual"))
     sites = [Site.at("blocks.1.hook_resid_post", task.n_pos - 1)]
     original = model.forward
     model.forward = spy
@@ -134,24 +133,26 @@ def test_the_mask_never_sees_held_out_prompts():
 def test_validate_hierarchy_measures_a_recorded_circuit():
     model, saes, task = planted()
     end = Site.at(PLANTED_HOOK, task.n_pos - 1)
-    sites, features = validate_hierarchy(model, saes, task, [end], [Node(end, 7), Node(end)], "zero", n_random=2)
-    assert sites.n_nodes == 1 and sites.faithfulness == pytest.approx(1.0, abs=1e-4)
-    assert features.n_nodes == 1 and features.n_error_nodes == 1 and features.faithfulness > 0.9
+    cfg = HierarchyConfig(ablation=AblationSpec("zero"), n_random=2)
+    sites, features = validate_hierarchy(model, saes, task, [end], [Node(end, 7), Node(end)], cfg)
+    assert sites.n_latents == 1 and sites.faithfulness == pytest.approx(1.0, abs=1e-4)
+    assert features.n_latents == 1 and features.n_errors == 1 and features.faithfulness > 0.9
     assert features.completeness < 0.2 and features.reached_target
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("make", "message"),
     [
-        ({"target": 0.0}, "target faithfulness must be in"),
-        ({"target": 1.2}, "target faithfulness must be in"),
-        ({"ablation": "median"}, "unknown .*ablation 'median'"),
-        ({"start_layer": -1}, "start_layer must be >= 0"),
+        (lambda: HierarchyConfig(target=0.0), "target faithfulness must be in"),
+        (lambda: HierarchyConfig(target=1.2), "target faithfulness must be in"),
+        (lambda: HierarchyConfig(ablation=AblationSpec("median")), "unknown .*ablation 'median'"),
+        (lambda: HierarchyConfig(ablation=AblationSpec(start_layer=-1)), "start_layer must be >= 0"),
+        (lambda: HierarchyConfig(batch_size=0), "batch_size must be >= 1"),
     ],
 )
-def test_bad_hierarchy_settings_are_one_line(kwargs, message):
+def test_bad_hierarchy_settings_are_one_line(make, message):
     with pytest.raises(CircuitsError, match=message):
-        HierarchyConfig(**kwargs)
+        make()
 
 
 def test_mask_on_a_two_layer_model_learns_through_later_sites():
@@ -159,7 +160,7 @@ def test_mask_on_a_two_layer_model_learns_through_later_sites():
     model = tiny_hooked_model()
     saes = random_saes(hook_names(["resid"], range(2)))
     task = make_task("ioi", TOK, n=8, split="train")
-    ab = Ablator(model, saes, task, "mean_corrupt")
+    ab = Ablator(model, saes, task, AblationSpec("mean_corrupt"))
     sites = [Site.at("blocks.0.hook_resid_post", task.n_pos - 1), Site.at("blocks.1.hook_resid_post", task.n_pos - 1)]
     init = {s: torch.full((65,), 1.0) for s in sites}
     result = optimise_mask(model, saes, ab, sites, init, MaskConfig(steps=3, lr=0.05), **QUIET)

@@ -85,6 +85,7 @@ def optimise_mask(
     denom = ab.ref.m_model - ab.ref.m_empty
     rng = torch.Generator().manual_seed(cfg.seed)
     n = task.n_examples
+    values, acts = ab.references()  # per example: every row's, held for the minibatches (full batch by default)
     for step in tqdm(range(cfg.steps), desc="mask", disable=not progress):
         idx = (
             None
@@ -94,7 +95,7 @@ def optimise_mask(
         batch = task if idx is None else task.subset(idx)
         keep = {s: _straight_through(t) for s, t in logits.items()}
         hooks = [
-            (h, _hook(saes[h], *_rows(ab.values[h], ab.acts[h], idx), n_pos, by_hook.get(h, []), keep))
+            (h, _hook(saes[h], *_rows(values[h], acts[h], idx), n_pos, by_hook.get(h, []), keep))
             for h in saes
             if ab.ablatable(h)
         ]
