@@ -19,7 +19,17 @@ from circuits.circuit.optimise import initial_logits, optimise_mask
 from circuits.core.errors import CircuitsError
 from circuits.core.vocab import Node, Site, hook_names
 from tasks.builtin import make_task
-from tests.helpers import CARRIERS, DECOY, PLANTED_HOOK, TOK, planted, planted_two_paths, random_saes, tiny_hooked_model
+from tests.helpers import (
+    CARRIERS,
+    DECOY,
+    PLANTED_HOOK,
+    TOK,
+    in_float64,
+    planted,
+    planted_two_paths,
+    random_saes,
+    tiny_hooked_model,
+)
 
 QUIET = {"progress": False}
 
@@ -166,3 +176,36 @@ def test_mask_on_a_two_layer_model_learns_through_later_sites():
     result = optimise_mask(model, saes, ab, sites, init, MaskConfig(steps=3, lr=0.05), **QUIET)
     moved = {s: float((result.logits[s] - init[s]).abs().max()) for s in sites}
     assert all(m > 0 for m in moved.values())
+
+
+@pytest.mark.parametrize("how", ["mean", "counterfactual"])
+@pytest.mark.parametrize("batch_size", [None, 5])
+def test_mask_steps_in_passes_take_the_full_batch_gradient(monkeypatch, how, batch_size):
+    """A step over more prompts than one pass holds sums its passes' gradients: every step's
+    gradient is the one pass's (a float64 model: only summation order differs)."""
+    import circuits.circuit.optimise as optimise
+
+    grads: list[list[torch.Tensor]] = []
+
+    class Recording(torch.optim.Adam):
+        def step(self, closure=None):
+            grads.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "Adam", Recording)
+    model, saes = in_float64(tiny_hooked_model(), random_saes(hook_names(["resid"], range(2))))
+    task = make_task("ioi", TOK, n=8, split="train")
+    ab = Ablator(model, saes, task, AblationSpec(how))
+    sites = [Site.at("blocks.0.hook_resid_post", 2), Site.at("blocks.1.hook_resid_post", task.n_pos - 1)]
+    init = {s: torch.linspace(-1.0, 1.0, 65) * (i + 1) for i, s in enumerate(sites)}
+    cfg = MaskConfig(steps=4, lr=0.05, sparsity=0.5, aim=1.5, batch_size=batch_size)  # aim 1.5: F counts
+    one = optimise_mask(model, saes, ab, sites, init, cfg, **QUIET)
+    monkeypatch.setattr(optimise, "MASK_TOKENS_PER_PASS", 3 * task.n_pos)  # passes of 3, 3, 2 (or 3, 2) prompts
+    passes = optimise_mask(model, saes, ab, sites, init, cfg, **QUIET)
+    assert len(grads) == 8 and any(g.abs().max() > 0 for step in grads[:4] for g in step)
+    for a, b in zip(grads[:4], grads[4:], strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert torch.allclose(y, x, rtol=1e-5, atol=1e-9)  # the logits are float32
+    for s in sites:
+        assert torch.allclose(passes.logits[s], one.logits[s], rtol=0, atol=1e-6)
+    assert [h[1] for h in passes.history] == pytest.approx([h[1] for h in one.history], rel=1e-7)
