@@ -26,8 +26,9 @@ import warnings
 import torch
 
 from circuits.attribution.nodes import first_pass
-from circuits.circuit.ablation import Ablator, areas, log_sizes, smallest_prefix
-from circuits.circuit.config import ABLATIONS, HierarchyConfig, MaskConfig
+from circuits.circuit.ablation import Ablator
+from circuits.circuit.config import ABLATIONS, AblationSpec, HierarchyConfig, MaskConfig
+from circuits.circuit.faithfulness import areas, log_sizes, smallest_prefix
 from circuits.circuit.hierarchy import find_hierarchy
 from circuits.core.tables import print_table
 from circuits.core.vocab import Node
@@ -63,7 +64,7 @@ def row(model, saes, task_name: str, how: str, n: int, n_discovery: int, mask: M
     effects = first_pass(model, saes, task, "ig", 10, 32, progress=False).effects
     times["IG"] = time.perf_counter() - t
     t = time.perf_counter()
-    test = Ablator(model, saes, held, how)
+    test = Ablator(model, saes, held, AblationSpec(how))
     ranked = ranked_all(effects, saes, task.n_pos)
     k_all, f_all = smallest_prefix(len(ranked), lambda k: test.faithfulness(ranked[:k]), TARGET)
     atp = ranked_all(first_pass(model, saes, task, "atp", batch_size=32, progress=False).effects, saes, task.n_pos)
@@ -74,26 +75,28 @@ def row(model, saes, task_name: str, how: str, n: int, n_discovery: int, mask: M
     cpr, _ = areas(sizes, [test.faithfulness(signed[:k]) for k in sizes], len(signed))
     _, cmd = areas(sizes, [test.faithfulness(ranked[:k]) for k in sizes], len(ranked))
     times["whole-model prefix, CPR, CMD"] = time.perf_counter() - t
-    h = find_hierarchy(model, saes, task, held, effects, HierarchyConfig(TARGET, how), mask, progress=False)
+    h = find_hierarchy(
+        model, saes, task, held, effects, HierarchyConfig(TARGET, AblationSpec(how)), mask, progress=False
+    )
     times.update(h.times)
     opt = h.ranking("optimised")
     at_opt = [test.faithfulness(opt[:k]) if len(opt) >= k else float("nan") for k in AT]
-    train = Ablator(model, saes, task, how)  # the gap between these prompts and held-out ones
+    train = Ablator(model, saes, task, AblationSpec(how))  # the gap between these prompts and held-out ones
     k_train, _ = smallest_prefix(len(opt), lambda k: train.faithfulness(opt[:k]), TARGET) if opt else (0, 0.0)
     sl, al, ol = h.site_level, h.attribution, h.optimised
 
     def level(lv) -> str:
         mark = "" if lv.reached_target else " (missed)"
-        return f"{lv.n_nodes} + {lv.n_error_nodes}, F {lv.faithfulness:.2f}{mark}"
+        return f"{lv.cut.n_latents} + {lv.cut.n_errors}, F {lv.cut.faithfulness:.2f}{mark}"
 
     return [
         task_name,
         how,
-        f"{sl.n_nodes}, F {sl.faithfulness:.2f}, C {sl.completeness:.2f}, R {sl.random_faithfulness:.2f}",
+        f"{sl.size}, F {sl.cut.faithfulness:.2f}, C {sl.cut.completeness:.2f}, R {sl.cut.random_faithfulness:.2f}",
         f"{counts(atp[:k_atp])}, F {f_atp:.2f}",
         f"{counts(ranked[:k_all])}, F {f_all:.2f}",
         level(al),
-        level(ol) + f", R {ol.random_faithfulness:.2f}" if ol else "-",
+        level(ol) + f", R {ol.cut.random_faithfulness:.2f}" if ol else "-",
         str(k_train),
         " / ".join(f"{f:.2f}" for f in at_all),
         " / ".join(f"{f:.2f}" for f in at_opt),

@@ -221,18 +221,17 @@ def site_level(model, saes, task, held_out) -> dict:
     """The smallest AtP-ranked prefix of sites whose F reaches TARGET on ``held_out`` (mean
     ablation): discover --target-faithfulness's first level."""
     from circuits.attribution.nodes import first_pass
-    from circuits.circuit.ablation import Ablator, smallest_prefix
-    from circuits.circuit.hierarchy import ranked_sites, site_masks, site_scores
+    from circuits.circuit.ablation import Ablator
+    from circuits.circuit.faithfulness import smallest_prefix
+    from circuits.circuit.hierarchy import ranked_sites, site_scores
 
     start = time.perf_counter()
     effects = first_pass(model, saes, task, "atp", progress=False).effects
-    ab = Ablator(model, saes, held_out, "mean")
+    ab = Ablator(model, saes, held_out)  # mean ablation
     labels = list(task.position_labels) if task.position_labels is not None else None
     scores = {s: v for s, v in site_scores(effects, saes, labels).items() if ab.ablatable(s.hook)}
     sites = ranked_sites(scores)
-    k, f = smallest_prefix(
-        len(sites), lambda k: ab.ref.of(ab.metric_keeping(site_masks(sites[:k], saes, ab.n_pos))), TARGET
-    )
+    k, f = smallest_prefix(len(sites), lambda k: ab.faithfulness(sites[:k]), TARGET)
     return {"sites": k, "of_sites": len(sites), "site_f": f, "site_seconds": time.perf_counter() - start}
 
 
@@ -251,10 +250,10 @@ def api_child(args: dict) -> None:
     process: each step's time, this process's peak memory after each."""
     import resource
 
-    from circuits.circuit.ablation import faithfulness_curve, ranked_nodes
     from circuits.circuit.config import DiscoverConfig
     from circuits.circuit.discover import discover
     from circuits.circuit.edit import edit_from_circuit, edit_report
+    from circuits.circuit.faithfulness import faithfulness_curve, ranked_nodes
     from circuits.circuit.graph import save_graph
     from circuits.export.cards import feature_cards
     from circuits.export.circuit_tracer import write_circuit_tracer
@@ -278,7 +277,7 @@ def api_child(args: dict) -> None:
         save_graph(graph, out / "circuit.json")
         result["discover"] = {"ok": True, "seconds": time.perf_counter() - start, "peak_mib": peak()}
         start = time.perf_counter()
-        curve = faithfulness_curve(model, saes, held_out, ranked_nodes(graph), "mean", progress=False)
+        curve = faithfulness_curve(model, saes, held_out, ranked_nodes(graph), progress=False)
         result["validate"] = {"ok": True, "seconds": time.perf_counter() - start, "peak_mib": peak()}
         result["faithfulness"] = curve.faithfulness
         result["range"] = curve.m_model - curve.m_empty

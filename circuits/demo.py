@@ -10,11 +10,11 @@ from pathlib import Path
 
 import networkx as nx
 
-from circuits.circuit.ablation import FaithfulnessCurve, faithfulness_curve, ranked_nodes
 from circuits.circuit.check import check_attribution
 from circuits.circuit.config import DiscoverConfig
 from circuits.circuit.discover import discover
 from circuits.circuit.edit import EditReport, edit_from_circuit, edit_report
+from circuits.circuit.faithfulness import FaithfulnessCurve, faithfulness_curve, ranked_nodes
 from circuits.circuit.graph import node_link, record_held_out, record_sources, save_graph
 from circuits.circuit.record import record_of
 from circuits.core.config import Result
@@ -85,7 +85,6 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
         saes,
         held_out,
         ranked_nodes(graph),
-        "mean",
         n_random=1,
         progress=progress,
     )

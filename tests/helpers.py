@@ -379,3 +379,46 @@ def with_record(graph: nx.DiGraph, **changes) -> nx.DiGraph:
 def discover_argv(model_dir, sae_dir, *flags: str, task: str = "ioi") -> list[str]:
     """``circuits discover`` on a saved model and SAE set, with more ``flags``."""
     return ["discover", "--task", str(task), "--model", str(model_dir), "--saes", str(sae_dir), *flags]
+
+
+def in_float64(model: HookedTransformer, saes: SAESet) -> tuple[HookedTransformer, SAESet]:
+    """The model and SAEs in float64 (in place), where sums in another order agree to ~1e-12."""
+    model.to(torch.float64, print_details=False)
+    for hook in saes:
+        saes[hook].to(torch.float64)
+    return model, saes
+
+
+def _digest(ids: list[str]) -> str:
+    """A short fingerprint of a list of ids (results return through a pipe of limited size)."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def ablation_figures(batch_size: int) -> dict:
+    """For circuits.core.parallel.run_local workers (and one process): what the streamed
+    validation engine measures on a tiny float64 model, per ablation convention."""
+    import random
+
+    from circuits.circuit.ablation import Ablator
+    from circuits.circuit.config import ABLATIONS, AblationSpec
+    from circuits.circuit.faithfulness import cut, live_pool, measure, model_sites
+    from circuits.core.vocab import hook_names
+    from tasks.builtin import make_task
+
+    model, saes = in_float64(tiny_hooked_model(), random_saes(hook_names(["resid", "mlp"], range(2))))
+    task = make_task("ioi", TOK, n=8, split="train")
+    circuit = [Node.at("blocks.0.hook_mlp_out", 3, 5), Node.at("blocks.1.hook_resid_post", task.n_pos - 1)]
+    out = {}
+    for how in ABLATIONS:
+        ab = Ablator(model, saes, task, AblationSpec(how, seed=1), batch_size=batch_size)
+        pool = live_pool(ab, model_sites(ab), random.Random(0))
+        ranking = [*circuit, Site.at("blocks.1.hook_mlp_out", task.n_pos - 1), *pool.latents[:20]]
+        out[how] = {
+            "ends": [ab.ref.m_model, ab.ref.m_empty],
+            "circuit": measure(ab, circuit, pool, n_random=2).to_dict(),
+            "pool": [len(pool.latents), len(pool.errors), _digest([n.id for n in pool.latents + pool.errors])],
+            "cut": cut(ab, ranking, 0.5, pool, n_random=2).to_dict() | {"seconds": 0.0},
+        }
+    return out

@@ -1,8 +1,9 @@
-"""Ablation: switch node sets off and measure the task metric; faithfulness and completeness.
+"""Ablation: switch node sets off and measure the task metric (``Ablator``).
 
 Nodes are ``circuits.core.vocab.Node`` (position None: every position); node sets travel as
 masks, one ``NodeValues`` of booleans per hook. Ablating a node replaces its value by
-(the convention, ``Ablation``):
+(the convention, ``Ablation``; with the first layer ablated and a seed: ``AblationSpec``,
+both in ``circuits.circuit.config``):
 
 * ``mean`` — its mean over the task's clean prompts at that position;
 * ``mean_corrupt`` — its mean over the corrupt prompts at that position (SFC's evaluation);
@@ -15,33 +16,39 @@ All hooks are ablated in one forward pass, each computed from the already-ablate
 before it; submodules of layers below ``start_layer`` are never ablated (SFC's
 ``start_layer``: early layers given for free). See docs/design.md, "Ablation".
 
+Everything streams over batches of prompt pairs, as the node pass does, and all-reduces its
+sums under torch.distributed (``circuits.core.parallel``): per-position means are sums over
+batches, the metric is a sum of per-example metrics over batches divided by their number,
+and per-example reference values (``counterfactual``, ``resample``) are recomputed for each
+batch from its own prompts. Memory holds one batch, whatever the number of prompts.
+
 Faithfulness F(C) = (m(C) - m(empty)) / (m(M) - m(empty)): m(M) the model, m(empty) every
-node ablated, m(C) every node outside C ablated. Completeness is F of the complement
-(everything but C kept); a complete circuit leaves ~0 behind.
+node ablated, m(C) every node outside C ablated (``Endpoints``). Completeness is F of the
+complement (everything but C kept); a complete circuit leaves ~0 behind. Measurements,
+curves and cuts built on this are in ``circuits.circuit.faithfulness``.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 
 import networkx as nx
 import torch
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from circuits.attribution.edges import source_masks
 from circuits.attribution.nodes import prepare
 from circuits.attribution.splice import decode, spliced
-from circuits.circuit.config import ABLATIONS, Ablation
-from circuits.circuit.graph import nodes_of
-from circuits.circuit.record import AblationPruning, attach, record_of
+from circuits.circuit.config import BATCH_SIZE, AblationSpec
+from circuits.circuit.record import record_of
 from circuits.core.errors import CircuitsError
-from circuits.core.values import NodeValues
-from circuits.core.vocab import METRIC, Node, Submodule, on_flat
+from circuits.core.parallel import all_reduce, batch_starts
+from circuits.core.values import NodeValues, add_into, flat
+from circuits.core.vocab import Node, Site, Submodule, on_flat
 from sae.saeset import SAESet
 from tasks.task import Task
 
@@ -73,6 +80,26 @@ def node_masks(nodes: list[Node], saes: SAESet, n_pos: int) -> Masks:
     return source_masks(nodes, saes, n_pos, ablatable_hooks(saes))
 
 
+def site_masks(sites: list[Site], saes: SAESet, n_pos: int) -> Masks:
+    """Every latent and the error term of each site (position None: every position)."""
+    masks = empty_masks(saes, n_pos)
+    for s in sites:
+        at = slice(None) if s.position is None else s.position
+        masks[s.hook].latents[at] = True
+        masks[s.hook].error[at] = True
+    return masks
+
+
+def circuit_masks(circuit: list[Node | Site], saes: SAESet, n_pos: int) -> Masks:
+    """Masks of a circuit given as nodes, sites (all of each site's nodes), or both."""
+    sites = [c for c in circuit if isinstance(c, Site)]
+    masks = node_masks([c for c in circuit if not isinstance(c, Site)], saes, n_pos)
+    if sites:
+        for h, m in site_masks(sites, saes, n_pos).items():
+            masks[h] = NodeValues(masks[h].latents | m.latents, masks[h].error | m.error)
+    return masks
+
+
 def complement(masks: Masks) -> Masks:
     return {h: m.complement() for h, m in masks.items()}
 
@@ -94,31 +121,54 @@ def check_graph(graph: nx.DiGraph, model: HookedTransformer, saes: SAESet) -> No
 
 @torch.no_grad()
 def reference_values(
-    model: HookedTransformer, saes: SAESet, task: Task, how: Ablation, seed: int = 0
+    model: HookedTransformer,
+    saes: SAESet,
+    task: Task,
+    spec: AblationSpec | None = None,
+    rows: slice | torch.Tensor | None = None,
+    hooks: list[str] | None = None,
+    batch_size: int = BATCH_SIZE,
 ) -> dict[str, NodeValues]:
-    """What ablated nodes are set to, per hook: zeros, a per-position mean over the task's
-    clean or corrupt prompts (``[pos, ...]``), or per example (``[batch, pos, ...]``) its own
-    corrupt values or a fixed other example's clean values."""
-    check_ablation(how)
-    if how == "zero":
-        return {h: NodeValues.zeros((task.n_pos,), saes[h].cfg.d_sae, saes[h].cfg.d_in) for h in saes}
-    with spliced(model, saes) as nodes:
-        model(task.corrupt if how in ("mean_corrupt", "counterfactual") else task.clean)
-    if how in ("mean", "mean_corrupt"):
-        return {h: nodes[h].map(lambda t: t.detach().mean(0)) for h in saes}
-    if how == "counterfactual":
-        return {h: nodes[h].detach() for h in saes}
-    perm = _derangement(task.n_examples, seed)
-    return {h: nodes[h].map(lambda t: t.detach()[perm]) for h in saes}
+    """What ablated nodes are set to, per hook (default: every SAE hook):
+
+    * per position (``[pos, ...]``) for ``zero``, ``mean``, ``mean_corrupt``: zeros, or the
+      mean over the task's clean or corrupt prompts, streamed in batches of ``batch_size``
+      (sums over batches, all-reduced across processes);
+    * per example (``[len(rows), pos, ...]``) for ``counterfactual``, ``resample``: for the
+      examples ``rows`` (default: all), each one's own corrupt values, or the clean values of
+      its partner under a fixed derangement of the task's examples; one spliced run of those
+      prompts, so pass one batch's rows at a time to stream."""
+    spec = spec or AblationSpec()
+    hooks = list(saes) if hooks is None else hooks
+    if spec.per_example:
+        index = torch.arange(task.n_examples)[slice(None) if rows is None else rows]
+        if spec.kind == "counterfactual":
+            tokens = task.corrupt[index]
+        else:
+            tokens = task.clean[derangement(task.n_examples, spec.seed)[index]]
+        with spliced(model, saes, hooks=hooks) as nodes:
+            model(tokens)
+        return {h: nodes[h].detach() for h in hooks}
+    like = {h: saes[h].W_dec for h in hooks}
+    if spec.kind == "zero":
+        return {
+            h: NodeValues.zeros((task.n_pos,), saes[h].cfg.d_sae, saes[h].cfg.d_in).map(lambda t, h=h: t.to(like[h]))
+            for h in hooks
+        }
+    tokens = task.clean if spec.kind == "mean" else task.corrupt
+    sums = {h: NodeValues.zeros((task.n_pos,), saes[h].cfg.d_sae, saes[h].cfg.d_in, torch.float64) for h in hooks}
+    for lo in batch_starts(task.n_examples, batch_size):
+        with spliced(model, saes, hooks=hooks) as nodes:
+            model(tokens[lo : lo + batch_size])
+        add_into(sums, {h: nodes[h].map(lambda t: t.detach().double().sum(0).cpu()) for h in hooks})
+    all_reduce(flat(sums))
+    return {h: (v / task.n_examples).map(lambda t, h=h: t.to(like[h])) for h, v in sums.items()}
 
 
-def check_ablation(how: str) -> None:
-    if how not in ABLATIONS:
-        raise CircuitsError(f"unknown ablation {how!r}: use {', '.join(ABLATIONS)}")
-
-
-def _derangement(n: int, seed: int) -> torch.Tensor:
-    """A permutation with no fixed point (identity for n = 1)."""
+@functools.lru_cache(maxsize=8)
+def derangement(n: int, seed: int) -> torch.Tensor:
+    """A permutation of ``n`` examples with no fixed point (identity for n = 1), fixed by
+    ``seed``: ``resample``'s partners. Not to be modified (cached)."""
     if n == 1:
         return torch.zeros(1, dtype=torch.long)
     order = list(range(n))
@@ -187,38 +237,13 @@ def ablated(
         yield
 
 
-@torch.no_grad()
-def metric_with(
-    model: HookedTransformer,
-    saes: SAESet,
-    task: Task,
-    masks: Masks | None,
-    values: dict[str, NodeValues],
-    acts: dict[str, torch.Tensor] | None = None,
-) -> float:
-    """Mean metric with ``masks`` ablated (None: the plain model)."""
-    if masks is None:
-        return task.metric_per_example(model(task.clean)).mean().item()
-    with ablated(model, saes, masks, values, acts):
-        return task.metric_per_example(model(task.clean)).mean().item()
-
-
-@dataclass
-class Faithfulness:
-    """m(M), m(empty), and F of a circuit and of its complement."""
+@dataclass(frozen=True)
+class Endpoints:
+    """m(M), the model's mean metric, and m(empty), with every node ablated: the ends of the
+    faithfulness scale."""
 
     m_model: float
     m_empty: float
-    m_circuit: float = math.nan
-    m_complement: float = math.nan
-
-    @property
-    def faithfulness(self) -> float:
-        return self.of(self.m_circuit)
-
-    @property
-    def completeness(self) -> float:
-        return self.of(self.m_complement)
 
     def of(self, m: float) -> float:
         """F of a circuit whose ablated run has metric ``m``."""
@@ -232,263 +257,87 @@ class Faithfulness:
 
 
 class Ablator:
-    """One task, SAE set and ablation convention: reference values computed once, then the
-    metric of any node set kept (everything else ablated) or removed. Hooks of layers below
-    ``start_layer`` are never ablated."""
+    """One task, SAE set and ``AblationSpec``, streamed in batches of ``batch_size`` prompt
+    pairs: the mean metric with any node set removed (ablated) or kept (everything else
+    ablated). Per-position reference values are computed once (one streamed pass);
+    per-example ones are recomputed for each batch from its own prompts. Under
+    torch.distributed each process runs its share of the batches and the sums are
+    all-reduced, so every process gets the same numbers. Hooks of layers below
+    ``spec.start_layer`` are never ablated."""
 
     def __init__(
-        self, model: HookedTransformer, saes: SAESet, task: Task, how: Ablation, seed: int = 0, start_layer: int = 0
+        self,
+        model: HookedTransformer,
+        saes: SAESet,
+        task: Task,
+        spec: AblationSpec | None = None,
+        batch_size: int = BATCH_SIZE,
     ):
+        if batch_size < 1:
+            raise CircuitsError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.saes, self.task = model, saes, prepare(model, task)
-        self.how, self.start_layer = how, start_layer
-        self.values = reference_values(model, saes, self.task, how, seed)
+        self.spec, self.batch_size, self.n_pos = spec or AblationSpec(), batch_size, self.task.n_pos
+        self.values: dict[str, NodeValues] | None = None  # per-position reference values (None: per example)
+        self.acts: dict[str, torch.Tensor] | None = None  # their activations D(f) + e
+        if not self.spec.per_example:
+            self.values = reference_values(model, saes, self.task, self.spec, batch_size=batch_size)
+            with torch.no_grad():
+                self.acts = {h: decode(saes[h], v) for h, v in self.values.items()}
+        self.ref = Endpoints(self.metric_removing({}), self.metric_removing(self.everything()))
+
+    def batches(self) -> Iterator[slice]:
+        """This process's batches of the task's examples."""
+        for lo in batch_starts(self.task.n_examples, self.batch_size):
+            yield slice(lo, lo + self.batch_size)
+
+    def references(
+        self, rows: slice | torch.Tensor | None = None, hooks: list[str] | None = None
+    ) -> tuple[dict[str, NodeValues], dict[str, torch.Tensor]]:
+        """Reference values and their activations for the examples ``rows`` (default: all) at
+        ``hooks`` (default: every SAE hook): the per-position ones, shared by every example,
+        or the rows' own (one spliced run of their prompts)."""
+        if self.values is not None:
+            return self.values, self.acts
+        values = reference_values(self.model, self.saes, self.task, self.spec, rows, hooks)
         with torch.no_grad():
-            self.acts = {h: decode(saes[h], v) for h, v in self.values.items()}
-        self.n_pos = self.task.n_pos
-        self.ref = Faithfulness(
-            metric_with(model, saes, self.task, None, self.values), self.metric_removing(self.everything())
-        )
+            return values, {h: decode(self.saes[h], v) for h, v in values.items()}
 
     def everything(self) -> Masks:
         return complement(empty_masks(self.saes, self.n_pos))
 
     def ablatable(self, hook: str) -> bool:
-        sub = Submodule.parse(hook)
-        return not sub.is_embed and sub.layer >= self.start_layer
+        return self.spec.ablatable(hook)
 
+    @torch.no_grad()
     def metric_removing(self, masks: Masks) -> float:
-        """The metric with the nodes of ``masks`` ablated."""
-        masks = {h: m for h, m in masks.items() if self.ablatable(h)}
-        return metric_with(self.model, self.saes, self.task, masks, self.values, self.acts)
+        """The mean metric over the task with the nodes of ``masks`` ablated (``{}``: the
+        plain model): a sum of per-example metrics over batches, divided by their number."""
+        masks = {h: m for h, m in masks.items() if self.ablatable(h) and (m.latents.any() or m.error.any())}
+        total = torch.zeros(1, dtype=torch.float64)
+
+        def add(rows: slice) -> None:
+            part = self.task.subset(rows)
+            total.add_(part.metric_per_example(self.model(part.clean)).double().sum().cpu())
+
+        if not masks or self.values is not None:  # one set of hooks for every batch
+            with ablated(self.model, self.saes, masks, self.values or {}, self.acts):
+                for rows in self.batches():
+                    add(rows)
+        else:
+            for rows in self.batches():
+                with ablated(self.model, self.saes, masks, *self.references(rows, list(masks))):
+                    add(rows)
+        all_reduce([total])
+        return total.item() / self.task.n_examples
 
     def metric_keeping(self, masks: Masks) -> float:
-        """The metric with every node outside ``masks`` ablated."""
+        """The mean metric with every node outside ``masks`` ablated."""
         return self.metric_removing(complement(masks))
 
-    def metric_without(self, nodes: list[Node]) -> float:
-        return self.metric_removing(node_masks(nodes, self.saes, self.n_pos))
+    def faithfulness(self, circuit: list[Node | Site]) -> float:
+        """F of a circuit (nodes, sites, or both): everything outside it ablated."""
+        return self.ref.of(self.metric_keeping(circuit_masks(circuit, self.saes, self.n_pos)))
 
-    def metric_of(self, nodes: list[Node]) -> float:
-        return self.metric_keeping(node_masks(nodes, self.saes, self.n_pos))
-
-    def faithfulness(self, nodes: list[Node]) -> float:
-        return self.ref.of(self.metric_of(nodes))
-
-
-def faithfulness(
-    model: HookedTransformer,
-    saes: SAESet,
-    task: Task,
-    nodes: list[Node],
-    how: Ablation = "mean",
-    seed: int = 0,
-    start_layer: int = 0,
-) -> Faithfulness:
-    """Faithfulness and completeness of the circuit ``nodes`` on ``task``."""
-    ab = Ablator(model, saes, task, how, seed, start_layer)
-    return Faithfulness(ab.ref.m_model, ab.ref.m_empty, ab.metric_of(nodes), ab.metric_without(nodes))
-
-
-def ranked_nodes(graph: nx.DiGraph) -> list[Node]:
-    """A circuit's SAE nodes (latents and error terms; embeddings are not ablatable), largest
-    |effect| first."""
-    nodes = [(graph.nodes[n]["effect"], node) for n, node in nodes_of(graph).items() if not node.is_embed]
-    nodes.sort(key=lambda en: -abs(en[0]))
-    return [node for _, node in nodes]
-
-
-def log_sizes(n: int, per_decade: int = 6) -> list[int]:
-    """1 .. n, about ``per_decade`` sizes per factor of 10, always including n."""
-    if n < 1:
-        return []
-    count = max(2, int(math.log10(max(n, 2)) * per_decade) + 1)
-    return sorted({max(1, round(n ** (i / (count - 1)))) for i in range(count)} | {n})
-
-
-def live_nodes(model: HookedTransformer, saes: SAESet, task: Task) -> list[Node]:
-    """Latents active on some clean prompt at a position, and every error term: the pool a
-    random baseline circuit is drawn from (an inactive latent ablated to its mean ~ 0 does
-    nothing, so drawing from all latents would make the baseline trivially empty)."""
-    with torch.no_grad(), spliced(model, saes) as nodes:
-        model(task.clean)
-    out: list[Node] = []
-    for h in ablatable_hooks(saes):
-        out += [Node.at(h, p, i) for p, i in (nodes[h].latents != 0).any(0).nonzero().tolist()]
-        out += [Node.at(h, p) for p in range(task.n_pos)]
-    return out
-
-
-def node_counts(nodes: list[Node]) -> tuple[int, int]:
-    """(feature nodes, error nodes)."""
-    n_err = sum(1 for n in nodes if n.latent is None)
-    return len(nodes) - n_err, n_err
-
-
-@dataclass
-class CurvePoint:
-    """F of the top-ranked nodes of one size, and of random circuits of the same size."""
-
-    n_nodes: int  # feature nodes
-    n_error_nodes: int
-    faithfulness: float
-    random_faithfulness: float
-
-
-@dataclass
-class FaithfulnessCurve:
-    """``faithfulness_curve``'s result: F over circuit sizes under one ablation convention,
-    the whole list's F and completeness, CPR and CMD."""
-
-    ablation: str
-    m_model: float
-    m_empty: float
-    faithfulness: float
-    completeness: float
-    cpr: float
-    cmd: float
-    curve: list[CurvePoint]
-    n_nodes: int
-    n_error_nodes: int
-    pruned: PrunedCircuit | None = field(default=None)
-    start_layer: int = 0
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        if self.pruned is None:
-            out.pop("pruned")
-        return out
-
-
-@dataclass
-class PrunedCircuit:
-    """The smallest top-|effect| prefix of a circuit that reaches a faithfulness target."""
-
-    n_nodes: int
-    n_error_nodes: int
-    faithfulness: float
-    reached_target: bool
-    path: str = ""
-
-
-def faithfulness_curve(
-    model: HookedTransformer,
-    saes: SAESet,
-    task: Task,
-    ranked: list[Node],
-    how: Ablation = "mean",
-    n_random: int = 3,
-    seed: int = 0,
-    start_layer: int = 0,
-    progress: bool = True,
-) -> FaithfulnessCurve:
-    """F of the top-k ranked nodes for log-spaced k, with a random circuit of the same size
-    (same numbers of latents and error nodes, drawn from ``live_nodes``) as a baseline;
-    completeness of the whole ranked list; CPR = area under F, CMD = area under |1 - F|, over
-    circuit size as a fraction of the ranked list (trapezoid rule, F(0) = 0)."""
-    ab = Ablator(model, saes, task, how, seed, start_layer)
-    pool = [n for n in live_nodes(model, saes, ab.task) if ab.ablatable(n.hook)]
-    pool_lat = [n for n in pool if n.latent is not None]
-    pool_err = [n for n in pool if n.latent is None]
-    rng = random.Random(seed)
-    curve = []
-    for k in tqdm(log_sizes(len(ranked)), desc="faithfulness curve", disable=not progress):
-        top = ranked[:k]
-        n_lat, n_err = node_counts(top)
-        randoms = [
-            ab.faithfulness(
-                rng.sample(pool_lat, min(n_lat, len(pool_lat))) + rng.sample(pool_err, min(n_err, len(pool_err)))
-            )
-            for _ in range(n_random)
-        ]
-        curve.append(CurvePoint(n_lat, n_err, ab.faithfulness(top), sum(randoms) / len(randoms)))
-    completeness = ab.ref.of(ab.metric_without(ranked))
-    cpr, cmd = areas([c.n_nodes + c.n_error_nodes for c in curve], [c.faithfulness for c in curve], len(ranked))
-    return FaithfulnessCurve(
-        how,
-        ab.ref.m_model,
-        ab.ref.m_empty,
-        curve[-1].faithfulness if curve else 0.0,
-        completeness,
-        cpr,
-        cmd,
-        curve,
-        *node_counts(ranked),
-        start_layer=start_layer,
-    )
-
-
-def areas(sizes: list[int], fs: list[float], total: int) -> tuple[float, float]:
-    """MIB's CPR (area under F) and CMD (area under |1 - F|) over circuit size as a fraction
-    of ``total`` (trapezoid rule from F(0) = 0)."""
-    xs = [0.0] + [k / max(total, 1) for k in sizes]
-    fs = [0.0] + list(fs)
-    cpr = sum((xs[i + 1] - xs[i]) * (fs[i + 1] + fs[i]) / 2 for i in range(len(sizes)))
-    cmd = sum((xs[i + 1] - xs[i]) * (abs(1 - fs[i + 1]) + abs(1 - fs[i])) / 2 for i in range(len(sizes)))
-    return cpr, cmd
-
-
-def smallest_faithful(
-    model: HookedTransformer,
-    saes: SAESet,
-    task: Task,
-    ranked: list[Node],
-    target: float = 0.9,
-    how: Ablation = "mean",
-    seed: int = 0,
-    start_layer: int = 0,
-) -> tuple[int, float]:
-    """The smallest k whose top-k ranked nodes reach faithfulness ``target`` (searched over
-    log-spaced sizes, then bisected between the last miss and the first hit), with its F;
-    ``(len(ranked), F)`` of the whole list when it never does."""
-    ab = Ablator(model, saes, task, how, seed, start_layer)
-    return smallest_prefix(len(ranked), lambda k: ab.faithfulness(ranked[:k]), target)
-
-
-def smallest_prefix(n: int, f_of: Callable[[int], float], target: float) -> tuple[int, float]:
-    """The smallest k in 1..n with ``f_of(k) >= target``, assuming F grows with k: searched
-    over log-spaced sizes, then bisected between the last miss and the first hit; ``(n,
-    f_of(n))`` when none does (and ``(0, 0.0)`` for n = 0)."""
-    if n == 0:
-        return 0, 0.0
-    cache: dict[int, float] = {}
-
-    def f(k: int) -> float:
-        if k not in cache:
-            cache[k] = f_of(k)
-        return cache[k]
-
-    lo = 0
-    for k in log_sizes(n):
-        if f(k) >= target:
-            hi = k
-            while hi - lo > 1:  # F(lo) < target <= F(hi)
-                mid = (lo + hi) // 2
-                if f(mid) >= target:
-                    hi = mid
-                else:
-                    lo = mid
-            return hi, f(hi)
-        lo = k
-    return n, f(n)
-
-
-def prune_by_ablation(
-    graph: nx.DiGraph,
-    model: HookedTransformer,
-    saes: SAESet,
-    task: Task,
-    target: float = 0.9,
-    how: Ablation = "mean",
-    seed: int = 0,
-    start_layer: int = 0,
-) -> tuple[nx.DiGraph, PrunedCircuit]:
-    """The circuit cut to its smallest top-|effect| prefix reaching faithfulness ``target``
-    (embeddings kept), and what that prefix achieves."""
-    ranked = ranked_nodes(graph)
-    k, f = smallest_faithful(model, saes, task, ranked, target, how, seed, start_layer)
-    keep = set(ranked[:k])
-    kept = [n for n, node in nodes_of(graph).items() if node.is_embed or node in keep]
-    small = graph.subgraph(kept + [METRIC]).copy()
-    cut = AblationPruning(target=target, faithfulness=f, ablation=how, start_layer=start_layer, nodes=k)
-    attach(small, replace(record_of(graph), pruned_by_ablation=cut))
-    return small, PrunedCircuit(*node_counts(ranked[:k]), f, f >= target)
+    def completeness(self, circuit: list[Node | Site]) -> float:
+        """F of the circuit's complement: the circuit itself ablated (~0: nothing left behind)."""
+        return self.ref.of(self.metric_removing(circuit_masks(circuit, self.saes, self.n_pos)))

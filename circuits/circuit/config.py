@@ -1,6 +1,7 @@
 """The circuit stage's settings, as plain data: how a circuit is found (`DiscoverConfig`),
 held to a faithfulness target (`HierarchyConfig`) and its mask trained (`MaskConfig`); the
-ablation conventions (`Ablation`) and the edit actions (`Action`).
+ablation conventions (`Ablation`), how nodes are ablated (`AblationSpec`) and the edit
+actions (`Action`).
 
 No torch here: the command line builds its flags from these fields (defaults and choices)
 before any model library is imported; the modules that use them (``discover``,
@@ -14,9 +15,12 @@ from typing import ClassVar, Literal, get_args
 
 from circuits.core.config import Config, field_default
 from circuits.core.errors import CircuitsError
+from circuits.core.vocab import Submodule
 
 Ablation = Literal["mean", "mean_corrupt", "counterfactual", "zero", "resample"]
 ABLATIONS: tuple[str, ...] = get_args(Ablation)
+PER_EXAMPLE: tuple[str, ...] = ("counterfactual", "resample")  # reference values per example, not per position
+BATCH_SIZE = 32  # prompt pairs per batch of discovery's streamed passes and of validation
 
 Action = Literal["zero", "mean", "clamp", "scale"]
 ACTIONS: tuple[str, ...] = get_args(Action)
@@ -53,26 +57,53 @@ class MaskConfig(Config):
             raise CircuitsError(f"mask init_nodes must be >= 1, got {self.init_nodes}")
 
 
+@dataclass(frozen=True)
+class AblationSpec(Config):
+    """How nodes are ablated: the convention, the first layer ablated (layers below it are
+    given for free) and the seed of ``resample``'s fixed derangement of the examples (and of
+    the random baseline circuits drawn under this spec)."""
+
+    label: ClassVar[str] = "ablation setting"
+    field_labels: ClassVar[dict[str, str]] = {"kind": "ablation"}
+
+    kind: Ablation = "mean"
+    start_layer: int = 0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.start_layer < 0:
+            raise CircuitsError(f"start_layer must be >= 0, got {self.start_layer}")
+
+    @property
+    def per_example(self) -> bool:
+        return self.kind in PER_EXAMPLE
+
+    def ablatable(self, hook: str) -> bool:
+        """Whether nodes at ``hook`` are ever ablated: not the embeddings (the circuit's
+        inputs), not below ``start_layer``."""
+        sub = Submodule.parse(hook)
+        return not sub.is_embed and sub.layer >= self.start_layer
+
+
 @dataclass
 class HierarchyConfig(Config):
-    """The faithfulness target and the ablation convention both levels are held to."""
+    """The faithfulness target and the ablation both levels are held to, the random
+    baseline, and the held-out prompt pairs per streamed batch of validation."""
 
     label: ClassVar[str] = "hierarchy setting"
-    field_labels: ClassVar[dict[str, str]] = {"ablation": "ablation"}
 
     target: float = 0.9
-    ablation: Ablation = "mean"
-    start_layer: int = 0
+    ablation: AblationSpec = AblationSpec()
     n_random: int = 3  # random same-size circuits per baseline
-    seed: int = 0
+    batch_size: int = BATCH_SIZE
 
     def validate(self) -> None:
         if not 0 < self.target <= 1:
             raise CircuitsError(f"target faithfulness must be in (0, 1], got {self.target}")
-        if self.start_layer < 0:
-            raise CircuitsError(f"start_layer must be >= 0, got {self.start_layer}")
         if self.n_random < 1:
             raise CircuitsError(f"n_random must be >= 1, got {self.n_random}")
+        if self.batch_size < 1:
+            raise CircuitsError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 DiscoverMethod = Literal["atp", "ig", "exact"]
@@ -90,7 +121,7 @@ class DiscoverConfig(Config):
     node_threshold: float = 0.01
     edge_threshold: float = 0.002
     top_n: int | None = None
-    batch_size: int = 32
+    batch_size: int = BATCH_SIZE
     max_exact_nodes: int = 5000
     edges: bool = True  # False: nodes only (no edges, no path pruning), e.g. for long ranked lists
     # a hierarchical circuit held to this faithfulness on held-out prompts (None: thresholds)
@@ -115,8 +146,10 @@ class DiscoverConfig(Config):
             self.mask()
 
     def hierarchy(self) -> HierarchyConfig:
-        target = 0.9 if self.target_faithfulness is None else self.target_faithfulness
-        return HierarchyConfig(target, self.ablation, self.start_layer)
+        target = (
+            field_default(HierarchyConfig, "target") if self.target_faithfulness is None else self.target_faithfulness
+        )
+        return HierarchyConfig(target, AblationSpec(self.ablation, self.start_layer), batch_size=self.batch_size)
 
     def mask(self) -> MaskConfig:
         return MaskConfig(steps=self.mask_steps, sparsity=self.mask_sparsity)

@@ -5,7 +5,8 @@ set, and the embedded model computes densely, so many small effects add up and r
 nodes hide each other. The optimiser instead trains one logit per candidate node (every
 latent and the error term of each site) against the metric of the ablated forward pass
 itself: keep = 1[logit > 0] forward, d keep / d logit = sigmoid'(logit) backward (straight-
-through), loss max(0, aim - F)^2 + sparsity x (mean of sigmoid(logit)), Adam, full batch.
+through), loss max(0, aim - F)^2 + sparsity x (mean of sigmoid(logit)), Adam, full batch
+(in passes of ``MASK_TOKENS_PER_PASS`` tokens whose gradients add up to the full batch's).
 The sparsity weight ramps up from 0 over the steps (a regularisation path: nodes drop out
 least-needed first), and the ranking is by final logit (ties broken by attribution).
 Everything outside the sites is ablated throughout, exactly as in evaluation
@@ -34,6 +35,11 @@ from circuits.circuit.config import MaskConfig
 from circuits.core.values import NodeValues
 from circuits.core.vocab import Site
 from sae.saeset import SAESet
+
+# Token rows per forward and backward pass of the mask (prompt pairs x positions): a step over
+# more prompts runs in passes of this many and sums their gradients (the loss's gradient is
+# a fixed multiple of the summed metric's), so memory does not grow with the prompts.
+MASK_TOKENS_PER_PASS = 5_000
 
 
 @dataclass
@@ -85,30 +91,57 @@ def optimise_mask(
     denom = ab.ref.m_model - ab.ref.m_empty
     rng = torch.Generator().manual_seed(cfg.seed)
     n = task.n_examples
+    per_pass = max(1, MASK_TOKENS_PER_PASS // max(1, n_pos))
+    # where a step is one pass, every row's references are held and indexed per step (per
+    # example: counterfactual, resample); otherwise each pass computes its rows' own
+    held = ab.references() if min(n, cfg.batch_size or n) <= per_pass else None
+
+    def hooks(keep: dict[Site, torch.Tensor], rows: torch.Tensor | None) -> list:
+        """The ablation hooks of a forward pass over ``rows`` of the prompts (None: all)."""
+        values, acts = held if held is not None else ab.references(rows)
+        index = rows if held is not None else None
+        return [
+            (h, _hook(saes[h], *_rows(values[h], acts[h], index), n_pos, by_hook.get(h, []), keep))
+            for h in saes
+            if ab.ablatable(h)
+        ]
+
     for step in tqdm(range(cfg.steps), desc="mask", disable=not progress):
         idx = (
             None
             if cfg.batch_size is None or cfg.batch_size >= n
             else torch.randperm(n, generator=rng)[: cfg.batch_size]
         )
-        batch = task if idx is None else task.subset(idx)
         keep = {s: _straight_through(t) for s, t in logits.items()}
-        hooks = [
-            (h, _hook(saes[h], *_rows(ab.values[h], ab.acts[h], idx), n_pos, by_hook.get(h, []), keep))
-            for h in saes
-            if ab.ablatable(h)
-        ]
-        logits_out = model.run_with_hooks(batch.clean, fwd_hooks=hooks)
-        m = batch.metric_per_example(logits_out).mean()
-        f = (m - ab.ref.m_empty) / denom
         density = torch.cat([torch.sigmoid(t) for t in logits.values()]).sum() / n_nodes
         weight = cfg.sparsity * (step / max(cfg.steps - 1, 1) if cfg.schedule == "ramp" else 1.0)
-        loss = (cfg.aim - f).clamp(min=0) ** 2 + weight * density
         opt.zero_grad()
-        loss.backward()
+        rows = torch.arange(n) if idx is None else idx
+        if len(rows) <= per_pass:  # one forward and backward pass over the step's prompts
+            batch = task if idx is None else task.subset(idx)
+            m = batch.metric_per_example(model.run_with_hooks(batch.clean, fwd_hooks=hooks(keep, idx))).mean()
+            f = (m - ab.ref.m_empty) / denom
+            loss = (cfg.aim - f).clamp(min=0) ** 2 + weight * density
+            loss.backward()
+            f = float(f.detach())
+        else:  # the same gradient, one pass of rows at a time: dF/dkeep summed over passes, then scaled
+            leaves = {s: k.detach().requires_grad_(True) for s, k in keep.items()}
+            total = torch.zeros((), dtype=torch.float64)
+            for lo in range(0, len(rows), per_pass):
+                part = rows[lo : lo + per_pass]
+                batch = task.subset(part)
+                m = batch.metric_per_example(model.run_with_hooks(batch.clean, fwd_hooks=hooks(leaves, part)))
+                m.sum().backward()
+                total += m.detach().double().sum().cpu()
+            f = (total.item() / len(rows) - ab.ref.m_empty) / denom
+            scale = -2 * max(cfg.aim - f, 0.0) / (denom * len(rows))  # d loss / d (sum of the metrics)
+            grads = [
+                scale * (leaves[s].grad if leaves[s].grad is not None else torch.zeros_like(k)) for s, k in keep.items()
+            ]
+            torch.autograd.backward([*keep.values(), weight * density], [*grads, torch.ones(())])
         opt.step()
         if step % 25 == 0 or step == cfg.steps - 1:
-            history.append((step, float(f.detach()), int(sum((t > 0).sum() for t in logits.values()))))
+            history.append((step, f, int(sum((t > 0).sum() for t in logits.values()))))
     return MaskResult({s: t.detach() for s, t in logits.items()}, history)
 
 

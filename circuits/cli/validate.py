@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
-from circuits.circuit.config import ABLATIONS
+from circuits.circuit.config import ABLATIONS, HierarchyConfig
 from circuits.cli.args import add_circuit_args, open_circuit, writable
 from circuits.core.config import add_flag
 from circuits.core.tables import markdown_table, print_table
@@ -33,13 +32,14 @@ def register(sub) -> None:
         action="store_true",
         help="also write circuit.pruned.json: the smallest top-|effect| prefix reaching --target",
     )
-    add_flag(p, "--target", "circuits.circuit.ablation:prune_by_ablation", "faithfulness target for --prune")
+    add_flag(p, "--target", HierarchyConfig, "faithfulness target for --prune")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    from circuits.circuit.ablation import faithfulness_curve, prune_by_ablation, ranked_nodes
+    from circuits.circuit.config import AblationSpec
+    from circuits.circuit.faithfulness import faithfulness_curve, prune_by_ablation, ranked_nodes
     from circuits.circuit.graph import save_graph
     from circuits.circuit.hierarchy import validate_recorded
     from circuits.circuit.record import record_of
@@ -50,22 +50,20 @@ def run(args: argparse.Namespace) -> None:
     record = record_of(graph).hierarchy  # the circuit's ablation convention, else mean
     how = args.ablation or (record.ablation if record else "mean")
     start_layer = args.start_layer if args.start_layer is not None else (record.start_layer if record else 0)
-    seed = args.seed or 0
-    levels = validate_recorded(graph, model, saes, task, how, start_layer, seed) if record else None
+    spec = AblationSpec(how, start_layer, seed=args.seed or 0)
+    levels = validate_recorded(graph, model, saes, task, HierarchyConfig(ablation=spec)) if record else None
     if record is None and not args.json:
         print(
             f"circuits: note: {args.circuit} has no site and feature levels (found without "
             "--target-faithfulness): validating its nodes only",
             file=sys.stderr,
         )
-    result = faithfulness_curve(
-        model, saes, task, ranked_nodes(graph), how, seed=seed, start_layer=start_layer, progress=not args.quiet
-    )
+    result = faithfulness_curve(model, saes, task, ranked_nodes(graph), spec, progress=not args.quiet)
     title = f"{record_of(graph).task}: {result.ablation} ablation, {task.n_examples} held-out pairs"
     png = plot_faithfulness(result, folder / "faithfulness.png", title=title)
     if args.prune:
-        small, result.pruned = prune_by_ablation(graph, model, saes, task, args.target, how, start_layer=start_layer)
-        result.pruned.path = str(save_graph(small, folder / "circuit.pruned.json"))
+        small, result.pruned = prune_by_ablation(graph, model, saes, task, args.target, AblationSpec(how, start_layer))
+        result.pruned_path = str(save_graph(small, folder / "circuit.pruned.json"))
     print_validation(result, levels, how, task.n_examples, args.target, png, args.json)
 
 
@@ -76,15 +74,15 @@ def print_validation(result, levels, how: str, n_pairs: int, target: float, png:
     if as_json:
         out = result.to_dict()
         if levels is not None:
-            out["site_level"], out["feature_level"] = (asdict(level) for level in levels)
+            out["site_level"], out["feature_level"] = (level.to_dict() for level in levels)
         print(json.dumps(out, indent=2))
         return
     if levels is not None:
         rows = [
             [name, size, f"{lv.faithfulness:.3f}", f"{lv.completeness:.3f}", f"{lv.random_faithfulness:.3f}"]
             for name, size, lv in (
-                ("sites", str(levels[0].n_nodes), levels[0]),
-                ("features", f"{levels[1].n_nodes} + {levels[1].n_error_nodes} err", levels[1]),
+                ("sites", str(levels[0].n_latents), levels[0]),
+                ("features", f"{levels[1].n_latents} + {levels[1].n_errors} err", levels[1]),
             )
         ]
         print(f"hierarchical circuit, {how} ablation, {n_pairs} pairs:")
@@ -93,19 +91,17 @@ def print_validation(result, levels, how: str, n_pairs: int, target: float, png:
     print(
         f"{result.ablation} ablation, {n_pairs} pairs: faithfulness {result.faithfulness:.3f}, "
         f"completeness {result.completeness:.3f}, CPR {result.cpr:.3f}, CMD {result.cmd:.3f} "
-        f"({result.n_nodes} feature nodes, {result.n_error_nodes} error nodes)"
+        f"({result.whole.n_latents} feature nodes, {result.whole.n_errors} error nodes)"
     )
     headers = ["feature nodes", "error nodes", "faithfulness", "random circuit"]
-    curve = [
-        [c.n_nodes, c.n_error_nodes, f"{c.faithfulness:.3f}", f"{c.random_faithfulness:.3f}"] for c in result.curve
-    ]
+    curve = [[c.n_latents, c.n_errors, f"{c.faithfulness:.3f}", f"{c.random_faithfulness:.3f}"] for c in result.curve]
     print("\n" + markdown_table(headers, curve))
     if result.pruned is not None:
         p = result.pruned
         print(
-            f"\nsmallest prefix with faithfulness >= {target}: {p.n_nodes} feature + {p.n_error_nodes} "
+            f"\nsmallest prefix with faithfulness >= {target}: {p.n_latents} feature + {p.n_errors} "
             f"error nodes, F {p.faithfulness:.3f}"
             + ("" if p.reached_target else " (target not reached)")
-            + f" -> {p.path}"
+            + f" -> {result.pruned_path}"
         )
     print(f"\n-> {png}")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from circuits.core.files import write_atomic
 
 if TYPE_CHECKING:
-    from circuits.circuit.ablation import FaithfulnessCurve
+    from circuits.circuit.faithfulness import FaithfulnessCurve
     from circuits.circuit.record import HierarchyRecord
 
 
@@ -23,7 +23,7 @@ def plot_faithfulness(result: FaithfulnessCurve, path: str | Path, title: str = 
     import matplotlib.pyplot as plt
 
     curve = result.curve
-    sizes = [max(c.n_nodes, 1) for c in curve]
+    sizes = [max(c.n_latents, 1) for c in curve]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.plot(sizes, [c.faithfulness for c in curve], "o-", label="circuit (top nodes by |effect|)")
     ax.plot(sizes, [c.random_faithfulness for c in curve], "s--", color="grey", label="random circuit, same size")

@@ -15,9 +15,9 @@ from circuits.core.vocab import Latent
 from circuits.export.viewer import viewer_html
 
 if TYPE_CHECKING:
-    from circuits.circuit.ablation import FaithfulnessCurve
     from circuits.circuit.check import AttributionCheck
     from circuits.circuit.edit import EditReport
+    from circuits.circuit.faithfulness import FaithfulnessCurve
     from circuits.export.cards import FeatureCard
     from sae.evaluate import SAEEvaluation
 
@@ -171,7 +171,7 @@ def write_report(
             _table(
                 ["feature nodes", "error nodes", "faithfulness", "random circuit"],
                 [
-                    [c.n_nodes, c.n_error_nodes, f"{c.faithfulness:.3f}", f"{c.random_faithfulness:.3f}"]
+                    [c.n_latents, c.n_errors, f"{c.faithfulness:.3f}", f"{c.random_faithfulness:.3f}"]
                     for c in validation.curve
                 ],
             )

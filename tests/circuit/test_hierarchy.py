@@ -5,13 +5,12 @@ import pytest
 import torch
 
 from circuits.attribution.nodes import node_effects
-from circuits.circuit.ablation import Ablator
-from circuits.circuit.config import HierarchyConfig, MaskConfig
+from circuits.circuit.ablation import Ablator, site_masks
+from circuits.circuit.config import AblationSpec, HierarchyConfig, MaskConfig
 from circuits.circuit.hierarchy import (
     find_hierarchy,
     ranked_sites,
     site_from_record,
-    site_masks,
     site_record,
     site_scores,
     validate_hierarchy,
@@ -20,7 +19,17 @@ from circuits.circuit.optimise import initial_logits, optimise_mask
 from circuits.core.errors import CircuitsError
 from circuits.core.vocab import Node, Site, hook_names
 from tasks.builtin import make_task
-from tests.helpers import CARRIERS, DECOY, PLANTED_HOOK, TOK, planted, planted_two_paths, random_saes, tiny_hooked_model
+from tests.helpers import (
+    CARRIERS,
+    DECOY,
+    PLANTED_HOOK,
+    TOK,
+    in_float64,
+    planted,
+    planted_two_paths,
+    random_saes,
+    tiny_hooked_model,
+)
 
 QUIET = {"progress": False}
 
@@ -58,12 +67,12 @@ def test_planted_circuit_is_recovered_at_both_levels():
         task,
         task,
         effects,
-        HierarchyConfig(target=0.9, ablation="zero", n_random=1),
+        HierarchyConfig(target=0.9, ablation=AblationSpec("zero"), n_random=1),
         MaskConfig(steps=60, sparsity=0.5),
         **QUIET,
     )
     assert h.sites == [Site.at(PLANTED_HOOK, task.n_pos - 1)]
-    assert h.site_level.faithfulness >= 0.9 and h.site_level.completeness < 0.2
+    assert h.site_level.cut.faithfulness >= 0.9 and h.site_level.cut.completeness < 0.2
     assert Node(h.sites[0], 7) in h.features and h.feature_level.reached_target
     assert h.feature_level.size <= 2  # the latent (and at most the error term)
 
@@ -80,7 +89,7 @@ def test_optimiser_takes_one_of_two_redundant_paths_that_attribution_misses():
         task,
         task,
         effects,
-        HierarchyConfig(target=0.9, ablation="zero", n_random=1),
+        HierarchyConfig(target=0.9, ablation=AblationSpec("zero"), n_random=1),
         MaskConfig(steps=100, init_nodes=2),
         **QUIET,
     )
@@ -103,7 +112,7 @@ def test_the_mask_never_sees_held_out_prompts():
             seen.append(tokens.clone())
         return original(tokens, *args, **kwargs)
 
-    train = Ablator(model, saes, task, "zero")
+    train = Ablator(model, saes, task, AblationSpec("zero"))
     sites = [Site.at(PLANTED_HOOK, task.n_pos - 1)]
     init = initial_logits({sites[0]: torch.rand(17)}, 4)
     model.forward = spy
@@ -118,7 +127,7 @@ def test_the_mask_never_sees_held_out_prompts():
     seen.clear()
     model, task = tiny_hooked_model(), make_task("ioi", TOK, n=8, split="train")
     saes = random_saes(hook_names(["resid"], range(2)))
-    train = Ablator(model, saes, task, "counterfactual")
+    train = Ablator(model, saes, task, AblationSpec("counterfactual"))
     sites = [Site.at("blocks.1.hook_resid_post", task.n_pos - 1)]
     original = model.forward
     model.forward = spy
@@ -134,24 +143,26 @@ def test_the_mask_never_sees_held_out_prompts():
 def test_validate_hierarchy_measures_a_recorded_circuit():
     model, saes, task = planted()
     end = Site.at(PLANTED_HOOK, task.n_pos - 1)
-    sites, features = validate_hierarchy(model, saes, task, [end], [Node(end, 7), Node(end)], "zero", n_random=2)
-    assert sites.n_nodes == 1 and sites.faithfulness == pytest.approx(1.0, abs=1e-4)
-    assert features.n_nodes == 1 and features.n_error_nodes == 1 and features.faithfulness > 0.9
+    cfg = HierarchyConfig(ablation=AblationSpec("zero"), n_random=2)
+    sites, features = validate_hierarchy(model, saes, task, [end], [Node(end, 7), Node(end)], cfg)
+    assert sites.n_latents == 1 and sites.faithfulness == pytest.approx(1.0, abs=1e-4)
+    assert features.n_latents == 1 and features.n_errors == 1 and features.faithfulness > 0.9
     assert features.completeness < 0.2 and features.reached_target
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("make", "message"),
     [
-        ({"target": 0.0}, "target faithfulness must be in"),
-        ({"target": 1.2}, "target faithfulness must be in"),
-        ({"ablation": "median"}, "unknown .*ablation 'median'"),
-        ({"start_layer": -1}, "start_layer must be >= 0"),
+        (lambda: HierarchyConfig(target=0.0), "target faithfulness must be in"),
+        (lambda: HierarchyConfig(target=1.2), "target faithfulness must be in"),
+        (lambda: HierarchyConfig(ablation=AblationSpec("median")), "unknown .*ablation 'median'"),
+        (lambda: HierarchyConfig(ablation=AblationSpec(start_layer=-1)), "start_layer must be >= 0"),
+        (lambda: HierarchyConfig(batch_size=0), "batch_size must be >= 1"),
     ],
 )
-def test_bad_hierarchy_settings_are_one_line(kwargs, message):
+def test_bad_hierarchy_settings_are_one_line(make, message):
     with pytest.raises(CircuitsError, match=message):
-        HierarchyConfig(**kwargs)
+        make()
 
 
 def test_mask_on_a_two_layer_model_learns_through_later_sites():
@@ -159,9 +170,42 @@ def test_mask_on_a_two_layer_model_learns_through_later_sites():
     model = tiny_hooked_model()
     saes = random_saes(hook_names(["resid"], range(2)))
     task = make_task("ioi", TOK, n=8, split="train")
-    ab = Ablator(model, saes, task, "mean_corrupt")
+    ab = Ablator(model, saes, task, AblationSpec("mean_corrupt"))
     sites = [Site.at("blocks.0.hook_resid_post", task.n_pos - 1), Site.at("blocks.1.hook_resid_post", task.n_pos - 1)]
     init = {s: torch.full((65,), 1.0) for s in sites}
     result = optimise_mask(model, saes, ab, sites, init, MaskConfig(steps=3, lr=0.05), **QUIET)
     moved = {s: float((result.logits[s] - init[s]).abs().max()) for s in sites}
     assert all(m > 0 for m in moved.values())
+
+
+@pytest.mark.parametrize("how", ["mean", "counterfactual"])
+@pytest.mark.parametrize("batch_size", [None, 5])
+def test_mask_steps_in_passes_take_the_full_batch_gradient(monkeypatch, how, batch_size):
+    """A step over more prompts than one pass holds sums its passes' gradients: every step's
+    gradient is the one pass's (a float64 model: only summation order differs)."""
+    import circuits.circuit.optimise as optimise
+
+    grads: list[list[torch.Tensor]] = []
+
+    class Recording(torch.optim.Adam):
+        def step(self, closure=None):
+            grads.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "Adam", Recording)
+    model, saes = in_float64(tiny_hooked_model(), random_saes(hook_names(["resid"], range(2))))
+    task = make_task("ioi", TOK, n=8, split="train")
+    ab = Ablator(model, saes, task, AblationSpec(how))
+    sites = [Site.at("blocks.0.hook_resid_post", 2), Site.at("blocks.1.hook_resid_post", task.n_pos - 1)]
+    init = {s: torch.linspace(-1.0, 1.0, 65) * (i + 1) for i, s in enumerate(sites)}
+    cfg = MaskConfig(steps=4, lr=0.05, sparsity=0.5, aim=1.5, batch_size=batch_size)  # aim 1.5: F counts
+    one = optimise_mask(model, saes, ab, sites, init, cfg, **QUIET)
+    monkeypatch.setattr(optimise, "MASK_TOKENS_PER_PASS", 3 * task.n_pos)  # passes of 3, 3, 2 (or 3, 2) prompts
+    passes = optimise_mask(model, saes, ab, sites, init, cfg, **QUIET)
+    assert len(grads) == 8 and any(g.abs().max() > 0 for step in grads[:4] for g in step)
+    for a, b in zip(grads[:4], grads[4:], strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert torch.allclose(y, x, rtol=1e-5, atol=1e-9)  # the logits are float32
+    for s in sites:
+        assert torch.allclose(passes.logits[s], one.logits[s], rtol=0, atol=1e-6)
+    assert [h[1] for h in passes.history] == pytest.approx([h[1] for h in one.history], rel=1e-7)

@@ -6,10 +6,10 @@ import torch
 
 from circuits.attribution.nodes import exact_submodule_effect, node_effects
 from circuits.attribution.splice import spliced
-from circuits.circuit.ablation import faithfulness
 from circuits.circuit.config import DiscoverConfig
 from circuits.circuit.discover import discover
 from circuits.circuit.edit import Edit, FeatureEdit, edited
+from circuits.circuit.faithfulness import faithfulness
 from circuits.circuit.graph import nodes_of
 from circuits.core.vocab import EMBED_HOOK, Node, flat_act, hook_names, on_flat
 from circuits.export.cards import feature_cards, residual_direction
@@ -63,12 +63,12 @@ def test_splicing_changes_nothing_and_ig_sums_to_each_submodules_exact_effect(mo
 def test_full_circuit_is_faithful_and_empty_is_not(model, task, name):
     saes = random_saes(SETS[name])
     every = [Node.at(h, p, i) for h in saes for p in range(task.n_pos) for i in [None, *range(saes[h].cfg.d_sae)]]
-    full = faithfulness(model, saes, task, every, "mean")
+    full = faithfulness(model, saes, task, every)
     assert full.faithfulness == pytest.approx(1.0, abs=1e-5)
-    empty = faithfulness(model, saes, task, [], "mean")
+    empty = faithfulness(model, saes, task, [])
     assert empty.faithfulness == pytest.approx(0.0, abs=1e-5)
     if EMBED_HOOK in saes:  # the embeddings are inputs: their SAE's nodes are never ablated
-        without = faithfulness(model, saes, task, [n for n in every if not n.is_embed], "mean")
+        without = faithfulness(model, saes, task, [n for n in every if not n.is_embed])
         assert without.faithfulness == pytest.approx(1.0, abs=1e-5)
 
 

@@ -74,11 +74,11 @@ def test_defaults_come_from_the_library():
 def test_defaults_read_from_the_source_are_the_functions():
     """Function defaults the help shows are read from the source (no import); they are the
     functions' own."""
-    from circuits.circuit.ablation import prune_by_ablation
     from circuits.circuit.check import check_attribution
     from circuits.circuit.config import DiscoverConfig
     from circuits.circuit.edit import edit_from_circuit
     from circuits.circuit.evaluate import evaluate_model
+    from circuits.circuit.faithfulness import prune_by_ablation
     from circuits.core.config import param_default
     from circuits.demo import run_demo
     from sae.evaluate import evaluate_saes

@@ -2,7 +2,8 @@
 
 from dataclasses import replace
 
-from circuits.circuit.ablation import CurvePoint, FaithfulnessCurve
+from circuits.circuit.config import AblationSpec
+from circuits.circuit.faithfulness import FaithfulnessCurve, Measurement
 from circuits.circuit.record import CurvePointRecord, LevelRecord, record_of
 from circuits.export.plots import plot_faithfulness, plot_rankings
 from tests.helpers import hierarchical_graph
@@ -12,20 +13,17 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _curve() -> FaithfulnessCurve:
     points = [
-        CurvePoint(n_nodes=0, n_error_nodes=2, faithfulness=0.1, random_faithfulness=0.05),
-        CurvePoint(n_nodes=10, n_error_nodes=2, faithfulness=0.9, random_faithfulness=0.2),
+        Measurement(n_latents=0, n_errors=2, faithfulness=0.1, random_faithfulness=0.05),
+        Measurement(n_latents=10, n_errors=2, faithfulness=0.9, random_faithfulness=0.2),
     ]
     return FaithfulnessCurve(
-        ablation="mean",
+        spec=AblationSpec("mean"),
         m_model=2.0,
         m_empty=-1.0,
-        faithfulness=0.9,
-        completeness=0.8,
+        whole=Measurement(n_latents=10, n_errors=2, faithfulness=0.9, completeness=0.8, random_faithfulness=0.2),
+        curve=points,
         cpr=0.7,
         cmd=0.1,
-        curve=points,
-        n_nodes=10,
-        n_error_nodes=2,
     )
 
 

@@ -22,10 +22,10 @@ import pytest
 import torch
 
 from circuits.attribution.splice import spliced
-from circuits.circuit.ablation import faithfulness_curve, ranked_nodes
 from circuits.circuit.config import DiscoverConfig
 from circuits.circuit.discover import discover
 from circuits.circuit.edit import edit_from_circuit, edit_report
+from circuits.circuit.faithfulness import faithfulness_curve, ranked_nodes
 from circuits.circuit.graph import METRIC, load_graph, save_graph
 from circuits.circuit.record import record_of
 from circuits.cli import main
@@ -91,7 +91,7 @@ def pipeline(model, saes, tmp_path) -> dict:
     assert METRIC in graph and graph.number_of_nodes() > 2 and graph.number_of_edges() > 0
     assert set(record_of(graph).saes) == set(saes)
     held_out = make_task("ioi", model.tokenizer, n=N, seed=1)
-    curve = faithfulness_curve(model, saes, held_out, ranked_nodes(graph), "mean", n_random=1, progress=False)
+    curve = faithfulness_curve(model, saes, held_out, ranked_nodes(graph), n_random=1, progress=False)
     assert math.isfinite(curve.faithfulness) and curve.curve
     files = [save_graph(graph, tmp_path / "circuit.json"), write_graphml(graph, tmp_path / "circuit.graphml")]
     files += write_circuit_tracer(graph, tmp_path / "ct")
