@@ -85,3 +85,15 @@ def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     found = [m for _, m in imports(fake)]
     assert found == ["circuits.circuit.graph", "circuits.core.vocab"]
     assert LAYERS[unit_of(found[0])] > LAYERS[unit_of(module_name(fake))]
+
+
+def test_every_path_the_docs_name_exists():
+    import re
+
+    named = {
+        m
+        for doc in ("README.md", "docs/design.md")
+        for m in re.findall(r"`((?:circuits|sae|tasks|tests|benchmarks)/[\w/.]*)`", (ROOT / doc).read_text())
+    }
+    assert named, "the docs name no module"
+    assert sorted(p for p in named if not (ROOT / p).exists()) == []
