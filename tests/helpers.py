@@ -422,3 +422,8 @@ def ablation_figures(batch_size: int) -> dict:
             "cut": cut(ab, ranking, 0.5, pool, n_random=2).to_dict() | {"seconds": 0.0},
         }
     return out
+
+
+def large_result(n_bytes: int) -> bytes:
+    """For `run_local`: a result far larger than a pipe's buffer (64 KiB on Linux)."""
+    return b"x" * n_bytes

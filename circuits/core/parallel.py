@@ -106,17 +106,27 @@ def run_local(nproc: int, fn: Callable, *args):
     check_nproc(nproc)
     ctx = torch.multiprocessing.get_context("spawn")
     results = ctx.SimpleQueue()
+    items: list = []
+
+    def drain() -> None:  # a result larger than the pipe's buffer blocks its worker until read
+        while not results.empty():
+            items.append(results.get())
+
+    workers = torch.multiprocessing.start_processes(
+        _worker, args=(nproc, _free_port(), fn, args, results), nprocs=nproc, join=False, start_method="spawn"
+    )
     try:
-        torch.multiprocessing.start_processes(
-            _worker, args=(nproc, _free_port(), fn, args, results), nprocs=nproc, join=True, start_method="spawn"
-        )
+        while True:
+            drain()
+            if workers.join(timeout=0.05):
+                break
     except torch.multiprocessing.ProcessRaisedException:
         pass  # the worker's message is on the queue
     except torch.multiprocessing.ProcessExitedException as err:
         raise CircuitsError(f"a worker process died ({err}); nothing was written") from None
+    drain()
     errors, out = [], None
-    while not results.empty():
-        item = results.get()
+    for item in items:
         if item[0] == "error":
             errors.append(item[1])
         else:

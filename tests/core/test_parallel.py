@@ -7,7 +7,7 @@ import torch
 
 from circuits.core.errors import CircuitsError
 from circuits.core.parallel import all_reduce, all_reduce_floats, batch_starts, check_nproc, run_local
-from tests.helpers import all_reduced_arange, fail_in_worker_1
+from tests.helpers import all_reduced_arange, fail_in_worker_1, large_result
 
 
 def test_batch_starts_in_one_process():
@@ -48,3 +48,9 @@ def test_a_failing_worker_is_one_error_naming_it():
         run_local(2, fail_in_worker_1)
     message = str(err.value)
     assert message.startswith("worker 1: ValueError: planted failure") and "\n" not in message
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores")
+def test_a_result_larger_than_the_pipe_comes_back():
+    # the parent reads results while it waits: a worker blocked on a full pipe never exits
+    assert run_local(2, large_result, 4_000_000) == b"x" * 4_000_000
