@@ -32,6 +32,8 @@ def child(spec: dict) -> dict:
     from tasks.builtin import make_task
 
     torch.manual_seed(0)
+    if spec.get("validate"):
+        return validation_child(spec)
     if spec["kind"] == "embedded":
         from circuits.loaders import load_model, load_saes
 
@@ -50,7 +52,8 @@ def child(spec: dict) -> dict:
     held_out = make_task("ioi", model.tokenizer, n=spec["pairs"], seed=1) if spec.get("target") else None
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    graph = discover(model, saes, task, cfg, progress=False, held_out=held_out)
+    mask = {} if spec.get("mask_steps") is None else {"mask_steps": spec["mask_steps"]}
+    graph = discover(model, saes, task, cfg, progress=False, held_out=held_out, **mask)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
@@ -59,6 +62,37 @@ def child(spec: dict) -> dict:
         "setup_mib": base / 1024,
         "nodes": graph.number_of_nodes(),
         "edges": graph.number_of_edges(),
+    }
+
+
+def validation_child(spec: dict) -> dict:
+    """The validation engine alone on ``spec["pairs"]`` held-out pairs: the live pool of a
+    quarter of the sites, then one feature-level circuit (its first 200 live latents and
+    the sites' error terms) measured — F, completeness, one random same-size circuit — as
+    ``discover --target-faithfulness`` measures each level (mean ablation, batches of 32)."""
+    import random
+
+    from circuits.circuit.ablation import Ablator
+    from circuits.circuit.faithfulness import live_pool, measure
+    from circuits.circuit.hierarchy import all_sites
+    from tasks.builtin import make_task
+
+    model, saes = random_setup(spec)
+    held_out = make_task("ioi", model.tokenizer, n=spec["pairs"], seed=1)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    ab = Ablator(model, saes, held_out)
+    sites = all_sites(saes, held_out)[::4]
+    pool = live_pool(ab, sites, random.Random(0))
+    circuit = pool.latents[:200] + pool.errors
+    m = measure(ab, circuit, pool, n_random=1)
+    return {
+        "seconds": time.perf_counter() - start,
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "setup_mib": base / 1024,
+        "nodes": len(circuit),
+        "edges": 0,
+        "faithfulness": m.faithfulness,
     }
 
 
@@ -89,7 +123,7 @@ def random_setup(spec: dict):
     model = HookedTransformer(cfg, tokenizer=tok)
     model.eval()
     saes = {}
-    for hook in hook_names(["resid", "mlp", "attn"], range(layers)):
+    for hook in hook_names(spec.get("kinds", ["resid", "mlp", "attn"]), range(layers)):
         saes[hook] = TopKSAE(TopKSAEConfig(d_in=d, d_sae=spec["width"], k=spec.get("k", 32)))
         with torch.no_grad():
             saes[hook].b_dec.normal_(0, 0.1)
@@ -141,14 +175,14 @@ def fmt(r: dict) -> list:
     return [f"{r['seconds']:.1f}", f"{r['peak_mib']:.0f}", r["nodes"], r["edges"]]
 
 
-def hierarchy_table(results: dict) -> None:
+def hierarchy_table(results: dict, mask_steps: int | None = None) -> None:
     """`discover --target-faithfulness 0.9` (IG, mean ablation, as many held-out pairs as
     discovery pairs) at 128 and 1,024 pairs: validation streams over the held-out pairs and
     the mask trains in passes, so peak memory should barely grow."""
     rows = []
     for n in [128, 1024]:
         r = results.setdefault("hierarchy_pairs", {})[n] = measure(
-            {"kind": "embedded", "pairs": n, "method": "ig", "target": 0.9}
+            {"kind": "embedded", "pairs": n, "method": "ig", "target": 0.9, "mask_steps": mask_steps}
         )
         rows.append([n, *fmt(r)])
     table(
@@ -162,6 +196,27 @@ def hierarchy_table(results: dict) -> None:
         print(f"\npeak memory at 1024 pairs / at 128 pairs: {ratio:.2f}x")
 
 
+def validation_table(results: dict) -> None:
+    """The validation engine at GPT-2-small shape (12 layers, d_model 768; random TopK SAEs
+    of width 24,576 at the 12 residual hooks, the shape of gpt2-small-res-jb) on 64 and 512
+    held-out IOI pairs: it streams batches, so peak memory should not grow with the pairs."""
+    rows = []
+    for n in [64, 512]:
+        spec = {"kind": "random", "validate": True, "pairs": n, "layers": 12, "d_model": 768, "width": 24576}
+        r = results.setdefault("validation_pairs", {})[n] = measure(spec | {"kinds": ["resid"]})
+        rows.append([n, *fmt(r)[:3]])
+    table(
+        "Validation engine (live pool, F, completeness, a random baseline; mean ablation) at GPT-2-small "
+        "shape: 12 layers, d_model 768, random TopK SAEs of width 24,576 at the 12 resid hooks, toy vocabulary",
+        ["held-out pairs", "time (s)", "peak RSS (MiB)", "nodes"],
+        rows,
+    )
+    got = results["validation_pairs"]
+    if all("peak_mib" in got[n] for n in (64, 512)):
+        results["validation_peak_ratio"] = ratio = got[512]["peak_mib"] / got[64]["peak_mib"]
+        print(f"\npeak memory at 512 held-out pairs / at 64: {ratio:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -171,13 +226,22 @@ def main() -> None:
     parser.add_argument(
         "--hierarchy-only", action="store_true", help="only the hierarchical-circuit table (128 vs 1,024 pairs)"
     )
+    parser.add_argument(
+        "--validation-only", action="store_true", help="only the GPT-2-shaped validation table (64 vs 512 pairs)"
+    )
+    parser.add_argument(
+        "--mask-steps", type=int, help="mask optimiser steps in the hierarchical table (default: discover's)"
+    )
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
     results: dict = {}
+    if args.validation_only:
+        validation_table(results)
     if args.hierarchy_only:
-        hierarchy_table(results)
+        hierarchy_table(results, args.mask_steps)
+    if args.validation_only or args.hierarchy_only:
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))
         return

@@ -18,6 +18,7 @@ All randomness comes from a ``random.Random`` passed in, so a seed fixes every s
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import product
 
@@ -456,11 +457,18 @@ GENERATORS = {
 }
 
 
+def sentences(rng: random.Random, n_words: int, mixture: Mixture = Mixture()) -> Iterator[tuple[str, list[str]]]:
+    """Sentences drawn from ``mixture`` as (family, words), until ``n_words`` words are reached."""
+    families, weights = mixture.families()
+    total = 0
+    while total < n_words:
+        family = rng.choices(families, weights)[0]
+        words = GENERATORS[family](rng)
+        total += len(words)
+        yield family, words
+
+
 def document(rng: random.Random, n_words: int, mixture: Mixture = Mixture()) -> list[str]:
     """Sentences drawn from ``mixture`` and concatenated until ``n_words`` words are reached
     (the last sentence is cut)."""
-    families, weights = mixture.families()
-    words: list[str] = []
-    while len(words) < n_words:
-        words.extend(GENERATORS[rng.choices(families, weights)[0]](rng))
-    return words[:n_words]
+    return [w for _, words in sentences(rng, n_words, mixture) for w in words][:n_words]
