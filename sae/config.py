@@ -17,7 +17,9 @@ from circuits.core.vocab import HookKind, hook_names
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
-Architecture = Literal["topk", "batchtopk", "jumprelu", "standard", "gated"]
+# matryoshka: sae-lens's Matryoshka BatchTopK (nested prefixes of the latents each trained to
+# reconstruct on their own; saved as JumpReLU, so every prefix is itself an SAE: `SAESet.prefix`)
+Architecture = Literal["topk", "batchtopk", "jumprelu", "standard", "gated", "matryoshka"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 
 
@@ -32,7 +34,10 @@ class SAETrainConfig(Config):
     kinds: tuple[HookKind, ...] = ("resid", "mlp", "attn")
     layers: tuple[int, ...] | None = None  # None: every layer
     width: int = 1024
-    k: int = 32  # topk / batchtopk: active latents per token
+    k: int = 32  # topk / batchtopk / matryoshka: active latents per token (batchtopk: on average)
+    # matryoshka: the widths of the inner prefixes, increasing, below ``width`` (empty: width / 16
+    # and width / 4)
+    prefixes: tuple[int, ...] = ()
     # topk / batchtopk: weight of sae-lens's dead-latent auxiliary loss (0: off). Off by default:
     # resampling alone left fewer dead latents on the toy model and each step ~30% cheaper.
     aux_coefficient: float = 0.0
@@ -70,6 +75,20 @@ class SAETrainConfig(Config):
             )
         if self.k > self.width:
             raise CircuitsError(f"SAE config: k {self.k} is larger than the width {self.width}")
+        if self.prefixes and self.arch != "matryoshka":
+            raise CircuitsError(f"SAE config: prefixes are for the matryoshka architecture, not {self.arch}")
+        widths = (*self.prefixes, self.width)
+        if any(not 0 < a < b for a, b in zip(widths, widths[1:], strict=False)):
+            raise CircuitsError(
+                f"SAE config: matryoshka prefixes must increase and stay below the width {self.width}, "
+                f"got {list(self.prefixes)}"
+            )
+
+    @property
+    def matryoshka_widths(self) -> list[int]:
+        """The nested widths a matryoshka SAE trains, the full width last."""
+        inner = self.prefixes or tuple(w for w in (self.width // 16, self.width // 4) if w > 0)
+        return [*inner, self.width]
 
     @property
     def batch_tokens(self) -> int:

@@ -88,6 +88,35 @@ def _check_computed(model: HookedTransformer, hook: str, what: str) -> None:
         raise CircuitsError(f"{what}: {name} {why}, so it never computes {hook}")
 
 
+# architectures whose latents are each a function of the input alone, so the first m of them
+# are what an SAE of width m with those rows computes (TopK latents compete for k slots)
+PREFIXABLE = ("jumprelu", "standard", "gated")
+
+
+def prefix_sae(sae: SAE, width: int, hook: str = "") -> SAE:
+    """The SAE of ``sae``'s first ``width`` latents: the same encoder and decoder rows (and
+    thresholds, gates), the same decoder bias; its latents equal the first ``width`` of
+    ``sae``'s on every input (a Matryoshka SAE, saved as JumpReLU, is trained for this)."""
+    arch = sae.cfg.architecture()
+    where = f"SAE for {hook}" if hook else "SAE"
+    if arch not in PREFIXABLE:
+        raise CircuitsError(f"{where}: a {arch} SAE has no prefix SAEs (use {', '.join(PREFIXABLE)}, or matryoshka)")
+    if not 0 < width <= sae.cfg.d_sae:
+        raise CircuitsError(f"{where}: prefix width {width} is not in 1..{sae.cfg.d_sae}")
+    cfg = type(sae.cfg).from_dict({**sae.cfg.to_dict(), "d_sae": width})
+    out = type(sae)(cfg)
+    state = {}
+    for name, t in sae.state_dict().items():
+        if name == "W_enc":
+            state[name] = t[:, :width]
+        elif name == "W_dec" or (t.dim() == 1 and name != "b_dec" and t.shape[0] == sae.cfg.d_sae):
+            state[name] = t[:width]
+        else:
+            state[name] = t
+    out.load_state_dict({k: v.clone() for k, v in state.items()})
+    return out.to(sae.W_dec.device)
+
+
 class SAESet(Mapping[str, SAE]):
     """Hook name -> sae-lens SAE, in the model's forward order."""
 
@@ -132,6 +161,11 @@ class SAESet(Mapping[str, SAE]):
                 f"the SAE set has no {', '.join(sorted(wanted))} hooks (it covers {', '.join(self.saes) or 'nothing'})"
             )
         return SAESet(kept, self.model_name)
+
+    def prefix(self, width: int) -> SAESet:
+        """Every SAE cut to its first ``width`` latents (`prefix_sae`): a Matryoshka set's
+        inner level, a coarser dictionary whose error terms take what the rest reconstructed."""
+        return SAESet({h: prefix_sae(sae, width, h) for h, sae in self.saes.items()}, self.model_name)
 
     def check_model(self, model: HookedTransformer) -> None:
         """Raise if a hook is missing from (or never computed by) ``model``, an SAE's d_in

@@ -45,14 +45,22 @@ COMPLETE = "complete.json"
 RECORD = "training.json"  # in a trained set's folder: the config and the model it was trained on
 
 
+SAE_LENS_ARCH = {"matryoshka": "matryoshka_batchtopk"}  # our architecture names -> sae-lens's
+
+
 def training_sae(
     cfg: SAETrainConfig, d_in: int, hook: str, model_name: str, seed: int, device: str = "cpu"
 ) -> TrainingSAE:
     """A freshly initialised sae-lens training SAE of ``cfg.arch`` for one hook."""
-    sae_cls, cfg_cls = get_sae_training_class(cfg.arch)
+    sae_cls, cfg_cls = get_sae_training_class(SAE_LENS_ARCH.get(cfg.arch, cfg.arch))
     extra = {
         "topk": {"k": cfg.k, "aux_loss_coefficient": cfg.aux_coefficient},
         "batchtopk": {"k": cfg.k, "aux_loss_coefficient": cfg.aux_coefficient},
+        "matryoshka": {
+            "k": cfg.k,
+            "aux_loss_coefficient": cfg.aux_coefficient,
+            "matryoshka_widths": cfg.matryoshka_widths,
+        },
         "standard": {"l1_coefficient": cfg.l1_coefficient},
         "gated": {"l1_coefficient": cfg.l1_coefficient},
         "jumprelu": {"l0_coefficient": cfg.l0_coefficient},
@@ -185,7 +193,7 @@ class ResamplingMultiSAETrainer(MultiSAETrainer):
         if every and step % every == 0 and step <= self.train_cfg.resample_until * self.n_steps_total:
             batch = self.data_provider.last
             for name, trainer in self.trainers.items():
-                if self.saes[name].cfg.architecture() in ("topk", "batchtopk"):
+                if self.saes[name].cfg.architecture() in ("topk", "batchtopk", "matryoshka_batchtopk"):
                     resample_dead_latents(
                         trainer,
                         batch[self.hook_names[name]],

@@ -50,7 +50,10 @@ def register_train_saes(sub) -> None:
     add_flag(p, "--hooks", SAETrainConfig, "hook kinds, comma-separated, of {choices}", name="kinds")
     p.add_argument("--layers", help="layers, comma-separated (default: all)")
     add_flag(p, "--width", SAETrainConfig, "latents per SAE")
-    add_flag(p, "--k", SAETrainConfig, "active latents per token for topk/batchtopk")
+    add_flag(p, "--k", SAETrainConfig, "active latents per token for topk/batchtopk/matryoshka")
+    p.add_argument(
+        "--prefixes", help="matryoshka: inner prefix widths, comma-separated, increasing (default: width/16,width/4)"
+    )
     add_flag(p, "--tokens", SAETrainConfig, "training tokens per SAE", name="n_tokens")
     add_flag(p, "--seed", SAETrainConfig, "random seed")
     p.add_argument("--out", help="output folder (default: the cache's saes-toy/)")
@@ -71,6 +74,7 @@ def run_train_saes(args: argparse.Namespace) -> None:
         layers=layers,
         width=args.width,
         k=args.k,
+        prefixes=() if args.prefixes is None else tuple(int_list(args.prefixes, "--prefixes")),
         n_tokens=args.tokens,
         seed=args.seed,
         seq_len=min(field_default(SAETrainConfig, "seq_len"), model.cfg.n_ctx),

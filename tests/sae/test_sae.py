@@ -262,3 +262,39 @@ def test_topk_training_step_with_a_hook_on_the_latents_is_sae_lens_dense_step():
     torch.testing.assert_close(out.sae_out - sae.b_dec, 2 * (plain - sae.b_dec))
     out.loss.backward()
     assert sae.W_enc.grad.abs().sum() > 0
+
+
+def test_matryoshka_prefixes_are_saes_and_splice_exactly(tiny_model, tmp_path):
+    from circuits.attribution.splice import spliced
+
+    cfg = tiny_sae_config(arch="matryoshka", prefixes=(8, 32))
+    assert cfg.matryoshka_widths == [8, 32, 64]
+    saes = train_sae_set(tiny_model, cfg, tmp_path / "m", progress=False)
+    inner = saes.prefix(8)
+    tokens = corpus_tokens(tiny_model.tokenizer, "prefix", 2, 32)
+    _, cache = tiny_model.run_with_cache(tokens)
+    for hook in saes:
+        assert saes[hook].cfg.architecture() == "jumprelu" and inner[hook].cfg.d_sae == 8
+        with torch.no_grad():
+            a, b = inner[hook].encode(cache[hook]), saes[hook].encode(cache[hook])[..., :8]
+        # the same latents (a narrower matmul may round in another order)
+        assert torch.allclose(a, b, atol=1e-6) and torch.equal(a != 0, b != 0)
+    plain = tiny_model(tokens)
+    for s in (saes, inner):
+        with spliced(tiny_model, s) as nodes, torch.no_grad():
+            assert torch.equal(tiny_model(tokens), plain)
+        hook = "blocks.0.hook_resid_post"
+        err = (cache[hook] - s[hook].decode(nodes[hook].latents)).norm()
+        assert torch.allclose(nodes[hook].error.norm(), err)
+    # the coarser dictionary leaves more to its error term
+    assert nodes[hook].error.norm() > 0
+
+
+def test_prefix_refuses_topk_and_bad_widths(tiny_set_dir):
+    saes = SAESet.load(tiny_set_dir)
+    with pytest.raises(CircuitsError, match="a topk SAE has no prefix SAEs"):
+        saes.prefix(8)
+    with pytest.raises(CircuitsError, match="matryoshka prefixes must increase"):
+        tiny_sae_config(arch="matryoshka", prefixes=(32, 8))
+    with pytest.raises(CircuitsError, match="prefixes are for the matryoshka architecture"):
+        tiny_sae_config(prefixes=(8,))
