@@ -8,6 +8,10 @@ nodes and edges, effects and weights within ``--atol`` (default 1e-5). Prints a 
 Run: `.venv/bin/python benchmarks/same_circuits.py --reference DIR` (save DIR from the old
 code first, e.g. from a git worktree of it: `cd OLD && python NEW/benchmarks/same_circuits.py --save DIR`).
 `--time K` times warm IG discovery instead, to compare two commits in one sitting.
+`--one-batch-float32` computes the ablation's reference means and metric means as the code
+before the streamed validation engine did (one forward pass over every prompt, float32
+means), to check that rounding is the only difference where a circuit differs: the mask
+optimiser's ranking amplifies differences of ~1e-7 in those means.
 """
 
 from __future__ import annotations
@@ -75,6 +79,31 @@ def numbers(tree, prefix: str = "") -> dict[str, float]:
     return {k: v for key, sub in items for k, v in numbers(sub, f"{prefix}.{key}" if prefix else str(key)).items()}
 
 
+def use_one_batch_float32() -> None:
+    """Replace the streamed float64 sums of the ablation's reference means and metrics by
+    the old one-pass float32 means (mean ablation only)."""
+    import torch
+
+    import circuits.circuit.ablation as ablation
+    from circuits.attribution.splice import spliced
+
+    @torch.no_grad()
+    def reference_values(model, saes, task, spec=None, rows=None, hooks=None, batch_size=None):
+        assert spec is None or spec.kind == "mean", "one-batch float32 references: mean ablation only"
+        with spliced(model, saes) as nodes:
+            model(task.clean)
+        return {h: nodes[h].map(lambda t: t.detach().mean(0)) for h in saes}
+
+    @torch.no_grad()
+    def metric_removing(self, masks):
+        masks = {h: m for h, m in masks.items() if self.ablatable(h) and (m.latents.any() or m.error.any())}
+        with ablation.ablated(self.model, self.saes, masks, self.values or {}, self.acts):
+            return self.task.metric_per_example(self.model(self.task.clean)).mean().item()
+
+    ablation.reference_values = reference_values
+    ablation.Ablator.metric_removing = metric_removing
+
+
 RENAMED: dict[str, str] = {}  # a hierarchy number's new path -> its path in the reference
 
 
@@ -102,8 +131,15 @@ def main() -> None:
         "--time", type=int, metavar="K", help="time warm IG discovery of IOI K times (after one untimed run)"
     )
     parser.add_argument("--n", type=int, default=128, help="prompt pairs (default 128)")
+    parser.add_argument(
+        "--one-batch-float32", action="store_true", help="reference and metric means as the old code computed them"
+    )
+    parser.add_argument("--only", help="run only these cases, comma-separated (e.g. ioi-hierarchy)")
     parser.add_argument("--atol", type=float, default=1e-5, help="largest allowed difference (default 1e-5)")
     args = parser.parse_args()
+    if args.one_batch_float32:
+        use_one_batch_float32()
+    cases = [c for c in CASES if args.only is None or "-".join(c) in args.only.split(",")]
     model = load_model("toy", progress=False)
     saes = load_saes("toy", model, progress=False)
     if args.time:
@@ -117,9 +153,9 @@ def main() -> None:
     if args.save:
         folder = Path(args.save)
         folder.mkdir(parents=True, exist_ok=True)
-        for task, method in CASES:
+        for task, method in cases:
             (folder / f"{task}-{method}.json").write_text(json.dumps(circuit(model, saes, task, method, args.n)))
-        print(f"saved {len(CASES)} circuits to {folder}")
+        print(f"saved {len(cases)} circuits to {folder}")
         return
     print(
         "| circuit | nodes ref / now | nodes differing | max |effect diff| | edges ref / now | "
@@ -127,7 +163,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     all_same = True
-    for task, method in CASES:
+    for task, method in cases:
         old = json.loads((Path(args.reference) / f"{task}-{method}.json").read_text())
         row, same = compare(old, circuit(model, saes, task, method, args.n), args.atol)
         all_same &= same

@@ -440,6 +440,15 @@ def stale_reason(folder: Path, model: HookedTransformer) -> str | None:
         return f"no readable {RECORD} (trained before training records)"
     if record.get("model") != model_fingerprint(model):
         return "trained on another model"
-    if record.get("default") and record.get("config") != json.loads(json.dumps(default_config().to_dict())):
+    if record.get("default") and _recorded_config(record) != default_config():
         return "trained with an earlier default recipe"
     return None
+
+
+def _recorded_config(record: dict) -> SAETrainConfig | None:
+    """The config a training record names (fields added since take their defaults), or None
+    where it no longer reads as one."""
+    try:
+        return SAETrainConfig.from_dict(record.get("config"))
+    except CircuitsError:
+        return None

@@ -86,6 +86,16 @@ def test_cached_default_set_is_trained_once_and_again_when_the_recipe_changes(
     assert "earlier default recipe" in capsys.readouterr().err
 
 
+def test_a_record_from_before_a_config_field_existed_is_still_the_default(tiny_model, tmp_path, counted_training):
+    load_saes("toy", tiny_model, cache_dir=tmp_path, progress=False)
+    path = tmp_path / "saes-toy" / T.RECORD
+    record = json.loads(path.read_text())
+    del record["config"]["prefixes"]  # a field added later, at its default
+    path.write_text(json.dumps(record))
+    load_saes("toy", tiny_model, cache_dir=tmp_path, progress=False)
+    assert len(counted_training) == 1
+
+
 def test_cached_set_is_retrained_for_another_model_or_without_a_record(tiny_model, tmp_path, counted_training, capsys):
     load_saes("toy", tiny_model, cache_dir=tmp_path, progress=False)
     (tmp_path / "saes-toy" / T.RECORD).unlink()
