@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from circuits.core.config import Result
+from circuits.core.tables import markdown_table
 from circuits.core.vocab import flat_act
 from sae.saeset import SAESet
 from tasks.concepts import Concepts, labelled_corpus
@@ -169,6 +170,22 @@ def interpretability(
         )
         matches[h] = match_latents(active, concepts)
     return Interpretability(matches, done, len(concepts.names), time.perf_counter() - start, threshold)
+
+
+def format_matches(interp: Interpretability, top: int = 3) -> str:
+    """Per hook: alive latents, the share matched, and the best-matched concepts."""
+    rows = []
+    for hook, m in interp.hooks.items():
+        best = torch.argsort(m.f1, descending=True)[:top].tolist()
+        rows.append(
+            [hook, int(m.alive.sum()), f"{m.matched_fraction(interp.threshold):.3f}"]
+            + ["; ".join(f"{m.concept[i]} ({float(m.f1[i]):.2f})" for i in best)]
+        )
+    table = markdown_table(["hook", "alive", f"matched (F1 >= {interp.threshold:g})", "best matches"], rows)
+    return (
+        f"{table}\n\nlatents matched to a concept: {interp.matched_fraction():.3f} of the alive ones "
+        f"({interp.n_concepts} concepts on {interp.n_tokens} held-out tokens, {interp.seconds:.1f} s)"
+    )
 
 
 def matched_share(nodes: Iterable[tuple[str, int | None, float]], interp: Interpretability) -> dict[str, float]:

@@ -54,6 +54,11 @@ def register_eval_saes(sub) -> None:
         "(RELEASE for all its SAEs, RELEASE:ID,ID for some; the hub or its local cache)",
     )
     add_flag(p, "--n-seqs", EVALUATE_SAES, "evaluation sequences of 64 tokens")
+    p.add_argument(
+        "--concepts",
+        action="store_true",
+        help="also match every latent to the toy language's ground-truth concepts (share matched at F1 >= 0.8)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_eval_saes)
@@ -65,7 +70,19 @@ def run_eval_saes(args: argparse.Namespace) -> None:
 
     model = load_model(args.model, progress=not args.quiet)
     saes = load_saes(args.saes, model, progress=not args.quiet)
-    print_result(evaluate_saes(model, saes, n_seqs=args.n_seqs, progress=not args.quiet), args.json, format_table)
+    result = evaluate_saes(model, saes, n_seqs=args.n_seqs, progress=not args.quiet)
+    if not args.concepts:
+        print_result(result, args.json, format_table)
+        return
+    import json
+
+    from sae.interpret import format_matches, interpretability
+
+    interp = interpretability(model, saes, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(result.to_dict() | {"interpretability": interp.to_dict()}, indent=2))
+    else:
+        print(f"{format_table(result)}\n\n{format_matches(interp)}")
 
 
 def register_check_attribution(sub) -> None:

@@ -176,12 +176,27 @@ def test_train_and_eval_saes(tiny_model_dir, tmp_path, capsys):
     assert {"l0", "fvu", "ce_recovered", "dead_frac", "dense_frac"} <= set(row)
     assert row["l0"] == 2.0
     assert "all_spliced_ce_recovered" in result
+    argv = ["eval-saes", "--model", str(tiny_model_dir), "--saes", str(out), "--n-seqs", "4", "--quiet", "--concepts"]
+    assert main(argv) == 0
+    out_text = capsys.readouterr().out
+    assert "| blocks.0.hook_attn_out |" in out_text and "latents matched to a concept:" in out_text
+    assert main([*argv, "--json"]) == 0
+    interp = json.loads(capsys.readouterr().out)["interpretability"]
+    assert len(interp["hooks"]["blocks.0.hook_attn_out"]["concept"]) == 16 and 0 <= interp["matched_fraction"] <= 1
+
+
+def test_train_saes_bad_prefixes_are_one_line(tiny_model_dir, capsys):
+    argv = ["train-saes", "--model", str(tiny_model_dir), "--arch", "matryoshka", "--width", "16", "--k", "2", "--quiet"]
+    assert main([*argv, "--prefixes", "8,4"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "circuits: error: SAE config: matryoshka prefixes must increase and stay below the width 16, got [8, 4]"
+    )
 
 
 def test_train_saes_bad_input_is_one_line(tiny_model_dir, capsys):
     assert main(["train-saes", "--model", str(tiny_model_dir), "--arch", "relu", "--quiet"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "circuits: error: unknown SAE architecture 'relu': use topk, batchtopk, jumprelu, standard, gated"
+        "circuits: error: unknown SAE architecture 'relu': use topk, batchtopk, jumprelu, standard, gated, matryoshka"
     )
     assert main(["train-saes", "--model", str(tiny_model_dir), "--layers", "0,x", "--quiet"]) == 2
     assert "--layers takes comma-separated integers" in capsys.readouterr().err
