@@ -10,8 +10,11 @@ STAMP := $(VENV)/.installed
 demo: $(STAMP) graphviz
 	$(BIN)/circuits demo
 
+# One pytest worker per core (at most 4), a test file per worker at a time.
+JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+
 test: $(STAMP) graphviz chromium lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile
 
 # Ruff keeps the format and the lint rules of pyproject.toml; a finding fails `make test`.
 lint: $(STAMP)

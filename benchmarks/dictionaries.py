@@ -93,17 +93,20 @@ def circuit_numbers(model, saes, task_name: str, n: int, interp) -> dict:
 def run_point(model, point: str, work: Path, tasks: list[str], n: int, seed: int) -> dict:
     """Train (or reuse) one point's set and measure it; the result is saved beside it."""
     from circuits.core.files import write_atomic
+    from circuits.loaders import load_saes
     from sae.evaluate import evaluate_saes
     from sae.interpret import interpretability
     from sae.saeset import MANIFEST, SAESet
-    from sae.train import train_sae_set
+    from sae.train import default_config, train_sae_set
 
     name = point.replace(":", "-") + f"-s{seed}"
     out = work / f"{name}.json"
     result = json.loads(out.read_text()) if out.is_file() else {"point": point, "seed": seed}
     folder = work / name
     start = time.perf_counter()
-    if (folder / MANIFEST).is_file():
+    if point_config(point, seed) == default_config():  # the cached default set
+        saes = load_saes("toy", model, progress=False)
+    elif (folder / MANIFEST).is_file():
         saes = SAESet.load(folder, model)
     else:
         saes = train_sae_set(model, point_config(point, seed), folder, progress=False)

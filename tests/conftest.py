@@ -22,6 +22,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs one worker per core) each worker computes on one
+    thread: two workers of two threads each on two cores only add switching."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def browser():
     """The system's Chromium in headless mode, driven by Playwright (no browser download);

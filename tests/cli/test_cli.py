@@ -186,8 +186,8 @@ def test_train_and_eval_saes(tiny_model_dir, tmp_path, capsys):
 
 
 def test_train_saes_bad_prefixes_are_one_line(tiny_model_dir, capsys):
-    argv = ["train-saes", "--model", str(tiny_model_dir), "--arch", "matryoshka", "--width", "16", "--k", "2", "--quiet"]
-    assert main([*argv, "--prefixes", "8,4"]) == 2
+    argv = ["train-saes", "--model", str(tiny_model_dir), "--arch", "matryoshka", "--width", "16", "--k", "2"]
+    assert main([*argv, "--quiet", "--prefixes", "8,4"]) == 2
     assert capsys.readouterr().err.strip() == (
         "circuits: error: SAE config: matryoshka prefixes must increase and stay below the width 16, got [8, 4]"
     )
