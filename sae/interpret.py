@@ -150,10 +150,21 @@ def interpretability(
     keep = torch.ones(tokens.shape, dtype=torch.bool)
     keep[:, 0] = False  # BOS: the SAEs are not trained on it
     concepts = Concepts.of([lab for lab, k in zip(labels, keep.flatten().tolist(), strict=True) if k], min_count)
+    active = active_latents(model, saes, tokens, batch_size, progress)
+    matches = {h: match_latents(a, concepts) for h, a in active.items()}
+    return Interpretability(matches, concepts.n_tokens, len(concepts.names), time.perf_counter() - start, threshold)
+
+
+@torch.no_grad()
+def active_latents(
+    model: HookedTransformer, saes: SAESet, tokens: torch.Tensor, batch_size: int = 64, progress: bool = False
+) -> dict[str, torch.Tensor]:
+    """Per hook, where each latent is active on ``tokens`` ``[n_seqs, seq_len]`` (BOS left
+    out): a sparse COO ``[n_seqs * (seq_len - 1), d_sae]`` of ones, row-major by sequence."""
     hooks = list(saes)
     rows: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}  # active (token, latent) pairs
     done = 0
-    for lo in tqdm(range(0, n_seqs, batch_size), desc="match latents", disable=not progress):
+    for lo in tqdm(range(0, tokens.shape[0], batch_size), desc="latent activity", disable=not progress):
         batch = tokens[lo : lo + batch_size].to(model.cfg.device)
         _, cache = model.run_with_cache(batch, names_filter=hooks)
         for h in hooks:
@@ -161,15 +172,13 @@ def interpretability(
             nz = (f != 0).nonzero().cpu()
             nz[:, 0] += done
             rows[h].append(nz)
-        done += batch.shape[0] * (seq_len - 1)
-    matches = {}
+        done += batch.shape[0] * (tokens.shape[1] - 1)
+    out = {}
     for h in hooks:
         index = torch.cat(rows[h]).T if rows[h] else torch.zeros(2, 0, dtype=torch.long)
-        active = torch.sparse_coo_tensor(
-            index, torch.ones(index.shape[1]), (done, saes[h].cfg.d_sae), check_invariants=False
-        )
-        matches[h] = match_latents(active, concepts)
-    return Interpretability(matches, done, len(concepts.names), time.perf_counter() - start, threshold)
+        ones = torch.ones(index.shape[1])
+        out[h] = torch.sparse_coo_tensor(index, ones, (done, saes[h].cfg.d_sae), check_invariants=False)
+    return out
 
 
 def format_matches(interp: Interpretability, top: int = 3) -> str:

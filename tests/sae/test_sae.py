@@ -288,6 +288,13 @@ def test_matryoshka_prefixes_are_saes_and_splice_exactly(tiny_model, tmp_path):
         assert torch.allclose(nodes[hook].error.norm(), err)
     # the coarser dictionary leaves more to its error term
     assert nodes[hook].error.norm() > 0
+    # the inner prefix's latents are their own parents in the full set (sae/splitting.py)
+    from sae.splitting import link_sets
+
+    (link,) = link_sets(tiny_model, [inner, saes], hook, n_seqs=16, seq_len=32)
+    alive = link.coactivation[:8] > 0
+    assert link.parent[:8][alive].tolist() == torch.arange(8)[alive].tolist() and alive.any()
+    assert torch.allclose(link.cosine[:8], torch.ones(8))
 
 
 def test_prefix_refuses_topk_and_bad_widths(tiny_set_dir):

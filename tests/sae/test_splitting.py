@@ -1,0 +1,39 @@
+"""Feature splitting across widths (sae/splitting.py), on planted dictionaries."""
+
+import torch
+
+from sae.splitting import parents, split_tree
+
+
+def test_children_are_perturbed_copies_that_fire_inside_their_parent():
+    g = torch.Generator().manual_seed(0)
+    narrow = torch.randn(4, 16, generator=g)
+    # each narrow latent splits into two wide ones: its direction plus a little noise
+    wide = narrow.repeat_interleave(2, 0) + 0.1 * torch.randn(8, 16, generator=g)
+    tokens = torch.randint(0, 4, (400,), generator=g)
+    narrow_active = torch.nn.functional.one_hot(tokens, 4).bool()
+    half = torch.rand(400, generator=g) < 0.5  # which child of the token's parent fires
+    wide_active = torch.nn.functional.one_hot(2 * tokens + half.long(), 8).bool()
+    link = parents(narrow, wide, narrow_active, wide_active)
+    assert link.parent.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert (link.cosine > 0.95).all() and (link.coactivation == 1.0).all()
+    # a direction copied but firing elsewhere is not a child
+    elsewhere = wide_active.clone()
+    elsewhere[:, 0] = narrow_active[:, 3]
+    assert parents(narrow, wide, narrow_active, elsewhere).parent[0] == -1
+
+
+def test_split_tree_chains_widths():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(2, 8, generator=g)
+    b = a.repeat_interleave(2, 0) + 0.3 * torch.randn(4, 8, generator=g)  # siblings apart
+    c = b.repeat_interleave(2, 0) + 0.05 * torch.randn(8, 8, generator=g)
+    tok = torch.arange(8).repeat(20)
+    act = [torch.nn.functional.one_hot(tok // 4, 2), torch.nn.functional.one_hot(tok // 2, 4)]
+    act.append(torch.nn.functional.one_hot(tok, 8))
+    act = [x.bool() for x in act]
+    links = [parents(a, b, act[0], act[1]), parents(b, c, act[1], act[2])]
+    tree = split_tree(1, [2, 4, 8], links)
+    assert tree.size() == 7 and [k.latent for k in tree.children] == [2, 3]
+    assert [g.latent for k in tree.children for g in k.children] == [4, 5, 6, 7]
+    assert tree.to_dict()["children"][0]["width"] == 4
