@@ -152,6 +152,25 @@ def row(r: dict, tasks: list[str]) -> list[str]:
     return cells
 
 
+RULE = (
+    "the smallest IOI feature level (reaching F 0.9) among sets with CE recovered >= 0.95 at every hook, "
+    ">= 0.90 all spliced, and dead <= 5 %"
+)
+
+
+def pick_default(results: list[dict]) -> dict | None:
+    """The set ``RULE`` picks (None: no set qualifies)."""
+    ok = [
+        r
+        for r in results
+        if r["ce_recovered"] >= 0.95
+        and r["all_spliced"] >= 0.90
+        and r["dead"] <= 0.05
+        and r.get("circuits", {}).get("ioi", {}).get("reached")
+    ]
+    return min(ok, key=lambda r: r["circuits"]["ioi"]["latents"] + r["circuits"]["ioi"]["errors"], default=None)
+
+
 def pareto_plot(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -200,6 +219,8 @@ def main() -> None:
     print(markdown_table(header, [row(r, tasks) for r in results]))
     pareto_plot(results, work / "pareto.png")
     print(f"\nplot: {work / 'pareto.png'}")
+    pick = pick_default(results)
+    print(f"rule: {RULE}\npicked: {pick['point'] if pick else 'none qualifies'}")
 
 
 if __name__ == "__main__":
