@@ -38,7 +38,12 @@ def add_task_args(p: argparse.ArgumentParser, default_n: int | None = None) -> N
     p.add_argument("--seed", type=int, default=0, help="prompt seed (default 0)")
     p.add_argument("--metric", help="replace the task's metric: logit_diff, prob_diff, logprob or kl")
     p.add_argument("--model", default="toy", help="'toy', a model folder, or a TransformerLens name")
-    p.add_argument("--saes", default="toy", help="'toy', an SAE set folder, or a sae-lens release (RELEASE[:ID,ID])")
+    p.add_argument(
+        "--saes",
+        default="toy",
+        help="'toy', an SAE set folder (FOLDER@WIDTH: its first WIDTH latents, a Matryoshka prefix), "
+        "or a sae-lens release (RELEASE[:ID,ID])",
+    )
     p.add_argument("--hooks", help="only these SAE kinds, comma-separated (resid_pre, z, attn, resid_mid, mlp, resid)")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda[:i]")
     p.add_argument("--dtype", default="fp32", help="fp32 (default), bf16 or fp16")

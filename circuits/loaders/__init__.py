@@ -74,13 +74,19 @@ def load_saes(
     progress: bool = True,
 ) -> SAESet:
     """The embedded model's default SAE set ("toy": cached, trained on first use), a saved set
-    folder, or a sae-lens release (``RELEASE``: all its SAEs, ``RELEASE:ID,ID``: those ids;
+    folder (``FOLDER@WIDTH``: its SAEs' first WIDTH latents, a Matryoshka set's prefix), or a
+    sae-lens release (``RELEASE``: all its SAEs, ``RELEASE:ID,ID``: those ids;
     from the Hugging Face hub or its local cache); checked against ``model`` when given
     (``model`` defaults to the toy model)."""
     if name != TOY_NAME:
         device = str(model.cfg.device) if model else "cpu"
         if Path(name).is_dir():
             return SAESet.load(name, model, device=device)
+        folder, at, width = name.rpartition("@")
+        if at and Path(folder).is_dir():  # FOLDER@WIDTH: a Matryoshka set's inner prefix
+            if not width.isdigit():
+                raise CircuitsError(f"{name}: the prefix width after '@' must be a whole number, got {width!r}")
+            return SAESet.load(folder, model, device=device).prefix(int(width))
         release, _, ids = name.partition(":")
         if "/" in release or not release:
             raise CircuitsError(f"{name}: no such SAE-set folder (or use 'toy', or a sae-lens release)")

@@ -288,6 +288,11 @@ def test_matryoshka_prefixes_are_saes_and_splice_exactly(tiny_model, tmp_path):
         assert torch.allclose(nodes[hook].error.norm(), err)
     # the coarser dictionary leaves more to its error term
     assert nodes[hook].error.norm() > 0
+    from circuits.loaders import load_saes
+
+    assert load_saes(f"{tmp_path / 'm'}@8", tiny_model)[hook].cfg.d_sae == 8
+    with pytest.raises(CircuitsError, match="the prefix width after '@' must be a whole number, got 'x'"):
+        load_saes(f"{tmp_path / 'm'}@x", tiny_model)
     # the inner prefix's latents are their own parents in the full set (sae/splitting.py)
     from sae.splitting import link_sets
 
