@@ -77,6 +77,7 @@ def circuit_numbers(model, saes, task_name: str, n: int, interp) -> dict:
     nodes = [(n.hook, n.latent, graph.nodes[i]["effect"]) for i, n in nodes_of(graph).items() if not n.is_embed]
     share = matched_share(nodes, interp)
     return {
+        "nodes": [list(n) for n in nodes],
         "sites": h.site_level.n_nodes,
         "site_f": h.site_level.faithfulness,
         "latents": h.feature_level.n_nodes,
@@ -95,7 +96,7 @@ def run_point(model, point: str, work: Path, tasks: list[str], n: int, seed: int
     from circuits.core.files import write_atomic
     from circuits.loaders import load_saes
     from sae.evaluate import evaluate_saes
-    from sae.interpret import interpretability
+    from sae.interpret import interpretability, matched_share
     from sae.saeset import MANIFEST, SAESet
     from sae.train import default_config, train_sae_set
 
@@ -125,9 +126,14 @@ def run_point(model, point: str, work: Path, tasks: list[str], n: int, seed: int
     result |= {"matched": interp.matched_fraction(), "interpret_seconds": interp.seconds}
     write_atomic(out, json.dumps(result, indent=2))
     for task in tasks:
-        if task not in result.get("circuits", {}):
+        if "nodes" not in result.get("circuits", {}).get(task, {}):
             result.setdefault("circuits", {})[task] = circuit_numbers(model, saes, task, n, interp)
             write_atomic(out, json.dumps(result, indent=2))
+    for c in result.get("circuits", {}).values():  # with this run's concepts
+        if "nodes" in c:
+            share = matched_share([tuple(x) for x in c["nodes"]], interp)
+            c["error_share"], c["matched_share"] = share["error"], share["matched"]
+    write_atomic(out, json.dumps(result, indent=2))
     return result
 
 

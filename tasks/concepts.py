@@ -18,9 +18,11 @@ back from a family's words (the templates are fixed, so the parse is exact) and 
   ``induction.index``; narrative ``narrative.kind``;
 * ``number`` of nouns and verbs (singular / plural).
 
-``label_text`` adds what only the stream shows: ``prev`` and ``next`` (the neighbouring words:
-previous-token and output features) and, for names, ``mention`` (first / repeat in the
-context so far). ``labelled_corpus`` is ``tasks.corpus.corpus_tokens`` with these labels.
+``label_text`` adds what only the stream shows: ``prev`` and ``next`` (the neighbouring words)
+and their classes ``prev_class`` / ``next_class`` (previous-token features; output features
+such as "a name comes next", which IOI's END and induction's repeats share) and, for names,
+``mention`` (first / repeat in the context so far). ``labelled_corpus`` is
+``tasks.corpus.corpus_tokens`` with these labels.
 
 ``Concepts`` turns labels into booleans: one concept ``key=value`` per label value seen at
 least ``min_count`` times, and for each variable (keys with a dot) its conjunction with the
@@ -210,9 +212,9 @@ def label_text(sentences: Iterable[tuple[str, list[str]]], bos: bool = True) -> 
     seen: set[str] = set()
     for i, lab in enumerate(out):
         if i > 0:
-            lab["prev"] = out[i - 1]["word"]
+            lab["prev"], lab["prev_class"] = out[i - 1]["word"], out[i - 1]["class"]
         if i + 1 < len(out):
-            lab["next"] = out[i + 1]["word"]
+            lab["next"], lab["next_class"] = out[i + 1]["word"], out[i + 1]["class"]
         if lab["class"] == "name":
             lab["mention"] = "repeat" if lab["word"] in seen else "first"
             seen.add(lab["word"])

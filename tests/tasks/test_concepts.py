@@ -99,6 +99,7 @@ def test_labels_agree_with_what_the_generator_drew():
 def test_text_labels_mentions_and_neighbours():
     labels = label_text([("narrative", words("Mary has a ring .")), ("narrative", words("Bob said hello to Mary ."))])
     assert labels[0]["class"] == "bos" and labels[1]["prev"] == "<bos>" and labels[1]["next"] == "has"
+    assert labels[9]["next_class"] == "name" and labels[10]["prev_class"] == "function"  # "to Mary"
     names = [(lab["word"], lab["mention"]) for lab in labels if lab["class"] == "name"]
     assert names == [("Mary", "first"), ("Bob", "first"), ("Mary", "repeat")]
     assert "next" not in labels[-1]
