@@ -69,3 +69,14 @@ def page(browser, request):
     context.route("**/*", offline)
     yield pg
     context.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_sae_dir(tiny_model_dir, tmp_path_factory):
+    """A random SAE set for the tiny 1-layer model (all three kinds)."""
+    from circuits.core.vocab import hook_names
+    from tests.helpers import random_saes
+
+    folder = tmp_path_factory.mktemp("saes") / "set"
+    random_saes(hook_names(["resid", "mlp", "attn"], [0]), d_sae=32, k=4).save(folder)
+    return folder
