@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -73,7 +73,6 @@ class Interpretability(Result):
     n_concepts: int
     seconds: float
     threshold: float = MATCH
-    extra: dict = field(default_factory=dict)
 
     def matched_fraction(self) -> float:
         """Over the whole set: matched latents / alive latents."""
