@@ -21,7 +21,9 @@ back from a family's words (the templates are fixed, so the parse is exact) and 
 ``label_text`` adds what only the stream shows: ``prev`` and ``next`` (the neighbouring words)
 and their classes ``prev_class`` / ``next_class`` (previous-token features; output features
 such as "a name comes next", which IOI's END and induction's repeats share) and, for names,
-``mention`` (first / repeat in the context so far). ``labelled_corpus`` is
+``mention`` (first / repeat in the context so far), and where the next word is a content word
+already in the text, ``copy`` (its class) and ``copied`` (the word): what a model that copies
+from its context (IOI's END, induction's second half) can predict. ``labelled_corpus`` is
 ``tasks.corpus.corpus_tokens`` with these labels.
 
 ``Concepts`` turns labels into booleans: one concept ``key=value`` per label value seen at
@@ -203,9 +205,14 @@ def _narrative_kind(words: list[str]) -> str:
 _PARSERS = {"ioi": _ioi, "sva": _sva, "years": _years, "induction": _induction, "narrative": _narrative}
 
 
+# Classes too frequent for "the next word is one already in the text" to say anything.
+_NOT_COPIED = frozenset({"function", "punctuation", "bos", "preposition"})
+
+
 def label_text(sentences: Iterable[tuple[str, list[str]]], bos: bool = True) -> list[Labels]:
     """Labels of a stream of (family, words) sentences as one text (BOS first when ``bos``):
-    each sentence's labels, then ``prev``, ``next`` and a name's ``mention`` across the text."""
+    each sentence's labels, then ``prev``, ``next``, a name's ``mention`` and ``copy`` /
+    ``copied`` across the text."""
     out: list[Labels] = [{"word": "<bos>", "class": "bos", "slot": "bos"}] if bos else []
     for family, words in sentences:
         out += label_sentence(family, words)
@@ -213,11 +220,14 @@ def label_text(sentences: Iterable[tuple[str, list[str]]], bos: bool = True) -> 
     for i, lab in enumerate(out):
         if i > 0:
             lab["prev"], lab["prev_class"] = out[i - 1]["word"], out[i - 1]["class"]
-        if i + 1 < len(out):
-            lab["next"], lab["next_class"] = out[i + 1]["word"], out[i + 1]["class"]
         if lab["class"] == "name":
             lab["mention"] = "repeat" if lab["word"] in seen else "first"
-            seen.add(lab["word"])
+        seen.add(lab["word"])
+        if i + 1 < len(out):
+            nxt = out[i + 1]
+            lab["next"], lab["next_class"] = nxt["word"], nxt["class"]
+            if nxt["word"] in seen and nxt["class"] not in _NOT_COPIED:
+                lab["copy"], lab["copied"] = nxt["class"], nxt["word"]
     return out
 
 

@@ -103,6 +103,10 @@ def test_text_labels_mentions_and_neighbours():
     names = [(lab["word"], lab["mention"]) for lab in labels if lab["class"] == "name"]
     assert names == [("Mary", "first"), ("Bob", "first"), ("Mary", "repeat")]
     assert "next" not in labels[-1]
+    # "to" before the second Mary: a name already in the text comes next; "a" before "ring",
+    # "said" before "hello" and "has" (the first time) are not copies, nor is "." before "."
+    copies = [(lab["word"], lab.get("copy"), lab.get("copied")) for lab in labels if "copy" in lab]
+    assert copies == [("to", "name", "Mary")]
 
 
 def test_labelled_corpus_is_the_training_corpus():
