@@ -19,7 +19,11 @@ One markdown table, a Pareto plot (IOI feature-level latents against the worst h
 recovered) and one JSON per point in ``--work`` (default ``outputs/dictionaries``), so a
 sweep that stops resumes where it stopped (trained sets are kept there too).
 
-Run: ``.venv/bin/python benchmarks/dictionaries.py [--points ARCH:WIDTH:K,...] [--grid]
+A matryoshka point may name one of its inner prefixes, ``matryoshka:1024:16@256``: the set's
+first 256 latents per hook, spliced with their own (larger) error terms — the coarse circuit
+to set beside a flat set of that width.
+
+Run: ``.venv/bin/python benchmarks/dictionaries.py [--points ARCH:WIDTH:K[@PREFIX],...] [--grid]
 [--tasks ioi,sva,greater_than] [--seed S]``. ``--grid`` is the whole grid (width 256, 512,
 1,024, 4,096 x k 4, 8, 16, 32 x topk, batchtopk, matryoshka: 48 sets; jumprelu's L0 is set by
 a coefficient, not k, so it is swept by ``--points jumprelu:WIDTH:COEFF``). Cost on 2 CPU
@@ -50,10 +54,11 @@ TASKS = ("ioi", "sva", "greater_than")
 
 
 def point_config(point: str, seed: int):
-    """The SAE training config of ``ARCH:WIDTH:K`` (jumprelu: ``K`` is the L0 coefficient)."""
+    """The SAE training config of ``ARCH:WIDTH:K`` (jumprelu: ``K`` is the L0 coefficient;
+    ``@PREFIX``, a matryoshka set's inner prefix, is trained as the whole set)."""
     from sae.train import default_config
 
-    arch, width, k = point.split(":")
+    arch, width, k = point.partition("@")[0].split(":")
     cfg = replace(default_config(), arch=arch, width=int(width), seed=seed)
     if arch == "jumprelu":
         return replace(cfg, l0_coefficient=float(k))
@@ -100,10 +105,11 @@ def run_point(model, point: str, work: Path, tasks: list[str], n: int, seed: int
     from sae.saeset import MANIFEST, SAESet
     from sae.train import default_config, train_sae_set
 
-    name = point.replace(":", "-") + f"-s{seed}"
+    trained, _, prefix = point.partition("@")
+    name = point.replace(":", "-").replace("@", "-at") + f"-s{seed}"
     out = work / f"{name}.json"
     result = json.loads(out.read_text()) if out.is_file() else {"point": point, "seed": seed}
-    folder = work / name
+    folder = work / (trained.replace(":", "-") + f"-s{seed}")
     start = time.perf_counter()
     if point_config(point, seed) == default_config():  # the cached default set
         saes = load_saes("toy", model, progress=False)
@@ -112,6 +118,8 @@ def run_point(model, point: str, work: Path, tasks: list[str], n: int, seed: int
     else:
         saes = train_sae_set(model, point_config(point, seed), folder, progress=False)
         result["train_seconds"] = time.perf_counter() - start
+    if prefix:
+        saes = saes.prefix(int(prefix))
     if "fvu" not in result:
         ev = evaluate_saes(model, saes, progress=False)
         scores = ev.saes.values()
