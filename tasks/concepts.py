@@ -41,7 +41,9 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from circuits.core.errors import CircuitsError
 from tasks import language as L
+from tasks.tokenizer import word_level
 
 Labels = dict[str, str]
 
@@ -242,7 +244,9 @@ def labelled_corpus(
     tokenizer: PreTrainedTokenizerBase, key: str, n_seqs: int, seq_len: int, mixture: L.Mixture = L.Mixture()
 ) -> tuple[torch.Tensor, list[Labels]]:
     """``corpus_tokens(tokenizer, key, n_seqs, seq_len, mixture)`` and every token's labels
-    (row-major: sequence by sequence)."""
+    (row-major: sequence by sequence). The labels are the generator's, one per word, so the
+    tokenizer must be the toy language's (one token per word): anything else is refused."""
+    check_toy_tokenizer(tokenizer)
     rng = random.Random(key)
     vocab = tokenizer.get_vocab()
     rows, labels = [], []
@@ -251,6 +255,18 @@ def labelled_corpus(
         rows.append([vocab[tokenizer.bos_token]] + [vocab[lab["word"]] for lab in doc[1:]])
         labels += doc
     return torch.tensor(rows, dtype=torch.long), labels
+
+
+def check_toy_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Raise a one-line `CircuitsError` unless ``tokenizer`` maps each of the toy language's
+    words to one token: ground-truth concepts exist only for text the generator made."""
+    need = "concept labels come from the toy language's generator, so they need a model with its one-token-per-word vocabulary (the embedded model, or one trained with `circuits train-model`)"
+    if not word_level(tokenizer):
+        raise CircuitsError(f"{need}; this model's tokenizer splits words into subword pieces")
+    vocab = tokenizer.get_vocab()
+    missing = [w for w in L.vocabulary() if w not in vocab]
+    if missing:
+        raise CircuitsError(f"{need}; this model's vocabulary lacks {missing[0]!r} ({len(missing)} words missing)")
 
 
 def is_variable(key: str) -> bool:

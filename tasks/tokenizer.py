@@ -69,7 +69,7 @@ def split_words(tokenizer: PreTrainedTokenizerFast, text: str) -> list[str]:
     return [w for w, _ in tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(text)]
 
 
-def _word_level(tokenizer: PreTrainedTokenizerFast) -> bool:
+def word_level(tokenizer: PreTrainedTokenizerFast) -> bool:
     """Whether ``tokenizer`` maps whole words to ids (the toy language's), or spells words in
     subword pieces."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -80,7 +80,7 @@ def check_words(tokenizer: PreTrainedTokenizerFast, text: str) -> None:
     """Raise `UnknownWordError` naming the first word of ``text`` not in the vocabulary. A
     subword tokenizer (GPT-2's byte-level BPE, …) spells any word in pieces, so for it only
     text it can encode solely as its unknown token is refused."""
-    if not _word_level(tokenizer):
+    if not word_level(tokenizer):
         unk = tokenizer.unk_token_id
         if unk is not None and unk in tokenizer.encode(text, add_special_tokens=False):
             raise UnknownWordError(f"{text!r} holds text the tokenizer can only encode as {tokenizer.unk_token!r}")

@@ -126,3 +126,16 @@ def test_concepts_hold_where_their_label_does():
     assert any(n.startswith("slot=ioi:END & ioi.IO=") for n in names)
     counts = dict(zip(concepts.names, concepts.counts.tolist(), strict=True))
     assert min(counts.values()) >= 3 and counts["word=the"] == sum(lab["word"] == "the" for lab in labels)
+
+
+def test_concepts_need_the_toy_languages_tokenizer():
+    from circuits.core.errors import CircuitsError
+    from tasks.tokenizer import build_tokenizer
+    from tests.hf_builders import gpt2_tokenizer
+
+    with pytest.raises(CircuitsError, match="splits words into subword pieces") as err:
+        labelled_corpus(gpt2_tokenizer(), "k", 2, 16)
+    assert "\n" not in str(err.value) and "toy language" in str(err.value)
+    few = build_tokenizer([w for w in L.vocabulary() if w != "Mary"])
+    with pytest.raises(CircuitsError, match="lacks 'Mary'"):
+        labelled_corpus(few, "k", 2, 16)
