@@ -260,7 +260,10 @@ def labelled_corpus(
 def check_toy_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
     """Raise a one-line `CircuitsError` unless ``tokenizer`` maps each of the toy language's
     words to one token: ground-truth concepts exist only for text the generator made."""
-    need = "concept labels come from the toy language's generator, so they need a model with its one-token-per-word vocabulary (the embedded model, or one trained with `circuits train-model`)"
+    need = (
+        "concept labels come from the toy language's generator, so they need a model with its "
+        "one-token-per-word vocabulary (the embedded model, or one trained with `circuits train-model`)"
+    )
     if not word_level(tokenizer):
         raise CircuitsError(f"{need}; this model's tokenizer splits words into subword pieces")
     vocab = tokenizer.get_vocab()
