@@ -22,8 +22,10 @@ back from a family's words (the templates are fixed, so the parse is exact) and 
 and their classes ``prev_class`` / ``next_class`` (previous-token features; output features
 such as "a name comes next", which IOI's END and induction's repeats share) and, for names,
 ``mention`` (first / repeat in the context so far), and where the next word is a content word
-already in the text, ``copy`` (its class) and ``copied`` (the word): what a model that copies
-from its context (IOI's END, induction's second half) can predict. ``labelled_corpus`` is
+already in the text, ``copy`` (its class) and ``copied`` (the word), and where the template
+forces that copy (IOI's END, induction's second half: the sentence so far determines the next
+word), ``forced=copy`` and ``forced_word``: what a model that copies from its context can
+predict, across families. ``labelled_corpus`` is
 ``tasks.corpus.corpus_tokens`` with these labels.
 
 ``Concepts`` turns labels into booleans: one concept ``key=value`` per label value seen at
@@ -211,6 +213,11 @@ _PARSERS = {"ioi": _ioi, "sva": _sva, "years": _years, "induction": _induction, 
 _NOT_COPIED = frozenset({"function", "punctuation", "bos", "preposition"})
 
 
+# Slots whose next word the sentence so far determines, as a copy of an earlier word: IOI's
+# END (the IO name) and induction's second half (the next item of the repeated list).
+_FORCED_COPY = frozenset({"ioi:END", "induction::2", "induction:repeat"})
+
+
 def label_text(sentences: Iterable[tuple[str, list[str]]], bos: bool = True) -> list[Labels]:
     """Labels of a stream of (family, words) sentences as one text (BOS first when ``bos``):
     each sentence's labels, then ``prev``, ``next``, a name's ``mention`` and ``copy`` /
@@ -230,6 +237,8 @@ def label_text(sentences: Iterable[tuple[str, list[str]]], bos: bool = True) -> 
             lab["next"], lab["next_class"] = nxt["word"], nxt["class"]
             if nxt["word"] in seen and nxt["class"] not in _NOT_COPIED:
                 lab["copy"], lab["copied"] = nxt["class"], nxt["word"]
+                if lab["slot"] in _FORCED_COPY:
+                    lab["forced"], lab["forced_word"] = "copy", nxt["word"]
     return out
 
 

@@ -107,6 +107,15 @@ def test_text_labels_mentions_and_neighbours():
     # "said" before "hello" and "has" (the first time) are not copies, nor is "." before "."
     copies = [(lab["word"], lab.get("copy"), lab.get("copied")) for lab in labels if "copy" in lab]
     assert copies == [("to", "name", "Mary")]
+    assert not any("forced" in lab for lab in labels)  # narrative: nothing forces the copy
+
+
+def test_forced_copies_are_ioi_end_and_inductions_second_half():
+    ioi = words("When Mary and John went to the store , John gave a ball to Mary .")
+    induction = words("list : Zoe Kate list : Zoe Kate .")
+    labels = label_text([("ioi", ioi), ("induction", induction)])
+    forced = [(lab["slot"], lab["forced_word"]) for lab in labels if lab.get("forced") == "copy"]
+    assert forced == [("ioi:END", "Mary"), ("induction::2", "Zoe"), ("induction:repeat", "Kate")]
 
 
 def test_labelled_corpus_is_the_training_corpus():
