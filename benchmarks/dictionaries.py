@@ -69,7 +69,7 @@ def circuit_numbers(model, saes, task_name: str, n: int, interp) -> dict:
     """The hierarchical circuit of one task at target 0.9 and what its feature level holds."""
     from circuits.circuit.config import DiscoverConfig
     from circuits.circuit.discover import discover
-    from circuits.circuit.graph import nodes_of
+    from circuits.circuit.graph import node_effects
     from circuits.circuit.record import record_of
     from sae.interpret import matched_share
     from tasks.builtin import make_task
@@ -79,7 +79,7 @@ def circuit_numbers(model, saes, task_name: str, n: int, interp) -> dict:
     start = time.perf_counter()
     graph = discover(model, saes, task, DiscoverConfig(target_faithfulness=0.9), progress=False, held_out=held_out)
     h = record_of(graph).hierarchy
-    nodes = [(n.hook, n.latent, graph.nodes[i]["effect"]) for i, n in nodes_of(graph).items() if not n.is_embed]
+    nodes = [n[1:] for n in node_effects(graph)]
     share = matched_share(nodes, interp)
     return {
         "nodes": [list(n) for n in nodes],

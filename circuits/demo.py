@@ -15,7 +15,7 @@ from circuits.circuit.config import DiscoverConfig
 from circuits.circuit.discover import discover
 from circuits.circuit.edit import EditReport, edit_from_circuit, edit_report
 from circuits.circuit.faithfulness import FaithfulnessCurve, faithfulness_curve, ranked_nodes
-from circuits.circuit.graph import node_link, record_held_out, record_sources, save_graph
+from circuits.circuit.graph import node_effects, node_link, record_held_out, record_sources, save_graph
 from circuits.circuit.record import record_of
 from circuits.core.config import Result
 from circuits.export.cards import feature_cards, latent_keys
@@ -26,6 +26,7 @@ from circuits.export.plots import plot_faithfulness, plot_rankings
 from circuits.export.report import write_report
 from circuits.loaders import TaskSpec, load_model, load_saes
 from sae.evaluate import evaluate_saes
+from sae.interpret import Readability, interpretability, readability
 from tasks.builtin import make_task
 
 TARGET = 0.9  # faithfulness the demo's circuit is held to, at both levels
@@ -38,6 +39,7 @@ class DemoResult(Result):
     graph: nx.DiGraph
     validation: FaithfulnessCurve  # on held-out prompts, mean ablation, the features by |effect|
     edit: EditReport
+    readability: Readability  # the circuit's effect against the toy language's concepts
     times: dict[str, float]  # seconds per step
     missing_dot: str | None  # why graph pictures are missing (graphviz), or None
     files: list[str]
@@ -48,6 +50,7 @@ class DemoResult(Result):
             "graph": node_link(self.graph),
             "validation": self.validation.to_dict(),
             "edit": self.edit.to_dict(),
+            "readability": self.readability.to_dict(),
             "times": dict(self.times),
             "missing_dot": self.missing_dot,
             "files": list(self.files),
@@ -98,6 +101,8 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
     write_graphml(graph, folder / "circuit.graphml")
     write_circuit_tracer(graph, folder / "circuit-tracer", cards, slug="ioi")
     quality = step("SAE quality", evaluate_saes, model, saes, n_seqs=64, progress=progress)
+    interp = step("interpretability", interpretability, model, saes, progress=progress)
+    readable = readability(node_effects(graph), interp)
     fidelity = step(
         "fidelity",
         check_attribution,
@@ -121,11 +126,13 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
         cards,
         folder / "faithfulness.png",
         folder / "rankings.png",
+        readable,
     )
     return DemoResult(
         graph,
         validation,
         edited,
+        readable,
         times,
         missing_dot,
         sorted(str(p) for p in folder.iterdir() if not p.name.startswith(".")),

@@ -196,6 +196,50 @@ def format_matches(interp: Interpretability, top: int = 3) -> str:
     )
 
 
+@dataclass
+class LatentConcept:
+    """One circuit latent (``node``: its id) with its effect and best concept on the text."""
+
+    node: str
+    effect: float
+    concept: str
+    f1: float
+    precision: float
+    recall: float
+
+
+@dataclass
+class Readability(Result):
+    """How readable a circuit is against ground truth: the shares of its |effect| in latents
+    matched to a concept (F1 >= ``threshold``), in other latents and in error terms; its
+    strongest latents with their best concepts; the whole set's matched fraction."""
+
+    matched: float
+    unmatched: float
+    error: float
+    threshold: float
+    set_matched: float
+    strongest: list[LatentConcept]
+
+
+def readability(
+    nodes: Iterable[tuple[str, str, int | None, float]], interp: Interpretability, top: int = 12
+) -> Readability:
+    """The `Readability` of a circuit's nodes ``(id, hook, latent or None for an error
+    term, effect)``, listing its ``top`` latents by |effect|."""
+    nodes = list(nodes)
+    share = matched_share([n[1:] for n in nodes], interp)
+    latents = sorted((n for n in nodes if n[2] is not None), key=lambda n: -abs(n[3]))[:top]
+    strongest = []
+    for node, hook, latent, effect in latents:
+        m = interp.hooks[hook]
+        scores = (float(m.f1[latent]), float(m.precision[latent]), float(m.recall[latent]))
+        strongest.append(LatentConcept(node, effect, m.concept[latent], *scores))
+    return Readability(
+        share["matched"], share["unmatched"], share["error"], interp.threshold, interp.matched_fraction(), strongest
+    )
+
+
 def matched_share(nodes: Iterable[tuple[str, int | None, float]], interp: Interpretability) -> dict[str, float]:
     """Of a circuit's nodes ``(hook, latent or None for an error term, effect)``: the share
     of the total |effect| in matched latents, in unmatched latents and in error terms."""

@@ -32,6 +32,12 @@ def nodes_of(graph: nx.DiGraph) -> dict[str, Node]:
     return {n: Node.from_attrs(a) for n, a in graph.nodes(data=True) if n != METRIC}
 
 
+def node_effects(graph: nx.DiGraph) -> list[tuple[str, str, int | None, float]]:
+    """Every SAE node of a circuit (embedding inputs left out) as ``(id, hook, latent or None
+    for an error term, effect)``: what `sae.interpret.readability` reads."""
+    return [(i, n.hook, n.latent, graph.nodes[i]["effect"]) for i, n in nodes_of(graph).items() if not n.is_embed]
+
+
 def record_sources(
     graph: nx.DiGraph,
     task: str,

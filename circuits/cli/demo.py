@@ -58,6 +58,11 @@ def print_demo(result) -> None:
         f"faithfulness {fl.faithfulness:.3f}, completeness {fl.completeness:.3f}, random same-size "
         f"{fl.random_faithfulness:.3f}" + ("" if h.reached_target else "  (target not reached)") + "\n"
     )
+    r = result.readability
+    print(
+        f"readable: {r.matched:.0%} of the circuit's |effect| in latents matched to a ground-truth concept "
+        f"(F1 >= {r.threshold:g}), {r.unmatched:.0%} in other latents, {r.error:.0%} in error terms\n"
+    )
     print_table(
         ["task", "moved by the edit (top 100 features off)"],
         [[name, f"{r.relative_change:+.0%}"] for name, r in result.edit.tasks.items()],

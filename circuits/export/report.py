@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from circuits.circuit.faithfulness import FaithfulnessCurve
     from circuits.export.cards import FeatureCard
     from sae.evaluate import SAEEvaluation
+    from sae.interpret import Readability
 
 STATIC_CARDS = 24  # cards written out as HTML; the viewer opens any latent's
 
@@ -100,6 +101,29 @@ def _hierarchy_html(h: HierarchyRecord) -> str:
     )
 
 
+def _readability_html(r: Readability) -> str:
+    """Where the circuit's effect sits against the toy language's ground-truth concepts."""
+    rows = [
+        [
+            c.node,
+            f"{c.effect:+.3f}",
+            c.concept or "(never active)",
+            f"{c.f1:.2f}",
+            f"{c.precision:.2f}",
+            f"{c.recall:.2f}",
+        ]
+        for c in r.strongest
+    ]
+    return (
+        "<h2>Readability against the toy language's ground truth</h2>"
+        f"<p>Of the circuit's |effect|: <b>{r.matched:.0%}</b> in latents matched to a concept "
+        f"(F1 of 'active' against 'concept holds' ≥ {r.threshold:g} on held-out text), {r.unmatched:.0%} in "
+        f"other latents, {r.error:.0%} in SAE error terms. Over the whole SAE set, {r.set_matched:.0%} of "
+        "the alive latents are matched.</p>"
+        + _table(["strongest latents", "effect", "best concept", "F1", "precision", "recall"], rows)
+    )
+
+
 def write_report(
     path: str | Path,
     graph: nx.DiGraph,
@@ -111,6 +135,7 @@ def write_report(
     cards: dict[Latent, FeatureCard] | None = None,
     faithfulness_png: Path | None = None,
     rankings_png: Path | None = None,
+    readability: Readability | None = None,
 ) -> Path:
     """One self-contained HTML file that works offline (the interactive viewer with its
     library inlined, inline SVG, PNG as data URIs, no remote resources): task summary, the
@@ -148,6 +173,8 @@ def write_report(
         if rankings_png and Path(rankings_png).is_file():
             data = base64.b64encode(Path(rankings_png).read_bytes()).decode()
             parts.append(f'<img alt="feature rankings: attribution vs optimised" src="data:image/png;base64,{data}">')
+    if readability is not None:
+        parts.append(_readability_html(readability))
     if validation:
         parts.append("<h2>Validation by ablation</h2>")
         parts.append(

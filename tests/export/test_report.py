@@ -7,6 +7,7 @@ from circuits.circuit.record import CircuitRecord, HierarchyRecord, attach
 from circuits.core.vocab import Latent
 from circuits.export.pictures import draw_graph
 from circuits.export.report import write_report
+from sae.interpret import LatentConcept, Readability
 from tests.helpers import card, nasty_graph, with_record
 
 
@@ -74,6 +75,9 @@ def test_report_renders_in_headless_chromium(page, tmp_path):
         svg[svg.index("<svg") :] if svg else None,
         cards={Latent("blocks.0.hook_mlp_out", 5): card()},
         faithfulness_png=svg_dir / "graph.png",
+        readability=Readability(
+            0.25, 0.5, 0.25, 0.8, 0.1, [LatentConcept("blocks.0.hook_mlp_out/5@<END>", 0.3, "copy=<name>", 0.9, 1, 0.8)]
+        ),
     )
     page.goto(report.as_uri())
     page.wait_for_function("window.circuitViewer !== undefined")
@@ -82,5 +86,7 @@ def test_report_renders_in_headless_chromium(page, tmp_path):
     assert page.problems == []
     text = page.locator("body").inner_text()
     assert "Feature circuit:" in text and "Feature cards" in text
+    assert "Of the circuit's |effect|: 25% in latents matched to a concept" in text
+    assert "blocks.0.hook_mlp_out/5@<END>" in text and "copy=<name>" in text  # escaped, shown as text
     assert page.locator("details svg").count() == (1 if svg else 0)  # the static picture, folded away
     assert page.evaluate("window.circuitViewer.cy.nodes('.site').length") == 5

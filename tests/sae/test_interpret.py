@@ -64,3 +64,16 @@ def test_matched_share_splits_a_circuits_effect():
     assert interp.is_matched("h", 0) and not interp.is_matched("h", 1)
     share = matched_share([("h", 0, 3.0), ("h", 1, -1.0), ("h", None, 4.0)], interp)
     assert share == {"matched": 0.375, "unmatched": 0.125, "error": 0.5}
+
+
+def test_readability_lists_a_circuits_strongest_latents_with_their_concepts():
+    from sae.interpret import readability
+
+    model = tiny_hooked_model()
+    saes = planted_sae(model, "the")
+    interp = interpretability(model, saes, n_seqs=32, seq_len=32, progress=False)
+    h = "blocks.0.hook_resid_pre"
+    r = readability([("a", h, 1, 0.5), ("b", h, 0, -2.0), ("e", h, None, 1.5)], interp, top=1)
+    assert (r.matched, r.unmatched, r.error) == (0.5, 0.125, 0.375)
+    assert [(c.node, c.concept, c.f1) for c in r.strongest] == [("b", "word=the", 1.0)]
+    assert r.set_matched == 0.5 and r.to_dict()["strongest"][0]["effect"] == -2.0
