@@ -19,7 +19,8 @@ One markdown table, a Pareto plot (IOI feature-level latents against the worst h
 recovered) and one JSON per point in ``--work`` (default ``outputs/dictionaries``), so a
 sweep that stops resumes where it stopped (trained sets are kept there too).
 
-A matryoshka point may name one of its inner prefixes, ``matryoshka:1024:16@256``: the set's
+``:x2`` after a point trains it on twice the default's tokens. A matryoshka point may name one
+of its inner prefixes, ``matryoshka:1024:16@256``: the set's
 first 256 latents per hook, spliced with their own (larger) error terms — the coarse circuit
 to set beside a flat set of that width.
 
@@ -54,12 +55,15 @@ TASKS = ("ioi", "sva", "greater_than")
 
 
 def point_config(point: str, seed: int):
-    """The SAE training config of ``ARCH:WIDTH:K`` (jumprelu: ``K`` is the L0 coefficient;
-    ``@PREFIX``, a matryoshka set's inner prefix, is trained as the whole set)."""
+    """The SAE training config of ``ARCH:WIDTH:K[:xT]`` (jumprelu: ``K`` is the L0
+    coefficient; ``xT``: T times the default's training tokens; ``@PREFIX``, a matryoshka
+    set's inner prefix, is trained as the whole set)."""
     from sae.train import default_config
 
-    arch, width, k = point.partition("@")[0].split(":")
+    arch, width, k, *tokens = point.partition("@")[0].split(":")
     cfg = replace(default_config(), arch=arch, width=int(width), seed=seed)
+    if tokens:
+        cfg = replace(cfg, n_tokens=round(cfg.n_tokens * float(tokens[0].removeprefix("x"))))
     if arch == "jumprelu":
         return replace(cfg, l0_coefficient=float(k))
     return replace(cfg, k=int(k))
