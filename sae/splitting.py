@@ -13,8 +13,12 @@ wider set, theirs in the next.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from sae.interpret import LatentMatches
 
 
 @dataclass
@@ -26,6 +30,8 @@ class Split:
     cosine: float = 1.0  # decoder cosine to its parent (1.0 at the root)
     coactivation: float = 1.0  # share of its firings inside its parent's (1.0 at the root)
     children: list[Split] = field(default_factory=list)
+    concept: str = ""  # its best ground-truth concept at its width (`label_tree`), and that F1
+    f1: float = 0.0
 
     def to_dict(self) -> dict:
         return {
@@ -33,8 +39,14 @@ class Split:
             "latent": self.latent,
             "cosine": round(self.cosine, 4),
             "coactivation": round(self.coactivation, 4),
+            "concept": self.concept,
+            "f1": round(self.f1, 4),
             "children": [c.to_dict() for c in self.children],
         }
+
+    def walk(self) -> list[Split]:
+        """This node and every node below it, depth first."""
+        return [self, *(n for c in self.children for n in c.walk())]
 
     def size(self) -> int:
         return 1 + sum(c.size() for c in self.children)
@@ -101,3 +113,13 @@ def split_tree(latent: int, widths: list[int], links: list[Parents]) -> Split:
                 nxt.append(kid)
         frontier = nxt
     return root
+
+
+def label_tree(tree: Split, matches: dict[int, LatentMatches]) -> Split:
+    """Give every node of ``tree`` its best concept and F1 from ``matches`` (width -> the
+    `sae.interpret.LatentMatches` of that width's SAE at the tree's hook); returns the tree."""
+    for node in tree.walk():
+        m = matches.get(node.width)
+        if m is not None:
+            node.concept, node.f1 = m.concept[node.latent], float(m.f1[node.latent])
+    return tree

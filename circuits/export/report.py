@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from circuits.export.cards import FeatureCard
     from sae.evaluate import SAEEvaluation
     from sae.interpret import Readability
+    from sae.splitting import Split
 
 STATIC_CARDS = 24  # cards written out as HTML; the viewer opens any latent's
 
@@ -124,6 +125,26 @@ def _readability_html(r: Readability) -> str:
     )
 
 
+def _split_node_html(node: Split, root: bool = False) -> str:
+    concept = f" — {_e(node.concept)} (F1 {node.f1:.2f})" if node.concept else ""
+    link = f"decoder cosine {node.cosine:.2f}, fires inside its parent {node.coactivation:.0%}"
+    link = "" if root else f" <span class=muted>({link})</span>"
+    kids = "".join(_split_node_html(c) for c in node.children)
+    return f"<li>width {node.width} · latent {node.latent}{concept}{link}{f'<ul>{kids}</ul>' if kids else ''}</li>"
+
+
+def _split_html(hook: str, tree: Split) -> str:
+    """One circuit feature's split tree: the latent in the narrowest dictionary and, below it,
+    the latents of each wider one that refine it."""
+    widths = sorted({n.width for n in tree.walk()})
+    return (
+        f"<h2>Feature splitting: {_e(hook)} latent {tree.latent} across widths {_e(' → '.join(map(str, widths)))}</h2>"
+        "<p>Each wider latent's parent is the narrower latent with the closest decoder direction that it fires "
+        "inside (co-activation ≥ 0.5); the best ground-truth concept of each is beside it.</p>"
+        f'<ul class="split">{_split_node_html(tree, root=True)}</ul>'
+    )
+
+
 def write_report(
     path: str | Path,
     graph: nx.DiGraph,
@@ -136,6 +157,7 @@ def write_report(
     faithfulness_png: Path | None = None,
     rankings_png: Path | None = None,
     readability: Readability | None = None,
+    split: tuple[str, Split] | None = None,
 ) -> Path:
     """One self-contained HTML file that works offline (the interactive viewer with its
     library inlined, inline SVG, PNG as data URIs, no remote resources): task summary, the
@@ -175,6 +197,8 @@ def write_report(
             parts.append(f'<img alt="feature rankings: attribution vs optimised" src="data:image/png;base64,{data}">')
     if readability is not None:
         parts.append(_readability_html(readability))
+    if split is not None:
+        parts.append(_split_html(*split))
     if validation:
         parts.append("<h2>Validation by ablation</h2>")
         parts.append(

@@ -8,6 +8,7 @@ from circuits.core.vocab import Latent
 from circuits.export.pictures import draw_graph
 from circuits.export.report import write_report
 from sae.interpret import LatentConcept, Readability
+from sae.splitting import Split
 from tests.helpers import card, nasty_graph, with_record
 
 
@@ -78,6 +79,10 @@ def test_report_renders_in_headless_chromium(page, tmp_path):
         readability=Readability(
             0.25, 0.5, 0.25, 0.8, 0.1, [LatentConcept("blocks.0.hook_mlp_out/5@<END>", 0.3, "copy=<name>", 0.9, 1, 0.8)]
         ),
+        split=(
+            "blocks.0.hook_mlp_out",
+            Split(64, 5, children=[Split(256, 70, 0.91, 0.8, concept="copied=Mary", f1=0.85)]),
+        ),
     )
     page.goto(report.as_uri())
     page.wait_for_function("window.circuitViewer !== undefined")
@@ -88,5 +93,7 @@ def test_report_renders_in_headless_chromium(page, tmp_path):
     assert "Feature circuit:" in text and "Feature cards" in text
     assert "Of the circuit's |effect|: 25% in latents matched to a concept" in text
     assert "blocks.0.hook_mlp_out/5@<END>" in text and "copy=<name>" in text  # escaped, shown as text
+    assert "latent 5 across widths 64 → 256" in text
+    assert page.locator("ul.split li li").inner_text().startswith("width 256 · latent 70 — copied=Mary (F1 0.85)")
     assert page.locator("details svg").count() == (1 if svg else 0)  # the static picture, folded away
     assert page.evaluate("window.circuitViewer.cy.nodes('.site').length") == 5

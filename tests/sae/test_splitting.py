@@ -37,3 +37,18 @@ def test_split_tree_chains_widths():
     assert tree.size() == 7 and [k.latent for k in tree.children] == [2, 3]
     assert [g.latent for k in tree.children for g in k.children] == [4, 5, 6, 7]
     assert tree.to_dict()["children"][0]["width"] == 4
+
+
+def test_label_tree_names_every_node_by_its_widths_matches():
+    from sae.interpret import LatentMatches
+    from sae.splitting import Split, label_tree
+
+    tree = Split(2, 1, children=[Split(4, 3, 0.9, 0.8), Split(4, 0, 0.7, 0.6, [Split(8, 5, 0.95, 1.0)])])
+    z = torch.zeros
+
+    def matches(names):
+        return LatentMatches(names, torch.arange(len(names)) / 10, z(len(names)), z(len(names)), z(len(names)))
+
+    label_tree(tree, {2: matches(["a", "b"]), 4: matches(["c", "d", "e", "f"])})
+    assert [(n.width, n.latent, n.concept) for n in tree.walk()] == [(2, 1, "b"), (4, 3, "f"), (4, 0, "c"), (8, 5, "")]
+    assert abs(tree.children[0].f1 - 0.3) < 1e-6 and tree.to_dict()["children"][1]["children"][0]["latent"] == 5
