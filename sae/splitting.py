@@ -123,3 +123,25 @@ def label_tree(tree: Split, matches: dict[int, LatentMatches]) -> Split:
         if m is not None:
             node.concept, node.f1 = m.concept[node.latent], float(m.f1[node.latent])
     return tree
+
+
+def circuit_split_tree(
+    model, sets: list, nodes: list[tuple[str, int | None, float]], n_seqs: int = 128
+) -> tuple[str, Split] | None:
+    """The split tree of a circuit's strongest latent across ``sets`` (SAE sets at widths
+    increasing, the narrowest first; the circuit's ``nodes`` ``(hook, latent or None,
+    effect)`` come from the narrowest, or from a Matryoshka set whose inner prefixes are the
+    narrower sets), each node labelled with its best concept; None when no latent of the
+    circuit is in the narrowest set."""
+    from sae.interpret import interpretability
+    from sae.saeset import SAESet
+
+    inner = [(h, lat, e) for h, lat, e in nodes if lat is not None and lat < sets[0][h].cfg.d_sae]
+    if not inner:
+        return None
+    hook, latent, _ = max(inner, key=lambda n: abs(n[2]))
+    at_hook = [SAESet({hook: s[hook]}) for s in sets]
+    widths = [s[hook].cfg.d_sae for s in at_hook]
+    tree = split_tree(latent, widths, link_sets(model, at_hook, hook, n_seqs))
+    matches = {w: interpretability(model, s, progress=False).hooks[hook] for w, s in zip(widths, at_hook, strict=True)}
+    return hook, label_tree(tree, matches)

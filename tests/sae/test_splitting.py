@@ -52,3 +52,35 @@ def test_label_tree_names_every_node_by_its_widths_matches():
     label_tree(tree, {2: matches(["a", "b"]), 4: matches(["c", "d", "e", "f"])})
     assert [(n.width, n.latent, n.concept) for n in tree.walk()] == [(2, 1, "b"), (4, 3, "f"), (4, 0, "c"), (8, 5, "")]
     assert abs(tree.children[0].f1 - 0.3) < 1e-6 and tree.to_dict()["children"][1]["children"][0]["latent"] == 5
+
+
+def test_a_circuits_strongest_inner_latent_gets_its_split_tree_on_a_real_model():
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    from sae.saeset import SAESet
+    from sae.splitting import circuit_split_tree
+    from tests.helpers import tiny_hooked_model
+
+    model, hook = tiny_hooked_model(), "blocks.0.hook_resid_post"
+    g = torch.Generator().manual_seed(0)
+    enc = torch.randn(32, 8, generator=g)
+    # the wide set: the narrow latents, then 8 near-copies of narrow latent 3 (its children)
+    wide_enc = torch.cat([enc, enc[:, 3:4] + 0.05 * torch.randn(32, 8, generator=g)], dim=1)
+
+    def sae(w):
+        s = StandardSAE(StandardSAEConfig(d_in=32, d_sae=w.shape[1], apply_b_dec_to_input=False))
+        with torch.no_grad():
+            s.W_enc.copy_(w)
+            s.W_dec.copy_(w.T)
+            s.b_enc.zero_()
+            s.b_dec.zero_()
+        return SAESet({hook: s})
+
+    nodes = [(hook, 3, -2.0), (hook, 12, 5.0), (hook, None, 9.0), (hook, 1, 0.5)]  # 12: only in the wide set
+    found = circuit_split_tree(model, [sae(enc), sae(wide_enc)], nodes, n_seqs=16)
+    assert found is not None
+    at, tree = found
+    assert at == hook and (tree.width, tree.latent) == (8, 3)
+    assert {c.latent for c in tree.children} == {3, *range(8, 16)} and all(c.width == 16 for c in tree.children)
+    assert all(n.concept for n in tree.walk())  # every node alive here, each with its best concept
+    assert circuit_split_tree(model, [sae(enc), sae(wide_enc)], [(hook, 12, 1.0)]) is None
