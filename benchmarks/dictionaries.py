@@ -103,27 +103,20 @@ def circuit_numbers(model, saes, task_name: str, n: int, interp) -> dict:
 def run_point(model, point: str, work: Path, tasks: list[str], n: int, seed: int) -> dict:
     """Train (or reuse) one point's set and measure it; the result is saved beside it."""
     from circuits.core.files import write_atomic
-    from circuits.loaders import load_saes
     from sae.evaluate import evaluate_saes
     from sae.interpret import interpretability, matched_share
-    from sae.saeset import MANIFEST, SAESet
+    from sae.saeset import MANIFEST
     from sae.train import default_config, train_sae_set
 
-    trained, _, prefix = point.partition("@")
     name = point.replace(":", "-").replace("@", "-at") + f"-s{seed}"
     out = work / f"{name}.json"
     result = json.loads(out.read_text()) if out.is_file() else {"point": point, "seed": seed}
-    folder = work / (trained.replace(":", "-") + f"-s{seed}")
-    start = time.perf_counter()
-    if point_config(point, seed) == default_config():  # the cached default set
-        saes = load_saes("toy", model, progress=False)
-    elif (folder / MANIFEST).is_file():
-        saes = SAESet.load(folder, model)
-    else:
-        saes = train_sae_set(model, point_config(point, seed), folder, progress=False)
+    folder = set_folder(point, work, seed)
+    if point_config(point, seed) != default_config() and not (folder / MANIFEST).is_file():
+        start = time.perf_counter()
+        train_sae_set(model, point_config(point, seed), folder, progress=False)
         result["train_seconds"] = time.perf_counter() - start
-    if prefix:
-        saes = saes.prefix(int(prefix))
+    saes = load_point(model, point, work, seed)
     if "fvu" not in result:
         ev = evaluate_saes(model, saes, progress=False)
         scores = ev.saes.values()
@@ -147,6 +140,47 @@ def run_point(model, point: str, work: Path, tasks: list[str], n: int, seed: int
             c["error_share"], c["matched_share"] = share["error"], share["matched"]
     write_atomic(out, json.dumps(result, indent=2))
     return result
+
+
+def load_point(model, point: str, work: Path, seed: int):
+    """A point's SAE set, trained by an earlier sweep run into ``work`` (``@PREFIX``: its prefix)."""
+    from circuits.loaders import load_saes
+    from sae.saeset import SAESet
+    from sae.train import default_config
+
+    prefix = point.partition("@")[2]
+    if point_config(point, seed) == default_config():  # the cached default set
+        saes = load_saes("toy", model, progress=False)
+    else:
+        saes = SAESet.load(set_folder(point, work, seed), model)
+    return saes.prefix(int(prefix)) if prefix else saes
+
+
+def set_folder(point: str, work: Path, seed: int) -> Path:
+    """Where a point's trained set lives in ``work`` (a prefix point: its whole set's)."""
+    return work / (point.partition("@")[0].replace(":", "-") + f"-s{seed}")
+
+
+def split_report(model, points: list[str], work: Path, n: int, seed: int) -> Path:
+    """The IOI circuit on the first (narrowest) point's set, its strongest latent's split tree
+    across every point's set, and both in a report: ``work/split-tree/report.html``."""
+    from circuits.circuit.config import DiscoverConfig
+    from circuits.circuit.discover import discover
+    from circuits.circuit.graph import node_effects
+    from circuits.export.report import write_report
+    from sae.interpret import interpretability, readability
+    from sae.splitting import circuit_split_tree
+    from tasks.builtin import make_task
+
+    sets = [load_point(model, p, work, seed) for p in points]
+    task, held_out = (make_task("ioi", model.tokenizer, n=n, seed=s) for s in (0, 1))
+    graph = discover(model, sets[0], task, DiscoverConfig(target_faithfulness=0.9), progress=False, held_out=held_out)
+    nodes = node_effects(graph)
+    split = circuit_split_tree(model, sets, [n[1:] for n in nodes])
+    readable = readability(nodes, interpretability(model, sets[0], progress=False))
+    out = work / "split-tree" / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return write_report(out, graph, readability=readable, split=split)
 
 
 def row(r: dict, tasks: list[str]) -> list[str]:
@@ -218,6 +252,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=128, help="discovery pairs (as many held out)")
     parser.add_argument("--seed", type=int, default=0, help="SAE training seed")
     parser.add_argument("--work", default=str(ROOT / "outputs" / "dictionaries"), help="sets and results")
+    parser.add_argument(
+        "--split-tree",
+        metavar="POINTS",
+        help="instead of the sweep: the IOI circuit on the first of these trained points (narrowest first, "
+        "e.g. topk:256:16,topk:1024:16 or matryoshka:1024:16@64,matryoshka:1024:16@256,matryoshka:1024:16) "
+        "and its strongest latent's split tree across them, in WORK/split-tree/report.html",
+    )
     args = parser.parse_args()
 
     from circuits.core.tables import markdown_table
@@ -228,6 +269,9 @@ def main() -> None:
     tasks = [t for t in args.tasks.split(",") if t]
     points = GRID if args.grid else args.points.split(",")
     model = load_model("toy", progress=False)
+    if args.split_tree:
+        print(split_report(model, args.split_tree.split(","), work, args.n, args.seed))
+        return
     results = []
     for point in points:
         print(f"{point} ...", file=sys.stderr, flush=True)
