@@ -173,11 +173,14 @@ def evaluate_saes(
 class QualityBar:
     """The bar the default SAE set meets on every training seed (docs/design.md, "SAE quality")."""
 
-    max_fvu: float = 0.05
-    max_l0: float = 32.0
+    # FVU up to 0.08: the width-256 / k-16 default reconstructs less (0.065 at its worst hook on
+    # seed 0) than the old width-1,024 / k-32 one (<= 0.05) and buys a 2.6x smaller IOI circuit;
+    # what the circuits need is held by CE recovered, per hook and all spliced.
+    max_fvu: float = 0.08
+    max_l0: float = 16.0
     max_dead_frac: float = 0.05
     min_ce_recovered: float = 0.95
-    min_all_spliced_ce_recovered: float = 0.85
+    min_all_spliced_ce_recovered: float = 0.90
 
     def failures(self, result: SAEEvaluation) -> list[str]:
         """One line per hook and measure that misses the bar (empty: the set passes)."""

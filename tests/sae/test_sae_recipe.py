@@ -115,11 +115,11 @@ def test_a_set_trained_there_with_other_options_is_kept(tiny_model, tmp_path, co
 
 
 def score(**overrides) -> SAEScore:
-    base = dict(l0=32.0, fvu=0.03, dead_frac=0.01, dense_frac=0.0, ce_recovered=0.98, ce_sae=1.0, ce_zero=2.0)
+    base = dict(l0=16.0, fvu=0.03, dead_frac=0.01, dense_frac=0.0, ce_recovered=0.98, ce_sae=1.0, ce_zero=2.0)
     return SAEScore(**{**base, **overrides})
 
 
-def evaluation(spliced: float = 0.9, **overrides) -> SAEEvaluation:
+def evaluation(spliced: float = 0.95, **overrides) -> SAEEvaluation:
     saes = {"blocks.0.hook_mlp_out": score(), "blocks.1.hook_mlp_out": score(**overrides)}
     return SAEEvaluation(saes, spliced, ce_clean=1.0, ce_all_spliced=1.1, ce_all_zero=2.0)
 
@@ -127,11 +127,11 @@ def evaluation(spliced: float = 0.9, **overrides) -> SAEEvaluation:
 @pytest.mark.parametrize(
     ("overrides", "miss"),
     [
-        ({"fvu": 0.051}, "blocks.1.hook_mlp_out: FVU 0.0510, needs <= 0.05"),
-        ({"l0": 32.5}, "blocks.1.hook_mlp_out: L0 32.5000, needs <= 32"),
+        ({"fvu": 0.081}, "blocks.1.hook_mlp_out: FVU 0.0810, needs <= 0.08"),
+        ({"l0": 16.5}, "blocks.1.hook_mlp_out: L0 16.5000, needs <= 16"),
         ({"dead_frac": 0.0505}, "blocks.1.hook_mlp_out: dead 0.0505, needs <= 0.05"),
         ({"ce_recovered": 0.949}, "blocks.1.hook_mlp_out: CE recovered 0.9490, needs >= 0.95"),
-        ({"spliced": 0.849}, "all spliced: CE recovered 0.8490, needs >= 0.85"),
+        ({"spliced": 0.899}, "all spliced: CE recovered 0.8990, needs >= 0.9"),
     ],
 )
 def test_quality_bar_names_each_miss(overrides, miss):
