@@ -65,8 +65,11 @@ def ioi(tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0, split: 
     """Indirect object identification; corrupt = ABC (three fresh names). Metric logit(IO) - logit(S)."""
     rng = _rng("ioi", split, seed)
     clean, corrupt, answers, wrongs, io_pos, s1_pos = [], [], [], [], [], []
+    variables: dict[str, list[str]] = {"IO": [], "S": [], "order": [], "place": [], "object": []}
     for _ in range(n):
         ex = L.sample_ioi(rng, split)
+        for key, value in zip(variables, (ex["io"], ex["s"], ex["order"], ex["place"], ex["obj"]), strict=True):
+            variables[key].append(value)
         clean.append(L.ioi_prompt(ex["template"], ex["io"], ex["s"], ex["place"], ex["obj"], ex["order"]))
         pool = [x for x in (L.TRAIN_NAMES if split == "train" else L.NAMES) if x not in (ex["io"], ex["s"])]
         a, b, c = rng.sample(pool, 3)
@@ -92,6 +95,7 @@ def ioi(tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0, split: 
             "S2": torch.full((n,), 10),
             "END": torch.full((n,), 14),
         },
+        vars=variables,
     )
 
 
@@ -102,11 +106,15 @@ def sva(
     corrupt flips the subject's number. Metric logit(agreeing verb) - logit(other form)."""
     rng = _rng(f"sva-{structure}", split, seed)
     clean, corrupt, answers, wrongs = [], [], [], []
+    variables: dict[str, list[str]] = {"number": [], "subject": [], "attractor number": []}
     for _ in range(n):
-        plural = rng.random() < 0.5
-        words = L.sva_subject(rng, structure, plural, rng.random() < 0.5)
+        plural, plural2 = rng.random() < 0.5, rng.random() < 0.5
+        words = L.sva_subject(rng, structure, plural, plural2)
+        variables["number"].append("plural" if plural else "singular")
+        variables["attractor number"].append("plural" if plural2 else "singular")
         flipped = list(words)
         noun = words[1]
+        variables["subject"].append(noun if not plural else L.NOUNS_SG[L.NOUNS_PL.index(noun)])
         flipped[1] = L.NOUNS_SG[L.NOUNS_PL.index(noun)] if plural else L.NOUNS_PL[L.NOUNS_SG.index(noun)]
         verb = rng.randrange(len(L.VERBS_SG))
         good, bad = (L.VERBS_PL, L.VERBS_SG) if plural else (L.VERBS_SG, L.VERBS_PL)
@@ -119,7 +127,17 @@ def sva(
         if structure == "pp"
         else (("BOS", "the", "N1", "that", "the2", "N2", "V2") if structure == "rc" else ("BOS", "the", "N1"))
     )
-    return _task("sva", tokenizer, clean, corrupt, answers, wrongs=wrongs, metric="logit_diff", position_labels=labels)
+    return _task(
+        "sva",
+        tokenizer,
+        clean,
+        corrupt,
+        answers,
+        wrongs=wrongs,
+        metric="logit_diff",
+        position_labels=labels,
+        vars=variables,
+    )
 
 
 def greater_than(tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0, split: str = "eval") -> Task:
@@ -127,8 +145,11 @@ def greater_than(tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0
     Metric: sum p(YY' > YY) - sum p(YY' <= YY) over the two-digit tokens."""
     rng = _rng("greater_than", split, seed)
     clean, corrupt, answers, wrongs = [], [], [], []
+    variables: dict[str, list[str]] = {"YY": [], "tens digit": [], "century": []}
     for _ in range(n):
         event, century, yy = rng.choice(L.EVENTS), rng.choice(L.CENTURIES), rng.randint(2, 98)
+        for key, value in zip(variables, (f"{yy:02d}", str(yy // 10), str(century)), strict=True):
+            variables[key].append(value)
         clean.append(L.years_prompt(event, century, yy))
         corrupt.append(L.years_prompt(event, century, 1))
         later = list(L.TWO_DIGITS[yy + 1 :])
@@ -164,6 +185,7 @@ def greater_than(tokenizer: PreTrainedTokenizerBase, n: int = 128, seed: int = 0
             "year2",
             "CC2",
         ),
+        vars=variables,
     )
 
 

@@ -39,6 +39,9 @@ class Task:
     templates (BABA vs ABBA). ``lengths`` holds each prompt's token count when prompts of
     different lengths are right-padded into one batch (then the "last position" is
     ``lengths - 1``, the same for an example's clean and corrupt prompt); None = unpadded.
+    ``vars`` holds the variables each clean prompt was made from (e.g. ``{"IO": [...], "S":
+    [...]}``, one string per example): what feature families are named by (``circuits.circuit.
+    families``).
     """
 
     name: str
@@ -54,6 +57,7 @@ class Task:
     prompts: list[str] = field(default_factory=list)
     corrupt_prompts: list[str] = field(default_factory=list)
     reference: torch.Tensor | None = None
+    vars: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -67,6 +71,11 @@ class Task:
             raise CircuitsError(
                 f"task {self.name}: {len(self.position_labels)} position labels for {self.n_pos} positions"
             )
+        for key, values in self.vars.items():
+            if len(values) != self.n_examples:
+                raise CircuitsError(
+                    f"task {self.name}: variable {key!r} has {len(values)} values for {self.n_examples} prompts"
+                )
 
     @property
     def n_examples(self) -> int:
@@ -84,7 +93,8 @@ class Task:
     def subset(self, index: slice | torch.Tensor) -> Task:
         """The same task restricted to some examples (for batching)."""
         cut = {name: _take(getattr(self, name), index) for name in PER_EXAMPLE}
-        return replace(self, **cut, roles={k: v[index] for k, v in self.roles.items()})
+        roles = {k: v[index] for k, v in self.roles.items()}
+        return replace(self, **cut, roles=roles, vars={k: _take(v, index) for k, v in self.vars.items()})
 
     def with_metric(self, metric: str) -> Task:
         """The same prompts scored by another metric (e.g. ``kl``)."""

@@ -130,6 +130,7 @@ class DiscoverConfig(Config):
     start_layer: int = 0
     mask_steps: int = field_default(MaskConfig, "steps")
     mask_sparsity: float = field_default(MaskConfig, "sparsity")
+    families: bool = True  # with a target faithfulness: group the features into validated families
 
     def validate(self) -> None:
         for name in ("node_threshold", "edge_threshold"):

@@ -43,9 +43,10 @@ from circuits.attribution.nodes import (
     run_batch,
 )
 from circuits.circuit.config import DiscoverConfig
+from circuits.circuit.families import find_families
 from circuits.circuit.graph import nodes_of, prune, site_graph
 from circuits.circuit.hierarchy import HierarchicalCircuit, find_hierarchy
-from circuits.circuit.record import CircuitRecord, ExampleRecord, HierarchyRecord, ModelRecord, attach
+from circuits.circuit.record import CircuitRecord, ExampleRecord, HierarchyRecord, LevelRecord, ModelRecord, attach
 from circuits.core.errors import CircuitsError
 from circuits.core.parallel import all_reduce, batch_starts, is_main
 from circuits.core.values import NodeValues, add_into, flat
@@ -174,7 +175,35 @@ def _discover(
     h = _hierarchy_record(hierarchy)
     sites = site_graph(attach(graph, replace(record, hierarchy=h)))  # the skeleton's sites too
     h = replace(h, site_edges=[(u, v, w) for u, v, w in sites.edges(data="weight")])
+    if cfg.families and hierarchy.features:
+        h, seconds = _with_families(graph, h, model, saes, task, held_out, hierarchy, cfg)
+        record = replace(record, times=record.times | {"families": seconds})
     return attach(graph, replace(record, hierarchy=h))
+
+
+def _with_families(
+    graph: nx.DiGraph,
+    h: HierarchyRecord,
+    model: HookedTransformer,
+    saes: SAESet,
+    task: Task,
+    held_out: Task,
+    hierarchy: HierarchicalCircuit,
+    cfg: DiscoverConfig,
+) -> tuple[HierarchyRecord, float]:
+    """The hierarchy record with the feature level's families (``circuits.circuit.families``);
+    each member node of ``graph`` gets its family's id as attribute ``family``."""
+    ids = {node: n for n, node in nodes_of(graph).items()}
+    effects = {n: graph.nodes[ids[n]]["effect"] for n in hierarchy.features if n.latent is not None}
+    errors = [n for n in hierarchy.features if n.latent is None]
+    if not effects:
+        return h, 0.0
+    found = find_families(model, saes, task, held_out, effects, errors, hierarchy.sites, cfg.hierarchy())
+    for f in found.families:
+        for m in f.members:
+            graph.nodes[m]["family"] = f.id
+    level = LevelRecord.from_dict(found.level.to_dict(), where="family level")
+    return replace(h, families=found.families, family_level=level, interchange=found.interchange), found.seconds
 
 
 def _hierarchy_record(hierarchy: HierarchicalCircuit) -> HierarchyRecord:

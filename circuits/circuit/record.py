@@ -145,7 +145,7 @@ class CurvePointRecord(Config):
     n_nodes: int  # latents (or sites)
     n_error_nodes: int
     faithfulness: float
-    random_faithfulness: float
+    random_faithfulness: float | None = None  # None: not measured (the family level's curve)
 
     @property
     def size(self) -> int:
@@ -173,6 +173,50 @@ class LevelRecord(Config):
     @property
     def size(self) -> int:
         return self.n_nodes + self.n_error_nodes
+
+
+@dataclass
+class FamilyRecord(Config):
+    """A feature family (``circuits.circuit.families``): latents of one site that track one
+    task variable (None: none) with one sign of effect. ``effect`` is its members' summed
+    recorded effect; ``tracking`` their mean epsilon squared with the variable (their best
+    one when untracked); ``ablation_ratio`` the metric's change with the members patched
+    together to their corrupt values over ``effect``; ``interchange`` the rate at which the
+    members, given a donor prompt's values, move the model's answer to the donor's (beside
+    ``interchange_random``, random same-site latents of the same number)."""
+
+    label: ClassVar[str] = "family"
+
+    id: str
+    name: str
+    site: str
+    variable: str | None
+    members: list[str]
+    effect: float
+    tracking: float
+    ablation_ratio: float | None = None
+    interchange: float | None = None
+    interchange_random: float | None = None
+
+    @property
+    def named(self) -> bool:
+        """Whether the family has a concept name (it tracks a variable)."""
+        return self.variable is not None
+
+
+@dataclass
+class InterchangeRecord(Config):
+    """All the families tracking one variable, given a donor prompt's values together: the
+    rate the model's answer moves to the donor's, a random baseline (as many live latents
+    from the same sites), over ``n_prompts`` held-out prompts whose donor answer differs."""
+
+    label: ClassVar[str] = "interchange"
+
+    variable: str
+    n_families: int
+    rate: float
+    random_rate: float
+    n_prompts: int
 
 
 LEVELS = ("sites", "attribution", "optimised")  # `HierarchyRecord.levels` keys, in order
@@ -204,6 +248,9 @@ class HierarchyRecord(Config):
     mask_history: list[tuple[int, float, int]] = field(default_factory=list)
     site_edges: list[tuple[str, str, float]] = field(default_factory=list)
     held_out: HeldOut | None = None
+    families: list[FamilyRecord] = field(default_factory=list)  # largest |effect| first
+    family_level: LevelRecord | None = None  # n_nodes counts families
+    interchange: list[InterchangeRecord] = field(default_factory=list)
 
     @property
     def skeleton(self) -> list[Site]:
@@ -213,6 +260,20 @@ class HierarchyRecord(Config):
     @property
     def reached_target(self) -> bool:
         return self.site_level.reached_target and self.feature_level.reached_target
+
+    def named_share(self) -> float | None:
+        """The share of the families' summed |effect| in families with a concept name (None:
+        no families)."""
+        total = sum(abs(f.effect) for f in self.families)
+        return sum(abs(f.effect) for f in self.families if f.named) / total if total else None
+
+    def family(self, family_id: str) -> FamilyRecord:
+        """The family with this id; a one-line error naming the ids there are."""
+        for f in self.families:
+            if f.id == family_id:
+                return f
+        known = ", ".join(f.id for f in self.families[:5]) + (", ..." if len(self.families) > 5 else "")
+        raise CircuitsError(f"the circuit has no family {family_id!r} (its families: {known or 'none'})")
 
     def levels(self) -> list[tuple[str, LevelRecord]]:
         """``("sites", site level)``, ``("attribution", ...)`` and, with mask steps,

@@ -41,6 +41,11 @@ def register(sub) -> None:
     add_flag(p, "--batch-size", DiscoverConfig, "prompt pairs per batch")
     p.add_argument("--no-edges", action="store_true", help="nodes only (no edges, no path pruning)")
     p.add_argument(
+        "--no-families",
+        action="store_true",
+        help="with --target-faithfulness: do not group the features into validated families",
+    )
+    p.add_argument(
         "--target-faithfulness",
         type=float,
         help="find a hierarchical circuit (sites, then features inside them) reaching this "
@@ -129,6 +134,7 @@ def discover_job(args: argparse.Namespace):
         top_n=args.top_n,
         batch_size=args.batch_size,
         edges=not args.no_edges,
+        families=not args.no_families,
         target_faithfulness=args.target_faithfulness,
         **hierarchy_settings(args),
     )
@@ -151,6 +157,33 @@ def hierarchy_settings(args: argparse.Namespace) -> dict:
     return {k: given.get(k, field_default(DiscoverConfig, k)) for k in HIERARCHY_FLAGS}
 
 
+def print_families(h, top: int = 12) -> None:
+    """The largest families with their validation, and the interchange of each variable's
+    families together."""
+    print(
+        f"\n{len(h.families)} families, {h.named_share():.0%} of their |effect| in families with a concept name; "
+        f"the first {h.family_level.n_nodes} reach the target:"
+    )
+    rows = [
+        [
+            f.id,
+            f.name,
+            str(len(f.members)),
+            f"{f.effect:+.3f}",
+            "-" if f.ablation_ratio is None else f"{f.ablation_ratio:.2f}",
+            "-" if f.interchange is None else f"{f.interchange:.2f} ({f.interchange_random:.2f})",
+        ]
+        for f in h.families[:top]
+    ]
+    print_table(["family", "name", "latents", "effect", "ablation ratio", "interchange (random)"], rows)
+    if h.interchange:
+        rows = [
+            [r.variable, str(r.n_families), f"{r.rate:.2f}", f"{r.random_rate:.2f}", str(r.n_prompts)]
+            for r in h.interchange
+        ]
+        print_table(["variable", "families", "interchange", "random", "prompts"], rows)
+
+
 LEVEL_NAMES = {"sites": "sites", "attribution": "features (attribution prefix)", "optimised": "features (optimised)"}
 
 
@@ -170,8 +203,21 @@ def print_hierarchy(record, path: Path) -> None:
         ]
         for key, level in h.levels()
     ]
+    if h.family_level is not None:
+        fl = h.family_level
+        rows.append(
+            [
+                "families",
+                f"{fl.n_nodes} + {fl.n_error_nodes} err",
+                f"{fl.faithfulness:.3f}",
+                f"{fl.completeness:.3f}",
+                f"{fl.random_faithfulness:.3f}",
+            ]
+        )
     print_table(["level", "size", "faithfulness", "completeness", "random same size"], rows)
     print(f"circuit: {len(h.sites)} sites, features from the {h.feature_level.ranking} ranking")
+    if h.families:
+        print_families(h)
     print_table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in record.times.items()])
     if not h.reached_target:
         sl, fl = h.site_level, h.feature_level

@@ -1,0 +1,489 @@
+"""Feature families: a circuit's latents grouped by the task variable they track and what they do.
+
+A feature circuit of a few hundred latents is a list; researchers read it by grouping latents
+into "supernodes" by hand. Here the grouping is automatic and each group is checked causally
+(docs/design.md, "Feature families"):
+
+1. **What a latent tracks.** Each prompt of a task carries the variables it was made from
+   (``Task.vars``: the IO and S names of IOI, the subject's number of SVA, the start year of
+   greater-than; a JSONL line's ``"vars"``) and, for templated prompts, the token at every
+   position whose token varies (``token@S2``). A latent tracks the variable that explains the
+   most of its activation at its site over the discovery prompts: epsilon squared, the share
+   of variance between the variable's values, corrected for the number of values (a variable
+   with as many values as prompts explains everything by chance; epsilon squared is then ~0).
+   A latent tracks nothing when no variable reaches ``TRACKS`` or it fires on fewer than
+   ``MIN_ACTIVE`` prompts.
+2. **Families.** Inside each site, the latents tracking one variable with one sign of effect
+   (supports the answer: effect < 0; opposes it) form a family, named from its variable and
+   site ("IO identity at L2 resid@END, supports"); latents tracking nothing form the site's
+   untracked families, and groups too small to matter (``MINOR``) its "minor latents".
+3. **The family level**: families ranked by |summed effect|, cut at the smallest prefix whose
+   latents (with the feature level's error terms, which no family holds) reach the target F on
+   the held-out prompts; the random baseline draws, for each family, as many live latents from
+   its own site.
+4. **Validation per family**: (a) its latents patched together to their corrupt values on the
+   discovery prompts move the metric by its recorded (summed attribution) effect: the ratio;
+   (b) interchange, for a variable whose value is a token of the prompt: on each held-out
+   prompt, the family's latents take their values from a donor prompt where that token is
+   swapped with another variable's (IO <-> S) or replaced by another prompt's value, and the
+   model's top answer becomes the donor's answer at this rate (random same-site latent sets of
+   the same size beside it).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from transformer_lens import HookedTransformer
+
+from circuits.attribution.nodes import encode_at
+from circuits.attribution.splice import spliced
+from circuits.circuit.ablation import Ablator
+from circuits.circuit.config import HierarchyConfig
+from circuits.circuit.faithfulness import Level, Measurement, live_pool, log_sizes, smallest_prefix
+from circuits.circuit.record import FamilyRecord, InterchangeRecord
+from circuits.core.errors import CircuitsError
+from circuits.core.values import NodeValues
+from circuits.core.vocab import Node, Site, flat_act
+from sae.saeset import SAESet
+from tasks.task import Task
+
+TRACKS = 0.5  # epsilon squared at which a latent tracks a variable
+MIN_ACTIVE = 5  # prompts a latent must fire on to track anything
+MINOR = 0.005  # families below this share of the circuit's |effect| merge into their site's minor family
+
+
+# ----------------------------------------------------------------------------- variables
+def task_variables(task: Task, tokenizer) -> dict[str, list[str]]:
+    """The task's own variables, then (templated prompts) ``token@<label>`` for every position
+    whose token varies across the clean prompts."""
+    out = dict(task.vars)
+    if task.position_labels is not None:
+        for p, label in enumerate(task.position_labels):
+            column = task.clean[:, p].tolist()
+            if len(set(column)) > 1:
+                out[f"token@{label}"] = [tokenizer.decode([t]).strip() for t in column]
+    return out
+
+
+def epsilon_squared(acts: torch.Tensor, values: list[str]) -> torch.Tensor:
+    """Per column of ``acts`` (``[prompts, latents]``), the share of its variance between the
+    groups of prompts that share a value, bias-corrected (epsilon squared: (SS_between -
+    (k - 1) MS_within) / (SS_total + MS_within)); 0 for a constant column."""
+    codes = {v: i for i, v in enumerate(dict.fromkeys(values))}
+    g = torch.tensor([codes[v] for v in values])
+    n, k = acts.shape[0], len(codes)
+    acts = acts.double()
+    counts = torch.bincount(g, minlength=k).double()
+    means = torch.zeros(k, acts.shape[1], dtype=torch.float64).index_add_(0, g, acts) / counts[:, None]
+    grand = acts.mean(0)
+    ss_total = ((acts - grand) ** 2).sum(0)
+    ss_between = (counts[:, None] * (means - grand) ** 2).sum(0)
+    ms_within = (ss_total - ss_between).clamp(min=0) / max(n - k, 1)
+    eps = (ss_between - (k - 1) * ms_within) / (ss_total + ms_within).clamp(min=1e-30)
+    return torch.where(ss_total > 0, eps, torch.zeros_like(eps)).float()
+
+
+@torch.no_grad()
+def site_activations(
+    model: HookedTransformer, saes: SAESet, task: Task, nodes: list[Node], batch_size: int = 64
+) -> torch.Tensor:
+    """Each latent node's activation on each clean prompt, at its position (summed over the
+    prompt's positions for a node at every position): ``[prompts, nodes]``."""
+    hooks = list(dict.fromkeys(n.hook for n in nodes))
+    out = []
+    for lo in range(0, task.n_examples, batch_size):
+        part = task.subset(slice(lo, lo + batch_size))
+        with spliced(model, saes, hooks=hooks) as values:
+            model(part.clean)
+        cols = []
+        for n in nodes:
+            lat = values[n.hook].latents[..., n.latent].detach().float()
+            if n.position is None:
+                real = _real_positions(part, lat.shape[1])
+                cols.append((lat * real).sum(1))
+            else:
+                cols.append(lat[:, n.position])
+        out.append(torch.stack(cols, 1) if cols else torch.zeros(part.n_examples, 0))
+    return torch.cat(out)
+
+
+def _real_positions(task: Task, n_pos: int) -> torch.Tensor:
+    if task.lengths is None:
+        return torch.ones(task.n_examples, n_pos)
+    return (torch.arange(n_pos)[None] < task.lengths[:, None]).float()
+
+
+@dataclass
+class Tracking:
+    """What each latent tracks: the best variable (None: none reaches ``TRACKS``) and its
+    epsilon squared, by node."""
+
+    variable: dict[Node, str | None]
+    score: dict[Node, float]
+
+
+def track(acts: torch.Tensor, nodes: list[Node], variables: dict[str, list[str]]) -> Tracking:
+    """The variable each node tracks, from its activations ``acts`` ``[prompts, nodes]``;
+    ties go to the variable listed first (the task's own before ``token@``)."""
+    best = torch.full((len(nodes),), -1.0)
+    which: list[str | None] = [None] * len(nodes)
+    for name, values in variables.items():
+        eps = epsilon_squared(acts, values)
+        for i in (eps > best).nonzero().flatten().tolist():
+            best[i], which[i] = float(eps[i]), name
+    active = (acts != 0).sum(0)
+    variable = {
+        n: (which[i] if best[i] >= TRACKS and int(active[i]) >= MIN_ACTIVE else None) for i, n in enumerate(nodes)
+    }
+    return Tracking(variable, {n: max(float(best[i]), 0.0) for i, n in enumerate(nodes)})
+
+
+# ----------------------------------------------------------------------------- families
+def site_name(site: Site) -> str:
+    """A short name of a site: ``L2 resid@END``."""
+    return f"L{site.submodule.layer} {site.submodule.kind}@{site.label}"
+
+
+def family_name(variable: str | None, site: Site, effect: float, token_valued: bool) -> str:
+    what = "untracked" if variable is None else (f"{variable} identity" if token_valued else variable)
+    return f"{what} at {site_name(site)}, {'supports' if effect < 0 else 'opposes'}"
+
+
+def group(effects: dict[Node, float], tracking: Tracking, token_vars: set[str]) -> list[FamilyRecord]:
+    """The families of a circuit's latents (``effects``: latent node -> effect): per site,
+    variable tracked and sign of effect; groups under ``MINOR`` of the circuit's |effect|
+    merged into one "minor latents" family per site. Largest |effect| first, ids F1, F2, ..."""
+    groups: dict[tuple[Site, str | None, bool], list[Node]] = defaultdict(list)
+    for n, e in effects.items():
+        groups[(n.site, tracking.variable[n], e < 0)].append(n)
+    total = sum(abs(e) for e in effects.values())
+    minor: dict[Site, list[Node]] = defaultdict(list)
+    out = []
+    for (site, variable, _), members in groups.items():
+        effect = sum(effects[n] for n in members)
+        if abs(effect) < MINOR * total:
+            minor[site] += members
+        else:
+            out.append(
+                _family(
+                    family_name(variable, site, effect, variable in token_vars),
+                    site,
+                    variable,
+                    members,
+                    effects,
+                    tracking,
+                )
+            )
+    out += [
+        _family(f"minor latents at {site_name(site)}", site, None, ms, effects, tracking) for site, ms in minor.items()
+    ]
+    out.sort(key=lambda f: -abs(f.effect))
+    for i, f in enumerate(out, 1):
+        f.id = f"F{i}"
+    return out
+
+
+def _family(
+    name: str, site: Site, variable: str | None, members: list[Node], effects: dict[Node, float], tracking: Tracking
+) -> FamilyRecord:
+    members = sorted(members, key=lambda n: -abs(effects[n]))
+    scores = [tracking.score[n] for n in members]
+    return FamilyRecord(
+        id="",
+        name=name,
+        site=site.id,
+        variable=variable,
+        members=[n.id for n in members],
+        effect=sum(effects[n] for n in members),
+        tracking=sum(scores) / len(scores),
+    )
+
+
+# ----------------------------------------------------------------------------- the level
+@dataclass
+class FamilyLevel:
+    """The family level: the families in ranked order, the cut (``level``: its size counts
+    families in ``n_latents`` and the error terms apart), each family's validation."""
+
+    families: list[FamilyRecord]
+    level: Level
+    interchange: list[InterchangeRecord] = field(default_factory=list)  # per variable, its families together
+    seconds: float = 0.0
+
+
+def family_level(
+    ab: Ablator,
+    families: list[FamilyRecord],
+    nodes: dict[str, Node],
+    errors: list[Node],
+    by_site: dict[str, list[Node]],
+    target: float,
+    n_random: int,
+    rng: random.Random,
+) -> Level:
+    """``families`` (ranked) cut at the smallest prefix whose latents and ``errors`` reach
+    ``target`` on ``ab``'s prompts, measured (completeness, random families: as many live
+    latents from each family's site), with the curve up to a little beyond the cut."""
+    start = time.perf_counter()
+    members = [[nodes[m] for m in f.members] for f in families]
+
+    def circuit(k: int) -> list[Node]:
+        return [n for ms in members[:k] for n in ms] + errors
+
+    def random_f(k: int) -> float:
+        return sum(ab.faithfulness(_draw(families[:k], by_site, rng) + errors) for _ in range(n_random)) / n_random
+
+    fs: dict[int, float] = {}
+
+    def f_of(k: int) -> float:
+        if k not in fs:
+            fs[k] = ab.faithfulness(circuit(k))
+        return fs[k]
+
+    n = len(families)
+    k, f = smallest_prefix(n, f_of, target)
+    # the curve without random baselines: one per point would cost n_random passes each
+    points = [Measurement(s, len(errors), f_of(s)) for s in log_sizes(n) if s <= max(2 * k, 10)]
+    at = Measurement(k, len(errors), f, ab.completeness(circuit(k)), random_f(k), f >= target)
+    return Level("families", at, points, time.perf_counter() - start)
+
+
+def _draw(families: list[FamilyRecord], by_site: dict[str, list[Node]], rng: random.Random) -> list[Node]:
+    """Random families: for each family, as many live latents of its site (none drawn twice)."""
+    taken: dict[str, set[Node]] = defaultdict(set)
+    for f in families:
+        pool = [n for n in by_site.get(f.site, []) if n not in taken[f.site]]
+        taken[f.site].update(rng.sample(pool, min(len(f.members), len(pool))))
+    return [n for drawn in taken.values() for n in drawn]
+
+
+def _live_by_site(ab: Ablator, sites: list[Site], rng: random.Random) -> dict[str, list[Node]]:
+    out: dict[str, list[Node]] = defaultdict(list)
+    for n in live_pool(ab, sites, rng).latents:
+        out[n.site.id].append(n)
+    return out
+
+
+# ----------------------------------------------------------------------------- validation
+@torch.no_grad()
+def latent_values(
+    model: HookedTransformer, saes: SAESet, tokens: torch.Tensor, hooks: list[str], batch_size: int = 64
+) -> dict[str, torch.Tensor]:
+    """The latents at ``hooks`` of prompts ``tokens``: ``[prompts, pos, d_sae]`` per hook."""
+    parts: dict[str, list[torch.Tensor]] = defaultdict(list)
+    for lo in range(0, tokens.shape[0], batch_size):
+        _, cache = model.run_with_cache(tokens[lo : lo + batch_size], names_filter=hooks)
+        for h in hooks:
+            parts[h].append(encode_at(saes, h, flat_act(cache[h])).latents)
+    return {h: torch.cat(v) for h, v in parts.items()}
+
+
+@torch.no_grad()
+def patched_run(
+    model: HookedTransformer,
+    saes: SAESet,
+    task: Task,
+    members: list[Node],
+    source: dict[str, torch.Tensor],
+    rows: slice,
+) -> tuple[torch.Tensor, Task]:
+    """The logits of ``task``'s clean prompts ``rows`` with ``members`` given their values in
+    ``source`` (``latent_values`` of other prompts, row for row), and those rows as a task."""
+    hooks = list(dict.fromkeys(m.hook for m in members))
+    edits = {h: _patch([m for m in members if m.hook == h], source[h][rows]) for h in hooks}
+    part = task.subset(rows)
+    with spliced(model, saes, hooks=hooks, edits=edits):
+        return model(part.clean), part
+
+
+def _patch(members: list[Node], source: torch.Tensor):
+    def edit(nodes: NodeValues) -> NodeValues:
+        lat = nodes.latents.clone()
+        for m in members:
+            at = slice(None) if m.position is None else m.position
+            lat[:, at, m.latent] = source[:, at, m.latent].to(lat.dtype)
+        return NodeValues(lat, nodes.error)
+
+    return edit
+
+
+def patched_metric(
+    model: HookedTransformer,
+    saes: SAESet,
+    task: Task,
+    members: list[Node],
+    source: dict[str, torch.Tensor],
+    batch_size: int,
+) -> float:
+    """The mean metric of ``task`` with ``members`` given their values in ``source``."""
+    total = 0.0
+    for lo in range(0, task.n_examples, batch_size):
+        logits, part = patched_run(model, saes, task, members, source, slice(lo, lo + batch_size))
+        total += float(part.metric_per_example(logits).double().sum())
+    return total / task.n_examples
+
+
+def ablation_ratios(
+    model: HookedTransformer,
+    saes: SAESet,
+    discovery: Task,
+    families: list[FamilyRecord],
+    nodes: dict[str, Node],
+    batch_size: int,
+) -> None:
+    """(a) Each family's latents patched together to their corrupt values on the discovery
+    prompts: the metric's change over the family's recorded effect, into ``ablation_ratio``."""
+    hooks = list(dict.fromkeys(nodes[m].hook for f in families for m in f.members))
+    corrupt = latent_values(model, saes, discovery.corrupt, hooks, batch_size)
+    base = patched_metric(model, saes, discovery, [], corrupt, batch_size)
+    for f in families:
+        change = patched_metric(model, saes, discovery, [nodes[m] for m in f.members], corrupt, batch_size) - base
+        f.ablation_ratio = change / f.effect if f.effect != 0 else None
+
+
+def value_token(tokenizer, value: str, prompt: list[int]) -> int | None:
+    """The token id of a variable's value in a prompt (as written, or after a space, as
+    GPT-2-style tokenizers write words), None when it is not one token of the prompt."""
+    for text in (value, " " + value):
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) == 1 and ids[0] in prompt:
+            return ids[0]
+    return None
+
+
+def token_valued(task: Task, tokenizer, variables: dict[str, list[str]]) -> dict[str, list[int]]:
+    """The variables whose value is a token of every prompt, with those token ids."""
+    out = {}
+    for name, values in variables.items():
+        ids = [value_token(tokenizer, v, row) for v, row in zip(values, task.clean.tolist(), strict=True)]
+        if all(i is not None for i in ids):
+            out[name] = ids
+    return out
+
+
+@dataclass
+class Donors:
+    """Per held-out prompt, for one variable: the donor prompt's tokens and answer; ``use``
+    marks the prompts whose donor answer differs from their own."""
+
+    tokens: torch.Tensor
+    answer: torch.Tensor
+    use: torch.Tensor
+    values: dict[str, torch.Tensor] = field(default_factory=dict)  # their latents (``latent_values``)
+
+
+def donors(task: Task, name: str, tokens: dict[str, list[int]]) -> Donors:
+    """Donor prompts for variable ``name``: its token swapped with another token variable's
+    differing token in the same prompt (IO <-> S), else replaced by the next prompt's value."""
+    own = tokens[name]
+    others = [t for n, t in tokens.items() if n != name]
+    clean = task.clean.clone()
+    answer = task.answer[:, 0].clone()
+    n = task.n_examples
+    for i in range(n):
+        a = own[i]
+        b = next((t[i] for t in others if t[i] != a), None)
+        if b is None:
+            b = next((own[(i + j) % n] for j in range(1, n) if own[(i + j) % n] != a), a)
+        swap = {a: b, b: a}
+        row = clean[i]
+        clean[i] = torch.tensor([swap.get(int(t), int(t)) for t in row])
+        answer[i] = swap.get(int(answer[i]), int(answer[i]))
+    return Donors(clean, answer, answer != task.answer[:, 0])
+
+
+def interchange_rate(
+    model: HookedTransformer, saes: SAESet, task: Task, members: list[Node], donor: Donors, batch_size: int = 64
+) -> tuple[float, int]:
+    """(b) The share of prompts (those whose donor answer differs) on which the model's top
+    answer becomes the donor's when ``members`` take their donor-prompt values; and how many."""
+    hits = total = 0
+    for lo in range(0, task.n_examples, batch_size):
+        rows = slice(lo, lo + batch_size)
+        use = donor.use[rows]
+        if not use.any():
+            continue
+        logits, part = patched_run(model, saes, task, members, donor.values, rows)
+        hits += int((part._last(logits).argmax(-1).cpu() == donor.answer[rows])[use].sum())
+        total += int(use.sum())
+    return (hits / total if total else 0.0), total
+
+
+def interchange(
+    model: HookedTransformer,
+    saes: SAESet,
+    held_out: Task,
+    families: list[FamilyRecord],
+    nodes: dict[str, Node],
+    by_site: dict[str, list[Node]],
+    n_random: int,
+    rng: random.Random,
+    batch_size: int,
+) -> list[InterchangeRecord]:
+    """(b) For every family tracking a token-valued variable, its interchange rate on the
+    held-out prompts (into ``interchange``, with a random same-site same-size baseline into
+    ``interchange_random``); per variable, the rate of all its families together and its
+    random baseline."""
+    tokens = token_valued(held_out, model.tokenizer, task_variables(held_out, model.tokenizer))
+    hooks = list(dict.fromkeys(nodes[m].hook for f in families for m in f.members))
+    donor_of = {}
+    for name in {f.variable for f in families} & set(tokens):
+        donor_of[name] = donors(held_out, name, tokens)
+        donor_of[name].values = latent_values(model, saes, donor_of[name].tokens, hooks, batch_size)
+
+    def random_rate(like: list[FamilyRecord], donor: Donors) -> float:
+        rates = [
+            interchange_rate(model, saes, held_out, _draw(like, by_site, rng), donor, batch_size)[0]
+            for _ in range(n_random)
+        ]
+        return sum(rates) / n_random
+
+    out = []
+    for name, donor in sorted(donor_of.items()):
+        mine = [f for f in families if f.variable == name]
+        for f in mine:
+            f.interchange, _ = interchange_rate(model, saes, held_out, [nodes[m] for m in f.members], donor, batch_size)
+            f.interchange_random = random_rate([f], donor)
+        together = [nodes[m] for f in mine for m in f.members]
+        rate, n = interchange_rate(model, saes, held_out, together, donor, batch_size)
+        out.append(InterchangeRecord(name, len(mine), rate, random_rate(mine, donor), n))
+    return out
+
+
+# ----------------------------------------------------------------------------- all of it
+def find_families(
+    model: HookedTransformer,
+    saes: SAESet,
+    discovery: Task,
+    held_out: Task,
+    effects: dict[Node, float],
+    errors: list[Node],
+    sites: list[Site],
+    cfg: HierarchyConfig | None = None,
+) -> FamilyLevel:
+    """The families of a feature circuit (``effects``: its latent nodes and their recorded
+    effects; ``errors``: its error terms; ``sites``: its skeleton), the family level cut at the
+    target on the held-out prompts, and every family's validation."""
+    cfg = cfg or HierarchyConfig()
+    if not effects:
+        raise CircuitsError("families need a feature level: the circuit has no latents")
+    start = time.perf_counter()
+    tokenizer = model.tokenizer
+    latents = list(effects)
+    variables = task_variables(discovery, tokenizer)
+    tracking = track(site_activations(model, saes, discovery, latents, cfg.batch_size), latents, variables)
+    token_vars = set(token_valued(discovery, tokenizer, variables))
+    families = group(effects, tracking, token_vars)
+    nodes = {n.id: n for n in latents}
+    rng = random.Random(cfg.ablation.seed)
+    ab = Ablator(model, saes, held_out, cfg.ablation, cfg.batch_size)
+    by_site = _live_by_site(ab, sites, rng)
+    level = family_level(ab, families, nodes, errors, by_site, cfg.target, cfg.n_random, rng)
+    ablation_ratios(model, saes, discovery, families, nodes, cfg.batch_size)
+    together = interchange(model, saes, held_out, families, nodes, by_site, cfg.n_random, rng, cfg.batch_size)
+    return FamilyLevel(families, level, together, time.perf_counter() - start)
