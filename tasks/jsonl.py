@@ -1,5 +1,9 @@
 """User tasks from a JSONL file: one object per line,
-``{"clean": …, "corrupt": …, "answer": …, "wrong_answer": …}``.
+``{"clean": …, "corrupt": …, "answer": …, "wrong_answer": …}``, optionally with
+``"vars": {"IO": "Mary", "S": "John"}``: the variables the clean prompt was made from, the
+same keys on every line (what feature families are named by). A variable whose value is a
+token of the clean prompt on the first line must be one on every line (a misspelt name would
+otherwise silently stop it naming families).
 
 Every error names the file and line. Prompts may differ in length between lines (they are
 right-padded into one batch); a line's clean and corrupt prompts must have the same number
@@ -18,7 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from circuits.core.errors import CircuitsError
 from tasks.task import Task
-from tasks.tokenizer import UnknownWordError, check_words
+from tasks.tokenizer import UnknownWordError, check_words, value_token
 
 FIELDS = ("clean", "corrupt", "answer", "wrong_answer")
 
@@ -53,6 +57,7 @@ def load_task_jsonl(path: str | Path, tokenizer: PreTrainedTokenizerBase, name: 
     if not path.is_file():
         raise CircuitsError(f"{path}: no such task file")
     rows = []
+    first_keys: list[str] | None = None
     for number, line in _lines(path):
         if not line.strip():
             continue
@@ -85,9 +90,14 @@ def load_task_jsonl(path: str | Path, tokenizer: PreTrainedTokenizerBase, name: 
             if len(ids) != 1:
                 raise CircuitsError(f"{where}: {key} {obj[key]!r} is {len(ids)} tokens, not one")
             answers.append(ids[0])
-        rows.append((clean, corrupt, *answers, obj["clean"], obj["corrupt"]))
+        rows.append(
+            (clean, corrupt, *answers, obj["clean"], obj["corrupt"], _vars(obj, where, rows, first_keys), number)
+        )
+        first_keys = first_keys if first_keys is not None else list(rows[-1][6])
     if not rows:
         raise CircuitsError(f"{path}: no tasks in the file")
+    variables = {k: [r[6][k] for r in rows] for k in first_keys or []}
+    _check_tokens(tokenizer, path, [(r[7], r[0]) for r in rows], variables)
     lengths = torch.tensor([len(r[0]) for r in rows])
     width = int(lengths.max())
     pad = tokenizer.pad_token_id
@@ -106,4 +116,38 @@ def load_task_jsonl(path: str | Path, tokenizer: PreTrainedTokenizerBase, name: 
         lengths=None if same_length else lengths,
         prompts=[r[4] for r in rows],
         corrupt_prompts=[r[5] for r in rows],
+        vars=variables,
     )
+
+
+def _vars(obj: dict, where: str, rows: list, first_keys: list[str] | None) -> dict[str, str]:
+    """A line's ``vars`` as strings (numbers allowed), with the first line's keys."""
+    given = obj.get("vars", {})
+    if not isinstance(given, dict):
+        raise CircuitsError(f"{where}: field 'vars' must be an object of variable -> value, not {type(given).__name__}")
+    out = {}
+    for key, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise CircuitsError(f"{where}: vars.{key} must be a string or a number, not {type(value).__name__}")
+        out[key] = str(value)
+    keys = list(out) if first_keys is None and not rows else (first_keys or [])
+    if sorted(out) != sorted(keys):
+        raise CircuitsError(
+            f"{where}: vars has keys {sorted(out) or 'none'}, but the first line has {sorted(keys) or 'none'}; "
+            "every line must give the same variables"
+        )
+    return out
+
+
+def _check_tokens(tokenizer, path: Path, prompts: list[tuple[int, list[int]]], variables: dict[str, list[str]]) -> None:
+    """A variable whose value is a token of the first clean prompt is one on every line
+    (``prompts``: line number, clean token ids)."""
+    for key, values in variables.items():
+        if value_token(tokenizer, values[0], prompts[0][1]) is None:
+            continue
+        for value, (number, prompt) in zip(values, prompts, strict=True):
+            if value_token(tokenizer, value, prompt) is None:
+                raise CircuitsError(
+                    f"{path}:{number}: vars.{key} {value!r} is not a token of the clean prompt "
+                    f"(it is on line {prompts[0][0]}, the first)"
+                )

@@ -155,4 +155,6 @@ def _take(items: list | torch.Tensor | None, index: slice | torch.Tensor) -> lis
         return None if items is None else items[index]
     if not items or isinstance(index, slice):
         return items[index] if items else items
+    if index.dtype == torch.bool:  # a mask picks the rows where it is True
+        index = index.nonzero().flatten()
     return [items[i] for i in index.tolist()]

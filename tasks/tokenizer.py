@@ -97,3 +97,13 @@ def encode(tokenizer: PreTrainedTokenizerFast, text: str, prepend_bos: bool = Tr
     """Token ids of ``text``, refusing unknown words instead of mapping them to <unk>."""
     check_words(tokenizer, text)
     return tokenizer.encode(text, add_special_tokens=prepend_bos)
+
+
+def value_token(tokenizer, value: str, prompt: list[int]) -> int | None:
+    """The token id of a prompt variable's value in ``prompt`` (the value as written, or after
+    a space, as GPT-2-style tokenizers write words); None when it is not one token there."""
+    for text in (value, " " + value):
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) == 1 and ids[0] in prompt:
+            return ids[0]
+    return None

@@ -23,11 +23,12 @@ into "supernodes" by hand. Here the grouping is automatic and each group is chec
    its own site.
 4. **Validation per family**: (a) its latents patched together to their corrupt values on the
    discovery prompts move the metric by its recorded (summed attribution) effect: the ratio;
-   (b) interchange, for a variable whose value is a token of the prompt: on each held-out
-   prompt, the family's latents take their values from a donor prompt where that token is
-   swapped with another variable's (IO <-> S) or replaced by another prompt's value, and the
-   model's top answer becomes the donor's answer at this rate (random same-site latent sets of
-   the same size beside it).
+   (b) interchange, for a variable whose value is a token of the prompt (and a metric whose
+   sign says which answer the model prefers): on each held-out prompt, the family's latents
+   take their values from a donor prompt where that token is swapped with another variable's
+   (IO <-> S) or another prompt's value; of the prompts whose donor flips the model's answer
+   (the wrong one preferred), the family alone flips it at this rate, beside a control: as many other
+   live latents of the same sites (not the family's) given their donor values.
 """
 
 from __future__ import annotations
@@ -51,9 +52,12 @@ from circuits.core.values import NodeValues
 from circuits.core.vocab import Node, Site, flat_act
 from sae.saeset import SAESet
 from tasks.task import Task
+from tasks.tokenizer import value_token
 
 TRACKS = 0.5  # epsilon squared at which a latent tracks a variable
 MIN_ACTIVE = 5  # prompts a latent must fire on to track anything
+FLIPPABLE = ("logit_diff", "prob_diff")  # metrics whose sign says which answer the model prefers
+PARSIMONY = 0.05  # epsilon squared within this of the best: the variable with the fewest values wins
 MINOR = 0.005  # families below this share of the circuit's |effect| merge into their site's minor family
 
 
@@ -128,19 +132,25 @@ class Tracking:
 
 
 def track(acts: torch.Tensor, nodes: list[Node], variables: dict[str, list[str]]) -> Tracking:
-    """The variable each node tracks, from its activations ``acts`` ``[prompts, nodes]``;
-    ties go to the variable listed first (the task's own before ``token@``)."""
-    best = torch.full((len(nodes),), -1.0)
-    which: list[str | None] = [None] * len(nodes)
-    for name, values in variables.items():
-        eps = epsilon_squared(acts, values)
-        for i in (eps > best).nonzero().flatten().tolist():
-            best[i], which[i] = float(eps[i]), name
+    """The variable each node tracks, from its activations ``acts`` ``[prompts, nodes]``: of
+    the variables within ``PARSIMONY`` of the best epsilon squared, the one with the fewest
+    values (a latent for the subject's number is explained as well by the subject's word,
+    which has twenty times the values); then the one listed first (the task's own before
+    ``token@``)."""
+    names = list(variables)
+    eps = torch.stack([epsilon_squared(acts, variables[v]) for v in names]) if names else torch.zeros(0, len(nodes))
+    n_values = torch.tensor([len(set(variables[v])) for v in names], dtype=torch.float)
     active = (acts != 0).sum(0)
-    variable = {
-        n: (which[i] if best[i] >= TRACKS and int(active[i]) >= MIN_ACTIVE else None) for i, n in enumerate(nodes)
-    }
-    return Tracking(variable, {n: max(float(best[i]), 0.0) for i, n in enumerate(nodes)})
+    variable, score = {}, {}
+    for i, n in enumerate(nodes):
+        col = eps[:, i] if names else torch.zeros(0)
+        best = float(col.max()) if len(col) else 0.0
+        close = (col >= best - PARSIMONY).nonzero().flatten().tolist()
+        pick = min(close, key=lambda j: (n_values[j], j)) if close else None
+        tracked = pick is not None and float(col[pick]) >= TRACKS and int(active[i]) >= MIN_ACTIVE
+        variable[n] = names[pick] if tracked else None
+        score[n] = max(float(col[pick]) if pick is not None else 0.0, 0.0)
+    return Tracking(variable, score)
 
 
 # ----------------------------------------------------------------------------- families
@@ -253,11 +263,14 @@ def family_level(
     return Level("families", at, points, time.perf_counter() - start)
 
 
-def _draw(families: list[FamilyRecord], by_site: dict[str, list[Node]], rng: random.Random) -> list[Node]:
-    """Random families: for each family, as many live latents of its site (none drawn twice)."""
+def _draw(
+    families: list[FamilyRecord], by_site: dict[str, list[Node]], rng: random.Random, avoid: set[str] = frozenset()
+) -> list[Node]:
+    """Random families: for each family, as many live latents of its site (none drawn twice,
+    none whose id is in ``avoid``)."""
     taken: dict[str, set[Node]] = defaultdict(set)
     for f in families:
-        pool = [n for n in by_site.get(f.site, []) if n not in taken[f.site]]
+        pool = [n for n in by_site.get(f.site, []) if n not in taken[f.site] and n.id not in avoid]
         taken[f.site].update(rng.sample(pool, min(len(f.members), len(pool))))
     return [n for drawn in taken.values() for n in drawn]
 
@@ -346,16 +359,6 @@ def ablation_ratios(
         f.ablation_ratio = change / f.effect if f.effect != 0 else None
 
 
-def value_token(tokenizer, value: str, prompt: list[int]) -> int | None:
-    """The token id of a variable's value in a prompt (as written, or after a space, as
-    GPT-2-style tokenizers write words), None when it is not one token of the prompt."""
-    for text in (value, " " + value):
-        ids = tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) == 1 and ids[0] in prompt:
-            return ids[0]
-    return None
-
-
 def token_valued(task: Task, tokenizer, variables: dict[str, list[str]]) -> dict[str, list[int]]:
     """The variables whose value is a token of every prompt, with those token ids."""
     out = {}
@@ -368,22 +371,21 @@ def token_valued(task: Task, tokenizer, variables: dict[str, list[str]]) -> dict
 
 @dataclass
 class Donors:
-    """Per held-out prompt, for one variable: the donor prompt's tokens and answer; ``use``
-    marks the prompts whose donor answer differs from their own."""
+    """Per prompt, for one variable: the donor prompt's tokens, whether the model on the donor
+    prefers the prompt's wrong answer (``flips``: the donor's value moves the answer), and the
+    donor's latents at the hooks patched (``latent_values``)."""
 
     tokens: torch.Tensor
-    answer: torch.Tensor
-    use: torch.Tensor
-    values: dict[str, torch.Tensor] = field(default_factory=dict)  # their latents (``latent_values``)
+    flips: torch.Tensor
+    values: dict[str, torch.Tensor]
 
 
-def donors(task: Task, name: str, tokens: dict[str, list[int]]) -> Donors:
+def donor_tokens(task: Task, name: str, tokens: dict[str, list[int]]) -> torch.Tensor:
     """Donor prompts for variable ``name``: its token swapped with another token variable's
-    differing token in the same prompt (IO <-> S), else replaced by the next prompt's value."""
+    differing token in the same prompt (IO <-> S), else with the next prompt's value."""
     own = tokens[name]
     others = [t for n, t in tokens.items() if n != name]
-    clean = task.clean.clone()
-    answer = task.answer[:, 0].clone()
+    out = task.clean.clone()
     n = task.n_examples
     for i in range(n):
         a = own[i]
@@ -391,25 +393,37 @@ def donors(task: Task, name: str, tokens: dict[str, list[int]]) -> Donors:
         if b is None:
             b = next((own[(i + j) % n] for j in range(1, n) if own[(i + j) % n] != a), a)
         swap = {a: b, b: a}
-        row = clean[i]
-        clean[i] = torch.tensor([swap.get(int(t), int(t)) for t in row])
-        answer[i] = swap.get(int(answer[i]), int(answer[i]))
-    return Donors(clean, answer, answer != task.answer[:, 0])
+        out[i] = torch.tensor([swap.get(t, t) for t in out[i].tolist()])
+    return out
+
+
+@torch.no_grad()
+def donors(
+    model: HookedTransformer, saes: SAESet, task: Task, tokens: torch.Tensor, hooks: list[str], batch_size: int = 64
+) -> Donors:
+    """`Donors` of ``task`` from donor prompt ``tokens``: which flip the model's answer, and
+    their latents at ``hooks``."""
+    flips = []
+    for lo in range(0, task.n_examples, batch_size):
+        part = task.subset(slice(lo, lo + batch_size))
+        flips.append(part.metric_per_example(model(tokens[lo : lo + batch_size])).cpu() < 0)
+    return Donors(tokens, torch.cat(flips), latent_values(model, saes, tokens, hooks, batch_size))
 
 
 def interchange_rate(
     model: HookedTransformer, saes: SAESet, task: Task, members: list[Node], donor: Donors, batch_size: int = 64
 ) -> tuple[float, int]:
-    """(b) The share of prompts (those whose donor answer differs) on which the model's top
-    answer becomes the donor's when ``members`` take their donor-prompt values; and how many."""
+    """(b) Of the prompts whose donor flips the model's answer, the share on which giving
+    ``members`` their donor values alone flips it too (the metric turns negative: the wrong
+    answer preferred); and how many prompts."""
     hits = total = 0
     for lo in range(0, task.n_examples, batch_size):
         rows = slice(lo, lo + batch_size)
-        use = donor.use[rows]
+        use = donor.flips[rows]
         if not use.any():
             continue
         logits, part = patched_run(model, saes, task, members, donor.values, rows)
-        hits += int((part._last(logits).argmax(-1).cpu() == donor.answer[rows])[use].sum())
+        hits += int((part.metric_per_example(logits).cpu() < 0)[use].sum())
         total += int(use.sum())
     return (hits / total if total else 0.0), total
 
@@ -430,11 +444,13 @@ def interchange(
     ``interchange_random``); per variable, the rate of all its families together and its
     random baseline."""
     tokens = token_valued(held_out, model.tokenizer, task_variables(held_out, model.tokenizer))
+    if held_out.metric not in FLIPPABLE:
+        return []
     hooks = list(dict.fromkeys(nodes[m].hook for f in families for m in f.members))
-    donor_of = {}
-    for name in {f.variable for f in families} & set(tokens):
-        donor_of[name] = donors(held_out, name, tokens)
-        donor_of[name].values = latent_values(model, saes, donor_of[name].tokens, hooks, batch_size)
+    donor_of = {
+        name: donors(model, saes, held_out, donor_tokens(held_out, name, tokens), hooks, batch_size)
+        for name in {f.variable for f in families} & set(tokens)
+    }
 
     def random_rate(like: list[FamilyRecord], donor: Donors) -> float:
         rates = [

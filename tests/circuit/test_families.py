@@ -1,0 +1,220 @@
+"""Feature families: what a latent tracks, the grouping, and each validation against a direct
+intervention on a real (tiny) model."""
+
+import random
+
+import pytest
+import torch
+
+from circuits.attribution.nodes import node_effects
+from circuits.attribution.splice import encode
+from circuits.circuit.ablation import Ablator
+from circuits.circuit.config import AblationSpec, HierarchyConfig
+from circuits.circuit.families import (
+    MINOR,
+    Tracking,
+    donor_tokens,
+    donors,
+    epsilon_squared,
+    find_families,
+    group,
+    interchange_rate,
+    latent_values,
+    task_variables,
+    token_valued,
+    track,
+)
+from circuits.circuit.record import FamilyRecord, HierarchyRecord
+from circuits.core.errors import CircuitsError
+from circuits.core.vocab import Node, Site
+from tasks.builtin import make_task
+from tests.helpers import PLANTED_HOOK, TOK, planted, random_saes, tiny_hooked_model
+
+
+def test_epsilon_squared_separates_a_variable_from_chance():
+    g = torch.Generator().manual_seed(0)
+    values = [f"v{i % 40}" for i in range(80)]  # 40 values, two prompts each
+    by_value = torch.tensor([float(i % 40) for i in range(80)])[:, None]
+    noise = torch.randn(80, 1, generator=g)
+    eps = epsilon_squared(torch.cat([by_value, noise, torch.zeros(80, 1)], 1), values)
+    assert eps[0] == pytest.approx(1.0, abs=1e-6)
+    # raw eta squared of noise over 40 groups of 2 is ~0.5; the correction brings it to ~0
+    assert abs(float(eps[1])) < 0.25
+    assert eps[2] == 0.0
+
+
+def test_a_latent_tracks_the_variable_that_drives_it():
+    io = [["Mary", "John", "Alice", "Bob"][i % 4] for i in range(64)]
+    s = [["Carol", "David"][i % 2] for i in range(64)]
+    acts = torch.zeros(64, 3)
+    acts[:, 0] = torch.tensor([2.0 if v == "Mary" else 0.0 for v in io])  # fires on IO = Mary
+    acts[:3, 2] = 1.0  # fires on 3 prompts: too rare to track anything
+    acts[:, 1] = torch.randn(64).abs()
+    nodes = [Node.at(PLANTED_HOOK, 0, i) for i in range(3)]
+    t = track(acts, nodes, {"IO": io, "S": s})
+    assert t.variable[nodes[0]] == "IO" and t.score[nodes[0]] == pytest.approx(1.0)
+    assert t.variable[nodes[1]] is None and t.variable[nodes[2]] is None
+
+
+def test_families_group_by_site_variable_and_sign_and_merge_minor_ones():
+    a, b = Site.at("blocks.0.hook_resid_post", 3, None), Site.at("blocks.1.hook_mlp_out", 3, None)
+    nodes = [Node(a, i) for i in range(5)] + [Node(b, i) for i in range(3)]
+    effects = dict(zip(nodes, [-1.0, -0.5, 0.4, -0.3, -0.001, -2.0, -1.0, -0.002], strict=True))
+    variable = dict(zip(nodes, ["IO", "IO", "IO", None, "S", "S", "S", None], strict=True))
+    fams = group(effects, Tracking(variable, dict.fromkeys(nodes, 0.9)), {"IO", "S"})
+    by_name = {f.name: f for f in fams}
+    assert [f.id for f in fams] == [f"F{i}" for i in range(1, len(fams) + 1)]
+    assert [abs(f.effect) for f in fams] == sorted((abs(f.effect) for f in fams), reverse=True)
+    assert by_name["S identity at L1 mlp@p3, supports"].members == [nodes[5].id, nodes[6].id]
+    assert by_name["IO identity at L0 resid@p3, supports"].effect == pytest.approx(-1.5)
+    assert by_name["IO identity at L0 resid@p3, opposes"].members == [nodes[2].id]
+    assert by_name["untracked at L0 resid@p3, supports"].variable is None
+    # under MINOR of the |effect|: one minor family per site, whatever they track
+    total = sum(abs(e) for e in effects.values())
+    assert 0.001 < MINOR * total and 0.002 < MINOR * total
+    assert by_name["minor latents at L0 resid@p3"].members == [nodes[4].id]
+    assert by_name["minor latents at L1 mlp@p3"].members == [nodes[7].id]
+    assert sorted(m for f in fams for m in f.members) == sorted(n.id for n in nodes)  # a partition
+    h = HierarchyRecord.from_dict(_hierarchy_data(fams))
+    assert HierarchyRecord.from_dict(h.to_dict()).families == fams
+    assert h.named_share() == pytest.approx(sum(abs(f.effect) for f in fams if f.named) / total)
+    assert h.family("F1") == fams[0]
+    with pytest.raises(CircuitsError, match="no family 'F99'"):
+        h.family("F99")
+
+
+def _hierarchy_data(families: list[FamilyRecord]) -> dict:
+    level = {"ranking": "optimised", "n_nodes": 1, "n_error_nodes": 0, "faithfulness": 1.0, "completeness": 0.0}
+    level |= {"random_faithfulness": 0.0, "reached_target": True}
+    return {
+        "ablation": "mean",
+        "start_layer": 0,
+        "target": 0.9,
+        "m_model": 1.0,
+        "m_empty": 0.0,
+        "n_held_out": 8,
+        "sites": [],
+        "site_level": level,
+        "features": [],
+        "feature_level": level,
+        "attribution": level,
+        "families": [f.to_dict() for f in families],
+    }
+
+
+def test_built_in_tasks_carry_the_variables_they_were_made_from():
+    ioi = make_task("ioi", TOK, n=16)
+    answers = [TOK.decode([int(t)]).strip() for t in ioi.answer[:, 0]]
+    wrongs = [TOK.decode([int(t)]).strip() for t in ioi.wrong[:, 0]]
+    assert ioi.vars["IO"] == answers and ioi.vars["S"] == wrongs
+    sub = ioi.subset(torch.tensor([3, 5]))
+    assert sub.vars["IO"] == [answers[3], answers[5]]
+    mask = torch.zeros(16, dtype=torch.bool)
+    mask[[2, 7]] = True  # a boolean mask picks rows 2 and 7, in the lists as in the tensors
+    sub = ioi.subset(mask)
+    assert sub.vars["S"] == [wrongs[2], wrongs[7]] and sub.prompts == [ioi.prompts[2], ioi.prompts[7]]
+    sva = make_task("sva", TOK, n=16)
+    verbs = [TOK.decode([int(t)]).strip() for t in sva.answer[:, 0]]
+    assert [v.endswith("s") for v in verbs] == [n == "singular" for n in sva.vars["number"]]
+    gt = make_task("greater_than", TOK, n=8)
+    assert [TOK.decode([int(t)]).strip() for t in gt.clean[:, 8]] == gt.vars["YY"]
+    variables = task_variables(ioi, TOK)
+    assert "token@S2" in variables and "token@END" not in variables  # END is always "to"
+    assert {"IO", "S", "token@A", "place"} <= set(token_valued(ioi, TOK, variables))
+    assert "order" not in token_valued(ioi, TOK, variables)
+
+
+def test_donors_swap_a_name_with_the_other_one():
+    ioi = make_task("ioi", TOK, n=8)
+    tokens = token_valued(ioi, TOK, task_variables(ioi, TOK))
+    d = donor_tokens(ioi, "IO", tokens)
+    for i in range(ioi.n_examples):
+        io, s = tokens["IO"][i], tokens["S"][i]
+        assert d[i].tolist() == [s if t == io else io if t == s else t for t in ioi.clean[i].tolist()]
+    only = {"IO": tokens["IO"]}  # no other variable: the next prompt's name
+    d = donor_tokens(ioi, "IO", only)
+    assert d[0].tolist().count(tokens["IO"][1]) >= 1 and tokens["IO"][0] not in d[0].tolist()
+
+
+def _patched_metric(model, saes, task, members, donor_tokens):
+    """The metric per prompt with ``members`` set to their donor-run values, by a plain
+    TransformerLens hook (x + D(f') - D(f)): the intervention written out by hand."""
+    hook = PLANTED_HOOK
+    sae = saes[hook]
+    _, cache = model.run_with_cache(donor_tokens, names_filter=[hook])
+    donor = encode(sae, cache[hook]).latents
+
+    def patch(x, hook):  # noqa: ARG001
+        f = encode(sae, x).latents
+        new = f.clone()
+        for m in members:
+            new[:, m.position, m.latent] = donor[:, m.position, m.latent]
+        return x + sae.decode(new) - sae.decode(f)
+
+    with torch.no_grad():
+        return task.metric_per_example(model.run_with_hooks(task.clean, fwd_hooks=[(hook, patch)]))
+
+
+def test_families_on_a_planted_circuit_are_validated_by_real_interventions():
+    model, saes, task = planted()
+    effects = node_effects(model, saes, task, "atp", progress=False)
+    end = task.n_pos - 1
+    latents = {
+        Node.at(PLANTED_HOOK, end, i, list(task.position_labels)): float(effects.values[PLANTED_HOOK].latents[end, i])
+        for i in range(16)
+    }
+    latents = {n: e for n, e in latents.items() if e != 0}
+    error = Node.at(PLANTED_HOOK, end, None, list(task.position_labels))
+    sites = [error.site]
+    cfg = HierarchyConfig(target=0.9, ablation=AblationSpec("zero"), n_random=1)
+    found = find_families(model, saes, task, task, latents, [error], sites, cfg)
+    fams = found.families
+    assert sorted(m for f in fams for m in f.members) == sorted(n.id for n in latents)
+    # the level's F is the union's F, measured again
+    ab = Ablator(model, saes, task, AblationSpec("zero"))
+    nodes = {n.id: n for n in latents}
+    kept = [nodes[m] for f in fams[: found.level.cut.n_latents] for m in f.members] + [error]
+    assert found.level.cut.faithfulness == pytest.approx(ab.faithfulness(kept), abs=1e-5)
+    assert found.level.reached_target
+    # (a): the family patched to its corrupt values, by hand
+    top = fams[0]
+    corrupt = latent_values(model, saes, task.corrupt, [PLANTED_HOOK])[PLANTED_HOOK]
+
+    def to_corrupt(x, hook):  # noqa: ARG001
+        f = encode(saes[PLANTED_HOOK], x).latents
+        new = f.clone()
+        for m in top.members:
+            n = nodes[m]
+            new[:, n.position, n.latent] = corrupt[:, n.position, n.latent]
+        return x + saes[PLANTED_HOOK].decode(new) - saes[PLANTED_HOOK].decode(f)
+
+    with torch.no_grad():
+        base = task.metric_per_example(model(task.clean)).mean()
+        moved = task.metric_per_example(model.run_with_hooks(task.clean, fwd_hooks=[(PLANTED_HOOK, to_corrupt)])).mean()
+    assert top.ablation_ratio * top.effect == pytest.approx(float(moved - base), rel=1e-4, abs=1e-5)
+
+
+def test_interchange_rate_matches_the_intervention_written_out():
+    torch.manual_seed(1)
+    model = tiny_hooked_model(normalization=None, n_layers=1)
+    saes = random_saes([PLANTED_HOOK], d_sae=32, k=8)
+    task = make_task("ioi", TOK, n=16)
+    tokens = token_valued(task, TOK, task_variables(task, TOK))
+    d = donors(model, saes, task, donor_tokens(task, "IO", tokens), [PLANTED_HOOK])
+    labels = list(task.position_labels)
+    members = [Node.at(PLANTED_HOOK, task.n_pos - 1, i, labels) for i in random.Random(0).sample(range(32), 12)]
+    with torch.no_grad():
+        flips = task.metric_per_example(model(d.tokens)) < 0
+    assert d.flips.tolist() == flips.tolist() and flips.any()
+    rate, n = interchange_rate(model, saes, task, members, d, batch_size=5)
+    moved = _patched_metric(model, saes, task, members, d.tokens) < 0
+    assert n == int(flips.sum()) and rate == pytest.approx(float(moved[flips].float().mean()))
+    everything = [Node.at(PLANTED_HOOK, p, i, labels) for p in range(task.n_pos) for i in range(32)]
+    full = _patched_metric(model, saes, task, everything, d.tokens) < 0
+    assert interchange_rate(model, saes, task, everything, d)[0] == pytest.approx(float(full[flips].float().mean()))
+
+
+def test_families_need_a_feature_level():
+    model, saes, task = planted()
+    with pytest.raises(CircuitsError, match="families need a feature level"):
+        find_families(model, saes, task, task, {}, [], [], HierarchyConfig())
