@@ -15,6 +15,7 @@ import torch
 from circuits.circuit.record import (
     CircuitRecord,
     ExampleRecord,
+    FamilyRecord,
     HierarchyRecord,
     LevelRecord,
     ModelRecord,
@@ -427,3 +428,25 @@ def ablation_figures(batch_size: int) -> dict:
 def large_result(n_bytes: int) -> bytes:
     """For `run_local`: a result far larger than a pipe's buffer (64 KiB on Linux)."""
     return b"x" * n_bytes
+
+
+def families_graph() -> nx.DiGraph:
+    """``hierarchical_graph`` with feature families: at L0 mlp@END the four strongest latents
+    track IO (F1, validated), the other two are minor (F3); L0 attn@END's latent 1 tracks S (F2).
+    Member nodes carry their family's id, as discovery writes them."""
+    g = hierarchical_graph()
+    mlp, attn = "blocks.0.hook_mlp_out", "blocks.0.hook_attn_out"
+    specs = [
+        ("F1", "IO identity at L0 mlp@END, supports", f"{mlp}@END", "IO", [f"{mlp}/{10 + i}@END" for i in range(4)]),
+        ("F2", "S identity at L0 attn@END, supports", f"{attn}@END", "S", [f"{attn}/1@END"]),
+        ("F3", "minor latents at L0 mlp@END", f"{mlp}@END", None, [f"{mlp}/{14 + i}@END" for i in range(2)]),
+    ]
+    families = []
+    for fid, name, site, variable, members in specs:
+        for m in members:
+            g.nodes[m]["family"] = fid
+        effect = sum(g.nodes[m]["effect"] for m in members)
+        validated = {"interchange": 0.8, "interchange_random": 0.05} if variable else {}
+        families.append(FamilyRecord(fid, name, site, variable, members, effect, 0.9, ablation_ratio=1.05, **validated))
+    h = replace(record_of(g).hierarchy, families=families, family_level=level(3, 0.92, 3, ranking="families"))
+    return with_record(g, hierarchy=h)

@@ -1,20 +1,27 @@
 // The circuit viewer of report.html (circuits/export/viewer.py writes the data it reads). Sites sit on
 // a grid: rows are submodules from the embeddings (bottom) to the metric (top), columns are
-// prompt positions. Click a site to show or hide its features, click a feature for its card;
-// the filters hide features by |effect| and edges by |weight|. Edges of features not shown are
-// summed into their site, so a collapsed site's edges are the site-level circuit's.
+// prompt positions. Click a site to show or hide its features — or, for a circuit with feature
+// families, its families: click a family to show or hide its latents; click a feature or a
+// family for its card. The filters hide features by |effect| and edges by |weight|. Edges of
+// features not shown are summed into their family or site, so a collapsed site's edges are
+// the site-level circuit's.
 (function () {
   "use strict";
   const data = JSON.parse(document.getElementById("circuit-data").textContent);
-  const SITE_W = 170, SITE_H = 58, F_W = 128, F_H = 46, GAP = 12, PAD = 14, HEAD = 26;
+  const SITE_W = 170, SITE_H = 58, F_W = 128, F_H = 46, FAM_W = 190, GAP = 12, PAD = 14, HEAD = 26;
   const COL_GAP = 60, ROW_GAP = 50, LABEL_W = 120, GRID_MAX = 5;
 
-  const state = { expanded: new Set(), effectMin: 0, edgeMin: 0, perSite: 24 };
+  const state = { expanded: new Set(), open: new Set(), effectMin: 0, edgeMin: 0, perSite: 24 };
   const byAbs = (a, b) => Math.abs(data.nodes[b].effect) - Math.abs(data.nodes[a].effect);
   const members = data.sites.map(() => []);
   data.nodes.forEach((n, i) => members[n.site].push(i));
   members.forEach((list) => list.sort(byAbs));
   const siteEffect = members.map((list) => list.reduce((s, i) => s + data.nodes[i].effect, 0));
+  const fams = data.families || [];
+  fams.forEach((f) => f.members.sort(byAbs));
+  const siteFams = data.sites.map(() => []);
+  fams.forEach((f, fi) => siteFams[f.site].push(fi));
+  const loose = members.map((list) => list.filter((j) => data.nodes[j].family == null)); // in no family
   const inner = data.nodes.filter((n) => n.kind !== "embed").map((n) => Math.abs(n.effect));
   const maxEffect = Math.max(1e-12, ...inner);
   const maxSite = Math.max(1e-12, ...data.sites.map((s, i) => (s.embed ? 0 : Math.abs(siteEffect[i]))));
@@ -29,17 +36,48 @@
     return effect < 0 ? "#" + level + level + "ff" : "#ff" + level + level;
   }
 
-  function shown(site) {
-    // the site's nodes drawn inside it when expanded: strongest first, filtered, capped
+  function items(site) {
+    // what an expanded site holds: its families and the nodes in none, strongest first, filtered, capped
     if (!state.expanded.has(site)) return [];
-    return members[site].filter((i) => Math.abs(data.nodes[i].effect) >= state.effectMin).slice(0, state.perSite);
+    const out = siteFams[site].map((fi) => ({ fam: fi, abs: Math.abs(fams[fi].effect) }))
+      .concat(loose[site].map((j) => ({ node: j, abs: Math.abs(data.nodes[j].effect) })));
+    out.sort((a, b) => b.abs - a.abs);
+    return out.filter((it) => it.abs >= state.effectMin).slice(0, state.perSite);
   }
 
-  function cellSize(site, k) {
-    if (!state.expanded.has(site) || k === 0) return [SITE_W, SITE_H];
+  function inFamily(fi) {
+    // the latents drawn inside an open family: strongest first, filtered, capped
+    if (!state.open.has(fi)) return [];
+    return fams[fi].members.filter((j) => Math.abs(data.nodes[j].effect) >= state.effectMin).slice(0, state.perSite);
+  }
+
+  function grid(k) {
     const cols = Math.min(GRID_MAX, Math.ceil(Math.sqrt(k)));
     const rows = Math.ceil(k / cols);
-    return [Math.max(SITE_W, cols * F_W + (cols - 1) * GAP + 2 * PAD), rows * F_H + (rows - 1) * GAP + 2 * PAD + HEAD];
+    return { cols: cols, rows: rows, w: cols * F_W + (cols - 1) * GAP + 2 * PAD, h: rows * F_H + (rows - 1) * GAP + 2 * PAD + HEAD };
+  }
+
+  function itemSize(it) {
+    if (it.node !== undefined) return [F_W, F_H];
+    const k = inFamily(it.fam).length;
+    if (!k) return [FAM_W, F_H];
+    const g = grid(k);
+    return [Math.max(FAM_W, g.w), g.h];
+  }
+
+  function layout(site) {
+    // the site's items in rows; its cell's size
+    const its = items(site);
+    if (!its.length) return { rows: [], w: SITE_W, h: SITE_H, count: 0 };
+    const per = Math.min(GRID_MAX, Math.ceil(Math.sqrt(its.length)));
+    const rows = [];
+    for (let i = 0; i < its.length; i += per) {
+      const row = its.slice(i, i + per).map((it) => ({ it: it, size: itemSize(it) }));
+      rows.push({ cells: row, w: row.reduce((a, c) => a + c.size[0], 0) + (row.length - 1) * GAP, h: Math.max(...row.map((c) => c.size[1])) });
+    }
+    const w = Math.max(SITE_W, Math.max(...rows.map((r) => r.w)) + 2 * PAD);
+    const h = rows.reduce((a, r) => a + r.h, 0) + (rows.length - 1) * GAP + 2 * PAD + HEAD;
+    return { rows: rows, w: w, h: h, count: its.length };
   }
 
   function siteLabel(i, k) {
@@ -47,8 +85,13 @@
     const col = data.columns[s.col];
     if (s.embed) return "embedding " + (col.token !== null ? JSON.stringify(col.token) : col.slot) + "\n" + fmt(siteEffect[i]);
     const n = members[i].filter((j) => data.nodes[j].kind === "feature").length;
-    if (state.expanded.has(i)) return s.label + " — " + k + " of " + members[i].length + " nodes shown";
+    const total = siteFams[i].length + loose[i].length;
+    if (state.expanded.has(i)) return s.label + " — " + k + " of " + total + (siteFams[i].length ? " families and nodes" : " nodes") + " shown";
     return s.label + "\n" + n + " feature" + (n === 1 ? "" : "s") + ", Σ effect " + fmt(siteEffect[i]);
+  }
+
+  function familyLabel(f) {
+    return short(f.name, 44) + "\n" + f.members.length + " latent" + (f.members.length === 1 ? "" : "s") + " · Σ " + fmt(f.effect);
   }
 
   function nodeLabel(n) {
@@ -58,12 +101,11 @@
   }
 
   function elements() {
-    const visible = data.sites.map((_, i) => shown(i));
-    const sizes = data.sites.map((_, i) => cellSize(i, visible[i].length));
+    const cells = data.sites.map((_, i) => layout(i));
     const colW = data.columns.map(() => SITE_W), rowH = data.rows.map(() => SITE_H);
     data.sites.forEach((s, i) => {
-      colW[s.col] = Math.max(colW[s.col], sizes[i][0]);
-      rowH[s.row] = Math.max(rowH[s.row], sizes[i][1]);
+      colW[s.col] = Math.max(colW[s.col], cells[i].w);
+      rowH[s.row] = Math.max(rowH[s.row], cells[i].h);
     });
     const colX = [], rowY = [];
     let x = 0;
@@ -78,20 +120,32 @@
       els.push({ group: "nodes", data: { id: "col" + i, label: label, type: "axis" }, position: { x: colX[i], y: rowH[0] / 2 + 40 }, classes: "axis", selectable: false, grabbable: false });
     });
     const where = new Map(); // node index -> the element its edges attach to
+    const addNode = (j, parent, px, py) => {
+      const n = data.nodes[j];
+      where.set(j, "n" + j);
+      els.push({ group: "nodes", data: { id: "n" + j, parent: parent, label: nodeLabel(n), type: n.kind, index: j, fill: colour(n.effect, maxEffect) }, position: { x: px, y: py }, classes: n.kind });
+    };
     data.sites.forEach((s, i) => {
-      const id = "s" + i;
-      els.push({ group: "nodes", data: { id: id, label: siteLabel(i, visible[i].length), type: "site", index: i, fill: s.embed ? "#eeeeee" : colour(siteEffect[i], maxSite) }, position: { x: colX[s.col], y: rowY[s.row] }, classes: s.embed ? "site embed" : "site" });
+      const id = "s" + i, cell = cells[i];
+      els.push({ group: "nodes", data: { id: id, label: siteLabel(i, cell.count), type: "site", index: i, fill: s.embed ? "#eeeeee" : colour(siteEffect[i], maxSite) }, position: { x: colX[s.col], y: rowY[s.row] }, classes: s.embed ? "site embed" : "site" });
       members[i].forEach((j) => where.set(j, id));
-      const k = visible[i].length;
-      if (!k) return;
-      const cols = Math.min(GRID_MAX, Math.ceil(Math.sqrt(k)));
-      const rows = Math.ceil(k / cols);
-      const x0 = colX[s.col] - ((cols - 1) * (F_W + GAP)) / 2, y0 = rowY[s.row] - ((rows - 1) * (F_H + GAP)) / 2 + HEAD / 2;
-      visible[i].forEach((j, m) => {
-        const n = data.nodes[j];
-        const nid = "n" + j;
-        where.set(j, nid);
-        els.push({ group: "nodes", data: { id: nid, parent: id, label: nodeLabel(n), type: n.kind, index: j, fill: colour(n.effect, maxEffect) }, position: { x: x0 + (m % cols) * (F_W + GAP), y: y0 + Math.floor(m / cols) * (F_H + GAP) }, classes: n.kind });
+      let top = rowY[s.row] - cell.h / 2 + PAD + HEAD;
+      cell.rows.forEach((row) => {
+        let left = colX[s.col] - row.w / 2;
+        row.cells.forEach(({ it, size }) => {
+          const cx = left + size[0] / 2, cy0 = top + row.h / 2;
+          left += size[0] + GAP;
+          if (it.node !== undefined) return addNode(it.node, id, cx, cy0);
+          const f = fams[it.fam], fid = "f" + it.fam;
+          f.members.forEach((j) => where.set(j, fid));
+          els.push({ group: "nodes", data: { id: fid, parent: id, label: familyLabel(f), type: "family", index: it.fam, fill: colour(f.effect, maxSite) }, position: { x: cx, y: cy0 }, classes: "family" });
+          const inside = inFamily(it.fam);
+          if (!inside.length) return;
+          const g = grid(inside.length);
+          const x0 = cx - ((g.cols - 1) * (F_W + GAP)) / 2, y0 = cy0 - ((g.rows - 1) * (F_H + GAP)) / 2 + HEAD / 2;
+          inside.forEach((j, m) => addNode(j, fid, x0 + (m % g.cols) * (F_W + GAP), y0 + Math.floor(m / g.cols) * (F_H + GAP)));
+        });
+        top += row.h + GAP;
       });
     });
     const lastCol = data.columns.length - 1;
@@ -122,6 +176,8 @@
       { selector: "node[fill]", style: { "background-color": "data(fill)" } },
       { selector: "node.site", style: { width: SITE_W, height: SITE_H, "text-max-width": SITE_W - 8, "border-width": 2, "border-color": "#555" } },
       { selector: "node.site:parent", style: { "text-valign": "top", "text-margin-y": HEAD - 4, "background-opacity": 0.35, padding: PAD, "font-weight": "bold" } },
+      { selector: "node.family", style: { width: FAM_W, height: F_H, "text-max-width": FAM_W - 8, "border-width": 2, "border-color": "#7b1fa2", "font-size": 10 } },
+      { selector: "node.family:parent", style: { "text-valign": "top", "text-margin-y": HEAD - 4, "background-opacity": 0.3, padding: PAD } },
       { selector: "node.embed", style: { shape: "round-tag", "background-color": "#eeeeee" } },
       { selector: "node.error", style: { "border-style": "dashed", "background-color": "#ffffff", "border-color": "#555" } },
       { selector: "node.metric", style: { shape: "octagon", width: SITE_W, height: SITE_H, "background-color": "#f0e68c", "border-width": 2 } },
@@ -205,6 +261,21 @@
     out.push(el("div", "suppresses: " + card.suppressed.map(([t, v]) => t + " (" + fmt(v) + ")").join(", ")));
     return out;
   }
+  function familyCard(fi) {
+    const f = fams[fi];
+    const ratio = f.ablation_ratio == null ? "not measured" : f.ablation_ratio.toFixed(2);
+    const out = [
+      el("h3", f.id + ": " + f.name),
+      el("div", data.sites[f.site].label + " · " + f.members.length + " latents · Σ effect " + fmt(f.effect)),
+      el("div", f.variable == null ? "tracks no task variable (best ε² " + f.tracking.toFixed(2) + ")" : "tracks " + f.variable + " (mean ε² " + f.tracking.toFixed(2) + ")"),
+      el("div", "ablation ratio (patched together / recorded effect): " + ratio, "validation"),
+    ];
+    if (f.interchange != null) out.push(el("div", "interchange: flips the answer on " + (100 * f.interchange).toFixed(0) + "% of held-out prompts (other latents of the site: " + (100 * f.interchange_random).toFixed(0) + "%)", "validation"));
+    out.push(el("p", state.open.has(fi) ? "Expanded: its latents are drawn inside it." : "Collapsed: click it to show its latents.", "muted"));
+    out.push(el("div", "members: " + f.members.slice(0, 12).map((j) => "#" + data.nodes[j].latent).join(", ") + (f.members.length > 12 ? ", …" : ""), "members"));
+    return out;
+  }
+
   function siteCard(i) {
     const s = data.sites[i];
     const errors = members[i].filter((j) => data.nodes[j].kind === "error").map((j) => data.nodes[j].effect);
@@ -228,6 +299,12 @@
         render(false);
       }
       show(siteCard(i));
+    } else if (type === "family") {
+      const fi = t.data("index");
+      if (state.open.has(fi)) state.open.delete(fi);
+      else state.open.add(fi);
+      render(false);
+      show(familyCard(fi));
     } else if (type === "feature" || type === "error") {
       show(featureCard(data.nodes[t.data("index")]));
     } else if (type === "metric") {
@@ -245,6 +322,7 @@
     if (t.isEdge()) text = t.source().id() + " → " + t.target().id() + "\nweight " + fmt(t.data("weight"));
     else if (t.data("type") === "site") text = data.sites[t.data("index")].id + "\nΣ effect " + fmt(siteEffect[t.data("index")]);
     else if (t.data("type") === "metric") text = "metric " + data.metric;
+    else if (t.data("type") === "family") text = fams[t.data("index")].name + "\nΣ effect " + fmt(fams[t.data("index")].effect);
     else {
       const n = data.nodes[t.data("index")];
       text = n.id + "\neffect " + fmt(n.effect) + (n.activation !== null ? "\nactivation " + n.activation.toFixed(3) : "");

@@ -1,6 +1,7 @@
 """The interactive circuit viewer inside ``report.html``: the circuit's sites on a grid (rows:
 submodules from the embeddings up to the metric; columns: prompt positions, labelled with an
-example prompt's tokens), click a site to expand its features, click a feature for its card,
+example prompt's tokens), click a site to expand its features (or, for a circuit with feature
+families, its families: click one to expand its latents), click a feature or family for its card,
 filters on |effect| and |edge weight|, the faithfulness curves beside it.
 
 Python lays out the grid and gathers the data (``viewer_data``); ``viewer.js`` draws it with
@@ -60,6 +61,8 @@ def viewer_data(graph: nx.DiGraph, cards: dict[Latent, FeatureCard] | None = Non
     site_index = {s.id: i for i, s in enumerate(sites)}
     ids = list(nodes)
     index = {n: i for i, n in enumerate(ids)} | {METRIC: -1}
+    families = _families(r.hierarchy, site_index, index)
+    family_of = {ids[j]: fi for fi, f in enumerate(families) for j in f["members"]}
     site_rows = []
     for s in sites:
         site_rows.append(
@@ -84,6 +87,7 @@ def viewer_data(graph: nx.DiGraph, cards: dict[Latent, FeatureCard] | None = Non
                 "effect": float(a["effect"]),
                 "activation": None if a.get("activation") is None else float(a["activation"]),
                 "card": node.feature.id if node.feature in cards else None,
+                "family": family_of.get(n),
             }
         )
     answer = r.answer_label()
@@ -99,6 +103,7 @@ def viewer_data(graph: nx.DiGraph, cards: dict[Latent, FeatureCard] | None = Non
             [index[u], index[v], float(w)] for u, v, w in graph.edges(data="weight") if u in index and v in index
         ],
         "curves": _curves(r.hierarchy),
+        "families": families,
         "cards": {k.id: _card(c) for k, c in cards.items()},
     }
 
@@ -123,6 +128,31 @@ def _curves(h: HierarchyRecord | None) -> list[dict]:
         for key, level in h.levels()
         if level.curve
     ]
+
+
+def _families(h: HierarchyRecord | None, site_index: dict[str, int], index: dict[str, int]) -> list[dict]:
+    """The hierarchical circuit's families whose site and members the graph has: name, site
+    (index), members (node indices), effect, what it tracks and its validation."""
+    out = []
+    for f in h.families if h is not None else []:
+        members = [index[m] for m in f.members if m in index]
+        if f.site not in site_index or not members:
+            continue
+        out.append(
+            {
+                "id": f.id,
+                "name": f.name,
+                "site": site_index[f.site],
+                "members": members,
+                "effect": f.effect,
+                "variable": f.variable,
+                "tracking": f.tracking,
+                "ablation_ratio": f.ablation_ratio,
+                "interchange": f.interchange,
+                "interchange_random": f.interchange_random,
+            }
+        )
+    return out
 
 
 def _card(card: FeatureCard) -> dict:

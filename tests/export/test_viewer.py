@@ -10,7 +10,7 @@ from circuits.circuit.record import LevelRecord, record_of
 from circuits.core.vocab import Latent
 from circuits.export.report import write_report
 from circuits.export.viewer import viewer_data, viewer_html
-from tests.helpers import card, hierarchical_graph, with_record
+from tests.helpers import card, families_graph, hierarchical_graph, with_record
 
 MLP_SITE = "blocks.0.hook_mlp_out@END"
 
@@ -152,4 +152,58 @@ def test_viewer_expands_a_site_opens_a_card_and_filters_edges(page, report, tmp_
     assert _count(page, "node.feature") == 0
     page.screenshot(path=str(tmp_path / "viewer-filtered.png"))
     assert (tmp_path / "viewer-card.png").stat().st_size > 10_000
+    assert page.problems == []
+
+
+def test_viewer_data_carries_the_families():
+    g = families_graph()
+    data = viewer_data(g)
+    names = [f["name"] for f in data["families"]]
+    assert names == [f.name for f in record_of(g).hierarchy.families]
+    f1 = data["families"][0]
+    assert data["sites"][f1["site"]]["id"] == MLP_SITE
+    assert sorted(data["nodes"][j]["id"] for j in f1["members"]) == sorted(record_of(g).hierarchy.families[0].members)
+    assert all(data["nodes"][j]["family"] == 0 for j in f1["members"])
+    loose = {n["id"] for n in data["nodes"] if n["kind"] == "feature" and n["family"] is None}
+    assert loose == {"blocks.0.hook_attn_out/8@A", "blocks.1.hook_resid_post/3@END"}  # in no family
+
+
+def _family(page, name: str) -> str:
+    return page.evaluate(
+        "name => window.circuitViewer.cy.nodes('.family').filter(n => "
+        "window.circuitViewer.data.families[n.data('index')].name === name)[0].id()",
+        name,
+    )
+
+
+def test_viewer_expands_a_site_into_families_and_a_family_into_its_latents(page, tmp_path):
+    path = write_report(tmp_path / "report.html", families_graph(), cards=_cards())
+    page.goto(path.as_uri())
+    page.wait_for_function("window.circuitViewer !== undefined")
+    mlp = _site(page, MLP_SITE)
+    _click(page, mlp)  # the site shows its two families (collapsed) and its error term
+    assert _count(page, "node.family") == 2 and _count(page, "node.feature") == 0 and _count(page, "node.error") == 1
+    io = _family(page, "IO identity at L0 mlp@END, supports")
+    _click(page, io)  # the family opens: its four latents inside it
+    assert _count(page, "node.feature") == 4
+    assert page.evaluate(f"window.circuitViewer.cy.getElementById('{io}').children().length") == 4
+    assert page.evaluate(f"window.circuitViewer.cy.getElementById('{io}').parent().id()") == mlp
+    card_text = page.locator("#card").inner_text()
+    assert "F1: IO identity at L0 mlp@END, supports" in card_text and "4 latents" in card_text
+    assert "tracks IO" in card_text and "ablation ratio (patched together / recorded effect): 1.05" in card_text
+    assert "flips the answer on 80% of held-out prompts (other latents of the site: 5%)" in card_text
+    assert "members: #10, #11, #12, #13" in card_text
+    # the family's edges attach to its latents now; collapsed, they attach to the family
+    assert page.evaluate("window.circuitViewer.cy.edges().filter(e => e.source().hasClass('feature')).length") > 0
+    page.locator("#viewer").screenshot(path=str(tmp_path / "viewer-family.png"))
+    _click(page, io)  # and closes again
+    assert _count(page, "node.feature") == 0 and _count(page, "node.family") == 2
+    edges = page.evaluate("window.circuitViewer.cy.edges().map(e => e.source().id())")
+    assert io in edges
+    box = page.locator("#cy").bounding_box()  # the site's own padding, beside its families
+    page.evaluate(f"void window.circuitViewer.cy.center(window.circuitViewer.cy.getElementById('{mlp}'))")
+    edge = page.evaluate(f"window.circuitViewer.cy.getElementById('{mlp}').renderedBoundingBox()")
+    page.mouse.click(box["x"] + edge["x1"] + 5, box["y"] + edge["y2"] - 5)
+    page.wait_for_timeout(100)
+    assert _count(page, "node.family") == 0
     assert page.problems == []
