@@ -23,12 +23,13 @@ into "supernodes" by hand. Here the grouping is automatic and each group is chec
    its own site.
 4. **Validation per family**: (a) its latents patched together to their corrupt values on the
    discovery prompts move the metric by its recorded (summed attribution) effect: the ratio;
-   (b) interchange, for a variable whose value is a token of the prompt (and a metric whose
-   sign says which answer the model prefers): on each held-out prompt, the family's latents
-   take their values from a donor prompt where that token is swapped with another variable's
-   (IO <-> S) or another prompt's value; of the prompts whose donor flips the model's answer
-   (the wrong one preferred), the family alone flips it at this rate, beside a control: as many other
-   live latents of the same sites (not the family's) given their donor values.
+   (b) interchange, for a variable whose value is a token of the prompt: on each held-out
+   prompt, the family's latents take their values from a donor prompt where that token is
+   replaced by another prompt's value (IO: Mary -> Alice) or, where replacing does not move
+   the model's answer, swapped with another variable's token (S <-> IO); of the prompts on
+   which the donor moves the model's top answer, the share on which the family alone moves it
+   to the donor's answer, beside a control: as many other latents of the same sites, outside
+   every family that tracks a variable the donor changes.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from tasks.tokenizer import value_token
 
 TRACKS = 0.5  # epsilon squared at which a latent tracks a variable
 MIN_ACTIVE = 5  # prompts a latent must fire on to track anything
-FLIPPABLE = ("logit_diff", "prob_diff")  # metrics whose sign says which answer the model prefers
+MOVES = 0.25  # a donor that replaces a value must move the model's answer on this share of prompts
 PARSIMONY = 0.05  # epsilon squared within this of the best: the variable with the fewest values wins
 MINOR = 0.005  # families below this share of the circuit's |effect| merge into their site's minor family
 
@@ -371,59 +372,96 @@ def token_valued(task: Task, tokenizer, variables: dict[str, list[str]]) -> dict
 
 @dataclass
 class Donors:
-    """Per prompt, for one variable: the donor prompt's tokens, whether the model on the donor
-    prefers the prompt's wrong answer (``flips``: the donor's value moves the answer), and the
+    """Per prompt, for one variable: the donor prompt's tokens, the variables the donor
+    changes (``changed``: the variable, and the one it swapped with), the model's top answer
+    on the donor and whether it differs from its answer on the prompt (``moves``), and the
     donor's latents at the hooks patched (``latent_values``)."""
 
     tokens: torch.Tensor
-    flips: torch.Tensor
+    changed: set[str]
+    answer: torch.Tensor
+    moves: torch.Tensor
     values: dict[str, torch.Tensor]
 
 
-def donor_tokens(task: Task, name: str, tokens: dict[str, list[int]]) -> torch.Tensor:
-    """Donor prompts for variable ``name``: its token swapped with another token variable's
-    differing token in the same prompt (IO <-> S), else with the next prompt's value."""
+def donor_tokens(task: Task, name: str, tokens: dict[str, list[int]], swap: bool) -> torch.Tensor:
+    """Donor prompts for variable ``name``: its token replaced by another prompt's value that
+    is not in the prompt, or (``swap``) exchanged with another token variable's differing
+    token in the same prompt (IO <-> S)."""
     own = tokens[name]
     others = [t for n, t in tokens.items() if n != name]
     out = task.clean.clone()
     n = task.n_examples
     for i in range(n):
+        row = out[i].tolist()
         a = own[i]
-        b = next((t[i] for t in others if t[i] != a), None)
-        if b is None:
-            b = next((own[(i + j) % n] for j in range(1, n) if own[(i + j) % n] != a), a)
-        swap = {a: b, b: a}
-        out[i] = torch.tensor([swap.get(t, t) for t in out[i].tolist()])
+        if swap:
+            b = next((t[i] for t in others if t[i] != a), a)
+        else:
+            b = next((own[(i + j) % n] for j in range(1, n) if own[(i + j) % n] not in row), a)
+        exchange = {a: b, b: a}
+        out[i] = torch.tensor([exchange.get(t, t) for t in row])
     return out
 
 
+def swap_partner(task: Task, name: str, tokens: dict[str, list[int]]) -> str | None:
+    """The token variable ``name`` is swapped with on most prompts (None: none differs)."""
+    counts: dict[str, int] = defaultdict(int)
+    for i in range(task.n_examples):
+        other = next((n for n, t in tokens.items() if n != name and t[i] != tokens[name][i]), None)
+        if other is not None:
+            counts[other] += 1
+    return max(counts, key=counts.get) if counts else None
+
+
 @torch.no_grad()
-def donors(
-    model: HookedTransformer, saes: SAESet, task: Task, tokens: torch.Tensor, hooks: list[str], batch_size: int = 64
-) -> Donors:
-    """`Donors` of ``task`` from donor prompt ``tokens``: which flip the model's answer, and
-    their latents at ``hooks``."""
-    flips = []
+def top_answers(model: HookedTransformer, task: Task, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """The model's top token at each prompt's last position."""
+    out = []
     for lo in range(0, task.n_examples, batch_size):
         part = task.subset(slice(lo, lo + batch_size))
-        flips.append(part.metric_per_example(model(tokens[lo : lo + batch_size])).cpu() < 0)
-    return Donors(tokens, torch.cat(flips), latent_values(model, saes, tokens, hooks, batch_size))
+        out.append(part._last(model(tokens[lo : lo + batch_size])).argmax(-1).cpu())
+    return torch.cat(out)
+
+
+def donors(
+    model: HookedTransformer,
+    saes: SAESet,
+    task: Task,
+    name: str,
+    tokens: dict[str, list[int]],
+    hooks: list[str],
+    batch_size: int,
+) -> Donors:
+    """The donors of variable ``name``: replacing its value when that moves the model's answer
+    on at least ``MOVES`` of the prompts (the IO name), else swapping it with another token
+    variable (the S name, which moves the answer only when it becomes the IO)."""
+    clean = top_answers(model, task, task.clean, batch_size)
+    for swap in (False, True):
+        donor = donor_tokens(task, name, tokens, swap)
+        answer = top_answers(model, task, donor, batch_size)
+        moves = answer != clean
+        if float(moves.float().mean()) >= MOVES or swap:
+            partner = swap_partner(task, name, tokens) if swap else None
+            changed = {name} | ({partner} if partner else set())
+            return Donors(donor, changed, answer, moves, latent_values(model, saes, donor, hooks, batch_size))
+    raise AssertionError("unreachable")
 
 
 def interchange_rate(
     model: HookedTransformer, saes: SAESet, task: Task, members: list[Node], donor: Donors, batch_size: int = 64
 ) -> tuple[float, int]:
-    """(b) Of the prompts whose donor flips the model's answer, the share on which giving
-    ``members`` their donor values alone flips it too (the metric turns negative: the wrong
-    answer preferred); and how many prompts."""
+    """(b) Of the prompts on which the donor moves the model's top answer, the share on which
+    giving ``members`` alone their donor values moves it to the donor's answer; and how many
+    prompts."""
     hits = total = 0
     for lo in range(0, task.n_examples, batch_size):
         rows = slice(lo, lo + batch_size)
-        use = donor.flips[rows]
+        use = donor.moves[rows]
         if not use.any():
             continue
         logits, part = patched_run(model, saes, task, members, donor.values, rows)
-        hits += int((part.metric_per_example(logits).cpu() < 0)[use].sum())
+        hits += int((part._last(logits).argmax(-1).cpu() == donor.answer[rows])[use].sum())
         total += int(use.sum())
     return (hits / total if total else 0.0), total
 
@@ -440,34 +478,27 @@ def interchange(
     batch_size: int,
 ) -> list[InterchangeRecord]:
     """(b) For every family tracking a token-valued variable, its interchange rate on the
-    held-out prompts (into ``interchange``, with a random same-site same-size baseline into
-    ``interchange_random``); per variable, the rate of all its families together and its
-    random baseline."""
+    held-out prompts (into ``interchange``) beside a control (into ``interchange_random``): as
+    many latents of the same sites, drawn from those in no family tracking a variable the donor
+    changes; per variable, the rate of all its families together and its control."""
     tokens = token_valued(held_out, model.tokenizer, task_variables(held_out, model.tokenizer))
-    if held_out.metric not in FLIPPABLE:
-        return []
     hooks = list(dict.fromkeys(nodes[m].hook for f in families for m in f.members))
-    donor_of = {
-        name: donors(model, saes, held_out, donor_tokens(held_out, name, tokens), hooks, batch_size)
-        for name in {f.variable for f in families} & set(tokens)
-    }
-
-    def random_rate(like: list[FamilyRecord], donor: Donors) -> float:
-        rates = [
-            interchange_rate(model, saes, held_out, _draw(like, by_site, rng), donor, batch_size)[0]
-            for _ in range(n_random)
-        ]
-        return sum(rates) / n_random
-
     out = []
-    for name, donor in sorted(donor_of.items()):
+    for name in sorted({f.variable for f in families} & set(tokens)):
+        donor = donors(model, saes, held_out, name, tokens, hooks, batch_size)
+        avoid = {m for f in families if f.variable in donor.changed for m in f.members}
+
+        def control(like: list[FamilyRecord], donor: Donors = donor, avoid: set[str] = avoid) -> float:
+            drawn = (_draw(like, by_site, rng, avoid) for _ in range(n_random))
+            return sum(interchange_rate(model, saes, held_out, d, donor, batch_size)[0] for d in drawn) / n_random
+
         mine = [f for f in families if f.variable == name]
         for f in mine:
             f.interchange, _ = interchange_rate(model, saes, held_out, [nodes[m] for m in f.members], donor, batch_size)
-            f.interchange_random = random_rate([f], donor)
+            f.interchange_random = control([f])
         together = [nodes[m] for f in mine for m in f.members]
         rate, n = interchange_rate(model, saes, held_out, together, donor, batch_size)
-        out.append(InterchangeRecord(name, len(mine), rate, random_rate(mine, donor), n))
+        out.append(InterchangeRecord(name, len(mine), rate, control(mine), n, sorted(donor.changed)))
     return out
 
 

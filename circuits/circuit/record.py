@@ -207,8 +207,9 @@ class FamilyRecord(Config):
 @dataclass
 class InterchangeRecord(Config):
     """All the families tracking one variable, given a donor prompt's values together: the
-    rate the model's answer moves to the donor's, a random baseline (as many live latents
-    from the same sites), over ``n_prompts`` held-out prompts whose donor answer differs."""
+    rate the model's answer moves to the donor's, a control (as many other latents of the same
+    sites, outside the families of the variables the donor changes: ``changed``), over
+    ``n_prompts`` held-out prompts on which the donor moves the answer."""
 
     label: ClassVar[str] = "interchange"
 
@@ -217,6 +218,7 @@ class InterchangeRecord(Config):
     rate: float
     random_rate: float
     n_prompts: int
+    changed: list[str] = field(default_factory=list)
 
 
 LEVELS = ("sites", "attribution", "optimised")  # `HierarchyRecord.levels` keys, in order

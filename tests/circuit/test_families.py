@@ -20,6 +20,7 @@ from circuits.circuit.families import (
     group,
     interchange_rate,
     latent_values,
+    swap_partner,
     task_variables,
     token_valued,
     track,
@@ -124,20 +125,21 @@ def test_built_in_tasks_carry_the_variables_they_were_made_from():
     assert "order" not in token_valued(ioi, TOK, variables)
 
 
-def test_donors_swap_a_name_with_the_other_one():
+def test_donors_replace_a_name_or_swap_it_with_the_other_one():
     ioi = make_task("ioi", TOK, n=8)
     tokens = token_valued(ioi, TOK, task_variables(ioi, TOK))
-    d = donor_tokens(ioi, "IO", tokens)
+    swapped = donor_tokens(ioi, "IO", tokens, swap=True)
+    replaced = donor_tokens(ioi, "IO", tokens, swap=False)
     for i in range(ioi.n_examples):
-        io, s = tokens["IO"][i], tokens["S"][i]
-        assert d[i].tolist() == [s if t == io else io if t == s else t for t in ioi.clean[i].tolist()]
-    only = {"IO": tokens["IO"]}  # no other variable: the next prompt's name
-    d = donor_tokens(ioi, "IO", only)
-    assert d[0].tolist().count(tokens["IO"][1]) >= 1 and tokens["IO"][0] not in d[0].tolist()
+        io, s, row = tokens["IO"][i], tokens["S"][i], ioi.clean[i].tolist()
+        assert swapped[i].tolist() == [s if t == io else io if t == s else t for t in row]
+        new = [t for t, u in zip(replaced[i].tolist(), row, strict=True) if t != u]
+        assert len(new) == row.count(io) and new[0] not in row and new[0] in tokens["IO"]  # another prompt's IO
+    assert swap_partner(ioi, "IO", tokens) == "S"
 
 
-def _patched_metric(model, saes, task, members, donor_tokens):
-    """The metric per prompt with ``members`` set to their donor-run values, by a plain
+def _patched_top(model, saes, task, members, donor_tokens):
+    """The top last-position token with ``members`` set to their donor-run values, by a plain
     TransformerLens hook (x + D(f') - D(f)): the intervention written out by hand."""
     hook = PLANTED_HOOK
     sae = saes[hook]
@@ -152,7 +154,28 @@ def _patched_metric(model, saes, task, members, donor_tokens):
         return x + sae.decode(new) - sae.decode(f)
 
     with torch.no_grad():
-        return task.metric_per_example(model.run_with_hooks(task.clean, fwd_hooks=[(hook, patch)]))
+        return model.run_with_hooks(task.clean, fwd_hooks=[(hook, patch)])[:, -1].argmax(-1)
+
+
+def test_interchange_rate_matches_the_intervention_written_out():
+    torch.manual_seed(1)
+    model = tiny_hooked_model(normalization=None, n_layers=1)
+    saes = random_saes([PLANTED_HOOK], d_sae=32, k=8)
+    task = make_task("ioi", TOK, n=16)
+    tokens = token_valued(task, TOK, task_variables(task, TOK))
+    d = donors(model, saes, task, "IO", tokens, [PLANTED_HOOK], batch_size=64)
+    with torch.no_grad():
+        clean_top, donor_top = model(task.clean)[:, -1].argmax(-1), model(d.tokens)[:, -1].argmax(-1)
+    assert d.answer.tolist() == donor_top.tolist() and d.moves.tolist() == (donor_top != clean_top).tolist()
+    assert d.moves.any() and "IO" in d.changed
+    labels = list(task.position_labels)
+    members = [Node.at(PLANTED_HOOK, task.n_pos - 1, i, labels) for i in random.Random(0).sample(range(32), 12)]
+    rate, n = interchange_rate(model, saes, task, members, d, batch_size=5)
+    hit = _patched_top(model, saes, task, members, d.tokens) == donor_top
+    assert n == int(d.moves.sum()) and rate == pytest.approx(float(hit[d.moves].float().mean()))
+    everything = [Node.at(PLANTED_HOOK, p, i, labels) for p in range(task.n_pos) for i in range(32)]
+    hit = _patched_top(model, saes, task, everything, d.tokens) == donor_top
+    assert interchange_rate(model, saes, task, everything, d)[0] == pytest.approx(float(hit[d.moves].float().mean()))
 
 
 def test_families_on_a_planted_circuit_are_validated_by_real_interventions():
@@ -192,26 +215,6 @@ def test_families_on_a_planted_circuit_are_validated_by_real_interventions():
         base = task.metric_per_example(model(task.clean)).mean()
         moved = task.metric_per_example(model.run_with_hooks(task.clean, fwd_hooks=[(PLANTED_HOOK, to_corrupt)])).mean()
     assert top.ablation_ratio * top.effect == pytest.approx(float(moved - base), rel=1e-4, abs=1e-5)
-
-
-def test_interchange_rate_matches_the_intervention_written_out():
-    torch.manual_seed(1)
-    model = tiny_hooked_model(normalization=None, n_layers=1)
-    saes = random_saes([PLANTED_HOOK], d_sae=32, k=8)
-    task = make_task("ioi", TOK, n=16)
-    tokens = token_valued(task, TOK, task_variables(task, TOK))
-    d = donors(model, saes, task, donor_tokens(task, "IO", tokens), [PLANTED_HOOK])
-    labels = list(task.position_labels)
-    members = [Node.at(PLANTED_HOOK, task.n_pos - 1, i, labels) for i in random.Random(0).sample(range(32), 12)]
-    with torch.no_grad():
-        flips = task.metric_per_example(model(d.tokens)) < 0
-    assert d.flips.tolist() == flips.tolist() and flips.any()
-    rate, n = interchange_rate(model, saes, task, members, d, batch_size=5)
-    moved = _patched_metric(model, saes, task, members, d.tokens) < 0
-    assert n == int(flips.sum()) and rate == pytest.approx(float(moved[flips].float().mean()))
-    everything = [Node.at(PLANTED_HOOK, p, i, labels) for p in range(task.n_pos) for i in range(32)]
-    full = _patched_metric(model, saes, task, everything, d.tokens) < 0
-    assert interchange_rate(model, saes, task, everything, d)[0] == pytest.approx(float(full[flips].float().mean()))
 
 
 def test_families_need_a_feature_level():
