@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -127,6 +128,10 @@ def to_circuit_tracer(
       the label says the metric and that p is unknown, in the same format.
     * ``influence``: ``ct_influence`` (cumulative |effect| share); ``node_threshold`` is 1, so
       the frontend's pruning slider starts with every node shown.
+    * Families (a hierarchical circuit's, ``circuits.circuit.families``) are circuit-tracer's
+      supernodes (``qParams.supernodes``: ``[label, member node ids...]``), their members
+      pinned; the frontend reads supernodes from its URL only, so ``view_query`` gives the
+      query string that opens the subgraph grouped by family.
     * Link weights are our weights negated: ours are the change in the metric when the edge
       is patched to its corrupt value (negative = the behaviour relies on it), circuit-tracer's
       are contributions (positive = the source supports the target).
@@ -250,10 +255,39 @@ def to_circuit_tracer(
                 "target_logit": "the metric node, labelled with the answer",
             },
         },
-        "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
+        "qParams": {**_supernodes(graph), "linkType": "both", "clickedId": "", "sg_pos": ""},
         "nodes": nodes,
         "links": links,
     }
+
+
+SUBGRAPH_MAX = 200  # circuit-tracer's subgraph draws at most this many pinned nodes
+
+
+def _supernodes(graph: nx.DiGraph) -> dict:
+    """A circuit with feature families: each family as a supernode ``[label, member ids...]``
+    and its members pinned (largest families first, up to the subgraph's limit), so the
+    frontend's subgraph opens on the families. Other circuits pin nothing."""
+    h = record_of(graph).hierarchy
+    supernodes, pinned = [], []
+    for f in h.families if h is not None else []:
+        members = [m for m in f.members if m in graph][: SUBGRAPH_MAX - len(pinned)]
+        if not members:
+            continue
+        supernodes.append([f"{f.id} {f.name}", *members])
+        pinned += members
+    return {"pinnedIds": pinned, "supernodes": supernodes}
+
+
+def view_query(data: dict) -> str:
+    """The query string that opens a graph file (``to_circuit_tracer``'s ``data``) in
+    circuit-tracer's frontend with its supernodes: the frontend takes supernodes from the
+    URL only (an absent parameter empties them), so the file's ``qParams`` alone do not show."""
+    params = {"slug": data["metadata"]["slug"], "clickedId": "metric"}
+    if data["qParams"]["supernodes"]:
+        params["pinnedIds"] = ",".join(data["qParams"]["pinnedIds"])
+        params["supernodes"] = json.dumps(data["qParams"]["supernodes"], separators=(",", ":"))
+    return urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
 
 
 def _join(tokens: list[str]) -> str:

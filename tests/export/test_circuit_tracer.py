@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from circuits.core.vocab import Latent
-from circuits.export.circuit_tracer import to_circuit_tracer, write_circuit_tracer
-from tests.helpers import EXAMPLE_TOKENS, card, example_graph, nasty_graph
+from circuits.export.circuit_tracer import to_circuit_tracer, view_query, write_circuit_tracer
+from circuits.circuit.record import record_of
+from tests.helpers import EXAMPLE_TOKENS, card, example_graph, families_graph, nasty_graph
 
 MISSING = "circuit-tracer is not installed (make test installs it: pip install --no-deps circuit-tracer==0.5.0)"
 
@@ -116,7 +117,8 @@ def served(ct_dir, tmp_path):
 
     def serve(graph, slug, **kwargs):
         write_circuit_tracer(graph, data, slug=slug, **kwargs)
-        return f"http://127.0.0.1:{server.server_address[1]}/index.html?slug={slug}&clickedId=metric"
+        query = view_query(json.loads((data / f"{slug}.json").read_text()))
+        return f"http://127.0.0.1:{server.server_address[1]}/index.html?{query}"
 
     yield serve
     server.shutdown()
@@ -163,7 +165,8 @@ def test_export_command_writes_the_folder(tmp_path, capsys):
     assert err.startswith("circuits: error: slug '../x': use") and len(err.strip().splitlines()) == 1
 
 
-def test_circuit_tracer_frontend_renders_the_export(page, served, npm_packages, ct_dir, tmp_path):
+def _route_cdn(page, ct_dir, npm_packages) -> None:
+    """circuit-tracer's CDN scripts answered from the npm packages, offline."""
     html = (ct_dir / "frontend" / "assets" / "index.html").read_text()
     scripts = set(re.findall(r"<script src='(https?://[^']+)'", html))
     assert scripts == set(CDN), f"circuit-tracer's page loads other CDN scripts: {scripts ^ set(CDN)}"
@@ -175,6 +178,33 @@ def test_circuit_tracer_frontend_renders_the_export(page, served, npm_packages, 
             for part in parts
         )
         page.route(url, functools.partial(_fulfil, body=body))
+
+
+def test_circuit_tracer_frontend_draws_families_as_supernodes(page, served, npm_packages, ct_dir, tmp_path):
+    _route_cdn(page, ct_dir, npm_packages)
+    graph = families_graph()
+    page.goto(served(graph, "ioi-families"))
+    try:
+        page.wait_for_function("document.querySelectorAll('.supernode-container').length > 0", timeout=15_000)
+    except Exception as err:  # Playwright's TimeoutError: say what the page said
+        pytest.fail(f"the subgraph was not drawn ({type(err).__name__}); page problems: {page.problems}")
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(tmp_path / "circuit-tracer-families.png"))
+    drawn = page.evaluate(
+        """() => [...document.querySelectorAll('.supernode-container')].map(d => ({
+            text: d.textContent, members: d.querySelectorAll('.member-circles > .member-circle').length}))"""
+    )
+    families = record_of(graph).hierarchy.families
+    for f in families:  # one box per family, labelled with its id and name, holding its members
+        box = next((d for d in drawn if f"{f.id} {f.name}" in d["text"]), None)
+        assert box is not None, f"{f.id} is not drawn: {[d['text'] for d in drawn]}"
+        assert box["members"] == len(f.members)
+    assert len(drawn) == len(families)
+    assert page.problems == []
+
+
+def test_circuit_tracer_frontend_renders_the_export(page, served, npm_packages, ct_dir, tmp_path):
+    _route_cdn(page, ct_dir, npm_packages)
 
     graph = example_graph()
     cards = {Latent("blocks.0.hook_mlp_out", 5): card()}

@@ -168,3 +168,17 @@ def test_circuit_tracer_rows_follow_a_released_sets_hooks():
     embeddings = [n for n in data["nodes"] if n["feature_type"] == "embedding"]
     assert len({n["ctx_idx"] for n in embeddings}) == len(embeddings)
     assert next(n for n in data["nodes"] if n["node_id"] == "metric")["layer"] == "3"
+
+
+def test_families_are_circuit_tracer_supernodes_and_graphml_attributes(tmp_path):
+    from circuits.circuit.record import record_of
+    from tests.helpers import families_graph
+
+    g = families_graph()
+    q = to_circuit_tracer(g)["qParams"]
+    families = record_of(g).hierarchy.families
+    assert q["supernodes"] == [[f"{f.id} {f.name}", *f.members] for f in families]
+    assert q["pinnedIds"] == [m for f in families for m in f.members]
+    assert to_circuit_tracer(example_graph())["qParams"]["supernodes"] == []  # no families, no supernodes
+    back = nx.read_graphml(write_graphml(g, tmp_path / "c.graphml"))
+    assert back.nodes["blocks.0.hook_mlp_out/10@END"]["family"] == "F1"
