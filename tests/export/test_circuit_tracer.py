@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from circuits.circuit.record import record_of
 from circuits.core.vocab import Latent
 from circuits.export.circuit_tracer import to_circuit_tracer, view_query, write_circuit_tracer
-from circuits.circuit.record import record_of
 from tests.helpers import EXAMPLE_TOKENS, card, example_graph, families_graph, nasty_graph
 
 MISSING = "circuit-tracer is not installed (make test installs it: pip install --no-deps circuit-tracer==0.5.0)"
