@@ -15,7 +15,8 @@ from circuits.circuit.config import DiscoverConfig
 from circuits.circuit.discover import discover
 from circuits.circuit.edit import EditReport, edit_from_circuit, edit_report
 from circuits.circuit.faithfulness import FaithfulnessCurve, faithfulness_curve, ranked_nodes
-from circuits.circuit.graph import node_effects, node_link, record_held_out, record_sources, save_graph
+from circuits.circuit.families import prompt_families
+from circuits.circuit.graph import node_effects, node_link, nodes_of, record_held_out, record_sources, save_graph
 from circuits.circuit.record import record_of
 from circuits.core.config import Result
 from circuits.export.cards import feature_cards, latent_keys
@@ -103,6 +104,12 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
     quality = step("SAE quality", evaluate_saes, model, saes, n_seqs=64, progress=progress)
     interp = step("interpretability", interpretability, model, saes, progress=progress)
     readable = readability(node_effects(graph), interp)
+    h = record_of(graph).hierarchy
+    nodes = nodes_of(graph)
+    prompt = None
+    if h.families:  # the report's one-prompt view: the first discovery prompt
+        active = step("one prompt", prompt_families, model, saes, task, 0, h.families, nodes)
+        prompt = (task.prompts[0], active)
     fidelity = step(
         "fidelity",
         check_attribution,
@@ -127,6 +134,7 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
         folder / "faithfulness.png",
         folder / "rankings.png",
         readable,
+        prompt=prompt,
     )
     return DemoResult(
         graph,

@@ -30,6 +30,8 @@ into "supernodes" by hand. Here the grouping is automatic and each group is chec
    which the donor moves the model's top answer, the share on which the family alone moves it
    to the donor's answer, beside a control: as many other latents of the same sites, outside
    every family that tracks a variable the donor changes.
+5. **One prompt** (``prompt_families``): the families active on it, with their latents and
+   per-prompt effects.
 """
 
 from __future__ import annotations
@@ -42,12 +44,13 @@ from dataclasses import dataclass, field
 import torch
 from transformer_lens import HookedTransformer
 
-from circuits.attribution.nodes import encode_at
+from circuits.attribution.nodes import clean_grads, encode_at, node_grads, run_batch
 from circuits.attribution.splice import spliced
 from circuits.circuit.ablation import Ablator
 from circuits.circuit.config import HierarchyConfig
 from circuits.circuit.faithfulness import Level, Measurement, live_pool, log_sizes, smallest_prefix
 from circuits.circuit.record import FamilyRecord, InterchangeRecord
+from circuits.core.config import Result
 from circuits.core.errors import CircuitsError
 from circuits.core.values import NodeValues
 from circuits.core.vocab import Node, Site, flat_act
@@ -374,12 +377,12 @@ def token_valued(task: Task, tokenizer, variables: dict[str, list[str]]) -> dict
 class Donors:
     """Per prompt, for one variable: the donor prompt's tokens, the variables the donor
     changes (``changed``: the variable, and the one it swapped with), the model's top answer
-    on the donor and whether it differs from its answer on the prompt (``moves``), and the
-    donor's latents at the hooks patched (``latent_values``)."""
+    on the donor and the prompts it is scored on (``moves``: where that answer differs from the
+    prompt's), and the donor's latents at the hooks patched (``latent_values``)."""
 
     tokens: torch.Tensor
     changed: set[str]
-    answer: torch.Tensor
+    answer: torch.Tensor | None  # None: success is the metric turning negative (``by_value``)
     moves: torch.Tensor
     values: dict[str, torch.Tensor]
 
@@ -448,12 +451,38 @@ def donors(
     raise AssertionError("unreachable")
 
 
+def by_value(
+    model: HookedTransformer, saes: SAESet, task: Task, name: str, hooks: list[str], batch_size: int
+) -> Donors:
+    """Donors for a variable whose value is not a token (the subject's number, the name
+    order): each prompt's donor is the next prompt with another value; scored on the prompts
+    the model gets right (metric > 0), where success is the metric turning negative."""
+    values, n = task.vars[name], task.n_examples
+    pick = [next((j % n for j in range(i + 1, i + n) if values[j % n] != values[i]), i) for i in range(n)]
+    tokens = task.clean[torch.tensor(pick)]
+    with torch.no_grad():
+        right = (
+            torch.cat(
+                [
+                    task.subset(slice(lo, lo + batch_size))
+                    .metric_per_example(model(task.clean[lo : lo + batch_size]))
+                    .cpu()
+                    for lo in range(0, n, batch_size)
+                ]
+            )
+            > 0
+        )
+    moves = right & (torch.tensor(pick) != torch.arange(n))
+    return Donors(tokens, {name}, None, moves, latent_values(model, saes, tokens, hooks, batch_size))
+
+
 def interchange_rate(
     model: HookedTransformer, saes: SAESet, task: Task, members: list[Node], donor: Donors, batch_size: int = 64
 ) -> tuple[float, int]:
     """(b) Of the prompts on which the donor moves the model's top answer, the share on which
-    giving ``members`` alone their donor values moves it to the donor's answer; and how many
-    prompts."""
+    giving ``members`` alone their donor values moves it to the donor's answer (for a donor
+    ``by_value``: of the prompts the model gets right, the share whose metric turns negative);
+    and how many prompts."""
     hits = total = 0
     for lo in range(0, task.n_examples, batch_size):
         rows = slice(lo, lo + batch_size)
@@ -461,7 +490,11 @@ def interchange_rate(
         if not use.any():
             continue
         logits, part = patched_run(model, saes, task, members, donor.values, rows)
-        hits += int((part._last(logits).argmax(-1).cpu() == donor.answer[rows])[use].sum())
+        if donor.answer is None:
+            hit = part.metric_per_example(logits).cpu() < 0
+        else:
+            hit = part._last(logits).argmax(-1).cpu() == donor.answer[rows]
+        hits += int(hit[use].sum())
         total += int(use.sum())
     return (hits / total if total else 0.0), total
 
@@ -484,8 +517,14 @@ def interchange(
     tokens = token_valued(held_out, model.tokenizer, task_variables(held_out, model.tokenizer))
     hooks = list(dict.fromkeys(nodes[m].hook for f in families for m in f.members))
     out = []
-    for name in sorted({f.variable for f in families} & set(tokens)):
-        donor = donors(model, saes, held_out, name, tokens, hooks, batch_size)
+    named = {f.variable for f in families} & (set(tokens) | set(held_out.vars))
+    for name in sorted(named):
+        if name in tokens:
+            donor = donors(model, saes, held_out, name, tokens, hooks, batch_size)
+        elif held_out.metric in ("logit_diff", "prob_diff"):  # the metric's sign says which answer wins
+            donor = by_value(model, saes, held_out, name, hooks, batch_size)
+        else:
+            continue
         avoid = {m for f in families if f.variable in donor.changed for m in f.members}
 
         def control(like: list[FamilyRecord], donor: Donors = donor, avoid: set[str] = avoid) -> float:
@@ -500,6 +539,46 @@ def interchange(
         rate, n = interchange_rate(model, saes, held_out, together, donor, batch_size)
         out.append(InterchangeRecord(name, len(mine), rate, control(mine), n, sorted(donor.changed)))
     return out
+
+
+# ----------------------------------------------------------------------------- one prompt
+@dataclass
+class ActiveFamily(Result):
+    """A family on one prompt: its latents active there with their activation and AtP effect
+    on that prompt's metric (``(node id, activation, effect)``, largest |effect| first)."""
+
+    id: str
+    name: str
+    effect: float
+    latents: list[tuple[str, float, float]]
+
+
+def prompt_families(
+    model: HookedTransformer, saes: SAESet, task: Task, index: int, families: list[FamilyRecord], nodes: dict[str, Node]
+) -> list[ActiveFamily]:
+    """The families active on prompt ``index`` of ``task`` (a member latent non-zero at its
+    position), each with its active latents and their effects on that prompt (corrupt -
+    clean value times the metric's gradient), largest |effect| first."""
+    if not 0 <= index < task.n_examples:
+        raise CircuitsError(f"prompt {index}: the task has prompts 0 to {task.n_examples - 1}")
+    hooks = list(dict.fromkeys(nodes[m].hook for f in families for m in f.members))
+    run = run_batch(model, saes, task.subset(slice(index, index + 1)), hooks)
+    grads = clean_grads(model, saes, run, hooks)
+    grad = {h: node_grads(saes, h, grads[h]).latents[0] for h in hooks}
+    out = []
+    for f in families:
+        active = []
+        for m in f.members:
+            n = nodes[m]
+            at = slice(None) if n.position is None else n.position
+            act = float(run.clean[n.hook].latents[0, at, n.latent].sum())
+            if act != 0:
+                effect = run.delta(n.hook).latents[0, at, n.latent] * grad[n.hook][at, n.latent]
+                active.append((m, act, float(effect.sum())))
+        if active:
+            active.sort(key=lambda a: -abs(a[2]))
+            out.append(ActiveFamily(f.id, f.name, sum(a[2] for a in active), active))
+    return sorted(out, key=lambda a: -abs(a.effect))
 
 
 # ----------------------------------------------------------------------------- all of it

@@ -56,8 +56,16 @@ def print_demo(result) -> None:
         f"{sl.completeness:.3f}, random same-size {sl.random_faithfulness:.3f}\n"
         f"  features: {fl.n_nodes} latents + {fl.n_error_nodes} error terms ({fl.ranking} ranking), "
         f"faithfulness {fl.faithfulness:.3f}, completeness {fl.completeness:.3f}, random same-size "
-        f"{fl.random_faithfulness:.3f}" + ("" if h.reached_target else "  (target not reached)") + "\n"
+        f"{fl.random_faithfulness:.3f}" + ("" if h.reached_target else "  (target not reached)")
     )
+    if h.family_level is not None:
+        ml = h.family_level
+        print(
+            f"  families: {ml.n_nodes} of {len(h.families)} families + {ml.n_error_nodes} error terms, faithfulness "
+            f"{ml.faithfulness:.3f}, random families {ml.random_faithfulness:.3f}; {h.named_share():.0%} of the "
+            "families' |effect| in families named by a task variable"
+        )
+    print()
     r = result.readability
     print(
         f"readable: {r.matched:.0%} of the circuit's |effect| in latents matched to a ground-truth concept "

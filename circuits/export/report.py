@@ -12,12 +12,14 @@ from circuits.circuit.graph import nodes_of
 from circuits.circuit.record import HierarchyRecord, record_of
 from circuits.core.files import write_atomic
 from circuits.core.vocab import Latent
+from circuits.export.account import circuit_account
 from circuits.export.viewer import viewer_html
 
 if TYPE_CHECKING:
     from circuits.circuit.check import AttributionCheck
     from circuits.circuit.edit import EditReport
     from circuits.circuit.faithfulness import FaithfulnessCurve
+    from circuits.circuit.families import ActiveFamily
     from circuits.export.cards import FeatureCard
     from sae.evaluate import SAEEvaluation
     from sae.interpret import Readability
@@ -102,6 +104,44 @@ def _hierarchy_html(h: HierarchyRecord) -> str:
     )
 
 
+def _families_html(h: HierarchyRecord, prompt: tuple[str, list[ActiveFamily]] | None) -> str:
+    """The family level: each family with its validation, the interchange of each variable's
+    families together, and (given) one prompt's active families."""
+    fl = h.family_level
+    rows = [
+        [
+            f.id,
+            f.name,
+            len(f.members),
+            f"{f.effect:+.3f}",
+            "-" if f.variable is None else f"{f.variable} ({f.tracking:.2f})",
+            "-" if f.ablation_ratio is None else f"{f.ablation_ratio:.2f}",
+            "-" if f.interchange is None else f"{f.interchange:.0%} ({f.interchange_random:.0%})",
+        ]
+        for f in h.families
+    ]
+    head = ["family", "name", "latents", "effect", "tracks (ε²)", "ablation ratio", "interchange (other latents)"]
+    html = (
+        f"<h2>Feature families: {len(h.families)}, the first {fl.n_nodes} reach F {fl.faithfulness:.3f} "
+        f"(random families {fl.random_faithfulness:.3f})</h2>"
+        "<p class=\"muted\">Ablation ratio: the metric's change with the family's latents patched together to their "
+        "corrupt values, over its recorded (attribution) effect, on the discovery prompts. Interchange: the "
+        "share of held-out prompts on which the family, given its values on a prompt with another value of its "
+        "variable, moves the model's answer to that prompt's answer.</p>" + _table(head, rows)
+    )
+    if h.interchange:
+        rows = [[r.variable, r.n_families, f"{r.rate:.0%}", f"{r.random_rate:.0%}", r.n_prompts] for r in h.interchange]
+        html += _table(["variable", "families together", "interchange", "other latents", "prompts"], rows)
+    if prompt is not None:
+        text, active = prompt
+        rows = [
+            [a.id, a.name, f"{a.effect:+.3f}", ", ".join(f"{m.split('/')[-1]} ({e:+.3f})" for m, _, e in a.latents[:6])]
+            for a in active
+        ]
+        html += f"<h3>One prompt: {_e(text)}</h3>" + _table(["family", "name", "effect here", "its latents here"], rows)
+    return html
+
+
 def _readability_html(r: Readability) -> str:
     """Where the circuit's effect sits against the toy language's ground-truth concepts."""
     rows = [
@@ -158,17 +198,22 @@ def write_report(
     rankings_png: Path | None = None,
     readability: Readability | None = None,
     split: tuple[str, Split] | None = None,
+    prompt: tuple[str, list[ActiveFamily]] | None = None,
 ) -> Path:
     """One self-contained HTML file that works offline (the interactive viewer with its
     library inlined, inline SVG, PNG as data URIs, no remote resources): task summary, the
     graph, validation, feature cards, edit results, SAE quality and attribution-vs-exact
-    figures. Every text from the data is escaped."""
+    figures; a circuit with families opens with its account in words and has a families
+    section (with ``prompt``, one prompt's text and its active families). Every text from the
+    data is escaped."""
     import base64
 
     r = record_of(graph)
     nan = float("nan")
+    account = circuit_account(r)
     parts = [
         f"<h1>Feature circuit: {_e(r.task or '')}</h1>",
+        *([f'<div class="account">{"".join(f"<p>{_e(t)}</p>" for t in account)}</div>'] if account else []),
         _table(
             ["", "value"],
             [
@@ -192,6 +237,8 @@ def write_report(
     )
     if r.hierarchy is not None:
         parts.append(_hierarchy_html(r.hierarchy))
+        if r.hierarchy.families:
+            parts.append(_families_html(r.hierarchy, prompt))
         if rankings_png and Path(rankings_png).is_file():
             data = base64.b64encode(Path(rankings_png).read_bytes()).decode()
             parts.append(f'<img alt="feature rankings: attribution vs optimised" src="data:image/png;base64,{data}">')

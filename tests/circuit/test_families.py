@@ -13,6 +13,7 @@ from circuits.circuit.config import AblationSpec, HierarchyConfig
 from circuits.circuit.families import (
     MINOR,
     Tracking,
+    by_value,
     donor_tokens,
     donors,
     epsilon_squared,
@@ -221,3 +222,31 @@ def test_families_need_a_feature_level():
     model, saes, task = planted()
     with pytest.raises(CircuitsError, match="families need a feature level"):
         find_families(model, saes, task, task, {}, [], [], HierarchyConfig())
+
+
+def test_a_variable_that_is_not_a_token_takes_another_prompts_value():
+    torch.manual_seed(2)
+    model = tiny_hooked_model(normalization=None, n_layers=1)
+    saes = random_saes([PLANTED_HOOK], d_sae=32, k=8)
+    task = make_task("sva", TOK, n=12)
+    d = by_value(model, saes, task, "number", [PLANTED_HOOK], batch_size=5)
+    numbers = task.vars["number"]
+    for i in range(task.n_examples):  # the next prompt with the other number
+        j = next(k % 12 for k in range(i + 1, i + 12) if numbers[k % 12] != numbers[i])
+        assert d.tokens[i].tolist() == task.clean[j].tolist()
+    with torch.no_grad():
+        right = task.metric_per_example(model(task.clean)) > 0
+    assert d.answer is None and d.moves.tolist() == right.tolist() and d.changed == {"number"}
+    labels = list(task.position_labels)
+    members = [Node.at(PLANTED_HOOK, p, i, labels) for p in range(task.n_pos) for i in range(32)]
+    rate, n = interchange_rate(model, saes, task, members, d)
+    _, cache = model.run_with_cache(d.tokens, names_filter=[PLANTED_HOOK])
+    sae = saes[PLANTED_HOOK]
+    donor_latents = encode(sae, cache[PLANTED_HOOK]).latents
+
+    def patch(x, hook):  # noqa: ARG001  every latent from the donor, the error term kept
+        return x + sae.decode(donor_latents) - sae.decode(encode(sae, x).latents)
+
+    with torch.no_grad():
+        flipped = task.metric_per_example(model.run_with_hooks(task.clean, fwd_hooks=[(PLANTED_HOOK, patch)])) < 0
+    assert n == int(right.sum()) > 0 and rate == pytest.approx(float(flipped[right].float().mean()))
