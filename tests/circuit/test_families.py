@@ -21,6 +21,7 @@ from circuits.circuit.families import (
     group,
     interchange_rate,
     latent_values,
+    prompt_families,
     swap_partner,
     task_variables,
     token_valued,
@@ -216,6 +217,15 @@ def test_families_on_a_planted_circuit_are_validated_by_real_interventions():
         base = task.metric_per_example(model(task.clean)).mean()
         moved = task.metric_per_example(model.run_with_hooks(task.clean, fwd_hooks=[(PLANTED_HOOK, to_corrupt)])).mean()
     assert top.ablation_ratio * top.effect == pytest.approx(float(moved - base), rel=1e-4, abs=1e-5)
+    # one prompt: its active families, each latent's effect that prompt's own attribution
+    one = node_effects(model, saes, task.subset(slice(0, 1)), "atp", progress=False).values[PLANTED_HOOK]
+    active = prompt_families(model, saes, task, 0, fams, nodes)
+    assert active and [abs(a.effect) for a in active] == sorted((abs(a.effect) for a in active), reverse=True)
+    for a in active:
+        for m, act, effect in a.latents:
+            assert act != 0 and effect == pytest.approx(float(one.latents[end, nodes[m].latent]), rel=1e-4, abs=1e-6)
+    with pytest.raises(CircuitsError, match="prompt 99: the task has prompts 0 to"):
+        prompt_families(model, saes, task, 99, fams, nodes)
 
 
 def test_families_need_a_feature_level():

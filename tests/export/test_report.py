@@ -97,3 +97,31 @@ def test_report_renders_in_headless_chromium(page, tmp_path):
     assert page.locator("ul.split li li").inner_text().startswith("width 256 · latent 70 — copied=Mary (F1 0.85)")
     assert page.locator("details svg").count() == (1 if svg else 0)  # the static picture, folded away
     assert page.evaluate("window.circuitViewer.cy.nodes('.site').length") == 5
+
+
+def test_report_opens_with_the_account_and_shows_the_families(tmp_path, page):
+    from circuits.circuit.families import ActiveFamily
+    from circuits.circuit.record import record_of
+    from circuits.export.account import circuit_account
+    from tests.helpers import families_graph
+
+    g = families_graph()
+    account = circuit_account(record_of(g))
+    h = record_of(g).hierarchy
+    assert account[0].startswith(f"The circuit of ioi (logit_diff: Mary vs John) runs through {len(h.sites)} sites")
+    assert f"they form {len(h.families)} families" in account[2] and "the 3 strongest give 0.92" in account[2]
+    assert account[3].startswith("F1, IO identity at L0 mlp@END, supports (4 latents, effect -1.80): it supports")
+    assert "1.05x their recorded effect" in account[3] and "on 80% of prompts (other latents: 5%)" in account[3]
+    assert circuit_account(record_of(nasty_graph())) == []  # no hierarchy, nothing to tell
+    active = [
+        ActiveFamily("F1", "IO identity at L0 mlp@END, supports", -0.9, [("blocks.0.hook_mlp_out/10@END", 2.0, -0.6)])
+    ]
+    path = write_report(tmp_path / "r.html", g, prompt=("Mary and John <went>", active))
+    page.goto(path.as_uri())
+    text = page.locator("body").inner_text()
+    assert text.index(account[0]) < text.index("Circuit graph")  # the account comes first
+    table = page.locator("h2:has-text('Feature families') + p + table")
+    assert table.locator("tr").count() == 1 + len(h.families)
+    assert "IO (0.90)" in table.inner_text() and "80% (5%)" in table.inner_text()
+    assert "One prompt: Mary and John <went>" in text and "10@END (-0.600)" in text
+    assert page.problems == []

@@ -135,3 +135,37 @@ def test_a_subword_tokenizer_spells_unknown_words_in_pieces(tmp_path):
     # the toy language's word-level tokenizer still refuses it, naming the word
     with pytest.raises(CircuitsError, match="word 'Marylandish'"):
         load_task_jsonl(write(tmp_path, [row]), TOK)
+
+
+def test_vars_are_read_per_line_and_checked(tmp_path):
+    rows = [
+        {**GOOD[0], "vars": {"IO": "Mary", "S": "John", "order": "ABBA", "n": 2}},
+        {
+            **GOOD[0],
+            "clean": GOOD[0]["clean"].replace("Mary", "Emma"),
+            "answer": "Emma",
+            "vars": {"S": "John", "IO": "Emma", "order": "ABBA", "n": 3},
+        },
+    ]
+    task = load_task_jsonl(write(tmp_path, rows), TOK)
+    assert task.vars == {"IO": ["Mary", "Emma"], "S": ["John", "John"], "order": ["ABBA", "ABBA"], "n": ["2", "3"]}
+    assert load_task_jsonl(write(tmp_path, GOOD), TOK).vars == {}  # no vars: none
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        ({"IO": "Alice"}, r"task.jsonl:2: vars has keys \['IO'\], but the first line has \['IO', 'S'\]"),
+        ({"IO": "Alice", "S": "Bob", "x": 1}, r"task.jsonl:2: vars has keys \['IO', 'S', 'x'\]"),
+        ({"IO": "Marry", "S": "John"}, r"task.jsonl:2: vars.IO 'Marry' is not a token of the clean prompt"),
+        ({"IO": ["Mary"], "S": "John"}, r"task.jsonl:2: vars.IO must be a string or a number, not list"),
+    ],
+)
+def test_bad_vars_name_the_line_and_the_variable(tmp_path, second, message):
+    first = {**GOOD[0], "vars": {"IO": "Mary", "S": "John"}}
+    path = write(tmp_path, [first, {**GOOD[0], "vars": second}])
+    with pytest.raises(CircuitsError, match=message):
+        load_task_jsonl(path, TOK)
+    bare = write(tmp_path, [first, GOOD[0]])  # a line without vars when the first has them
+    with pytest.raises(CircuitsError, match=r"task.jsonl:2: vars has keys none, but the first line has"):
+        load_task_jsonl(bare, TOK)
