@@ -6,8 +6,10 @@ token of the clean prompt on the first line must be one on every line (a misspel
 otherwise silently stop it naming families).
 
 Every error names the file and line. Prompts may differ in length between lines (they are
-right-padded into one batch); a line's clean and corrupt prompts must have the same number
-of tokens so that positions align for patching.
+right-padded into one batch, and their sites are whole submodules); a line's clean and corrupt
+prompts must have the same number of tokens so that positions align for patching. When every
+prompt has the same number of tokens, positions line up across prompts and are labelled
+``p0``, ``p1``, … (one site per submodule and position, as for the built-in templates).
 """
 
 from __future__ import annotations
@@ -114,6 +116,8 @@ def load_task_jsonl(path: str | Path, tokenizer: PreTrainedTokenizerBase, name: 
         wrong=torch.tensor([[r[3]] for r in rows]),
         metric="logit_diff",
         lengths=None if same_length else lengths,
+        # prompts of one length line up position by position: one site per submodule and position
+        position_labels=tuple(f"p{i}" for i in range(width)) if same_length else None,
         prompts=[r[4] for r in rows],
         corrupt_prompts=[r[5] for r in rows],
         vars=variables,
