@@ -50,7 +50,7 @@ from circuits.circuit.record import CircuitRecord, ExampleRecord, HierarchyRecor
 from circuits.core.errors import CircuitsError
 from circuits.core.parallel import all_reduce, batch_starts, is_main
 from circuits.core.values import NodeValues, add_into, flat
-from circuits.core.vocab import EMBED_HOOK, METRIC, Node, in_forward_order, metric_inputs
+from circuits.core.vocab import EMBED_HOOK, METRIC, Node, Site, in_forward_order, metric_inputs
 from sae.saeset import SAESet
 from tasks.task import Task
 
@@ -176,7 +176,7 @@ def _discover(
     sites = site_graph(attach(graph, replace(record, hierarchy=h)))  # the skeleton's sites too
     h = replace(h, site_edges=[(u, v, w) for u, v, w in sites.edges(data="weight")])
     if cfg.families and hierarchy.features:
-        h, seconds = _with_families(graph, h, model, saes, task, held_out, hierarchy, cfg)
+        h, seconds = _with_families(graph, h, model, saes, task, held_out, hierarchy, effects, cfg)
         record = replace(record, times=record.times | {"families": seconds})
     return attach(graph, replace(record, hierarchy=h))
 
@@ -189,21 +189,37 @@ def _with_families(
     task: Task,
     held_out: Task,
     hierarchy: HierarchicalCircuit,
+    node_effects: NodeEffects,
     cfg: DiscoverConfig,
 ) -> tuple[HierarchyRecord, float]:
-    """The hierarchy record with the feature level's families (``circuits.circuit.families``);
-    each member node of ``graph`` gets its family's id as attribute ``family``."""
+    """The hierarchy record with the families of the skeleton's latents
+    (``circuits.circuit.families``): every latent of its sites with an effect, so a family
+    holds all of a site's latents that track its variable, not only those the feature cut
+    kept. Each feature of ``graph`` gets its family's id as attribute ``family``."""
     ids = {node: n for n, node in nodes_of(graph).items()}
-    effects = {n: graph.nodes[ids[n]]["effect"] for n in hierarchy.features if n.latent is not None}
-    errors = [n for n in hierarchy.features if n.latent is None]
-    if not effects:
+    features = {n: graph.nodes[ids[n]]["effect"] for n in hierarchy.features if n.latent is not None}
+    if not features:
         return h, 0.0
+    effects = {
+        Node(s, int(i)): float(row[i])
+        for s in hierarchy.sites
+        for row in [_latent_effects(node_effects, s)]
+        for i in row.nonzero().flatten()
+    } | features
+    errors = [n for n in hierarchy.features if n.latent is None]
     found = find_families(model, saes, task, held_out, effects, errors, hierarchy.sites, cfg.hierarchy())
+    named = {}
     for f in found.families:
         for m in f.members:
-            graph.nodes[m]["family"] = f.id
+            if m in graph:
+                graph.nodes[m]["family"] = f.id
+                named[m] = f.named
     level = LevelRecord.from_dict(found.level.to_dict(), where="family level")
-    return replace(h, families=found.families, family_level=level, interchange=found.interchange), found.seconds
+    total = sum(abs(e) for e in features.values())
+    share = sum(abs(e) for n, e in features.items() if named.get(ids[n])) / total if total else None
+    return replace(
+        h, families=found.families, family_level=level, interchange=found.interchange, feature_named_share=share
+    ), found.seconds
 
 
 def _hierarchy_record(hierarchy: HierarchicalCircuit) -> HierarchyRecord:
@@ -235,6 +251,12 @@ def example_record(model: HookedTransformer, task: Task, top: int = 5) -> Exampl
         wrong_prob=float(probs[wrong]) if wrong >= 0 else None,
         top_outputs=[(text(i), float(p)) for p, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)],
     )
+
+
+def _latent_effects(effects: NodeEffects, site: Site) -> torch.Tensor:
+    """The effects of a site's latents: ``[d_sae]`` (summed over positions for a site at all)."""
+    latents = effects.values[site.hook].latents
+    return latents.sum(0) if site.position is None else latents[site.position]
 
 
 def _effect(effects: NodeEffects, n: Node) -> float:

@@ -17,7 +17,9 @@ into "supernodes" by hand. Here the grouping is automatic and each group is chec
    (supports the answer: effect < 0; opposes it) form a family, named from its variable and
    site ("IO identity at L2 resid@END, supports"); latents tracking nothing form the site's
    untracked families, and groups too small to matter (``MINOR``) its "minor latents".
-3. **The family level**: families ranked by |summed effect|, cut at the smallest prefix whose
+3. **The family level**: families ranked by the |change| their latents make to the metric when
+   patched together to their corrupt values on the discovery prompts (``rank``: attribution
+   can credit a family with an effect it does not have), cut at the smallest prefix whose
    latents (with the feature level's error terms, which no family holds) reach the target F on
    the held-out prompts; the random baseline draws, for each family, as many live latents from
    its own site.
@@ -197,6 +199,21 @@ def group(effects: dict[Node, float], tracking: Tracking, token_vars: set[str]) 
         _family(f"minor latents at {site_name(site)}", site, None, ms, effects, tracking) for site, ms in minor.items()
     ]
     out.sort(key=lambda f: -abs(f.effect))
+    for i, f in enumerate(out, 1):
+        f.id = f"F{i}"
+    return out
+
+
+def rank(families: list[FamilyRecord]) -> list[FamilyRecord]:
+    """Families by the |change| their latents, patched together, make to the metric on the
+    discovery prompts (effect x ablation ratio; the recorded effect where not measured),
+    largest first, with ids F1, F2, ... in that order: attribution can credit a family with an
+    effect that patching shows it does not have."""
+
+    def measured(f: FamilyRecord) -> float:
+        return abs(f.effect * f.ablation_ratio) if f.ablation_ratio is not None else abs(f.effect)
+
+    out = sorted(families, key=measured, reverse=True)
     for i, f in enumerate(out, 1):
         f.id = f"F{i}"
     return out
@@ -609,7 +626,8 @@ def find_families(
     rng = random.Random(cfg.ablation.seed)
     ab = Ablator(model, saes, held_out, cfg.ablation, cfg.batch_size)
     by_site = _live_by_site(ab, sites, rng)
-    level = family_level(ab, families, nodes, errors, by_site, cfg.target, cfg.n_random, rng)
     ablation_ratios(model, saes, discovery, families, nodes, cfg.batch_size)
+    families = rank(families)
+    level = family_level(ab, families, nodes, errors, by_site, cfg.target, cfg.n_random, rng)
     together = interchange(model, saes, held_out, families, nodes, by_site, cfg.n_random, rng, cfg.batch_size)
     return FamilyLevel(families, level, together, time.perf_counter() - start)

@@ -250,9 +250,10 @@ class HierarchyRecord(Config):
     mask_history: list[tuple[int, float, int]] = field(default_factory=list)
     site_edges: list[tuple[str, str, float]] = field(default_factory=list)
     held_out: HeldOut | None = None
-    families: list[FamilyRecord] = field(default_factory=list)  # largest |effect| first
+    families: list[FamilyRecord] = field(default_factory=list)  # ranked (``families.rank``)
     family_level: LevelRecord | None = None  # n_nodes counts families
     interchange: list[InterchangeRecord] = field(default_factory=list)
+    feature_named_share: float | None = None  # the feature level's |effect| in named families
 
     @property
     def skeleton(self) -> list[Site]:
@@ -264,8 +265,8 @@ class HierarchyRecord(Config):
         return self.site_level.reached_target and self.feature_level.reached_target
 
     def named_share(self) -> float | None:
-        """The share of the families' summed |effect| in families with a concept name (None:
-        no families)."""
+        """The share of the families' summed |effect| (every latent of the skeleton's sites
+        with an effect) in families with a concept name (None: no families)."""
         total = sum(abs(f.effect) for f in self.families)
         return sum(abs(f.effect) for f in self.families if f.named) / total if total else None
 

@@ -62,8 +62,8 @@ def print_demo(result) -> None:
         ml = h.family_level
         print(
             f"  families: {ml.n_nodes} of {len(h.families)} families + {ml.n_error_nodes} error terms, faithfulness "
-            f"{ml.faithfulness:.3f}, random families {ml.random_faithfulness:.3f}; {h.named_share():.0%} of the "
-            "families' |effect| in families named by a task variable"
+            f"{ml.faithfulness:.3f}, random families {ml.random_faithfulness:.3f}; {h.feature_named_share:.0%} of the "
+            "feature level's |effect| in families named by a task variable"
         )
     print()
     r = result.readability

@@ -160,9 +160,10 @@ def hierarchy_settings(args: argparse.Namespace) -> dict:
 def print_families(h, top: int = 12) -> None:
     """The largest families with their validation, and the interchange of each variable's
     families together."""
+    share = "" if h.feature_named_share is None else f" ({h.feature_named_share:.0%} of the feature level's)"
     print(
-        f"\n{len(h.families)} families, {h.named_share():.0%} of their |effect| in families with a concept name; "
-        f"the first {h.family_level.n_nodes} reach the target:"
+        f"\n{len(h.families)} families of the sites' latents, {h.named_share():.0%} of their |effect| in families "
+        f"named by a task variable{share}; the first {h.family_level.n_nodes} reach the target:"
     )
     rows = [
         [

@@ -22,6 +22,7 @@ from circuits.circuit.families import (
     interchange_rate,
     latent_values,
     prompt_families,
+    rank,
     swap_partner,
     task_variables,
     token_valued,
@@ -260,3 +261,12 @@ def test_a_variable_that_is_not_a_token_takes_another_prompts_value():
     with torch.no_grad():
         flipped = task.metric_per_example(model.run_with_hooks(task.clean, fwd_hooks=[(PLANTED_HOOK, patch)])) < 0
     assert n == int(right.sum()) > 0 and rate == pytest.approx(float(flipped[right].float().mean()))
+
+
+def test_families_rank_by_the_change_patching_them_makes():
+    def fam(effect, ratio):
+        return FamilyRecord("", "f", "s", None, ["m"], effect, 0.5, ablation_ratio=ratio)
+
+    loud_but_idle, quiet_but_real, unmeasured = fam(-7.0, 0.02), fam(-2.0, 1.0), fam(-1.0, None)
+    ranked = rank([loud_but_idle, unmeasured, quiet_but_real])
+    assert ranked == [quiet_but_real, unmeasured, loud_but_idle] and [f.id for f in ranked] == ["F1", "F2", "F3"]

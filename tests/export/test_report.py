@@ -109,7 +109,7 @@ def test_report_opens_with_the_account_and_shows_the_families(tmp_path, page):
     account = circuit_account(record_of(g))
     h = record_of(g).hierarchy
     assert account[0].startswith(f"The circuit of ioi (logit_diff: Mary vs John) runs through {len(h.sites)} sites")
-    assert f"they form {len(h.families)} families" in account[2] and "the 3 strongest give 0.92" in account[2]
+    assert f"latents form {len(h.families)} families" in account[2] and "the 3 strongest give 0.92" in account[2]
     assert account[3].startswith("F1, IO identity at L0 mlp@END, supports (4 latents, effect -1.80): it supports")
     assert "1.05x their recorded effect" in account[3] and "on 80% of prompts (other latents: 5%)" in account[3]
     assert circuit_account(record_of(nasty_graph())) == []  # no hierarchy, nothing to tell
