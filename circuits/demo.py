@@ -15,8 +15,8 @@ from circuits.circuit.config import DiscoverConfig
 from circuits.circuit.discover import discover
 from circuits.circuit.edit import EditReport, edit_from_circuit, edit_report
 from circuits.circuit.faithfulness import FaithfulnessCurve, faithfulness_curve, ranked_nodes
-from circuits.circuit.families import prompt_families
-from circuits.circuit.graph import node_effects, node_link, nodes_of, record_held_out, record_sources, save_graph
+from circuits.circuit.families import family_nodes, prompt_families
+from circuits.circuit.graph import node_effects, node_link, record_held_out, record_sources, save_graph
 from circuits.circuit.record import record_of
 from circuits.core.config import Result
 from circuits.export.cards import feature_cards, latent_keys
@@ -105,10 +105,9 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
     interp = step("interpretability", interpretability, model, saes, progress=progress)
     readable = readability(node_effects(graph), interp)
     h = record_of(graph).hierarchy
-    nodes = nodes_of(graph)
     prompt = None
     if h.families:  # the report's one-prompt view: the first discovery prompt
-        active = step("one prompt", prompt_families, model, saes, task, 0, h.families, nodes)
+        active = step("one prompt", prompt_families, model, saes, task, 0, h.families, family_nodes(h))
         prompt = (task.prompts[0], active)
     fidelity = step(
         "fidelity",

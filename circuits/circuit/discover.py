@@ -175,7 +175,7 @@ def _discover(
     h = _hierarchy_record(hierarchy)
     sites = site_graph(attach(graph, replace(record, hierarchy=h)))  # the skeleton's sites too
     h = replace(h, site_edges=[(u, v, w) for u, v, w in sites.edges(data="weight")])
-    if cfg.families and hierarchy.features:
+    if cfg.families and hierarchy.sites:
         h, seconds = _with_families(graph, h, model, saes, task, held_out, hierarchy, effects, cfg)
         record = replace(record, times=record.times | {"families": seconds})
     return attach(graph, replace(record, hierarchy=h))
@@ -198,14 +198,14 @@ def _with_families(
     kept. Each feature of ``graph`` gets its family's id as attribute ``family``."""
     ids = {node: n for n, node in nodes_of(graph).items()}
     features = {n: graph.nodes[ids[n]]["effect"] for n in hierarchy.features if n.latent is not None}
-    if not features:
-        return h, 0.0
     effects = {
         Node(s, int(i)): float(row[i])
         for s in hierarchy.sites
         for row in [_latent_effects(node_effects, s)]
         for i in row.nonzero().flatten()
     } | features
+    if not effects:
+        return h, 0.0
     errors = [n for n in hierarchy.features if n.latent is None]
     found = find_families(model, saes, task, held_out, effects, errors, hierarchy.sites, cfg.hierarchy())
     named = {}

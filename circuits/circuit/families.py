@@ -51,7 +51,7 @@ from circuits.attribution.splice import spliced
 from circuits.circuit.ablation import Ablator
 from circuits.circuit.config import HierarchyConfig
 from circuits.circuit.faithfulness import Level, Measurement, live_pool, log_sizes, smallest_prefix
-from circuits.circuit.record import FamilyRecord, InterchangeRecord
+from circuits.circuit.record import FamilyRecord, HierarchyRecord, InterchangeRecord
 from circuits.core.config import Result
 from circuits.core.errors import CircuitsError
 from circuits.core.values import NodeValues
@@ -555,6 +555,22 @@ def interchange(
         together = [nodes[m] for f in mine for m in f.members]
         rate, n = interchange_rate(model, saes, held_out, together, donor, batch_size)
         out.append(InterchangeRecord(name, len(mine), rate, control(mine), n, sorted(donor.changed)))
+    return out
+
+
+def family_nodes(h: HierarchyRecord) -> dict[str, Node]:
+    """Every family member of a recorded hierarchy as a node, by id (members outside the
+    feature level are not in the circuit's graph): its family's site and the id's latent."""
+    sites = {s.id: s.site for s in h.sites}
+    out = {}
+    for f in h.families:
+        if f.site not in sites:
+            raise CircuitsError(f"family {f.id}: its site {f.site!r} is not one of the circuit's sites")
+        for m in f.members:
+            latent = m.rsplit("/", 1)[-1].split("@", 1)[0]
+            if not latent.isdigit():
+                raise CircuitsError(f"family {f.id}: member {m!r} is not a latent node id (hook/latent@position)")
+            out[m] = Node(sites[f.site], int(latent))
     return out
 
 

@@ -22,10 +22,21 @@ def register(sub) -> None:
         "circuit-tracer's frontend JSON.",
     )
     p.add_argument("--circuit", required=True, help="a circuit.json written by discover")
-    p.add_argument("--format", default="png", help="png (default), svg, pdf, graphml, json or circuit-tracer")
+    p.add_argument(
+        "--format", default="png", help="png (default), svg, pdf, graphml, json, circuit-tracer or html (the report)"
+    )
+    p.add_argument(
+        "--prompt",
+        type=int,
+        default=0,
+        help="html: the held-out prompt whose active families the report shows (default 0)",
+    )
     p.add_argument("--out", help="output path without extension (default: beside the circuit)")
     add_flag(p, "--max-nodes", PictureOptions, "latents drawn at most, spread over the sites, strongest first")
-    p.add_argument("--annotations", help='JSON file {"node id": "label"} replacing automatic descriptions')
+    p.add_argument(
+        "--annotations",
+        help='JSON file {"node id": "label", "F3": "name"} replacing automatic descriptions and family names',
+    )
     p.add_argument("--no-descriptions", action="store_true", help="no feature descriptions (no model needed)")
     p.add_argument(
         "--slug",
@@ -37,7 +48,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from circuits.export.annotations import load_annotations
+    from circuits.export.annotations import load_annotations, rename_families
     from circuits.export.pictures import FORMATS
 
     graph = read_circuit(args.circuit)
@@ -45,7 +56,9 @@ def run(args: argparse.Namespace) -> None:
     writable(stem.parent)
     opts = PictureOptions(max_nodes=args.max_nodes)
     annotations = load_annotations(args.annotations, graph, args.circuit) if args.annotations else None
-    described = args.format in (*FORMATS, "circuit-tracer") and not args.no_descriptions
+    if annotations:
+        graph = rename_families(graph, annotations)
+    described = args.format in (*FORMATS, "circuit-tracer", "html") and not args.no_descriptions
     cards = circuit_cards(graph, opts, progress=not args.quiet) if described else {}
     files = write(graph, args, stem, opts, annotations, cards)
     if len(graph) <= 1:
@@ -71,10 +84,37 @@ def write(
         return [write_graphml(graph, stem.with_suffix(".graphml"))]
     if args.format == "json":
         return [save_graph(graph, stem.with_suffix(".json"))]
+    if args.format == "html":
+        return [write_html(graph, args, stem.with_suffix(".html"), opts, annotations, cards)]
     if args.format == "circuit-tracer":  # --out is a folder: {slug}.json + graph-metadata.json
         folder = Path(args.out) if args.out else Path(args.circuit).parent / "circuit-tracer"
         return write_circuit_tracer(graph, writable(folder), cards, args.slug)
-    raise CircuitsError(f"unknown format {args.format!r}: use png, svg, pdf, graphml, json, circuit-tracer")
+    raise CircuitsError(f"unknown format {args.format!r}: use png, svg, pdf, graphml, json, circuit-tracer, html")
+
+
+def write_html(graph, args: argparse.Namespace, path: Path, opts: PictureOptions, annotations, cards: dict) -> Path:
+    """The report of a circuit: its static picture (when graphviz is there) and, for a circuit
+    with families, one held-out prompt's active families (the model, SAE set and prompts
+    rebuilt from the circuit's sources)."""
+    import tempfile
+
+    from circuits.circuit.families import family_nodes, prompt_families
+    from circuits.circuit.record import record_of
+    from circuits.export.pictures import draw_graph
+    from circuits.export.report import write_report
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files, _ = draw_graph(graph, Path(tmp) / "graph", ("svg",), opts, cards=cards, annotations=annotations)
+        svg = next((f.read_text() for f in files if Path(f).suffix == ".svg"), None)
+    prompt = None
+    h = record_of(graph).hierarchy
+    if h is not None and h.families:
+        from circuits.loaders import open_circuit
+
+        opened = open_circuit(graph, progress=not args.quiet)
+        active = prompt_families(opened.model, opened.saes, opened.task, args.prompt, h.families, family_nodes(h))
+        prompt = (opened.task.prompts[args.prompt], active)
+    return write_report(path, graph, svg[svg.index("<svg") :] if svg else None, cards=cards, prompt=prompt)
 
 
 def circuit_cards(graph, opts: PictureOptions, progress: bool = True) -> dict:

@@ -91,7 +91,7 @@
   }
 
   function familyLabel(f) {
-    return short(f.name, 44) + "\n" + f.members.length + " latent" + (f.members.length === 1 ? "" : "s") + " · Σ " + fmt(f.effect);
+    return short(f.name, 44) + "\n" + f.size + " latent" + (f.size === 1 ? "" : "s") + " · Σ " + fmt(f.effect);
   }
 
   function nodeLabel(n) {
@@ -266,7 +266,7 @@
     const ratio = f.ablation_ratio == null ? "not measured" : f.ablation_ratio.toFixed(2);
     const out = [
       el("h3", f.id + ": " + f.name),
-      el("div", data.sites[f.site].label + " · " + f.members.length + " latents · Σ effect " + fmt(f.effect)),
+      el("div", data.sites[f.site].label + " · " + f.size + " latents, " + f.members.length + " of them in the feature circuit · Σ effect " + fmt(f.effect)),
       el("div", f.variable == null ? "tracks no task variable (best ε² " + f.tracking.toFixed(2) + ")" : "tracks " + f.variable + " (mean ε² " + f.tracking.toFixed(2) + ")"),
       el("div", "ablation ratio (patched together / recorded effect): " + ratio, "validation"),
     ];

@@ -144,6 +144,7 @@ def _families(h: HierarchyRecord | None, site_index: dict[str, int], index: dict
                 "name": f.name,
                 "site": site_index[f.site],
                 "members": members,
+                "size": len(f.members),  # with members outside the feature level (not in the graph)
                 "effect": f.effect,
                 "variable": f.variable,
                 "tracking": f.tracking,

@@ -345,6 +345,35 @@ def test_discover_with_a_target_records_both_levels(hierarchical_circuit, capsys
         key = tuple(x if x == "metric" else Node.from_attrs(graph.nodes[x]).site.id for x in (u, v))
         weights[key] = weights.get(key, 0.0) + w
     assert {(u, v): w for u, v, w in h.site_edges} == pytest.approx(weights)  # site edges sum node edges
+    # families: of the sites' latents, every feature in exactly one, the cut among the ranked families
+    members = [m for f in h.families for m in f.members]
+    assert h.families and len(members) == len(set(members))
+    assert {n for n, a in graph.nodes(data=True) if a.get("latent") is not None} <= set(members)
+    assert all(graph.nodes[m]["family"] == f.id for f in h.families for m in f.members if m in graph)
+    assert all({s_id for s_id in [f.site]} <= {s.id for s in h.sites} for f in h.families)
+    assert 1 <= h.family_level.n_nodes <= len(h.families) and h.family_level.n_error_nodes == n_err
+    assert [f.id for f in h.families] == [f"F{i}" for i in range(1, len(h.families) + 1)]
+    assert all(f.ablation_ratio is not None for f in h.families)
+
+
+def test_export_html_shows_the_families_and_renames_them(hierarchical_circuit, tmp_path, capsys):
+    from circuits.circuit.graph import load_graph
+    from circuits.circuit.record import record_of
+
+    h = record_of(load_graph(hierarchical_circuit)).hierarchy
+    notes = tmp_path / "notes.json"
+    notes.write_text(json.dumps({"F1": "the family we care about"}))
+    out = tmp_path / "report"
+    argv = ["export", "--circuit", str(hierarchical_circuit), "--format", "html", "--no-descriptions", "--quiet"]
+    assert main([*argv, "--annotations", str(notes), "--out", str(out)]) == 0
+    html = (tmp_path / "report.html").read_text()
+    assert "Feature families" in html and "F1, the family we care about" in html and "One prompt: " in html
+    assert h.families[0].name not in html.split("Feature families")[1].split("</table>")[0]
+    notes.write_text(json.dumps({"F99": "no such family"}))
+    capsys.readouterr()
+    assert main([*argv, "--annotations", str(notes), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the circuit has no family 'F99' (its families: F1" in err and len(err.splitlines()) == 1
 
 
 def test_validate_reads_both_levels(hierarchical_circuit, capsys):

@@ -189,7 +189,7 @@ def test_viewer_expands_a_site_into_families_and_a_family_into_its_latents(page,
     assert page.evaluate(f"window.circuitViewer.cy.getElementById('{io}').children().length") == 4
     assert page.evaluate(f"window.circuitViewer.cy.getElementById('{io}').parent().id()") == mlp
     card_text = page.locator("#card").inner_text()
-    assert "F1: IO identity at L0 mlp@END, supports" in card_text and "4 latents" in card_text
+    assert "F1: IO identity at L0 mlp@END, supports" in card_text and "4 latents, 4 of them in the feature" in card_text
     assert "tracks IO" in card_text and "ablation ratio (patched together / recorded effect): 1.05" in card_text
     assert "flips the answer on 80% of held-out prompts (other latents of the site: 5%)" in card_text
     assert "members: #10, #11, #12, #13" in card_text
