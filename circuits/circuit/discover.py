@@ -192,10 +192,10 @@ def _with_families(
     node_effects: NodeEffects,
     cfg: DiscoverConfig,
 ) -> tuple[HierarchyRecord, float]:
-    """The hierarchy record with the families of the skeleton's latents
-    (``circuits.circuit.families``): every latent of its sites with an effect, so a family
-    holds all of a site's latents that track its variable, not only those the feature cut
-    kept. Each feature of ``graph`` gets its family's id as attribute ``family``."""
+    """The hierarchy record with the families (``circuits.circuit.families``) of the feature
+    level's latents and of every other latent of its sites with an effect that tracks a task
+    variable: a family holds all of a site's latents that track its variable, not only those
+    the feature cut kept. Each feature of ``graph`` gets its family's id as ``family``."""
     ids = {node: n for n, node in nodes_of(graph).items()}
     features = {n: graph.nodes[ids[n]]["effect"] for n in hierarchy.features if n.latent is not None}
     effects = {
@@ -207,7 +207,7 @@ def _with_families(
     if not effects:
         return h, 0.0
     errors = [n for n in hierarchy.features if n.latent is None]
-    found = find_families(model, saes, task, held_out, effects, errors, hierarchy.sites, cfg.hierarchy())
+    found = find_families(model, saes, task, held_out, effects, errors, hierarchy.sites, cfg.hierarchy(), set(features))
     named = {}
     for f in found.families:
         for m in f.members:

@@ -170,10 +170,17 @@ def family_name(variable: str | None, site: Site, effect: float, token_valued: b
     return f"{what} at {site_name(site)}, {'supports' if effect < 0 else 'opposes'}"
 
 
-def group(effects: dict[Node, float], tracking: Tracking, token_vars: set[str]) -> list[FamilyRecord]:
-    """The families of a circuit's latents (``effects``: latent node -> effect): per site,
-    variable tracked and sign of effect; groups under ``MINOR`` of the circuit's |effect|
-    merged into one "minor latents" family per site. Largest |effect| first, ids F1, F2, ..."""
+def group(
+    effects: dict[Node, float], tracking: Tracking, token_vars: set[str], core: set[Node] | None = None
+) -> list[FamilyRecord]:
+    """The families of latents (``effects``: latent node -> effect): per site, variable tracked
+    and sign of effect; groups under ``MINOR`` of the latents' |effect| merged into one "minor
+    latents" family per site. With ``core`` (the feature level), latents outside it join only
+    families that track a variable: a family is every latent of its site that tracks its
+    variable, while what tracks nothing stays the feature cut's. Largest |effect| first, ids
+    F1, F2, ..."""
+    if core is not None:
+        effects = {n: e for n, e in effects.items() if n in core or tracking.variable[n] is not None}
     groups: dict[tuple[Site, str | None, bool], list[Node]] = defaultdict(list)
     for n, e in effects.items():
         groups[(n.site, tracking.variable[n], e < 0)].append(n)
@@ -624,10 +631,12 @@ def find_families(
     errors: list[Node],
     sites: list[Site],
     cfg: HierarchyConfig | None = None,
+    core: set[Node] | None = None,
 ) -> FamilyLevel:
-    """The families of a feature circuit (``effects``: its latent nodes and their recorded
-    effects; ``errors``: its error terms; ``sites``: its skeleton), the family level cut at the
-    target on the held-out prompts, and every family's validation."""
+    """The families of latents (``effects``: latent nodes and their recorded effects, e.g. the
+    skeleton's; ``core``: the feature level's latents, see ``group``; ``errors``: the feature
+    level's error terms; ``sites``: the skeleton), the family level cut at the target on the
+    held-out prompts, and every family's validation."""
     cfg = cfg or HierarchyConfig()
     if not effects:
         raise CircuitsError("families need a feature level: the circuit has no latents")
@@ -637,8 +646,8 @@ def find_families(
     variables = task_variables(discovery, tokenizer)
     tracking = track(site_activations(model, saes, discovery, latents, cfg.batch_size), latents, variables)
     token_vars = set(token_valued(discovery, tokenizer, variables))
-    families = group(effects, tracking, token_vars)
-    nodes = {n.id: n for n in latents}
+    families = group(effects, tracking, token_vars, core)
+    nodes = {n.id: n for n in latents}  # every candidate; families hold a subset
     rng = random.Random(cfg.ablation.seed)
     ab = Ablator(model, saes, held_out, cfg.ablation, cfg.batch_size)
     by_site = _live_by_site(ab, sites, rng)

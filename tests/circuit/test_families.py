@@ -270,3 +270,12 @@ def test_families_rank_by_the_change_patching_them_makes():
     loud_but_idle, quiet_but_real, unmeasured = fam(-7.0, 0.02), fam(-2.0, 1.0), fam(-1.0, None)
     ranked = rank([loud_but_idle, unmeasured, quiet_but_real])
     assert ranked == [quiet_but_real, unmeasured, loud_but_idle] and [f.id for f in ranked] == ["F1", "F2", "F3"]
+
+
+def test_a_family_takes_its_sites_other_latents_that_track_its_variable():
+    site = Site.at("blocks.0.hook_resid_post", 3, None)
+    core, extra_io, extra_none = Node(site, 0), Node(site, 1), Node(site, 2)
+    effects = {core: -1.0, extra_io: -0.5, extra_none: -0.4}
+    tracking = Tracking({core: "IO", extra_io: "IO", extra_none: None}, dict.fromkeys(effects, 0.8))
+    fams = group(effects, tracking, {"IO"}, core={core})
+    assert [(f.name, f.members) for f in fams] == [("IO identity at L0 resid@p3, supports", [core.id, extra_io.id])]
