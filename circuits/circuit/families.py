@@ -431,16 +431,6 @@ def donor_tokens(task: Task, name: str, tokens: dict[str, list[int]], swap: bool
     return out
 
 
-def swap_partner(task: Task, name: str, tokens: dict[str, list[int]]) -> str | None:
-    """The token variable ``name`` is swapped with on most prompts (None: none differs)."""
-    counts: dict[str, int] = defaultdict(int)
-    for i in range(task.n_examples):
-        other = next((n for n, t in tokens.items() if n != name and t[i] != tokens[name][i]), None)
-        if other is not None:
-            counts[other] += 1
-    return max(counts, key=counts.get) if counts else None
-
-
 @torch.no_grad()
 def top_answers(model: HookedTransformer, task: Task, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """The model's top token at each prompt's last position."""
@@ -469,10 +459,21 @@ def donors(
         answer = top_answers(model, task, donor, batch_size)
         moves = answer != clean
         if float(moves.float().mean()) >= MOVES or swap:
-            partner = swap_partner(task, name, tokens) if swap else None
-            changed = {name} | ({partner} if partner else set())
+            changed = {name} | changed_variables(task.clean, donor, tokens)
             return Donors(donor, changed, answer, moves, latent_values(model, saes, donor, hooks, batch_size))
     raise AssertionError("unreachable")
+
+
+def changed_variables(clean: torch.Tensor, donor: torch.Tensor, tokens: dict[str, list[int]]) -> set[str]:
+    """The token variables the donor changes on at least half of the prompts: some position
+    holding the variable's token holds another token in the donor (swapping IO and S also
+    changes the names at A, B and S2)."""
+    out = set()
+    for name, ids in tokens.items():
+        hit = sum(bool((donor[i][clean[i] == t] != t).any()) for i, t in enumerate(ids))
+        if 2 * hit >= len(ids):
+            out.add(name)
+    return out
 
 
 def by_value(

@@ -14,6 +14,7 @@ from circuits.circuit.families import (
     MINOR,
     Tracking,
     by_value,
+    changed_variables,
     donor_tokens,
     donors,
     epsilon_squared,
@@ -23,7 +24,6 @@ from circuits.circuit.families import (
     latent_values,
     prompt_families,
     rank,
-    swap_partner,
     task_variables,
     token_valued,
     track,
@@ -138,7 +138,9 @@ def test_donors_replace_a_name_or_swap_it_with_the_other_one():
         assert swapped[i].tolist() == [s if t == io else io if t == s else t for t in row]
         new = [t for t, u in zip(replaced[i].tolist(), row, strict=True) if t != u]
         assert len(new) == row.count(io) and new[0] not in row and new[0] in tokens["IO"]  # another prompt's IO
-    assert swap_partner(ioi, "IO", tokens) == "S"
+    changed = changed_variables(ioi.clean, swapped, tokens)
+    assert {"IO", "S", "token@A", "token@B", "token@S2"} <= changed and "place" not in changed
+    assert "S" not in changed_variables(ioi.clean, replaced, tokens)
 
 
 def _patched_top(model, saes, task, members, donor_tokens):
