@@ -278,6 +278,15 @@ class HierarchyRecord(Config):
         known = ", ".join(f.id for f in self.families[:5]) + (", ..." if len(self.families) > 5 else "")
         raise CircuitsError(f"the circuit has no family {family_id!r} (its families: {known or 'none'})")
 
+    def to_dict(self) -> dict:
+        """The file's ``hierarchy`` object; a circuit without families leaves their fields
+        out, as sae-circuits wrote it before families."""
+        out = super().to_dict()
+        for key in ("families", "family_level", "interchange", "feature_named_share"):
+            if out.get(key) in (None, []):
+                del out[key]
+        return out
+
     def levels(self) -> list[tuple[str, LevelRecord]]:
         """``("sites", site level)``, ``("attribution", ...)`` and, with mask steps,
         ``("optimised", ...)``: every level measured, in the order tables show them."""
