@@ -534,6 +534,7 @@ def interchange(
     n_random: int,
     rng: random.Random,
     batch_size: int,
+    discovery: Task | None = None,
 ) -> list[InterchangeRecord]:
     """(b) For every family tracking a token-valued variable, its interchange rate on the
     held-out prompts (into ``interchange``) beside a control (into ``interchange_random``): as
@@ -562,8 +563,60 @@ def interchange(
             f.interchange_random = control([f])
         together = [nodes[m] for f in mine for m in f.members]
         rate, n = interchange_rate(model, saes, held_out, together, donor, batch_size)
-        out.append(InterchangeRecord(name, len(mine), rate, control(mine), n, sorted(donor.changed)))
+        record = InterchangeRecord(name, len(mine), rate, control(mine), n, sorted(donor.changed))
+        if name in tokens and discovery is not None:
+            steer = steering(model, saes, discovery, held_out, name, tokens, hooks, batch_size)
+            if steer is not None:
+                record.steer_rate, record.steer_prompts = interchange_rate(
+                    model, saes, held_out, together, steer, batch_size
+                )
+                drawn = (_draw(mine, by_site, rng, avoid) for _ in range(n_random))
+                record.steer_random_rate = (
+                    sum(interchange_rate(model, saes, held_out, d, steer, batch_size)[0] for d in drawn) / n_random
+                )
+        out.append(record)
     return out
+
+
+def steering(
+    model: HookedTransformer,
+    saes: SAESet,
+    discovery: Task,
+    held_out: Task,
+    name: str,
+    tokens: dict[str, list[int]],
+    hooks: list[str],
+    batch_size: int,
+) -> Donors | None:
+    """(c) Steering targets for a token variable, as `Donors` without donor prompts: on each
+    held-out prompt, the values the latents take on average over the discovery prompts whose
+    variable has the value another held-out prompt has (and this one lacks); success is the
+    model's top answer becoming that value's token. None when no prompt has such a value."""
+    variables = task_variables(discovery, model.tokenizer)
+    found = token_valued(discovery, model.tokenizer, {name: variables[name]}) if name in variables else {}
+    if name not in found:
+        return None
+    means = _means_by_value(latent_values(model, saes, discovery.clean, hooks, batch_size), found[name])
+    own, n = tokens[name], held_out.n_examples
+    target = []
+    for i in range(n):
+        row = held_out.clean[i].tolist()
+        others = (own[(i + j) % n] for j in range(1, n))
+        target.append(next((t for t in others if t not in row and t in means), -1))
+    use = torch.tensor([t != -1 for t in target])
+    if not use.any():
+        return None
+    blank = {h: torch.zeros_like(v) for h, v in next(iter(means.values())).items()}
+    values = {h: torch.stack([(means[t] if t != -1 else blank)[h] for t in target]) for h in hooks}
+    return Donors(held_out.clean, {name}, torch.tensor(target), use, values)
+
+
+def _means_by_value(values: dict[str, torch.Tensor], ids: list[int]) -> dict[int, dict[str, torch.Tensor]]:
+    """Per token value, the mean latents (per hook, ``[pos, d_sae]``) of the prompts having it."""
+    rows: dict[int, list[int]] = defaultdict(list)
+    for i, t in enumerate(ids):
+        rows[t].append(i)
+    return {t: {h: v[r].mean(0) for h, v in values.items()} for t, r in rows.items()}
 
 
 def family_nodes(h: HierarchyRecord) -> dict[str, Node]:
@@ -655,5 +708,7 @@ def find_families(
     ablation_ratios(model, saes, discovery, families, nodes, cfg.batch_size)
     families = rank(families)
     level = family_level(ab, families, nodes, errors, by_site, cfg.target, cfg.n_random, rng)
-    together = interchange(model, saes, held_out, families, nodes, by_site, cfg.n_random, rng, cfg.batch_size)
+    together = interchange(
+        model, saes, held_out, families, nodes, by_site, cfg.n_random, rng, cfg.batch_size, discovery
+    )
     return FamilyLevel(families, level, together, time.perf_counter() - start)

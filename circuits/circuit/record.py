@@ -219,6 +219,11 @@ class InterchangeRecord(Config):
     random_rate: float
     n_prompts: int
     changed: list[str] = field(default_factory=list)
+    # steering: the families clamped to their mean values on the discovery prompts with another
+    # value of the variable (no donor prompt), the answer becoming that value (None: not a token)
+    steer_rate: float | None = None
+    steer_random_rate: float | None = None
+    steer_prompts: int = 0
 
 
 LEVELS = ("sites", "attribution", "optimised")  # `HierarchyRecord.levels` keys, in order

@@ -176,13 +176,19 @@ def print_families(h, top: int = 12) -> None:
         ]
         for f in h.families[:top]
     ]
-    print_table(["family", "name", "latents", "effect", "ablation ratio", "interchange (random)"], rows)
+    print_table(["family", "name", "latents", "effect", "ablation ratio", "interchange (control)"], rows)
     if h.interchange:
         rows = [
-            [r.variable, str(r.n_families), f"{r.rate:.2f}", f"{r.random_rate:.2f}", str(r.n_prompts)]
+            [
+                r.variable,
+                str(r.n_families),
+                f"{r.rate:.2f} ({r.random_rate:.2f})",
+                str(r.n_prompts),
+                "-" if r.steer_rate is None else f"{r.steer_rate:.2f} ({r.steer_random_rate:.2f})",
+            ]
             for r in h.interchange
         ]
-        print_table(["variable", "families", "interchange", "random", "prompts"], rows)
+        print_table(["variable", "families", "interchange (control)", "prompts", "steering (control)"], rows)
 
 
 LEVEL_NAMES = {"sites": "sites", "attribution": "features (attribution prefix)", "optimised": "features (optimised)"}

@@ -6,7 +6,7 @@ says only what was measured; the report opens with it and ``discover`` prints it
 
 from __future__ import annotations
 
-from circuits.circuit.record import CircuitRecord, FamilyRecord, HierarchyRecord
+from circuits.circuit.record import CircuitRecord, FamilyRecord, HierarchyRecord, InterchangeRecord
 
 TOLD = 4  # families described one by one
 
@@ -29,14 +29,7 @@ def circuit_account(record: CircuitRecord) -> list[str]:
     if h.families and h.family_level is not None:
         out.append(_families_sentence(h))
         out += [_family_sentence(f) for f in h.families[:TOLD]]
-        for r in h.interchange:
-            if r.n_prompts:
-                out.append(
-                    f"Given the values they take on a prompt with another {r.variable}, the {r.n_families} "
-                    f"{r.variable} families together move the model's answer to that prompt's answer on "
-                    f"{r.rate:.0%} of {r.n_prompts} held-out prompts (as many other latents of the same sites: "
-                    f"{r.random_rate:.0%})."
-                )
+        out += [_interchange_sentence(r) for r in h.interchange if r.n_prompts]
     if not h.reached_target:
         out.append(f"The target faithfulness {h.target} was not reached.")
     return out
@@ -70,3 +63,17 @@ def _family_sentence(f: FamilyRecord) -> str:
             f"(other latents: {f.interchange_random:.0%})"
         )
     return text + "."
+
+
+def _interchange_sentence(r: InterchangeRecord) -> str:
+    text = (
+        f"Given the values they take on a prompt with another {r.variable}, the {r.n_families} {r.variable} "
+        f"families together move the model's answer to that prompt's answer on {r.rate:.0%} of {r.n_prompts} "
+        f"held-out prompts (as many other latents of the same sites: {r.random_rate:.0%})."
+    )
+    if r.steer_rate is not None:
+        text += (
+            f" Clamped to their mean values for another {r.variable}, they make it the answer on "
+            f"{r.steer_rate:.0%} of {r.steer_prompts} prompts (other latents: {r.steer_random_rate:.0%})."
+        )
+    return text

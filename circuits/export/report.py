@@ -130,8 +130,19 @@ def _families_html(h: HierarchyRecord, prompt: tuple[str, list[ActiveFamily]] | 
         "variable, moves the model's answer to that prompt's answer.</p>" + _table(head, rows)
     )
     if h.interchange:
-        rows = [[r.variable, r.n_families, f"{r.rate:.0%}", f"{r.random_rate:.0%}", r.n_prompts] for r in h.interchange]
-        html += _table(["variable", "families together", "interchange", "other latents", "prompts"], rows)
+        rows = [
+            [
+                r.variable,
+                r.n_families,
+                f"{r.rate:.0%}",
+                f"{r.random_rate:.0%}",
+                r.n_prompts,
+                "-" if r.steer_rate is None else f"{r.steer_rate:.0%} ({r.steer_random_rate:.0%})",
+            ]
+            for r in h.interchange
+        ]
+        head = ["variable", "families together", "interchange", "other latents", "prompts", "steering (other latents)"]
+        html += _table(head, rows)
     if prompt is not None:
         text, active = prompt
         rows = [

@@ -24,6 +24,7 @@ from circuits.circuit.families import (
     latent_values,
     prompt_families,
     rank,
+    steering,
     task_variables,
     token_valued,
     track,
@@ -281,3 +282,20 @@ def test_a_family_takes_its_sites_other_latents_that_track_its_variable():
     tracking = Tracking({core: "IO", extra_io: "IO", extra_none: None}, dict.fromkeys(effects, 0.8))
     fams = group(effects, tracking, {"IO"}, core={core})
     assert [(f.name, f.members) for f in fams] == [("IO identity at L0 resid@p3, supports", [core.id, extra_io.id])]
+
+
+def test_steering_clamps_to_the_mean_values_of_another_name():
+    torch.manual_seed(3)
+    model = tiny_hooked_model(normalization=None, n_layers=1)
+    saes = random_saes([PLANTED_HOOK], d_sae=32, k=8)
+    discovery, held_out = make_task("ioi", TOK, n=48), make_task("ioi", TOK, n=8, seed=1)
+    tokens = token_valued(held_out, TOK, task_variables(held_out, TOK))
+    steer = steering(model, saes, discovery, held_out, "IO", tokens, [PLANTED_HOOK], batch_size=16)
+    found = token_valued(discovery, TOK, task_variables(discovery, TOK))["IO"]
+    latents = latent_values(model, saes, discovery.clean, [PLANTED_HOOK])[PLANTED_HOOK]
+    assert steer.moves.any()
+    for i in steer.moves.nonzero().flatten().tolist():
+        t = int(steer.answer[i])
+        assert t not in held_out.clean[i].tolist() and t in tokens["IO"]  # another prompt's IO, absent here
+        rows = [j for j, v in enumerate(found) if v == t]
+        assert torch.allclose(steer.values[PLANTED_HOOK][i], latents[rows].mean(0))
