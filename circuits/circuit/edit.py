@@ -21,9 +21,10 @@ them like every other non-permanent hook.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -43,6 +44,7 @@ from circuits.core.values import NodeValues
 from circuits.core.vocab import Latent
 from sae.saeset import SAESet
 from tasks.corpus import corpus_tokens
+from tasks.language import sentences
 
 
 @dataclass
@@ -249,13 +251,46 @@ class Completion(Result):
 
 
 @dataclass
+class TextChange(Result):
+    """What an edit does to ordinary text: over held-out toy-corpus tokens of one sentence
+    family (or ``all``), the next-token loss before and after (nats per token) and the mean
+    per-token KL(before || after)."""
+
+    family: str
+    n_tokens: int
+    loss_before: float
+    loss_after: float
+    kl: float
+
+
+@dataclass
+class Collateral(Result):
+    """An edit's effect beside its aim: the target task's change, the mean |change| of every
+    other built-in task, ``tpp`` = intended - unintended (SAEBench's targeted probe perturbation
+    read for tasks: intended = -the target's relative change, so removing it all is 1), and the
+    corpus text (per sentence family and all)."""
+
+    intended: float
+    unintended: float
+    tpp: float
+    text: list[TextChange]
+
+    def text_of(self, family: str) -> TextChange:
+        return next(t for t in self.text if t.family == family)
+
+
+@dataclass
 class EditReport(Result):
-    """What `edit_report` measured; ``to_dict()`` is the JSON of ``circuits edit --json``."""
+    """What `edit_report` measured; ``to_dict()`` is the JSON of ``circuits edit --json``.
+    ``collateral``: beside the edit's aim; ``random``: the same for a random edit of the same
+    size (same hooks, positions and action, other latents)."""
 
     edit: Edit
     task: str
     tasks: dict[str, TaskChange]
     completions: list[Completion]
+    collateral: Collateral | None = None
+    random: EditReport | None = None
 
 
 def edit_report(
@@ -266,9 +301,12 @@ def edit_report(
     n: int = 256,
     seed: int = 0,
     n_completions: int = 3,
+    with_random: bool = True,
 ) -> EditReport:
     """Metric and accuracy of every built-in task (and ``task_name``) before and after
-    ``edit``; greedy completions of a few ``task_name`` prompts before and after."""
+    ``edit``; greedy completions of a few ``task_name`` prompts before and after; the
+    collateral (other tasks, TPP, held-out corpus text per sentence family); and, with
+    ``with_random``, the same report of a random edit of the same size."""
     from tasks.builtin import BUILTIN_TASKS, make_task
 
     names = [task_name] + [t for t in BUILTIN_TASKS if t != Path(task_name).stem]
@@ -282,10 +320,82 @@ def edit_report(
         span = abs(before.clean_metric - before.corrupt_metric) or 1.0
         change = (after.clean_metric - before.clean_metric) / span
         rows[Path(name).stem] = TaskChange(before, after, change)
-    task = make_task(task_name, model.tokenizer, n=n_completions, seed=seed)
-    prompts = task.clean[:n_completions]
-    before = greedy(model, prompts)
+    completions = []
+    if n_completions:
+        task = make_task(task_name, model.tokenizer, n=n_completions, seed=seed)
+        prompts = task.clean[:n_completions]
+        before = greedy(model, prompts)
+        with edited(model, saes, edit):
+            after = greedy(model, prompts)
+        completions = [Completion(p, b, a) for p, b, a in zip(task.prompts, before, after, strict=False)]
+    target = Path(task_name).stem
+    report = EditReport(edit, target, rows, completions, collateral(rows, target, text_change(model, saes, edit)))
+    if with_random:
+        other = random_edit(edit, saes, random.Random(seed))
+        report.random = edit_report(model, saes, other, task_name, n, seed, 0, with_random=False)
+    return report
+
+
+def collateral(rows: dict[str, TaskChange], target: str, text: list[TextChange]) -> Collateral:
+    """Intended (the target task's removal), unintended (the other tasks' mean |change|), TPP."""
+    intended = -rows[target].relative_change
+    others = [abs(r.relative_change) for name, r in rows.items() if name != target]
+    unintended = sum(others) / len(others) if others else 0.0
+    return Collateral(intended, unintended, intended - unintended, text)
+
+
+TEXT_KEY = "edit-collateral/held-out"  # corpus documents no training step draws (training keys: train/...)
+
+
+@torch.no_grad()
+def text_change(
+    model: HookedTransformer, saes: SAESet, edit: Edit, n_docs: int = 64, seq_len: int = 64, key: str = TEXT_KEY
+) -> list[TextChange]:
+    """The edit's effect on held-out toy-corpus text: per sentence family of the predicted
+    token and over all, the next-token loss before and after and the mean KL(before || after)."""
+    tokens, families = labelled_documents(model.tokenizer, key, n_docs, min(seq_len, model.cfg.n_ctx))
+    before = model(tokens)[:, :-1].log_softmax(-1)
     with edited(model, saes, edit):
-        after = greedy(model, prompts)
-    completions = [Completion(p, b, a) for p, b, a in zip(task.prompts, before, after, strict=False)]
-    return EditReport(edit, Path(task_name).stem, rows, completions)
+        after = model(tokens)[:, :-1].log_softmax(-1)
+    target = tokens[:, 1:].unsqueeze(-1)
+    loss_b, loss_a = -before.gather(-1, target).squeeze(-1), -after.gather(-1, target).squeeze(-1)
+    kl = (before.exp() * (before - after)).sum(-1)
+    names = sorted({f for row in families for f in row} - {""})
+    codes = torch.tensor([[names.index(f) if f else -1 for f in row] for row in families])[:, 1:]
+    out = []
+    for i, family in [*enumerate(names), (-1, "all")]:
+        mask = codes >= 0 if family == "all" else codes == i
+        n = int(mask.sum())
+        out.append(
+            TextChange(family, n, float(loss_b[mask].mean()), float(loss_a[mask].mean()), float(kl[mask].mean()))
+        )
+    return out
+
+
+def labelled_documents(tokenizer, key: str, n_docs: int, seq_len: int) -> tuple[torch.Tensor, list[list[str]]]:
+    """``[n_docs, seq_len]`` tokens of toy-corpus documents (BOS first) and each token's
+    sentence family (``""`` for BOS), a pure function of ``key``."""
+    rng = random.Random(key)
+    vocab = tokenizer.get_vocab()
+    rows, labels = [], []
+    for _ in range(n_docs):
+        words, fams = [], []
+        for family, sentence in sentences(rng, seq_len - 1):
+            words += sentence
+            fams += [family] * len(sentence)
+        rows.append([vocab[tokenizer.bos_token]] + [vocab[w] for w in words[: seq_len - 1]])
+        labels.append([""] + fams[: seq_len - 1])
+    return torch.tensor(rows, dtype=torch.long), labels
+
+
+def random_edit(edit: Edit, saes: SAESet, rng: random.Random) -> Edit:
+    """An edit of the same size: each feature replaced by another latent of its hook (none
+    edited twice, none of the edit's own), same positions, action and value."""
+    taken = {(fe.hook, fe.latent) for fe in edit.features}
+    features = []
+    for fe in edit.features:
+        pool = [i for i in range(saes[fe.hook].cfg.d_sae) if (fe.hook, i) not in taken]
+        latent = rng.choice(pool)
+        taken.add((fe.hook, latent))
+        features.append(replace(fe, latent=latent))
+    return Edit(features, f"random edit of the same size as: {edit.description or f'{len(features)} features'}")

@@ -75,6 +75,9 @@ def print_demo(result) -> None:
         ["task", "moved by the edit (top 100 features off)"],
         [[name, f"{r.relative_change:+.0%}"] for name, r in result.edit.tasks.items()],
     )
+    from circuits.cli.edit import print_collateral
+
+    print_collateral(result.edit)
     if result.missing_dot:
         print(f"circuits: warning: {result.missing_dot}", file=sys.stderr)
     print()

@@ -64,6 +64,32 @@ def run(args: argparse.Namespace) -> None:
     print_report(edit, report, args.json)
 
 
+def print_collateral(report) -> None:
+    """The edit beside its aim and beside a random edit of the same size: TPP, corpus text."""
+    c, r = report.collateral, report.random
+    if c is None:
+        return
+    rc = r.collateral if r is not None else None
+    print(
+        f"\n{report.task}: intended {c.intended:+.1%}, unintended (other tasks' mean |change|) {c.unintended:.1%}, "
+        f"TPP {c.tpp:+.3f}" + (f"; random edit of the same size: TPP {rc.tpp:+.3f}" if rc else "")
+    )
+    rows = []
+    for t in c.text:
+        other = rc.text_of(t.family) if rc else None
+        rows.append(
+            [
+                t.family,
+                t.n_tokens,
+                f"{t.loss_before:.3f}",
+                f"{t.loss_after:.3f}",
+                f"{t.kl:.4f}",
+                "-" if other is None else f"{other.kl:.4f}",
+            ]
+        )
+    print_table(["held-out corpus text", "tokens", "loss before", "after", "KL (nats/token)", "random edit KL"], rows)
+
+
 def print_report(edit, report, as_json: bool) -> None:
     """Each task before and after the edit, and the greedy completions (or JSON)."""
     import json
@@ -86,5 +112,6 @@ def print_report(edit, report, as_json: bool) -> None:
             for name, r in report.tasks.items()
         ],
     )
+    print_collateral(report)
     print("\ngreedy completions:\n")
     print_table(["prompt", "before", "after"], [[c.prompt, c.before, c.after] for c in report.completions])

@@ -161,3 +161,50 @@ def test_restrict_keeps_the_named_kinds(setup):
         saes.restrict(["resid", "foo"])
     with pytest.raises(CircuitsError, match="the SAE set has no attn hooks"):
         saes.restrict(["mlp"]).restrict(["attn"])
+
+
+def test_text_collateral_is_the_loss_and_kl_computed_directly(setup):
+    from circuits.circuit.edit import labelled_documents, text_change
+
+    model, saes = setup[:2]
+    hook = next(iter(saes))
+    edit = Edit([FeatureEdit(hook, i, "scale", 3.0) for i in range(4)])
+    rows = text_change(model, saes, edit, n_docs=6, seq_len=20, key="test")
+    tokens, families = labelled_documents(TOK, "test", 6, 20)
+    assert families[0][0] == "" and all(len(f) == 20 for f in families) and tokens.shape == (6, 20)
+    with torch.no_grad():
+        p = model(tokens)[:, :-1].log_softmax(-1)
+        with edited(model, saes, edit):
+            q = model(tokens)[:, :-1].log_softmax(-1)
+    kl = (p.exp() * (p - q)).sum(-1)  # [doc, pos]
+    loss = -q.gather(-1, tokens[:, 1:, None])[..., 0]
+    by_family = {r.family: r for r in rows}
+    assert by_family["all"].n_tokens == 6 * 19 and by_family["all"].kl == pytest.approx(float(kl.mean()), rel=1e-5)
+    assert by_family["all"].loss_after == pytest.approx(float(loss.mean()), rel=1e-5)
+    family = next(f for f in by_family if f != "all")
+    mask = torch.tensor([[f == family for f in row[1:]] for row in families])
+    assert by_family[family].n_tokens == int(mask.sum()) and by_family[family].kl == pytest.approx(
+        float(kl[mask].mean()), rel=1e-5
+    )
+    nothing = text_change(model, saes, Edit([FeatureEdit(hook, 0, "scale", 1.0)]), n_docs=6, seq_len=20, key="test")
+    assert all(abs(r.kl) < 1e-6 and r.loss_before == pytest.approx(r.loss_after) for r in nothing)
+
+
+def test_tpp_and_the_random_edit_of_the_same_size(setup):
+    from circuits.circuit.edit import TaskChange, collateral, random_edit
+    from circuits.circuit.evaluate import TaskScore
+
+    def change(x):
+        score = TaskScore(1.0, 2.0, 0.0)
+        return TaskChange(score, score, x)
+
+    c = collateral({"ioi": change(-0.9), "sva": change(0.1), "greater_than": change(-0.05)}, "ioi", [])
+    assert (c.intended, c.unintended) == pytest.approx((0.9, 0.075)) and c.tpp == pytest.approx(0.825)
+    saes = setup[1]
+    hook = next(iter(saes))
+    edit = Edit([FeatureEdit(hook, i, "clamp", 2.0, [-1]) for i in range(5)])
+    other = random_edit(edit, saes, __import__("random").Random(0))
+    assert len(other.features) == 5 and all(
+        f.hook == hook and f.action == "clamp" and f.positions == [-1] for f in other.features
+    )
+    assert not {f.latent for f in other.features} & set(range(5)) and len({f.latent for f in other.features}) == 5
