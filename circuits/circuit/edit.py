@@ -352,11 +352,16 @@ def text_change(
     model: HookedTransformer, saes: SAESet, edit: Edit, n_docs: int = 64, seq_len: int = 64, key: str = TEXT_KEY
 ) -> list[TextChange]:
     """The edit's effect on held-out toy-corpus text: per sentence family of the predicted
-    token and over all, the next-token loss before and after and the mean KL(before || after)."""
+    token and over all, the next-token loss before and after and the mean KL(before || after).
+    An edit at positions counted from the end (the circuit's END = -1) is applied as generation
+    applies it: each next-token prediction from its own prefix, edited at that prefix's end."""
     tokens, families = labelled_documents(model.tokenizer, key, n_docs, min(seq_len, model.cfg.n_ctx))
     before = model(tokens)[:, :-1].log_softmax(-1)
     with edited(model, saes, edit):
-        after = model(tokens)[:, :-1].log_softmax(-1)
+        if all(fe.positions is None for fe in edit.features):
+            after = model(tokens)[:, :-1].log_softmax(-1)
+        else:  # positions count from the end of the prompt: each prediction from its own prefix, as in generation
+            after = torch.stack([model(tokens[:, :t])[:, -1] for t in range(1, tokens.shape[1])], 1).log_softmax(-1)
     target = tokens[:, 1:].unsqueeze(-1)
     loss_b, loss_a = -before.gather(-1, target).squeeze(-1), -after.gather(-1, target).squeeze(-1)
     kl = (before.exp() * (before - after)).sum(-1)

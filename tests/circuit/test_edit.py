@@ -188,6 +188,13 @@ def test_text_collateral_is_the_loss_and_kl_computed_directly(setup):
     )
     nothing = text_change(model, saes, Edit([FeatureEdit(hook, 0, "scale", 1.0)]), n_docs=6, seq_len=20, key="test")
     assert all(abs(r.kl) < 1e-6 and r.loss_before == pytest.approx(r.loss_after) for r in nothing)
+    # at the end of the prompt: each prediction from its own prefix, edited at its last token
+    last = Edit([FeatureEdit(hook, i, "scale", 3.0, [-1]) for i in range(4)])
+    rows = {r.family: r for r in text_change(model, saes, last, n_docs=6, seq_len=20, key="test")}
+    with torch.no_grad(), edited(model, saes, last):
+        q = torch.stack([model(tokens[:, :t])[:, -1] for t in range(1, 20)], 1).log_softmax(-1)
+    kl = (p.exp() * (p - q)).sum(-1)
+    assert rows["all"].kl == pytest.approx(float(kl.mean()), rel=1e-5) and rows["all"].kl > 0
 
 
 def test_tpp_and_the_random_edit_of_the_same_size(setup):
