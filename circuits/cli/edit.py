@@ -34,6 +34,13 @@ def register(sub) -> None:
         action="store_true",
         help="switch the features off at every position, not only where the circuit uses them",
     )
+    p.add_argument(
+        "--optimise",
+        action="store_true",
+        help="instead of --top: search the circuit's families for the edit that removes the task with the "
+        "least collateral (other tasks, retain text), on the discovery prompts; reported on held-out ones",
+    )
+    p.add_argument("--budget", type=int, default=5, help="with --optimise: families at most (default 5)")
     p.add_argument("--edit", help="an edit JSON file instead of --circuit/--top")
     p.add_argument("--save-edit", help="write the edit as JSON here")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -55,13 +62,47 @@ def run(args: argparse.Namespace) -> None:
         if not args.circuit:
             raise CircuitsError("circuits edit needs --circuit (with --top N) or --edit FILE")
         graph, model, saes, _ = open_circuit(args)
-        edit = circuit_edit(graph, model, saes, args.top, args.action, everywhere=args.everywhere)
         record = record_of(graph)
         task_name = args.task or (record.sources.task if record.sources else record.task)
+        if args.optimise:
+            edit = optimised_edit(graph, model, saes, task_name, args)
+        else:
+            edit = circuit_edit(graph, model, saes, args.top, args.action, everywhere=args.everywhere)
     if args.save_edit:
         edit.save(args.save_edit)
-    report = edit_report(model, saes, edit.check(saes), task_name, n=args.n or param_default(edit_report, "n"))
+    seed = 1 if args.optimise else 0  # an optimised edit is reported on prompts it was not chosen on
+    report = edit_report(
+        model, saes, edit.check(saes), task_name, n=args.n or param_default(edit_report, "n"), seed=seed
+    )
     print_report(edit, report, args.json)
+
+
+def optimised_edit(graph, model, saes, task_name: str, args: argparse.Namespace):
+    """The family edit `greedy_search` picks on the discovery prompts (seed 0) and retain text."""
+    from circuits.circuit.edit_search import Objective, family_units, greedy_search
+    from tasks.builtin import BUILTIN_TASKS, make_task
+
+    if args.budget < 1:
+        raise CircuitsError(f"--budget must be at least 1 family, got {args.budget}")
+    target = make_task(task_name, model.tokenizer, n=64, seed=0)
+    others = {t: make_task(t, model.tokenizer, n=64, seed=0) for t in BUILTIN_TASKS if t != target.name}
+    objective = Objective(model, saes, target, others)
+    edit, history = greedy_search(family_units(graph, args.action), objective.score, args.budget, not args.quiet)
+    if not args.json:
+        rows = [
+            [
+                ", ".join(s.units) or "(none)",
+                f"{s.target_change:+.1%}",
+                f"{s.unintended:.1%}",
+                f"{s.kl:.4f}",
+                f"{s.objective:.3f}",
+            ]
+            for s in history
+        ]
+        print_table(
+            ["families (discovery prompts, retain text)", "target", "other tasks", "text KL", "objective"], rows
+        )
+    return edit
 
 
 def print_collateral(report) -> None:

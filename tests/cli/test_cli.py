@@ -533,3 +533,16 @@ def test_export_bad_input_is_one_line(tiny_circuit, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "2 node id(s) not in the circuit" in err and "'blocks.9.hook_mlp_out/3@END', 'nowhere'" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_edit_optimise_reports_the_collateral_of_the_chosen_families(hierarchical_circuit, capsys):
+    capsys.readouterr()
+    argv = ["edit", "--circuit", str(hierarchical_circuit), "--optimise", "--n", "8", "--quiet"]
+    assert main([*argv, "--budget", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["edit"]["description"].startswith(("optimised: F", "nothing"))
+    assert {"intended", "unintended", "tpp", "text"} <= set(report["collateral"])
+    assert report["random"]["edit"]["description"].startswith("random edit of the same size")
+    assert main([*argv, "--budget", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--budget must be at least 1 family, got 0" in err and len(err.splitlines()) == 1

@@ -1,0 +1,63 @@
+"""The edit search: greedy selection against a planted objective, and its objective against a
+direct computation on a tiny model."""
+
+import pytest
+import torch
+
+from circuits.circuit.edit import Edit, FeatureEdit, edited, labelled_documents
+from circuits.circuit.edit_search import RETAIN_KEY, EditScore, EditUnit, Objective, greedy_search
+from circuits.core.errors import CircuitsError
+from circuits.core.vocab import hook_names
+from tasks.builtin import make_task
+from tests.helpers import TOK, random_saes, tiny_hooked_model
+
+
+def _planted(edit: Edit, names: list[str]) -> EditScore:
+    """A: removes most of the target but moves another task (a feature shared with it); B and
+    C: half of the target each, nothing else."""
+    chosen = {n for n in names}
+    target = -(0.9 * ("A" in chosen) + 0.5 * ("B" in chosen) + 0.5 * ("C" in chosen))
+    unintended = 0.5 if "A" in chosen else 0.0
+    value = max(1 + target, 0.0) + 2 * unintended
+    return EditScore(names, target, unintended, 0.0, value)
+
+
+def test_the_search_finds_the_edit_a_top_k_choice_misses():
+    units = [EditUnit(n, [FeatureEdit("blocks.0.hook_mlp_out", i)]) for i, n in enumerate("ABC")]
+    top_k = ["A"]  # by the target alone, A is the strongest single unit
+    edit, history = greedy_search(units, _planted, budget=2, progress=False)
+    assert [fe.latent for fe in edit.features] == [1, 2] and history[-1].units == ["B", "C"]
+    assert history[-1].objective == 0.0 < _planted(Edit([]), top_k).objective
+    assert [h.objective for h in history] == sorted((h.objective for h in history), reverse=True)
+    one, _ = greedy_search(units, _planted, budget=1, progress=False)
+    assert len(one.features) == 1
+    with pytest.raises(CircuitsError, match="budget must be at least 1 unit, got 0"):
+        greedy_search(units, _planted, budget=0, progress=False)
+
+
+def test_the_objective_is_what_the_edit_does_computed_directly():
+    model = tiny_hooked_model()
+    hooks = hook_names(["resid", "mlp"], range(2))
+    saes = random_saes(hooks)
+    target, other = make_task("ioi", TOK, n=8), make_task("sva", TOK, n=8)
+    objective = Objective(model, saes, target, {"sva": other}, n_docs=3, seq_len=12)
+    edit = Edit([FeatureEdit(hooks[1], i, "scale", 4.0, [-1]) for i in range(8)])
+    got = objective.score(edit, ["x"])
+    with torch.no_grad():
+        clean = [t.metric_per_example(model(t.clean)).mean() for t in (target, other)]
+        span = [
+            abs(c - t.metric_per_example(model(t.corrupt)).mean()) for c, t in zip(clean, (target, other), strict=True)
+        ]
+        with edited(model, saes, edit):
+            after = [t.metric_per_example(model(t.clean)).mean() for t in (target, other)]
+        tokens, _ = labelled_documents(TOK, RETAIN_KEY, 3, 12)
+        p = model(tokens)[:, :-1].log_softmax(-1)
+        with edited(model, saes, edit):
+            q = torch.stack([model(tokens[:, :t])[:, -1] for t in range(1, 12)], 1).log_softmax(-1)
+    change = [float((a - c) / s) for a, c, s in zip(after, clean, span, strict=True)]
+    kl = float((p.exp() * (p - q)).sum(-1).mean())
+    assert got.target_change == pytest.approx(change[0], rel=1e-4) and got.unintended == pytest.approx(
+        abs(change[1]), rel=1e-4
+    )
+    assert got.kl == pytest.approx(kl, rel=1e-4) and got.kl > 0
+    assert got.objective == pytest.approx(max(1 + change[0], 0) + 2 * abs(change[1]) + kl, rel=1e-4)
