@@ -291,6 +291,7 @@ class EditReport(Result):
     completions: list[Completion]
     collateral: Collateral | None = None
     random: EditReport | None = None
+    steering: Result | None = None  # a steering edit's success (``edit_search.Steering``)
 
 
 def edit_report(

@@ -159,3 +159,71 @@ def greedy_search(
 def _edit(units: list[EditUnit]) -> Edit:
     features = [fe for u in units for fe in u.features]
     return Edit(features, "optimised: " + ", ".join(u.name for u in units) if units else "nothing")
+
+
+@dataclass
+class Steering(Result):
+    """A steering edit's aim, on held-out prompts: the share whose top answer is the chosen
+    value (``success``), before (``base``) and after the edit."""
+
+    variable: str
+    value: str
+    n_prompts: int
+    base: float
+    success: float
+
+
+def steer_edit(
+    graph: nx.DiGraph, model: HookedTransformer, saes: SAESet, task: Task, variable: str, value: str
+) -> Edit:
+    """Clamp every latent of the families tracking ``variable`` to its mean activation over the
+    prompts of ``task`` (discovery prompts) whose ``variable`` is ``value``: "make the model's
+    answer ``value``" without a donor prompt."""
+    from circuits.circuit.families import latent_values
+
+    record = record_of(graph)
+    h = record.hierarchy
+    families = [f for f in (h.families if h is not None else []) if f.variable == variable]
+    if not families:
+        tracked = sorted({f.variable for f in (h.families if h is not None else []) if f.variable})
+        raise CircuitsError(
+            f"no family tracks {variable!r} (the circuit's families track: {', '.join(tracked) or 'nothing'})"
+        )
+    rows = [i for i, v in enumerate(task.vars.get(variable, [])) if v == value]
+    if not rows:
+        raise CircuitsError(
+            f"no prompt of {task.name} has {variable} = {value!r}: the steering values are its mean there"
+        )
+    nodes, n_pos = family_nodes(h), record.n_positions
+    members = [nodes[m] for f in families for m in f.members]
+    hooks = list(dict.fromkeys(n.hook for n in members))
+    means = {k: v[rows].mean(0) for k, v in latent_values(model, saes, task.clean, hooks).items()}
+    features = [
+        FeatureEdit(
+            n.hook,
+            n.latent,
+            "clamp",
+            float(means[n.hook][n.position if n.position is not None else -1, n.latent]),
+            _where(n.position, n_pos),
+        )
+        for n in members
+    ]
+    return Edit(features, f"steer {variable} to {value!r}: {len(families)} families clamped")
+
+
+@torch.no_grad()
+def steering_success(
+    model: HookedTransformer, saes: SAESet, edit: Edit, task: Task, variable: str, value: str
+) -> Steering:
+    """How often the top answer on ``task``'s prompts (held-out) is ``value``, before and after."""
+    ids = model.tokenizer.encode(value, add_special_tokens=False)
+    if len(ids) != 1:
+        ids = model.tokenizer.encode(" " + value, add_special_tokens=False)
+    if len(ids) != 1:
+        raise CircuitsError(f"steer target {value!r} is {len(ids)} tokens, not one")
+    keep = torch.tensor([v != value for v in task.vars.get(variable, [None] * task.n_examples)])
+    part = task.subset(keep)
+    base = float((part._last(model(part.clean)).argmax(-1) == ids[0]).float().mean())
+    with edited(model, saes, edit):
+        after = float((part._last(model(part.clean)).argmax(-1) == ids[0]).float().mean())
+    return Steering(variable, value, part.n_examples, base, after)

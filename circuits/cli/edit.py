@@ -41,6 +41,12 @@ def register(sub) -> None:
         "least collateral (other tasks, retain text), on the discovery prompts; reported on held-out ones",
     )
     p.add_argument("--budget", type=int, default=5, help="with --optimise: families at most (default 5)")
+    p.add_argument(
+        "--steer",
+        metavar="VAR=VALUE",
+        help="instead of --top: clamp the circuit's families that track VAR to their mean values where VAR is "
+        "VALUE (e.g. IO=Alice), and report how often VALUE becomes the answer on held-out prompts",
+    )
     p.add_argument("--edit", help="an edit JSON file instead of --circuit/--top")
     p.add_argument("--save-edit", help="write the edit as JSON here")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -64,17 +70,36 @@ def run(args: argparse.Namespace) -> None:
         graph, model, saes, _ = open_circuit(args)
         record = record_of(graph)
         task_name = args.task or (record.sources.task if record.sources else record.task)
-        if args.optimise:
+        if args.steer:
+            edit, steering = steered_edit(graph, model, saes, task_name, args.steer)
+        elif args.optimise:
             edit = optimised_edit(graph, model, saes, task_name, args)
         else:
             edit = circuit_edit(graph, model, saes, args.top, args.action, everywhere=args.everywhere)
     if args.save_edit:
         edit.save(args.save_edit)
-    seed = 1 if args.optimise else 0  # an optimised edit is reported on prompts it was not chosen on
+    seed = 1 if args.optimise or args.steer else 0  # reported on prompts the edit was not made from
     report = edit_report(
         model, saes, edit.check(saes), task_name, n=args.n or param_default(edit_report, "n"), seed=seed
     )
+    if args.steer:
+        report.steering = steering
     print_report(edit, report, args.json)
+
+
+def steered_edit(graph, model, saes, task_name: str, spec: str):
+    """The steering edit ``VAR=VALUE`` asks for (values from the discovery prompts) and its
+    success on the held-out prompts."""
+    from circuits.circuit.edit_search import steer_edit, steering_success
+    from tasks.builtin import make_task
+
+    variable, sep, value = spec.partition("=")
+    if not sep or not variable or not value:
+        raise CircuitsError(f"--steer {spec!r}: use VARIABLE=VALUE, e.g. IO=Alice")
+    discovery = make_task(task_name, model.tokenizer, n=256, seed=0)
+    edit = steer_edit(graph, model, saes, discovery, variable, value)
+    held_out = make_task(task_name, model.tokenizer, n=128, seed=1)
+    return edit, steering_success(model, saes, edit, held_out, variable, value)
 
 
 def optimised_edit(graph, model, saes, task_name: str, args: argparse.Namespace):
@@ -154,5 +179,11 @@ def print_report(edit, report, as_json: bool) -> None:
         ],
     )
     print_collateral(report)
+    if report.steering is not None:
+        st = report.steering
+        print(
+            f"\nsteering {st.variable} to {st.value!r}: the answer on {st.success:.0%} of {st.n_prompts} held-out "
+            f"prompts (before: {st.base:.0%})"
+        )
     print("\ngreedy completions:\n")
     print_table(["prompt", "before", "after"], [[c.prompt, c.before, c.after] for c in report.completions])

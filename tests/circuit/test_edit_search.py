@@ -61,3 +61,34 @@ def test_the_objective_is_what_the_edit_does_computed_directly():
     )
     assert got.kl == pytest.approx(kl, rel=1e-4) and got.kl > 0
     assert got.objective == pytest.approx(max(1 + change[0], 0) + 2 * abs(change[1]) + kl, rel=1e-4)
+
+
+def test_a_steering_edit_clamps_the_variables_families_to_their_mean_there():
+    from circuits.circuit.edit_search import steer_edit, steering_success
+    from circuits.circuit.families import family_nodes, latent_values
+    from circuits.circuit.record import record_of
+    from tests.helpers import families_graph
+
+    graph = families_graph()
+    model = tiny_hooked_model()
+    saes = random_saes(["blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", "blocks.1.hook_resid_post"])
+    task = make_task("ioi", TOK, n=64)
+    value = task.vars["IO"][0]
+    edit = steer_edit(graph, model, saes, task, "IO", value)
+    h = record_of(graph).hierarchy
+    nodes = family_nodes(h)
+    rows = [i for i, v in enumerate(task.vars["IO"]) if v == value]
+    latents = latent_values(model, saes, task.clean, ["blocks.0.hook_mlp_out"])["blocks.0.hook_mlp_out"][rows].mean(0)
+    assert [(fe.hook, fe.latent, fe.action, fe.positions) for fe in edit.features] == [
+        (nodes[m].hook, nodes[m].latent, "clamp", [-1]) for m in h.family("F1").members
+    ]
+    for fe, m in zip(edit.features, h.family("F1").members, strict=True):
+        assert fe.value == pytest.approx(float(latents[nodes[m].position, fe.latent]))
+    result = steering_success(model, saes, edit, make_task("ioi", TOK, n=16, seed=1), "IO", value)
+    assert 0 <= result.base <= 1 and 0 <= result.success <= 1 and result.n_prompts <= 16
+    with pytest.raises(CircuitsError, match=r"no family tracks 'order' \(the circuit's families track: IO, S\)"):
+        steer_edit(graph, model, saes, task, "order", "ABBA")
+    with pytest.raises(CircuitsError, match="no prompt of ioi has IO = 'Nobody'"):
+        steer_edit(graph, model, saes, task, "IO", "Nobody")
+    with pytest.raises(CircuitsError, match="steer target 'Mary Ann' is 2 tokens, not one"):
+        steering_success(model, saes, edit, task, "IO", "Mary Ann")

@@ -546,3 +546,6 @@ def test_edit_optimise_reports_the_collateral_of_the_chosen_families(hierarchica
     assert main([*argv, "--budget", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--budget must be at least 1 family, got 0" in err and len(err.splitlines()) == 1
+    steer = ["edit", "--circuit", str(hierarchical_circuit), "--n", "8", "--quiet", "--steer"]
+    assert main([*steer, "IO"]) == 2
+    assert "--steer 'IO': use VARIABLE=VALUE, e.g. IO=Alice" in capsys.readouterr().err
