@@ -51,9 +51,14 @@ class EditScore(Result):
     objective: float
 
 
-def family_units(graph: nx.DiGraph, action: str = "zero") -> list[EditUnit]:
+def family_units(
+    graph: nx.DiGraph, action: str = "zero", means: dict[str, torch.Tensor] | None = None
+) -> list[EditUnit]:
     """One unit per family of a hierarchical circuit: its latents at their positions (counted
-    from the end of the prompt)."""
+    from the end of the prompt), switched off (``zero``) or set to their corpus mean (``mean``,
+    from ``means``: per hook, ``[d_sae]``)."""
+    if action == "mean" and means is None:
+        raise CircuitsError("a mean edit needs the features' mean activations")
     record = record_of(graph)
     h = record.hierarchy
     if h is None or not h.families:
@@ -62,7 +67,13 @@ def family_units(graph: nx.DiGraph, action: str = "zero") -> list[EditUnit]:
     units = []
     for f in h.families:
         features = [
-            FeatureEdit(nodes[m].hook, nodes[m].latent, action, None, _where(nodes[m].position, n_pos))
+            FeatureEdit(
+                nodes[m].hook,
+                nodes[m].latent,
+                action,
+                None if action == "zero" else float(means[nodes[m].hook][nodes[m].latent]),
+                _where(nodes[m].position, n_pos),
+            )
             for m in f.members
         ]
         units.append(EditUnit(f"{f.id} {f.name}", features))

@@ -112,7 +112,15 @@ def optimised_edit(graph, model, saes, task_name: str, args: argparse.Namespace)
     target = make_task(task_name, model.tokenizer, n=64, seed=0)
     others = {t: make_task(t, model.tokenizer, n=64, seed=0) for t in BUILTIN_TASKS if t != target.name}
     objective = Objective(model, saes, target, others)
-    edit, history = greedy_search(family_units(graph, args.action), objective.score, args.budget, not args.quiet)
+    means = None
+    if args.action == "mean":
+        from circuits.circuit.edit import mean_activations
+        from tasks.corpus import corpus_tokens
+
+        tokens = corpus_tokens(model.tokenizer, "edit-means", 256, min(64, model.cfg.n_ctx))
+        means = mean_activations(model, saes, tokens, list(saes))
+    units = family_units(graph, args.action, means)
+    edit, history = greedy_search(units, objective.score, args.budget, not args.quiet)
     if not args.json:
         rows = [
             [

@@ -92,3 +92,22 @@ def test_a_steering_edit_clamps_the_variables_families_to_their_mean_there():
         steer_edit(graph, model, saes, task, "IO", "Nobody")
     with pytest.raises(CircuitsError, match="steer target 'Mary Ann' is 2 tokens, not one"):
         steering_success(model, saes, edit, task, "IO", "Mary Ann")
+
+
+def test_family_units_edit_each_latent_where_the_circuit_uses_it():
+    from circuits.circuit.edit_search import family_units
+    from circuits.circuit.record import record_of
+    from tests.helpers import families_graph
+
+    graph = families_graph()
+    means = {h: torch.arange(64, dtype=torch.float) / 10 for h in ("blocks.0.hook_mlp_out", "blocks.0.hook_attn_out")}
+    units = family_units(graph, "mean", means)
+    h = record_of(graph).hierarchy
+    assert [u.name for u in units] == [f"{f.id} {f.name}" for f in h.families]
+    first = units[0].features
+    assert [(fe.latent, fe.positions, fe.value) for fe in first] == [
+        (10 + i, [-1], pytest.approx((10 + i) / 10)) for i in range(4)
+    ]
+    assert all(fe.action == "zero" and fe.value is None for fe in family_units(graph)[0].features)
+    with pytest.raises(CircuitsError, match="a mean edit needs the features' mean activations"):
+        family_units(graph, "mean")
