@@ -359,10 +359,7 @@ def text_change(
     tokens, families = labelled_documents(model.tokenizer, key, n_docs, min(seq_len, model.cfg.n_ctx))
     before = model(tokens)[:, :-1].log_softmax(-1)
     with edited(model, saes, edit):
-        if all(fe.positions is None for fe in edit.features):
-            after = model(tokens)[:, :-1].log_softmax(-1)
-        else:  # positions count from the end of the prompt: each prediction from its own prefix, as in generation
-            after = torch.stack([model(tokens[:, :t])[:, -1] for t in range(1, tokens.shape[1])], 1).log_softmax(-1)
+        after = next_token_logprobs(model, tokens, edit)
     target = tokens[:, 1:].unsqueeze(-1)
     loss_b, loss_a = -before.gather(-1, target).squeeze(-1), -after.gather(-1, target).squeeze(-1)
     kl = (before.exp() * (before - after)).sum(-1)
@@ -376,6 +373,15 @@ def text_change(
             TextChange(family, n, float(loss_b[mask].mean()), float(loss_a[mask].mean()), float(kl[mask].mean()))
         )
     return out
+
+
+def next_token_logprobs(model: HookedTransformer, tokens: torch.Tensor, edit: Edit) -> torch.Tensor:
+    """Next-token log-probabilities of ``tokens`` under ``edit`` (applied by the caller): one
+    pass for an edit at every position; for positions counted from the end of the prompt, each
+    prediction from its own prefix, as generation applies it."""
+    if all(fe.positions is None for fe in edit.features):
+        return model(tokens)[:, :-1].log_softmax(-1)
+    return torch.stack([model(tokens[:, :t])[:, -1] for t in range(1, tokens.shape[1])], 1).log_softmax(-1)
 
 
 def labelled_documents(tokenizer, key: str, n_docs: int, seq_len: int) -> tuple[torch.Tensor, list[list[str]]]:

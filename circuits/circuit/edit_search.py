@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from circuits.circuit.edit import Edit, FeatureEdit, edited, labelled_documents
+from circuits.circuit.edit import Edit, FeatureEdit, edited, labelled_documents, next_token_logprobs
 from circuits.circuit.families import family_nodes
 from circuits.circuit.record import record_of
 from circuits.core.config import Result
@@ -108,7 +108,7 @@ class Objective:
     def score(self, edit: Edit, names: list[str]) -> EditScore:
         with torch.no_grad(), edited(self.model, self.saes, edit):
             change = {name: self._change(name, t) for name, t in {"target": self.target, **self.others}.items()}
-            after = _prefix_logprobs(self.model, self.tokens, edit)
+            after = next_token_logprobs(self.model, self.tokens, edit)
         kl = float((self.text_before.exp() * (self.text_before - after)).sum(-1).mean())
         unintended = sum(abs(change[n]) for n in self.others) / max(len(self.others), 1)
         left = max(1.0 + change["target"], 0.0)
@@ -128,14 +128,6 @@ def _clean_and_span(model: HookedTransformer, task: Task) -> tuple[float, float]
     clean = _clean_metric(model, task)
     corrupt = float(task.metric_per_example(model(task.corrupt)).mean())
     return clean, abs(clean - corrupt) or 1.0
-
-
-def _prefix_logprobs(model: HookedTransformer, tokens: torch.Tensor, edit: Edit) -> torch.Tensor:
-    """Next-token log-probabilities of ``tokens`` under the active edit: one pass for an edit
-    at every position, else each prediction from its own prefix (positions from the end)."""
-    if all(fe.positions is None for fe in edit.features):
-        return model(tokens)[:, :-1].log_softmax(-1)
-    return torch.stack([model(tokens[:, :t])[:, -1] for t in range(1, tokens.shape[1])], 1).log_softmax(-1)
 
 
 def greedy_search(

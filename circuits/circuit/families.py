@@ -400,7 +400,7 @@ def token_valued(task: Task, tokenizer, variables: dict[str, list[str]]) -> dict
 @dataclass
 class Donors:
     """Per prompt, for one variable: the donor prompt's tokens, the variables the donor
-    changes (``changed``: the variable, and the one it swapped with), the model's top answer
+    changes (``changed``: the variable and every token variable the swap moves), the model's top answer
     on the donor and the prompts it is scored on (``moves``: where that answer differs from the
     prompt's), and the donor's latents at the hooks patched (``latent_values``)."""
 
