@@ -45,6 +45,7 @@ from circuits.core.vocab import Latent
 from sae.saeset import SAESet
 from tasks.corpus import corpus_tokens
 from tasks.language import sentences
+from tasks.task import Task
 
 
 @dataclass
@@ -236,11 +237,16 @@ def greedy(model: HookedTransformer, tokens: torch.Tensor, n_new: int = 4) -> li
 @dataclass
 class TaskChange(Result):
     """One task's score before and after an edit; ``relative_change`` is the change of the
-    clean metric as a share of the behaviour's range (clean - corrupt metric, before)."""
+    clean metric as a share of the behaviour's range (clean - corrupt metric, before);
+    ``left``: for a metric that is 0 where the model has no preference (logit or probability
+    difference), the share of the clean preference left (after / before: 0 = none left; an
+    SVA edit that makes the model indifferent moves it -50 % of its range, since its corrupt
+    prompts flip the number, but leaves 0 %)."""
 
     before: TaskScore
     after: TaskScore
     relative_change: float
+    left: float | None = None
 
 
 @dataclass
@@ -320,7 +326,7 @@ def edit_report(
         # the share of the behaviour's range (clean - corrupt metric) that the edit moved
         span = abs(before.clean_metric - before.corrupt_metric) or 1.0
         change = (after.clean_metric - before.clean_metric) / span
-        rows[Path(name).stem] = TaskChange(before, after, change)
+        rows[Path(name).stem] = TaskChange(before, after, change, preference_left(task, before, after))
     completions = []
     if n_completions:
         task = make_task(task_name, model.tokenizer, n=n_completions, seed=seed)
@@ -335,6 +341,16 @@ def edit_report(
         other = random_edit(edit, saes, random.Random(seed))
         report.random = edit_report(model, saes, other, task_name, n, seed, 0, with_random=False)
     return report
+
+
+def preference_left(task: Task, before: TaskScore, after: TaskScore) -> float | None:
+    """After / before clean metric for a metric that is 0 at no preference, else None."""
+    if task.metric not in INDIFFERENT_AT_ZERO or before.clean_metric <= 0:
+        return None
+    return after.clean_metric / before.clean_metric
+
+
+INDIFFERENT_AT_ZERO = ("logit_diff", "prob_diff")  # metrics whose 0 means no preference
 
 
 def collateral(rows: dict[str, TaskChange], target: str, text: list[TextChange]) -> Collateral:

@@ -1,29 +1,46 @@
-"""An edit chosen for what it does to everything else: greedy search over a circuit's families
-(or latents) for the edit that removes the target behaviour with the least collateral.
+"""An edit chosen for what it does to everything else: the circuit's latents (or families) whose
+edit removes the target behaviour with the least collateral.
 
-The objective, on the optimisation data only (the target task's discovery prompts, the other
-built-in tasks' prompts at the same seed, and retain documents of toy-corpus text drawn with
-their own key): what is left of the target behaviour (1 + its relative change, 0 when gone,
-floored at 0), plus ``weight`` x the other tasks' mean |relative change|, plus ``text_weight``
-x the mean per-token KL on the retain text. Greedy forward selection: at each step the unit
-(a family, or a latent) whose addition lowers the objective most, until the budget or until
-nothing lowers it. `edit_report` then checks the result on held-out prompts and held-out text.
+The objective, on the optimisation data only (the target task's discovery prompts, the retain
+tasks' prompts at the same seed, and retain documents of toy-corpus text drawn with their own
+key): what is left of the target behaviour (`Objective.left`: 0 when the model no longer
+prefers the answer), plus ``weight`` x the retain tasks' mean |relative change|, plus ``worst_weight`` x the
+largest one (every task must stay put, not only the average), plus ``text_weight`` x the mean
+per-token KL on the retain text.
+
+Two searches minimise it. Over latents, `gradient_search`: a gate in [0, 1] per candidate
+latent moves it from its value towards the edit's (zero or its corpus mean) at every position;
+the gates are trained by gradient on the objective plus a size penalty, their temperature
+annealed so they end near 0 or 1; the latents ranked by gate are then cut at the prefix with
+the lowest objective measured with the real (all-or-nothing) edit, and pruned one at a time
+while that lowers it. Over families, `greedy_search`: forward selection, at each step the unit
+whose addition lowers the objective most. `edit_report` then checks either on held-out prompts
+and held-out text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import networkx as nx
 import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from circuits.circuit.edit import Edit, FeatureEdit, edited, labelled_documents, next_token_logprobs
+from circuits.circuit.edit import (
+    INDIFFERENT_AT_ZERO,
+    Edit,
+    FeatureEdit,
+    edited,
+    labelled_documents,
+    next_token_logprobs,
+)
 from circuits.circuit.families import family_nodes
+from circuits.circuit.graph import nodes_of
 from circuits.circuit.record import record_of
-from circuits.core.config import Result
+from circuits.core.config import Config, Result
 from circuits.core.errors import CircuitsError
 from sae.saeset import SAESet
 from tasks.task import Task
@@ -41,12 +58,15 @@ class EditUnit:
 
 @dataclass
 class EditScore(Result):
-    """An edit on the optimisation data: the target's relative change, the other tasks' mean
-    |relative change|, the retain text's KL (nats per token) and the objective."""
+    """An edit on the optimisation data: the target's relative change and what is left of it
+    (see `Objective.left`), the retain tasks' mean and largest |relative change|, the retain
+    text's KL (nats per token) and the objective."""
 
     units: list[str]
     target_change: float
+    left: float
     unintended: float
+    worst: float
     kl: float
     objective: float
 
@@ -85,7 +105,9 @@ def _where(position: int | None, n_pos: int) -> list[int] | None:
 
 
 class Objective:
-    """The search's objective (see the module docstring), its references computed once."""
+    """The search's objective (see the module docstring), its references computed once.
+    ``others`` are the retain tasks (every other built-in task by default); ``text_weight`` 0
+    leaves the retain text out."""
 
     def __init__(
         self,
@@ -97,35 +119,58 @@ class Objective:
         seq_len: int = 32,
         weight: float = 2.0,
         text_weight: float = 1.0,
+        worst_weight: float = 2.0,
     ):
         self.model, self.saes, self.target, self.others = model, saes, target, others
-        self.weight, self.text_weight = weight, text_weight
+        self.weight, self.text_weight, self.worst_weight = weight, text_weight, worst_weight
         self.tokens, _ = labelled_documents(model.tokenizer, RETAIN_KEY, n_docs, min(seq_len, model.cfg.n_ctx))
         with torch.no_grad():
             self.text_before = model(self.tokens)[:, :-1].log_softmax(-1)
-            self.before = {name: _clean_and_span(model, t) for name, t in {"target": target, **others}.items()}
+            self.before = {name: _clean_and_span(model, t) for name, t in self.tasks.items()}
+
+    @property
+    def tasks(self) -> dict[str, Task]:
+        return {"target": self.target, **self.others}
 
     def score(self, edit: Edit, names: list[str]) -> EditScore:
+        """The objective of ``edit`` (applied through the splice)."""
         with torch.no_grad(), edited(self.model, self.saes, edit):
-            change = {name: self._change(name, t) for name, t in {"target": self.target, **self.others}.items()}
+            change = self.changes()
             after = next_token_logprobs(self.model, self.tokens, edit)
-        kl = float((self.text_before.exp() * (self.text_before - after)).sum(-1).mean())
-        unintended = sum(abs(change[n]) for n in self.others) / max(len(self.others), 1)
-        left = max(1.0 + change["target"], 0.0)
-        value = left + self.weight * unintended + self.text_weight * kl
-        return EditScore(names, change["target"], unintended, kl, value)
+        parts = self.parts(change, after)
+        return EditScore(names, *(float(v) for v in parts))
 
-    def _change(self, name: str, task: Task) -> float:
-        clean, span = self.before[name]
-        return (_clean_metric(self.model, task) - clean) / span
+    def changes(self) -> dict[str, torch.Tensor]:
+        """Each task's relative change of its clean metric under the hooks now on the model."""
+        out = {}
+        for name, task in self.tasks.items():
+            clean, span = self.before[name]
+            out[name] = (task.metric_per_example(self.model(task.clean)).mean() - clean) / span
+        return out
 
+    def parts(self, change: dict[str, torch.Tensor], after: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Target change, what is left of it, the retain tasks' mean |change|, the worst one,
+        text KL and the objective (differentiable: the gradient search's loss)."""
+        before = self.text_before
+        kl = (before.exp() * (before - after)).sum(-1).mean()
+        moved = torch.stack([change[n].abs() for n in self.others]) if self.others else torch.zeros(1)
+        left = self.left(change["target"])
+        value = left + self.weight * moved.mean() + self.worst_weight * moved.max() + self.text_weight * kl
+        return change["target"], left, moved.mean(), moved.max(), kl, value
 
-def _clean_metric(model: HookedTransformer, task: Task) -> float:
-    return float(task.metric_per_example(model(task.clean)).mean())
+    def left(self, change: torch.Tensor) -> torch.Tensor:
+        """What is left of the target behaviour, floored at 0: for a metric that is 0 at no
+        preference (logit / probability difference), the clean metric over its value before
+        (removing agreement is indifference, not the flipped number SVA's corrupt prompts
+        give); otherwise 1 + the change as a share of the clean - corrupt range."""
+        clean, span = self.before["target"]
+        if self.target.metric in INDIFFERENT_AT_ZERO and clean > 0:
+            return torch.relu((clean + change * span) / clean)
+        return torch.relu(1.0 + change)
 
 
 def _clean_and_span(model: HookedTransformer, task: Task) -> tuple[float, float]:
-    clean = _clean_metric(model, task)
+    clean = float(task.metric_per_example(model(task.clean)).mean())
     corrupt = float(task.metric_per_example(model(task.corrupt)).mean())
     return clean, abs(clean - corrupt) or 1.0
 
@@ -157,6 +202,142 @@ def greedy_search(
         left.remove(best[0])
         history.append(best[1])
     return _edit(chosen), history
+
+
+@dataclass
+class GateSchedule(Config):
+    """How `gradient_search` trains its gates: ``steps`` of Adam at ``lr``; ``size`` x the sum
+    of the gates joins the objective; the temperature falls from 1 to ``final_temperature``
+    over the second half (gates end near 0 or 1, so the all-or-nothing edit is what was
+    optimised)."""
+
+    label: ClassVar[str] = "gate schedule"
+
+    steps: int = 200
+    lr: float = 0.1
+    size: float = 0.01
+    final_temperature: float = 0.05
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.lr <= 0 or self.size < 0 or not 0 < self.final_temperature <= 1:
+            raise CircuitsError(
+                "gate schedule: steps >= 1, lr > 0, size >= 0 and 0 < final_temperature <= 1 "
+                f"(got {self.steps}, {self.lr}, {self.size}, {self.final_temperature})"
+            )
+
+    def temperature(self, step: int) -> float:
+        half = self.steps // 2
+        if step < half:
+            return 1.0
+        return self.final_temperature ** ((step - half) / max(self.steps - half - 1, 1))
+
+
+def latent_candidates(
+    graph: nx.DiGraph, action: str = "mean", means: dict[str, torch.Tensor] | None = None
+) -> list[FeatureEdit]:
+    """The circuit's latents (each hook/latent once, whatever its positions), each edited at
+    every position — how an edit runs on text, where the prompt's positions do not exist."""
+    if action == "mean" and means is None:
+        raise CircuitsError("a mean edit needs the features' mean activations")
+    if action not in ("zero", "mean"):
+        raise CircuitsError(f"the edit search switches latents off ('zero') or to their mean ('mean'), not {action!r}")
+    keys = sorted({(n.hook, n.latent) for n in nodes_of(graph).values() if n.latent is not None and not n.is_embed})
+    if not keys:
+        raise CircuitsError("the circuit has no SAE latents to edit")
+    return [FeatureEdit(h, i, action, None if action == "zero" else float(means[h][i])) for h, i in keys]
+
+
+def gradient_search(
+    objective: Objective,
+    candidates: list[FeatureEdit],
+    budget: int,
+    schedule: GateSchedule | None = None,
+    progress: bool = True,
+) -> tuple[Edit, list[EditScore]]:
+    """The edit of at most ``budget`` of ``candidates`` (each at every position) that
+    `objective` rates best (module docstring). Returns the edit and the real edit's score for
+    each prefix tried, then each pruning step, the chosen one last."""
+    if budget < 1:
+        raise CircuitsError(f"an edit's budget must be at least 1 latent, got {budget}")
+    schedule = schedule or GateSchedule()
+    gates = _train_gates(objective, candidates, schedule, progress)
+    order = [candidates[i] for i in gates.argsort(descending=True).tolist()]
+    n_on = int((gates > 0.5).sum())
+    cap = min(budget, len(order))
+    sizes = sorted({min(max(k, 1), cap) for k in range(n_on - 5, n_on + 6)})  # around the gates left on
+    history = [objective.score(_latent_edit(order[:k]), _names(order[:k])) for k in sizes]
+    best = min(history, key=lambda s: s.objective)
+    chosen = order[: len(best.units)]
+    while len(chosen) > 1:  # prune: drop the latent whose removal lowers the objective most
+        trials = [(objective.score(_latent_edit(rest), _names(rest)), rest) for rest in _without_each(chosen)]
+        score, rest = min(trials, key=lambda t: t[0].objective)
+        if score.objective >= best.objective:
+            break
+        best, chosen = score, rest
+        history.append(score)
+    history.append(best)
+    return _latent_edit(chosen), history
+
+
+def _train_gates(
+    objective: Objective, candidates: list[FeatureEdit], schedule: GateSchedule, progress: bool
+) -> torch.Tensor:
+    """Train one gate per candidate (see `GateSchedule`); returns the final gates ``[n]``."""
+    model = objective.model
+    logits = torch.full((len(candidates),), -3.0, requires_grad=True)
+    temperature = [1.0]
+    hooks = _gate_hooks(objective.saes, candidates, logits, temperature)
+    optimiser = torch.optim.Adam([logits], lr=schedule.lr)
+    for step in tqdm(range(schedule.steps), desc="edit gates", disable=not progress):
+        temperature[0] = schedule.temperature(step)
+        with model.hooks(fwd_hooks=hooks):
+            change = objective.changes()
+            after = model(objective.tokens)[:, :-1].log_softmax(-1)
+        loss = objective.parts(change, after)[-1] + schedule.size * torch.sigmoid(logits / temperature[0]).sum()
+        (grad,) = torch.autograd.grad(loss, [logits])  # the model's own parameters get no .grad
+        optimiser.zero_grad()
+        logits.grad = grad
+        optimiser.step()
+    return torch.sigmoid(logits / temperature[0]).detach()
+
+
+def _gate_hooks(
+    saes: SAESet, candidates: list[FeatureEdit], logits: torch.Tensor, temperature: list[float]
+) -> list[tuple[str, Callable]]:
+    """TransformerLens hook functions that apply each candidate's edit by its gate
+    ``sigmoid(logit / temperature[0])``, at every position: the splice's edit (f' - f) W_dec
+    with f' = f + g (value - f), so a gate at 1 is the candidate's edit and at 0 none."""
+    by_hook: dict[str, list[int]] = {}
+    for j, fe in enumerate(candidates):
+        by_hook.setdefault(fe.hook, []).append(j)
+    values = torch.tensor([0.0 if fe.action == "zero" else fe.value for fe in candidates])
+
+    def gate_hook(hook_name: str) -> Callable:
+        rows = torch.tensor(by_hook[hook_name])
+        latents = torch.tensor([candidates[j].latent for j in by_hook[hook_name]])
+        sae = saes[hook_name]
+
+        def hook(x: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001 (TransformerLens passes the HookPoint)
+            f = sae.encode(x)[..., latents]
+            g = torch.sigmoid(logits[rows] / temperature[0])
+            return x + (g * (values[rows] - f)) @ sae.W_dec[latents]
+
+        return hook
+
+    return [(h, gate_hook(h)) for h in by_hook]
+
+
+def _latent_edit(features: list[FeatureEdit]) -> Edit:
+    return Edit(list(features), f"optimised: {len(features)} latents" if features else "nothing")
+
+
+def _names(features: list[FeatureEdit]) -> list[str]:
+    return [f"{fe.hook}/{fe.latent}" for fe in features]
+
+
+def _without_each(features: list[FeatureEdit]) -> Iterator[list[FeatureEdit]]:
+    for i in range(len(features)):
+        yield features[:i] + features[i + 1 :]
 
 
 def _edit(units: list[EditUnit]) -> Edit:

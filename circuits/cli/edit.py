@@ -37,10 +37,25 @@ def register(sub) -> None:
     p.add_argument(
         "--optimise",
         action="store_true",
-        help="instead of --top: search the circuit's families for the edit that removes the task with the "
-        "least collateral (other tasks, retain text), on the discovery prompts; reported on held-out ones",
+        help="instead of --top: search the circuit for the edit that removes the task with the least "
+        "collateral (retain tasks, retain text), on the discovery prompts; reported on held-out ones",
     )
-    p.add_argument("--budget", type=int, default=5, help="with --optimise: families at most (default 5)")
+    p.add_argument(
+        "--units",
+        choices=("latents", "families"),
+        default="latents",
+        help="with --optimise: edit single latents (gradient search, at every position; default) or whole "
+        "families (greedy search, where the circuit uses them)",
+    )
+    p.add_argument("--budget", type=int, help="with --optimise: latents (default 50) or families (default 5) at most")
+    p.add_argument(
+        "--steps", type=int, default=200, help="with --optimise over latents: the gates' gradient steps (default 200)"
+    )
+    p.add_argument(
+        "--retain",
+        help="with --optimise: what the edit must keep, comma-separated built-in tasks and/or 'text' "
+        "(default: every other built-in task and text)",
+    )
     p.add_argument(
         "--steer",
         metavar="VAR=VALUE",
@@ -103,15 +118,25 @@ def steered_edit(graph, model, saes, task_name: str, spec: str):
 
 
 def optimised_edit(graph, model, saes, task_name: str, args: argparse.Namespace):
-    """The family edit `greedy_search` picks on the discovery prompts (seed 0) and retain text."""
-    from circuits.circuit.edit_search import Objective, family_units, greedy_search
-    from tasks.builtin import BUILTIN_TASKS, make_task
+    """The edit the search picks on the discovery prompts (seed 0) and retain text: latents by
+    `gradient_search`, or families by `greedy_search`."""
+    from circuits.circuit.edit_search import (
+        GateSchedule,
+        Objective,
+        family_units,
+        gradient_search,
+        greedy_search,
+        latent_candidates,
+    )
+    from tasks.builtin import make_task
 
-    if args.budget < 1:
-        raise CircuitsError(f"--budget must be at least 1 family, got {args.budget}")
+    budget = args.budget if args.budget is not None else (50 if args.units == "latents" else 5)
+    if budget < 1:
+        raise CircuitsError(f"--budget must be at least 1, got {budget}")
     target = make_task(task_name, model.tokenizer, n=64, seed=0)
-    others = {t: make_task(t, model.tokenizer, n=64, seed=0) for t in BUILTIN_TASKS if t != target.name}
-    objective = Objective(model, saes, target, others)
+    retain, text = retain_set(args.retain, target.name)
+    others = {t: make_task(t, model.tokenizer, n=128, seed=0) for t in retain}
+    objective = Objective(model, saes, target, others, n_docs=32, seq_len=64, text_weight=1.0 if text else 0.0)
     means = None
     if args.action == "mean":
         from circuits.circuit.edit import mean_activations
@@ -119,23 +144,51 @@ def optimised_edit(graph, model, saes, task_name: str, args: argparse.Namespace)
 
         tokens = corpus_tokens(model.tokenizer, "edit-means", 256, min(64, model.cfg.n_ctx))
         means = mean_activations(model, saes, tokens, list(saes))
-    units = family_units(graph, args.action, means)
-    edit, history = greedy_search(units, objective.score, args.budget, not args.quiet)
+    if args.units == "latents":
+        candidates = latent_candidates(graph, args.action, means)
+        schedule = GateSchedule(steps=args.steps)
+        edit, history = gradient_search(objective, candidates, budget, schedule, progress=not args.quiet)
+    else:
+        edit, history = greedy_search(family_units(graph, args.action, means), objective.score, budget, not args.quiet)
     if not args.json:
-        rows = [
-            [
-                ", ".join(s.units) or "(none)",
-                f"{s.target_change:+.1%}",
-                f"{s.unintended:.1%}",
-                f"{s.kl:.4f}",
-                f"{s.objective:.3f}",
-            ]
-            for s in history
-        ]
-        print_table(
-            ["families (discovery prompts, retain text)", "target", "other tasks", "text KL", "objective"], rows
-        )
+        print_search(history, args.units)
     return edit
+
+
+def retain_set(spec: str | None, target: str) -> tuple[list[str], bool]:
+    """The retain tasks and whether retain text counts, from ``--retain`` (None: every other
+    built-in task and text)."""
+    from tasks.builtin import BUILTIN_TASKS
+
+    if spec is None:
+        return [t for t in BUILTIN_TASKS if t != target], True
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise CircuitsError("--retain is empty: name the built-in tasks (and/or 'text') the edit must keep")
+    for n in names:
+        if n == target:
+            raise CircuitsError(f"--retain names {target}, the task the edit removes")
+        if n != "text" and n not in BUILTIN_TASKS:
+            raise CircuitsError(f"--retain: unknown task {n!r} (use {', '.join(BUILTIN_TASKS)} or text)")
+    return [n for n in names if n != "text"], "text" in names
+
+
+def print_search(history, units: str) -> None:
+    """The search's steps on the optimisation data."""
+    rows = [
+        [
+            len(s.units) if units == "latents" else ", ".join(s.units) or "(none)",
+            f"{s.target_change:+.1%}",
+            f"{s.unintended:.1%}",
+            f"{s.worst:.1%}",
+            f"{s.kl:.4f}",
+            f"{s.objective:.3f}",
+        ]
+        for s in history
+    ]
+    what = "latents tried (then pruned; the last is chosen)" if units == "latents" else "families"
+    print_table([what, "target", "retain tasks (mean)", "(worst)", "retain text KL", "objective"], rows)
+    print("(the discovery prompts and retain text; held-out figures below)\n")
 
 
 def print_collateral(report) -> None:

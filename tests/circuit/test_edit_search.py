@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from circuits.circuit.edit import Edit, FeatureEdit, edited, labelled_documents
-from circuits.circuit.edit_search import RETAIN_KEY, EditScore, EditUnit, Objective, greedy_search
+from circuits.circuit.edit_search import (
+    RETAIN_KEY,
+    EditScore,
+    EditUnit,
+    GateSchedule,
+    Objective,
+    gradient_search,
+    greedy_search,
+)
 from circuits.core.errors import CircuitsError
 from circuits.core.vocab import hook_names
 from tasks.builtin import make_task
@@ -19,7 +27,7 @@ def _planted(edit: Edit, names: list[str]) -> EditScore:
     target = -(0.9 * ("A" in chosen) + 0.5 * ("B" in chosen) + 0.5 * ("C" in chosen))
     unintended = 0.5 if "A" in chosen else 0.0
     value = max(1 + target, 0.0) + 2 * unintended
-    return EditScore(names, target, unintended, 0.0, value)
+    return EditScore(names, target, max(1 + target, 0.0), unintended, unintended, 0.0, value)
 
 
 def test_the_search_finds_the_edit_a_top_k_choice_misses():
@@ -60,7 +68,9 @@ def test_the_objective_is_what_the_edit_does_computed_directly():
         abs(change[1]), rel=1e-4
     )
     assert got.kl == pytest.approx(kl, rel=1e-4) and got.kl > 0
-    assert got.objective == pytest.approx(max(1 + change[0], 0) + 2 * abs(change[1]) + kl, rel=1e-4)
+    left = max(float(after[0] / clean[0]), 0.0) if clean[0] > 0 else max(1 + change[0], 0.0)
+    assert got.worst == pytest.approx(abs(change[1]), rel=1e-4) and got.left == pytest.approx(left, rel=1e-4)
+    assert got.objective == pytest.approx(left + 4 * abs(change[1]) + kl, rel=1e-4)
 
 
 def test_a_steering_edit_clamps_the_variables_families_to_their_mean_there():
@@ -111,3 +121,92 @@ def test_family_units_edit_each_latent_where_the_circuit_uses_it():
     assert all(fe.action == "zero" and fe.value is None for fe in family_units(graph)[0].features)
     with pytest.raises(CircuitsError, match="a mean edit needs the features' mean activations"):
         family_units(graph, "mean")
+
+
+def _planted_model():
+    """A tiny model (no final norm, so the last residual stream reaches the logits linearly)
+    with an SAE at ``blocks.1.hook_resid_post`` whose latents 0, 1, 2 fire at 1.0 everywhere
+    (the rest never): switching latent 0 (A) off removes 0.9 of the target task's preference
+    and moves the other task's metric by 0.5 (a feature the two share); latents 1 and 2 (B, C)
+    remove half of the target's preference each and leave the other task alone. Both tasks'
+    corrupt prompts are their clean ones, so the other task's change is in metric units (the
+    span falls back to 1)."""
+    from tasks.task import Task
+
+    model = tiny_hooked_model(normalization=None)
+    hook = "blocks.1.hook_resid_post"
+    saes = random_saes([hook])
+    sae = saes[hook]
+    torch.manual_seed(1)
+    vocab = TOK.get_vocab()
+
+    def task(name, answer, wrong):
+        clean = torch.randint(0, len(TOK), (8, 6))
+        n = clean.shape[0]
+        t = Task(name, clean, clean, torch.full((n, 1), vocab[answer]), torch.full((n, 1), vocab[wrong]))
+        with torch.no_grad():
+            m = float(t.metric_per_example(model(clean)).mean())
+        return (t, m) if m > 0 else task(name, wrong, answer)  # the target must prefer its answer
+
+    (target, m0), (other, _) = task("target", "Alice", "Adam"), task("other", "walks", "walked")
+    direction = torch.stack(
+        [model.W_U[:, int(t.answer[0, 0])] - model.W_U[:, int(t.wrong[0, 0])] for t in (target, other)], 1
+    )
+    wanted = torch.tensor([[0.9 * m0, 0.5], [0.5 * m0, 0.0], [0.5 * m0, 0.0]])  # (target, other) drop per latent
+    rows = (direction @ torch.linalg.solve(direction.T @ direction, wanted.T)).T  # d . v = wanted
+    with torch.no_grad():
+        sae.W_enc.zero_()
+        sae.b_enc.fill_(-1.0)
+        sae.b_enc[:3] = 1.0
+        sae.W_dec.normal_(0, 0.01)
+        sae.W_dec[:3] = rows
+    return model, saes, hook, target, other
+
+
+def test_the_gradient_search_finds_the_planted_edit_a_top_k_choice_misses():
+    model, saes, hook, target, other = _planted_model()
+    objective = Objective(model, saes, target, {"other": other}, n_docs=2, seq_len=8, text_weight=0.0)
+    single = {i: objective.score(Edit([FeatureEdit(hook, i)]), []) for i in range(3)}
+    assert single[0].left == pytest.approx(0.1, abs=1e-3)  # the top-1 by effect: A
+    assert single[0].worst == pytest.approx(0.5, abs=1e-3) and single[1].worst == pytest.approx(0.0, abs=1e-3)
+    candidates = [FeatureEdit(hook, i) for i in range(6)]  # A, B, C and three latents that never fire
+    edit, history = gradient_search(objective, candidates, budget=2, schedule=GateSchedule(steps=60), progress=False)
+    assert sorted(fe.latent for fe in edit.features) == [1, 2]
+    assert history[-1].left == pytest.approx(0.0, abs=1e-3) and history[-1].worst < 1e-3
+    top_k = objective.score(Edit([FeatureEdit(hook, 0), FeatureEdit(hook, 1)]), [])
+    assert history[-1].objective < 0.01 < top_k.objective
+    assert all(fe.positions is None and fe.action == "zero" for fe in edit.features)
+    with pytest.raises(CircuitsError, match="budget must be at least 1 latent, got 0"):
+        gradient_search(objective, candidates, budget=0, progress=False)
+
+
+def test_the_gates_edit_as_the_splice_does():
+    """A gate at 1 is the all-or-nothing edit: the gated hook's logits equal `edited`'s."""
+    from circuits.circuit.edit_search import _gate_hooks
+
+    model, saes, hook, target, _ = _planted_model()
+    features = [FeatureEdit(hook, 0, "mean", 0.3), FeatureEdit(hook, 5, "zero")]
+    logits = torch.tensor([50.0, 50.0])
+    with torch.no_grad(), model.hooks(fwd_hooks=_gate_hooks(saes, features, logits, [1.0])):
+        gated = model(target.clean)
+    with torch.no_grad(), edited(model, saes, Edit(features)):
+        want = model(target.clean)
+    torch.testing.assert_close(gated, want, atol=1e-5, rtol=1e-5)
+
+
+def test_gate_schedule_and_candidates_refuse_bad_input():
+    from circuits.circuit.edit_search import latent_candidates
+    from tests.helpers import families_graph
+
+    with pytest.raises(CircuitsError, match="gate schedule: steps >= 1"):
+        GateSchedule(steps=0)
+    schedule = GateSchedule(steps=10, final_temperature=0.1)
+    assert schedule.temperature(0) == schedule.temperature(4) == 1.0 and schedule.temperature(9) == pytest.approx(0.1)
+    graph = families_graph()
+    zero = latent_candidates(graph, "zero")
+    assert zero and all(fe.positions is None and fe.action == "zero" for fe in zero)
+    assert len({(fe.hook, fe.latent) for fe in zero}) == len(zero)
+    with pytest.raises(CircuitsError, match="a mean edit needs the features' mean activations"):
+        latent_candidates(graph, "mean")
+    with pytest.raises(CircuitsError, match="not 'clamp'"):
+        latent_candidates(graph, "clamp")

@@ -535,17 +535,31 @@ def test_export_bad_input_is_one_line(tiny_circuit, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_edit_optimise_reports_the_collateral_of_the_chosen_families(hierarchical_circuit, capsys):
+def test_edit_optimise_reports_the_collateral_of_the_chosen_edit(hierarchical_circuit, tiny_circuit, capsys):
     capsys.readouterr()
     argv = ["edit", "--circuit", str(hierarchical_circuit), "--optimise", "--n", "8", "--quiet"]
-    assert main([*argv, "--budget", "1", "--json"]) == 0
+    assert main([*argv, "--units", "families", "--budget", "1", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["edit"]["description"].startswith(("optimised: F", "nothing"))
     assert {"intended", "unintended", "tpp", "text"} <= set(report["collateral"])
     assert report["random"]["edit"]["description"].startswith("random edit of the same size")
-    assert main([*argv, "--budget", "0"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "--budget must be at least 1 family, got 0" in err and len(err.splitlines()) == 1
+    assert main([*argv, "--budget", "3", "--steps", "4"]) == 2  # its feature level is all error terms
+    assert "the circuit has no SAE latents to edit" in capsys.readouterr().err
+    argv[2] = str(tiny_circuit)
+    assert main([*argv, "--budget", "3", "--steps", "4", "--retain", "sva,text", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    features = report["edit"]["features"]
+    assert 1 <= len(features) <= 3 and all(f["positions"] is None for f in features)
+    assert report["edit"]["description"] == f"optimised: {len(features)} latents"
+    for flags, message in [
+        (["--budget", "0"], "--budget must be at least 1, got 0"),
+        (["--retain", ","], "--retain is empty: name the built-in tasks (and/or 'text') the edit must keep"),
+        (["--retain", "sva,ioi"], "--retain names ioi, the task the edit removes"),
+        (["--retain", "text,maths"], "--retain: unknown task 'maths' (use ioi, sva, greater_than, induction or text)"),
+    ]:
+        assert main([*argv, *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
     steer = ["edit", "--circuit", str(hierarchical_circuit), "--n", "8", "--quiet", "--steer"]
     assert main([*steer, "IO"]) == 2
     assert "--steer 'IO': use VARIABLE=VALUE, e.g. IO=Alice" in capsys.readouterr().err
