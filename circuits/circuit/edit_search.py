@@ -327,6 +327,46 @@ def _gate_hooks(
     return [(h, gate_hook(h)) for h in by_hook]
 
 
+def optimise_edit(
+    graph: nx.DiGraph,
+    model: HookedTransformer,
+    saes: SAESet,
+    task_name: str,
+    units: str = "latents",
+    action: str = "mean",
+    budget: int | None = None,
+    retain: list[str] | None = None,
+    schedule: GateSchedule | None = None,
+    n_prompts: int = 64,
+    n_docs: int = 32,
+    progress: bool = True,
+) -> tuple[Edit, list[EditScore]]:
+    """The edit of ``graph``'s latents (`gradient_search`; at most ``budget``, default 50) or
+    families (`greedy_search`; default 5) that removes ``task_name`` with the least collateral
+    on ``retain`` (built-in task names and/or ``"text"``; default every other built-in task
+    and text), all on optimisation data: ``n_prompts`` discovery prompts (seed 0) of the
+    target, twice as many of each retain task, ``n_docs`` retain documents of 64 tokens."""
+    from circuits.circuit.edit import mean_activations
+    from tasks.builtin import BUILTIN_TASKS, make_task
+    from tasks.corpus import corpus_tokens
+
+    budget = budget if budget is not None else (50 if units == "latents" else 5)
+    if budget < 1:
+        raise CircuitsError(f"an edit's budget (--budget) must be at least 1, got {budget}")
+    target = make_task(task_name, model.tokenizer, n=n_prompts, seed=0)
+    retain = retain if retain is not None else [t for t in BUILTIN_TASKS if t != target.name] + ["text"]
+    others = {t: make_task(t, model.tokenizer, n=2 * n_prompts, seed=0) for t in retain if t != "text"}
+    text_weight = 1.0 if "text" in retain else 0.0
+    objective = Objective(model, saes, target, others, n_docs=n_docs, seq_len=64, text_weight=text_weight)
+    means = None
+    if action == "mean":
+        tokens = corpus_tokens(model.tokenizer, "edit-means", 256, min(64, model.cfg.n_ctx))
+        means = mean_activations(model, saes, tokens, list(saes))
+    if units == "latents":
+        return gradient_search(objective, latent_candidates(graph, action, means), budget, schedule, progress)
+    return greedy_search(family_units(graph, action, means), objective.score, budget, progress)
+
+
 def _latent_edit(features: list[FeatureEdit]) -> Edit:
     return Edit(list(features), f"optimised: {len(features)} latents" if features else "nothing")
 

@@ -71,13 +71,19 @@ def print_demo(result) -> None:
         f"readable: {r.matched:.0%} of the circuit's |effect| in latents matched to a ground-truth concept "
         f"(F1 >= {r.threshold:g}), {r.unmatched:.0%} in other latents, {r.error:.0%} in error terms\n"
     )
+    top, optimised = result.edits
     print_table(
-        ["task", "moved by the edit (top 100 features off)"],
-        [[name, f"{r.relative_change:+.0%}"] for name, r in result.edit.tasks.items()],
+        ["task", "top 100 features off: moved", f"optimised ({len(optimised.edit.features)} latents): moved"],
+        [
+            [name, f"{r.relative_change:+.1%}", f"{optimised.tasks[name].relative_change:+.1%}"]
+            for name, r in top.tasks.items()
+        ],
     )
+    print("(held-out prompts; the share of each task's clean - corrupt range)")
     from circuits.cli.edit import print_collateral
 
-    print_collateral(result.edit)
+    for e in result.edits:
+        print_collateral(e)
     if result.missing_dot:
         print(f"circuits: warning: {result.missing_dot}", file=sys.stderr)
     print()

@@ -118,50 +118,32 @@ def steered_edit(graph, model, saes, task_name: str, spec: str):
 
 
 def optimised_edit(graph, model, saes, task_name: str, args: argparse.Namespace):
-    """The edit the search picks on the discovery prompts (seed 0) and retain text: latents by
-    `gradient_search`, or families by `greedy_search`."""
-    from circuits.circuit.edit_search import (
-        GateSchedule,
-        Objective,
-        family_units,
-        gradient_search,
-        greedy_search,
-        latent_candidates,
+    """The edit `optimise_edit` picks on the discovery prompts (seed 0) and retain text."""
+    from circuits.circuit.edit_search import GateSchedule, optimise_edit
+
+    edit, history = optimise_edit(
+        graph,
+        model,
+        saes,
+        task_name,
+        units=args.units,
+        action=args.action,
+        budget=args.budget,
+        retain=retain_set(args.retain, task_name),
+        schedule=GateSchedule(steps=args.steps),
+        progress=not args.quiet,
     )
-    from tasks.builtin import make_task
-
-    budget = args.budget if args.budget is not None else (50 if args.units == "latents" else 5)
-    if budget < 1:
-        raise CircuitsError(f"--budget must be at least 1, got {budget}")
-    target = make_task(task_name, model.tokenizer, n=64, seed=0)
-    retain, text = retain_set(args.retain, target.name)
-    others = {t: make_task(t, model.tokenizer, n=128, seed=0) for t in retain}
-    objective = Objective(model, saes, target, others, n_docs=32, seq_len=64, text_weight=1.0 if text else 0.0)
-    means = None
-    if args.action == "mean":
-        from circuits.circuit.edit import mean_activations
-        from tasks.corpus import corpus_tokens
-
-        tokens = corpus_tokens(model.tokenizer, "edit-means", 256, min(64, model.cfg.n_ctx))
-        means = mean_activations(model, saes, tokens, list(saes))
-    if args.units == "latents":
-        candidates = latent_candidates(graph, args.action, means)
-        schedule = GateSchedule(steps=args.steps)
-        edit, history = gradient_search(objective, candidates, budget, schedule, progress=not args.quiet)
-    else:
-        edit, history = greedy_search(family_units(graph, args.action, means), objective.score, budget, not args.quiet)
     if not args.json:
         print_search(history, args.units)
     return edit
 
 
-def retain_set(spec: str | None, target: str) -> tuple[list[str], bool]:
-    """The retain tasks and whether retain text counts, from ``--retain`` (None: every other
-    built-in task and text)."""
+def retain_set(spec: str | None, target: str) -> list[str] | None:
+    """The retain set ``--retain`` names (built-in tasks and/or ``text``; None: the default)."""
     from tasks.builtin import BUILTIN_TASKS
 
     if spec is None:
-        return [t for t in BUILTIN_TASKS if t != target], True
+        return None
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if not names:
         raise CircuitsError("--retain is empty: name the built-in tasks (and/or 'text') the edit must keep")
@@ -170,7 +152,7 @@ def retain_set(spec: str | None, target: str) -> tuple[list[str], bool]:
             raise CircuitsError(f"--retain names {target}, the task the edit removes")
         if n != "text" and n not in BUILTIN_TASKS:
             raise CircuitsError(f"--retain: unknown task {n!r} (use {', '.join(BUILTIN_TASKS)} or text)")
-    return [n for n in names if n != "text"], "text" in names
+    return names
 
 
 def print_search(history, units: str) -> None:

@@ -196,12 +196,60 @@ def _split_html(hook: str, tree: Split) -> str:
     )
 
 
+def _edits_html(edits: list[EditReport]) -> list[str]:
+    """Edits side by side (held-out prompts and text; each beside a random edit of its size),
+    then each one's per-task table and completions."""
+    others = [t for t in edits[0].tasks if t != edits[0].task]
+    rows = []
+    for e in edits:
+        c, r = e.collateral, e.random
+        target = e.tasks[e.task]
+        rows.append(
+            [
+                e.edit.description,
+                len(e.edit.features),
+                f"{target.relative_change:+.1%}",
+                "-" if target.left is None else f"{target.left:.1%}",
+                *(f"{e.tasks[t].relative_change:+.1%}" for t in others),
+                "-" if c is None else f"{c.tpp:+.3f}",
+                "-" if r is None or r.collateral is None else f"{r.collateral.tpp:+.3f}",
+                "-" if c is None else f"{c.text_of('all').kl:.4f}",
+                "-" if r is None or r.collateral is None else f"{r.collateral.text_of('all').kl:.4f}",
+            ]
+        )
+    parts = [
+        f"<h2>Editing the model: {_e(edits[0].task)}</h2>",
+        "<p>Held-out prompts and held-out toy-corpus text. <i>moved</i>: the clean metric's change as a share of "
+        "the behaviour's range (clean - corrupt); <i>left</i>: the share of the clean preference left (0 = none). "
+        "TPP = the target's removal - the other tasks' mean |change|; each edit beside a random edit of its size.</p>",
+        _table(
+            [
+                "edit",
+                "latents",
+                f"{edits[0].task} moved",
+                "left",
+                *(f"{t} moved" for t in others),
+                "TPP",
+                "random TPP",
+                "text KL (nats/token)",
+                "random KL",
+            ],
+            rows,
+        ),
+    ]
+    for e in edits:
+        if e.completions:
+            parts.append(f"<h3>{_e(e.edit.description)}: greedy completions</h3>")
+            parts.append(_table(["prompt", "before", "after"], [[c.prompt, c.before, c.after] for c in e.completions]))
+    return parts
+
+
 def write_report(
     path: str | Path,
     graph: nx.DiGraph,
     svg: str | None = None,
     validation: FaithfulnessCurve | None = None,
-    edit: EditReport | None = None,
+    edits: list[EditReport] | None = None,
     sae_quality: SAEEvaluation | None = None,
     fidelity: AttributionCheck | None = None,
     cards: dict[Latent, FeatureCard] | None = None,
@@ -297,25 +345,8 @@ def write_report(
             + "".join(_card_html(cards[k], effects.get(k)) for k in strongest)
             + "</div>"
         )
-    if edit:
-        parts.append(f"<h2>Editing: {_e(edit.edit.description)}</h2>")
-        parts.append(
-            _table(
-                ["task", "accuracy before", "after", "metric before", "after", "moved"],
-                [
-                    [
-                        name,
-                        f"{r.before.accuracy:.3f}",
-                        f"{r.after.accuracy:.3f}",
-                        f"{r.before.clean_metric:.3f}",
-                        f"{r.after.clean_metric:.3f}",
-                        f"{r.relative_change:+.1%}",
-                    ]
-                    for name, r in edit.tasks.items()
-                ],
-            )
-        )
-        parts.append(_table(["prompt", "before", "after"], [[c.prompt, c.before, c.after] for c in edit.completions]))
+    if edits:
+        parts.extend(_edits_html(edits))
     if sae_quality:
         parts.append("<h2>SAE quality</h2>")
         parts.append(

@@ -552,7 +552,7 @@ def test_edit_optimise_reports_the_collateral_of_the_chosen_edit(hierarchical_ci
     assert 1 <= len(features) <= 3 and all(f["positions"] is None for f in features)
     assert report["edit"]["description"] == f"optimised: {len(features)} latents"
     for flags, message in [
-        (["--budget", "0"], "--budget must be at least 1, got 0"),
+        (["--budget", "0"], "budget (--budget) must be at least 1, got 0"),
         (["--retain", ","], "--retain is empty: name the built-in tasks (and/or 'text') the edit must keep"),
         (["--retain", "sva,ioi"], "--retain names ioi, the task the edit removes"),
         (["--retain", "text,maths"], "--retain: unknown task 'maths' (use ioi, sva, greater_than, induction or text)"),

@@ -125,3 +125,39 @@ def test_report_opens_with_the_account_and_shows_the_families(tmp_path, page):
     assert "IO (0.90)" in table.inner_text() and "80% (5%)" in table.inner_text()
     assert "One prompt: Mary and John <went>" in text and "10@END (-0.600)" in text
     assert page.problems == []
+
+
+def test_report_shows_edits_side_by_side(tmp_path, page):
+    from circuits.circuit.edit import Collateral, Completion, Edit, EditReport, FeatureEdit, TaskChange, TextChange
+    from circuits.circuit.evaluate import TaskScore
+
+    def report(description, n, moved, left, kl, random=None):
+        before, after = TaskScore(1.0, 8.0, 0.0), TaskScore(0.5, 8.0 * left, 0.0)
+        tasks = {"ioi": TaskChange(before, after, moved, left), "sva": TaskChange(before, before, 0.01)}
+        text = [TextChange("all", 100, 1.5, 1.5 + kl, kl)]
+        edit = Edit([FeatureEdit("blocks.0.hook_mlp_out", i) for i in range(n)], description)
+        completions = [Completion("Mary and John <went>", "Mary", "John")] if random else []
+        return EditReport(edit, "ioi", tasks, completions, Collateral(-moved, 0.01, -moved - 0.01, text), random)
+
+    top = report("top 100 <features>", 100, -1.01, 0.01, 0.51, report("random", 100, 0.02, 1.0, 0.04))
+    searched = report("optimised: 12 latents", 12, -0.96, 0.06, 0.03, report("random", 12, -0.03, 0.98, 0.01))
+    path = write_report(tmp_path / "r.html", nasty_graph(), edits=[top, searched])
+    page.goto(path.as_uri())
+    table = page.locator("h2:has-text('Editing the model: ioi') + p + table")
+    rows = table.locator("tr")
+    assert rows.count() == 3
+    assert rows.nth(0).inner_text().split("\t")[:5] == ["edit", "latents", "ioi moved", "left", "sva moved"]
+    assert rows.nth(1).inner_text().split("\t") == [
+        "top 100 <features>",
+        "100",
+        "-101.0%",
+        "1.0%",
+        "+1.0%",
+        "+1.000",
+        "-0.030",
+        "0.5100",
+        "0.0400",
+    ]
+    assert rows.nth(2).inner_text().split("\t")[:4] == ["optimised: 12 latents", "12", "-96.0%", "6.0%"]
+    assert page.locator("h3:has-text('top 100 <features>: greedy completions')").count() == 1
+    assert page.problems == []
