@@ -127,6 +127,7 @@ class Objective:
         with torch.no_grad():
             self.text_before = model(self.tokens)[:, :-1].log_softmax(-1)
             self.before = {name: _clean_and_span(model, t) for name, t in self.tasks.items()}
+            self.preference = float(torch.relu(target.metric_per_example(model(target.clean))).mean())
 
     @property
     def tasks(self) -> dict[str, Task]:
@@ -135,37 +136,36 @@ class Objective:
     def score(self, edit: Edit, names: list[str]) -> EditScore:
         """The objective of ``edit`` (applied through the splice)."""
         with torch.no_grad(), edited(self.model, self.saes, edit):
-            change = self.changes()
+            metrics = self.metrics()
             after = next_token_logprobs(self.model, self.tokens, edit)
-        parts = self.parts(change, after)
+        parts = self.parts(metrics, after)
         return EditScore(names, *(float(v) for v in parts))
 
-    def changes(self) -> dict[str, torch.Tensor]:
-        """Each task's relative change of its clean metric under the hooks now on the model."""
-        out = {}
-        for name, task in self.tasks.items():
-            clean, span = self.before[name]
-            out[name] = (task.metric_per_example(self.model(task.clean)).mean() - clean) / span
-        return out
+    def metrics(self) -> dict[str, torch.Tensor]:
+        """Each task's per-prompt clean metric under the hooks now on the model."""
+        return {name: task.metric_per_example(self.model(task.clean)) for name, task in self.tasks.items()}
 
-    def parts(self, change: dict[str, torch.Tensor], after: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Target change, what is left of it, the retain tasks' mean |change|, the worst one,
-        text KL and the objective (differentiable: the gradient search's loss)."""
+    def parts(self, metrics: dict[str, torch.Tensor], after: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """From `metrics` and the retain text's log-probabilities: the target's
+        relative change, what is left of it, the retain tasks' mean |relative change|, the worst
+        one, text KL and the objective (differentiable: the gradient search's loss)."""
+        change = {n: (m.mean() - self.before[n][0]) / self.before[n][1] for n, m in metrics.items()}
         before = self.text_before
         kl = (before.exp() * (before - after)).sum(-1).mean()
         moved = torch.stack([change[n].abs() for n in self.others]) if self.others else torch.zeros(1)
-        left = self.left(change["target"])
+        left = self.left(metrics["target"], change["target"])
         value = left + self.weight * moved.mean() + self.worst_weight * moved.max() + self.text_weight * kl
         return change["target"], left, moved.mean(), moved.max(), kl, value
 
-    def left(self, change: torch.Tensor) -> torch.Tensor:
-        """What is left of the target behaviour, floored at 0: for a metric that is 0 at no
-        preference (logit / probability difference), the clean metric over its value before
-        (removing agreement is indifference, not the flipped number SVA's corrupt prompts
-        give); otherwise 1 + the change as a share of the clean - corrupt range."""
-        clean, span = self.before["target"]
-        if self.target.metric in INDIFFERENT_AT_ZERO and clean > 0:
-            return torch.relu((clean + change * span) / clean)
+    def left(self, metric: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+        """What is left of the target behaviour: for a metric that is 0 at no preference (logit
+        / probability difference), the mean over prompts of the preference each still has
+        (its metric floored at 0) over that mean before — 0 when no prompt prefers the answer
+        any more (removing agreement is indifference, not the flipped number SVA's corrupt
+        prompts give; and a mean of 0 made of flipped and unflipped prompts is not removal);
+        otherwise 1 + the change as a share of the clean - corrupt range, floored at 0."""
+        if self.target.metric in INDIFFERENT_AT_ZERO and self.preference > 0:
+            return torch.relu(metric).mean() / self.preference
         return torch.relu(1.0 + change)
 
 
@@ -291,9 +291,9 @@ def _train_gates(
     for step in tqdm(range(schedule.steps), desc="edit gates", disable=not progress):
         temperature[0] = schedule.temperature(step)
         with model.hooks(fwd_hooks=hooks):
-            change = objective.changes()
+            metrics = objective.metrics()
             after = model(objective.tokens)[:, :-1].log_softmax(-1)
-        loss = objective.parts(change, after)[-1] + schedule.size * torch.sigmoid(logits / temperature[0]).sum()
+        loss = objective.parts(metrics, after)[-1] + schedule.size * torch.sigmoid(logits / temperature[0]).sum()
         (grad,) = torch.autograd.grad(loss, [logits])  # the model's own parameters get no .grad
         optimiser.zero_grad()
         logits.grad = grad
@@ -333,7 +333,7 @@ def optimise_edit(
     saes: SAESet,
     task_name: str,
     units: str = "latents",
-    action: str = "mean",
+    action: str = "zero",
     budget: int | None = None,
     retain: list[str] | None = None,
     schedule: GateSchedule | None = None,

@@ -68,7 +68,11 @@ def test_the_objective_is_what_the_edit_does_computed_directly():
         abs(change[1]), rel=1e-4
     )
     assert got.kl == pytest.approx(kl, rel=1e-4) and got.kl > 0
-    left = max(float(after[0] / clean[0]), 0.0) if clean[0] > 0 else max(1 + change[0], 0.0)
+    with torch.no_grad():
+        per_prompt = [t.metric_per_example(model(t.clean)).relu().mean() for t in (target,)]
+        with edited(model, saes, edit):
+            per_prompt.append(target.metric_per_example(model(target.clean)).relu().mean())
+    left = float(per_prompt[1] / per_prompt[0]) if per_prompt[0] > 0 else max(1 + change[0], 0.0)
     assert got.worst == pytest.approx(abs(change[1]), rel=1e-4) and got.left == pytest.approx(left, rel=1e-4)
     assert got.objective == pytest.approx(left + 4 * abs(change[1]) + kl, rel=1e-4)
 
@@ -141,7 +145,7 @@ def _planted_model():
     vocab = TOK.get_vocab()
 
     def task(name, answer, wrong):
-        clean = torch.randint(0, len(TOK), (8, 6))
+        clean = torch.randint(0, len(TOK), (1, 6)).repeat(8, 1)  # one prompt: every metric is the mean
         n = clean.shape[0]
         t = Task(name, clean, clean, torch.full((n, 1), vocab[answer]), torch.full((n, 1), vocab[wrong]))
         with torch.no_grad():
