@@ -61,6 +61,7 @@ from tasks.task import Task
 from tasks.tokenizer import value_token
 
 TRACKS = 0.5  # epsilon squared at which a latent tracks a variable
+CARRIES = 0.1  # ... at which it carries some of it: an interchange control draws no such latent
 MIN_ACTIVE = 5  # prompts a latent must fire on to track anything
 MOVES = 0.25  # a donor that replaces a value must move the model's answer on this share of prompts
 PARSIMONY = 0.05  # epsilon squared within this of the best: the variable with the fewest values wins
@@ -131,10 +132,12 @@ def _real_positions(task: Task, n_pos: int) -> torch.Tensor:
 @dataclass
 class Tracking:
     """What each latent tracks: the best variable (None: none reaches ``TRACKS``) and its
-    epsilon squared, by node."""
+    epsilon squared, by node; ``carries``: every variable of which a latent carries some
+    (epsilon squared >= ``CARRIES``), what an interchange control must leave out."""
 
     variable: dict[Node, str | None]
     score: dict[Node, float]
+    carries: dict[Node, set[str]] = field(default_factory=dict)
 
 
 def track(acts: torch.Tensor, nodes: list[Node], variables: dict[str, list[str]]) -> Tracking:
@@ -147,8 +150,9 @@ def track(acts: torch.Tensor, nodes: list[Node], variables: dict[str, list[str]]
     eps = torch.stack([epsilon_squared(acts, variables[v]) for v in names]) if names else torch.zeros(0, len(nodes))
     n_values = torch.tensor([len(set(variables[v])) for v in names], dtype=torch.float)
     active = (acts != 0).sum(0)
-    variable, score = {}, {}
+    variable, score, carries = {}, {}, {}
     for i, n in enumerate(nodes):
+        carries[n] = {names[j] for j in range(len(names)) if float(eps[j, i]) >= CARRIES}
         col = eps[:, i] if names else torch.zeros(0)
         best = float(col.max()) if len(col) else 0.0
         close = (col >= best - PARSIMONY).nonzero().flatten().tolist()
@@ -156,7 +160,7 @@ def track(acts: torch.Tensor, nodes: list[Node], variables: dict[str, list[str]]
         tracked = pick is not None and float(col[pick]) >= TRACKS and int(active[i]) >= MIN_ACTIVE
         variable[n] = names[pick] if tracked else None
         score[n] = max(float(col[pick]) if pick is not None else 0.0, 0.0)
-    return Tracking(variable, score)
+    return Tracking(variable, score, carries)
 
 
 # ----------------------------------------------------------------------------- families
@@ -535,11 +539,13 @@ def interchange(
     rng: random.Random,
     batch_size: int,
     discovery: Task | None = None,
+    carries: dict[str, set[str]] | None = None,
 ) -> list[InterchangeRecord]:
     """(b) For every family tracking a token-valued variable, its interchange rate on the
     held-out prompts (into ``interchange``) beside a control (into ``interchange_random``): as
     many latents of the same sites, drawn from those in no family tracking a variable the donor
-    changes; per variable, the rate of all its families together and its control."""
+    changes and (``carries``: node id -> variables, `Tracking.carries`) carrying none of them;
+    per variable, the rate of all its families together and its control."""
     tokens = token_valued(held_out, model.tokenizer, task_variables(held_out, model.tokenizer))
     hooks = list(dict.fromkeys(nodes[m].hook for f in families for m in f.members))
     out = []
@@ -552,6 +558,7 @@ def interchange(
         else:
             continue
         avoid = {m for f in families if f.variable in donor.changed for m in f.members}
+        avoid |= {i for i, vs in (carries or {}).items() if vs & donor.changed}
 
         def control(like: list[FamilyRecord], donor: Donors = donor, avoid: set[str] = avoid) -> float:
             drawn = (_draw(like, by_site, rng, avoid) for _ in range(n_random))
@@ -698,17 +705,20 @@ def find_families(
     tokenizer = model.tokenizer
     latents = list(effects)
     variables = task_variables(discovery, tokenizer)
-    tracking = track(site_activations(model, saes, discovery, latents, cfg.batch_size), latents, variables)
-    token_vars = set(token_valued(discovery, tokenizer, variables))
-    families = group(effects, tracking, token_vars, core)
-    nodes = {n.id: n for n in latents}  # every candidate; families hold a subset
     rng = random.Random(cfg.ablation.seed)
     ab = Ablator(model, saes, held_out, cfg.ablation, cfg.batch_size)
     by_site = _live_by_site(ab, sites, rng)
+    # the live latents the random families draw from are tracked too (interchange controls)
+    tracked = list(dict.fromkeys([*latents, *(n for pool in by_site.values() for n in pool)]))
+    tracking = track(site_activations(model, saes, discovery, tracked, cfg.batch_size), tracked, variables)
+    token_vars = set(token_valued(discovery, tokenizer, variables))
+    families = group(effects, tracking, token_vars, core)
+    nodes = {n.id: n for n in latents}  # every candidate; families hold a subset
     ablation_ratios(model, saes, discovery, families, nodes, cfg.batch_size)
     families = rank(families)
     level = family_level(ab, families, nodes, errors, by_site, cfg.target, cfg.n_random, rng)
+    carries = {n.id: vs for n, vs in tracking.carries.items()}
     together = interchange(
-        model, saes, held_out, families, nodes, by_site, cfg.n_random, rng, cfg.batch_size, discovery
+        model, saes, held_out, families, nodes, by_site, cfg.n_random, rng, cfg.batch_size, discovery, carries
     )
     return FamilyLevel(families, level, together, time.perf_counter() - start)

@@ -11,7 +11,9 @@ from circuits.attribution.splice import encode
 from circuits.circuit.ablation import Ablator
 from circuits.circuit.config import AblationSpec, HierarchyConfig
 from circuits.circuit.families import (
+    CARRIES,
     MINOR,
+    TRACKS,
     Tracking,
     by_value,
     changed_variables,
@@ -59,6 +61,19 @@ def test_a_latent_tracks_the_variable_that_drives_it():
     t = track(acts, nodes, {"IO": io, "S": s})
     assert t.variable[nodes[0]] == "IO" and t.score[nodes[0]] == pytest.approx(1.0)
     assert t.variable[nodes[1]] is None and t.variable[nodes[2]] is None
+    assert "IO" in t.carries[nodes[0]]  # (and S: in these prompts IO = Mary only with S = Carol)
+
+
+def test_a_latent_can_carry_a_variable_it_does_not_track():
+    """Half of its activation from S, half noise: too little to track S (the family's bar),
+    enough that an interchange control must not draw it."""
+    torch.manual_seed(0)
+    s = [["Carol", "David"][i % 2] for i in range(256)]
+    acts = (torch.tensor([1.0 if v == "Carol" else 0.0 for v in s]) + torch.randn(256).abs() * 1.2).unsqueeze(1)
+    node = Node.at(PLANTED_HOOK, 0, 0)
+    t = track(acts, [node], {"S": s})
+    assert CARRIES <= t.score[node] < TRACKS
+    assert t.variable[node] is None and t.carries[node] == {"S"}
 
 
 def test_families_group_by_site_variable_and_sign_and_merge_minor_ones():
