@@ -101,7 +101,10 @@ def run_demo(folder: Path, n: int = 64, progress: bool = True) -> DemoResult:
     top.save(folder / "edit.json")
     optimised, _ = step("edit search", optimise_edit, graph, model, saes, "ioi", schedule=SEARCH, progress=progress)
     optimised.save(folder / "edit-optimised.json")
-    edits = [step("edits", edit_report, model, saes, e, "ioi", n=128, seed=1) for e in (top, optimised)]
+    edits = [
+        step(f"edit report ({name})", edit_report, model, saes, e, "ioi", n=128, seed=1)
+        for name, e in (("top 100", top), ("searched", optimised))
+    ]
     cards = step("feature cards", feature_cards, model, saes, latent_keys(graph))  # the viewer opens any
     _, missing_dot = step("draw", draw_graph, graph, folder / "graph", ("png", "svg"), cards=cards)
     write_graphml(graph, folder / "circuit.graphml")

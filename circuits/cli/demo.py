@@ -83,6 +83,7 @@ def print_demo(result) -> None:
     from circuits.cli.edit import print_collateral
 
     for e in result.edits:
+        print(f"\n{e.edit.description}:", end="")
         print_collateral(e)
     if result.missing_dot:
         print(f"circuits: warning: {result.missing_dot}", file=sys.stderr)
