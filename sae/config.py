@@ -45,6 +45,10 @@ class SAETrainConfig(Config):
     # topk / batchtopk: weight of sae-lens's dead-latent auxiliary loss (0: off). Off by default:
     # resampling alone left fewer dead latents on the toy model and each step ~30% cheaper.
     aux_coefficient: float = 0.0
+    # matryoshka: the same loss, sae-lens's per-level version; a Matryoshka set trains without
+    # resampling (re-initialised latents broke it: FVU 1.16 and CE recovered -0.75 at
+    # blocks.3.hook_mlp_out, width 1,024; with this loss instead, FVU 0.003, CE recovered 0.99)
+    matryoshka_aux_coefficient: float = 1.0
     l1_coefficient: float = 2.0  # standard / gated
     l0_coefficient: float = 0.5  # jumprelu
     lr: float = 4e-3

@@ -58,8 +58,9 @@ def training_sae(
         "batchtopk": {"k": cfg.k, "aux_loss_coefficient": cfg.aux_coefficient},
         "matryoshka": {
             "k": cfg.k,
-            "aux_loss_coefficient": cfg.aux_coefficient,
+            "aux_loss_coefficient": cfg.matryoshka_aux_coefficient,
             "matryoshka_widths": cfg.matryoshka_widths,
+            "use_matryoshka_aux_loss": True,  # each level's dead latents fit that level's error
         },
         "standard": {"l1_coefficient": cfg.l1_coefficient},
         "gated": {"l1_coefficient": cfg.l1_coefficient},
@@ -193,7 +194,7 @@ class ResamplingMultiSAETrainer(MultiSAETrainer):
         if every and step % every == 0 and step <= self.train_cfg.resample_until * self.n_steps_total:
             batch = self.data_provider.last
             for name, trainer in self.trainers.items():
-                if self.saes[name].cfg.architecture() in ("topk", "batchtopk", "matryoshka_batchtopk"):
+                if self.saes[name].cfg.architecture() in ("topk", "batchtopk"):  # matryoshka: aux loss
                     resample_dead_latents(
                         trainer,
                         batch[self.hook_names[name]],
@@ -310,7 +311,7 @@ def fit_saes(
         n_checkpoints=cfg.n_checkpoints,
         checkpoint_path=str(ckpt_root),
         # sae-lens's dead mask only drives the TopK auxiliary loss; a coefficient of 0 skips it.
-        dead_feature_window=cfg.dead_window if cfg.aux_coefficient else n_steps + 1,
+        dead_feature_window=cfg.dead_window if _aux_loss(cfg) else n_steps + 1,
         feature_sampling_window=200,
     )
     trainer = ResamplingMultiSAETrainer(
@@ -335,6 +336,11 @@ def fit_saes(
         trainer.save_checkpoint(str(trainer.n_training_samples))
         return None
     return trained
+
+
+def _aux_loss(cfg: SAETrainConfig) -> bool:
+    """Whether sae-lens's dead-latent auxiliary loss is on (it needs the dead mask)."""
+    return bool(cfg.matryoshka_aux_coefficient if cfg.arch == "matryoshka" else cfg.aux_coefficient)
 
 
 class _LastBatch(Iterator[dict[str, torch.Tensor]]):

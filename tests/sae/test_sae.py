@@ -310,3 +310,20 @@ def test_prefix_refuses_topk_and_bad_widths(tiny_set_dir):
         tiny_sae_config(arch="matryoshka", prefixes=(32, 8))
     with pytest.raises(CircuitsError, match="prefixes are for the matryoshka architecture"):
         tiny_sae_config(prefixes=(8,))
+
+
+def test_matryoshka_trains_with_its_aux_loss_and_without_resampling(tiny_model, tmp_path, monkeypatch):
+    """Re-initialising dead latents broke Matryoshka sets on the toy model (sae/config.py):
+    they train with sae-lens's per-level auxiliary loss instead; TopK keeps resampling."""
+    import sae.train as T
+
+    cfg = tiny_sae_config(arch="matryoshka", prefixes=(8, 32), resample_every=1)
+    sae = T.training_sae(cfg, 32, "blocks.0.hook_resid_post", "tiny", 0)
+    assert sae.cfg.aux_loss_coefficient == cfg.matryoshka_aux_coefficient == 1.0 and sae.cfg.use_matryoshka_aux_loss
+    calls = []
+    real = T.resample_dead_latents
+    monkeypatch.setattr(T, "resample_dead_latents", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    T.train_sae_set(tiny_model, cfg, tmp_path / "m", progress=False)
+    assert calls == []
+    T.train_sae_set(tiny_model, tiny_sae_config(arch="topk", resample_every=1), tmp_path / "t", progress=False)
+    assert calls
