@@ -21,7 +21,7 @@ and held-out text.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 import networkx as nx
@@ -403,64 +403,6 @@ def steer_edit(
     """Clamp every latent of the families tracking ``variable`` to its mean activation over the
     prompts of ``task`` (discovery prompts) whose ``variable`` is ``value``: "make the model's
     answer ``value``" without a donor prompt."""
-    features, n_families = _steer_features(graph, model, saes, task, variable, value)
-    return Edit(features, f"steer {variable} to {value!r}: {n_families} families clamped")
-
-
-def steer_search(
-    graph: nx.DiGraph,
-    model: HookedTransformer,
-    saes: SAESet,
-    task: Task,
-    variable: str,
-    value: str,
-    budget: int = 50,
-    schedule: GateSchedule | None = None,
-    n_prompts: int = 64,
-    n_docs: int = 32,
-    progress: bool = True,
-) -> tuple[Edit, list[EditScore]]:
-    """A steering edit chosen for its collateral: of `steer_edit`'s clamps (each latent once,
-    at every position), the ones `gradient_search` picks to make ``value`` beat each prompt's
-    own answer on ``task``'s prompts (discovery prompts, those without that value) while
-    every other built-in task and the retain text stay put."""
-    from tasks.builtin import BUILTIN_TASKS, make_task
-
-    features, _ = _steer_features(graph, model, saes, task, variable, value)
-    seen: dict[tuple[str, int], FeatureEdit] = {}
-    for fe in features:  # a latent at several positions: its value at the first (the circuit's order)
-        seen.setdefault((fe.hook, fe.latent), replace(fe, positions=None))
-    target = steer_target(task, variable, value, value_token(model.tokenizer, value)).subset(slice(0, n_prompts))
-    others = {t: make_task(t, model.tokenizer, n=2 * n_prompts, seed=0) for t in BUILTIN_TASKS if t != task.name}
-    objective = Objective(model, saes, target, others, n_docs=n_docs, seq_len=64)
-    edit, history = gradient_search(objective, list(seen.values()), budget, schedule, progress)
-    edit.description = f"steer {variable} to {value!r}: {len(edit.features)} latents clamped (searched)"
-    return edit, history
-
-
-def steer_target(task: Task, variable: str, value: str, token: int) -> Task:
-    """``task``'s prompts whose ``variable`` is not ``value``, scored as their answer's logit
-    over ``value``'s: the behaviour a steering edit removes (0: ``value`` is as likely)."""
-    keep = torch.tensor([v != value for v in task.vars.get(variable, [None] * task.n_examples)])
-    part = task.subset(keep)
-    return replace(part, name=f"{task.name}: {variable} -> {value}", wrong=torch.full_like(part.wrong, token))
-
-
-def value_token(tokenizer, value: str) -> int:
-    """The one token of a steering value (as a word, or with a leading space)."""
-    ids = tokenizer.encode(value, add_special_tokens=False)
-    if len(ids) != 1:
-        ids = tokenizer.encode(" " + value, add_special_tokens=False)
-    if len(ids) != 1:
-        raise CircuitsError(f"steer target {value!r} is {len(ids)} tokens, not one")
-    return ids[0]
-
-
-def _steer_features(
-    graph: nx.DiGraph, model: HookedTransformer, saes: SAESet, task: Task, variable: str, value: str
-) -> tuple[list[FeatureEdit], int]:
-    """Every latent of the families tracking ``variable``, clamped where the circuit uses it
-    to its mean over ``task``'s prompts whose ``variable`` is ``value``; and how many families."""
     from circuits.circuit.families import latent_values
 
     record = record_of(graph)
@@ -490,7 +432,7 @@ def _steer_features(
         )
         for n in members
     ]
-    return features, len(families)
+    return Edit(features, f"steer {variable} to {value!r}: {len(families)} families clamped")
 
 
 @torch.no_grad()
@@ -498,7 +440,11 @@ def steering_success(
     model: HookedTransformer, saes: SAESet, edit: Edit, task: Task, variable: str, value: str
 ) -> Steering:
     """How often the top answer on ``task``'s prompts (held-out) is ``value``, before and after."""
-    ids = [value_token(model.tokenizer, value)]
+    ids = model.tokenizer.encode(value, add_special_tokens=False)
+    if len(ids) != 1:
+        ids = model.tokenizer.encode(" " + value, add_special_tokens=False)
+    if len(ids) != 1:
+        raise CircuitsError(f"steer target {value!r} is {len(ids)} tokens, not one")
     keep = torch.tensor([v != value for v in task.vars.get(variable, [None] * task.n_examples)])
     part = task.subset(keep)
     base = float((part._last(model(part.clean)).argmax(-1) == ids[0]).float().mean())

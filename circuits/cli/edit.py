@@ -60,8 +60,7 @@ def register(sub) -> None:
         "--steer",
         metavar="VAR=VALUE",
         help="instead of --top: clamp the circuit's families that track VAR to their mean values where VAR is "
-        "VALUE (e.g. IO=Alice), and report how often VALUE becomes the answer on held-out prompts; with "
-        "--optimise, only the clamps a search keeps for the least collateral",
+        "VALUE (e.g. IO=Alice), and report how often VALUE becomes the answer on held-out prompts",
     )
     p.add_argument("--edit", help="an edit JSON file instead of --circuit/--top")
     p.add_argument("--save-edit", help="write the edit as JSON here")
@@ -87,7 +86,7 @@ def run(args: argparse.Namespace) -> None:
         record = record_of(graph)
         task_name = args.task or (record.sources.task if record.sources else record.task)
         if args.steer:
-            edit, steering = steered_edit(graph, model, saes, task_name, args)
+            edit, steering = steered_edit(graph, model, saes, task_name, args.steer)
         elif args.optimise:
             edit = optimised_edit(graph, model, saes, task_name, args)
         else:
@@ -103,28 +102,17 @@ def run(args: argparse.Namespace) -> None:
     print_report(edit, report, args.json)
 
 
-def steered_edit(graph, model, saes, task_name: str, args: argparse.Namespace):
-    """The steering edit ``--steer VAR=VALUE`` asks for (values from the discovery prompts; with
-    ``--optimise``, the clamps `steer_search` keeps) and its success on the held-out prompts."""
-    from circuits.circuit.edit_search import GateSchedule, steer_edit, steer_search, steering_success
+def steered_edit(graph, model, saes, task_name: str, spec: str):
+    """The steering edit ``VAR=VALUE`` asks for (values from the discovery prompts) and its
+    success on the held-out prompts."""
+    from circuits.circuit.edit_search import steer_edit, steering_success
     from tasks.builtin import make_task
 
-    variable, sep, value = args.steer.partition("=")
+    variable, sep, value = spec.partition("=")
     if not sep or not variable or not value:
-        raise CircuitsError(f"--steer {args.steer!r}: use VARIABLE=VALUE, e.g. IO=Alice")
+        raise CircuitsError(f"--steer {spec!r}: use VARIABLE=VALUE, e.g. IO=Alice")
     discovery = make_task(task_name, model.tokenizer, n=256, seed=0)
-    if args.optimise:
-        budget = 50 if args.budget is None else args.budget
-        if budget < 1:
-            raise CircuitsError(f"an edit's budget (--budget) must be at least 1, got {budget}")
-        schedule = GateSchedule(steps=args.steps)
-        edit, history = steer_search(
-            graph, model, saes, discovery, variable, value, budget, schedule, progress=not args.quiet
-        )
-        if not args.json:
-            print_search(history, "latents")
-    else:
-        edit = steer_edit(graph, model, saes, discovery, variable, value)
+    edit = steer_edit(graph, model, saes, discovery, variable, value)
     held_out = make_task(task_name, model.tokenizer, n=128, seed=1)
     return edit, steering_success(model, saes, edit, held_out, variable, value)
 

@@ -214,32 +214,3 @@ def test_gate_schedule_and_candidates_refuse_bad_input():
         latent_candidates(graph, "mean")
     with pytest.raises(CircuitsError, match="not 'clamp'"):
         latent_candidates(graph, "clamp")
-
-
-def test_a_steering_search_keeps_some_of_the_clamps_and_scores_the_value_against_the_answer():
-    from circuits.circuit.edit_search import steer_edit, steer_search, steer_target, value_token
-    from tests.helpers import families_graph
-
-    graph = families_graph()
-    model = tiny_hooked_model()
-    saes = random_saes(["blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", "blocks.1.hook_resid_post"])
-    task = make_task("ioi", TOK, n=64)
-    value = task.vars["IO"][0]
-    token = value_token(TOK, value)
-    target = steer_target(task, "IO", value, token)
-    assert target.n_examples == sum(v != value for v in task.vars["IO"]) and (target.wrong == token).all()
-    with torch.no_grad():
-        logits = model(target.clean)
-    last = logits[:, -1]
-    want = last.gather(-1, target.answer[:, :1]).squeeze(-1) - last[:, token]
-    torch.testing.assert_close(target.metric_per_example(logits), want)
-    clamps = {(fe.hook, fe.latent, fe.value) for fe in steer_edit(graph, model, saes, task, "IO", value).features}
-    schedule = GateSchedule(steps=4)
-    edit, history = steer_search(
-        graph, model, saes, task, "IO", value, 3, schedule, n_prompts=8, n_docs=2, progress=False
-    )
-    assert 1 <= len(edit.features) <= 3 and history[-1].units == [f"{fe.hook}/{fe.latent}" for fe in edit.features]
-    assert all(fe.action == "clamp" and fe.positions is None for fe in edit.features)
-    assert {(fe.hook, fe.latent, fe.value) for fe in edit.features} <= clamps
-    with pytest.raises(CircuitsError, match="steer target 'Mary Ann' is 2 tokens, not one"):
-        value_token(TOK, "Mary Ann")
