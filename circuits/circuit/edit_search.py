@@ -4,9 +4,9 @@ edit removes the target behaviour with the least collateral.
 The objective, on the optimisation data only (the target task's discovery prompts, the retain
 tasks' prompts at the same seed, and retain documents of toy-corpus text drawn with their own
 key): what is left of the target behaviour (`Objective.left`: 0 when the model no longer
-prefers the answer), plus ``weight`` x the retain tasks' mean |relative change|, plus ``worst_weight`` x the
-largest one (every task must stay put, not only the average), plus ``text_weight`` x the mean
-per-token KL on the retain text.
+prefers the answer), plus ``weight`` x the retain tasks' mean |relative change|, plus
+``worst_weight`` x the largest one (every task must stay put, not only the average), plus
+``text_weight`` x the mean per-token KL on the retain text.
 
 Two searches minimise it. Over latents, `gradient_search`: a gate in [0, 1] per candidate
 latent moves it from its value towards the edit's (zero or its corpus mean) at every position;
@@ -126,8 +126,9 @@ class Objective:
         self.tokens, _ = labelled_documents(model.tokenizer, RETAIN_KEY, n_docs, min(seq_len, model.cfg.n_ctx))
         with torch.no_grad():
             self.text_before = model(self.tokens)[:, :-1].log_softmax(-1)
-            self.before = {name: _clean_and_span(model, t) for name, t in self.tasks.items()}
-            self.preference = float(torch.relu(target.metric_per_example(model(target.clean))).mean())
+            clean = {name: t.metric_per_example(model(t.clean)) for name, t in self.tasks.items()}
+            self.before = {name: _clean_and_span(model, t, clean[name]) for name, t in self.tasks.items()}
+            self.preference = float(torch.relu(clean["target"]).mean())
 
     @property
     def tasks(self) -> dict[str, Task]:
@@ -169,10 +170,10 @@ class Objective:
         return torch.relu(1.0 + change)
 
 
-def _clean_and_span(model: HookedTransformer, task: Task) -> tuple[float, float]:
-    clean = float(task.metric_per_example(model(task.clean)).mean())
+def _clean_and_span(model: HookedTransformer, task: Task, clean: torch.Tensor) -> tuple[float, float]:
+    """The mean clean metric (from per-prompt ``clean``) and the clean - corrupt range."""
     corrupt = float(task.metric_per_example(model(task.corrupt)).mean())
-    return clean, abs(clean - corrupt) or 1.0
+    return float(clean.mean()), abs(float(clean.mean()) - corrupt) or 1.0
 
 
 def greedy_search(
@@ -233,7 +234,7 @@ class GateSchedule(Config):
 
 
 def latent_candidates(
-    graph: nx.DiGraph, action: str = "mean", means: dict[str, torch.Tensor] | None = None
+    graph: nx.DiGraph, action: str = "zero", means: dict[str, torch.Tensor] | None = None
 ) -> list[FeatureEdit]:
     """The circuit's latents (each hook/latent once, whatever its positions), each edited at
     every position — how an edit runs on text, where the prompt's positions do not exist."""
