@@ -161,6 +161,7 @@ def print_search(history, units: str) -> None:
         [
             len(s.units) if units == "latents" else ", ".join(s.units) or "(none)",
             f"{s.target_change:+.1%}",
+            f"{s.left:.1%}",
             f"{s.unintended:.1%}",
             f"{s.worst:.1%}",
             f"{s.kl:.4f}",
@@ -169,7 +170,8 @@ def print_search(history, units: str) -> None:
         for s in history
     ]
     what = "latents tried (then pruned; the last is chosen)" if units == "latents" else "families"
-    print_table([what, "target", "retain tasks (mean)", "(worst)", "retain text KL", "objective"], rows)
+    header = [what, "target moved", "left (per prompt)", "retain tasks (mean)", "(worst)", "text KL", "objective"]
+    print_table(header, rows)
     print("(the discovery prompts and retain text; held-out figures below)\n")
 
 
