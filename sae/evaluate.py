@@ -180,28 +180,39 @@ class QualityBar:
     max_l0: float = 16.0
     max_dead_frac: float = 0.05
     min_ce_recovered: float = 0.95
+    # ... or the reconstruction costs at most this many nats per token. CE recovered is a ratio
+    # over what zeroing the hook costs, and blocks.3.hook_attn_out's zeroing costs 0.003 nats on
+    # the embedded model: there 0.95 asks for <= 0.00014 nats, and seeds of one recipe
+    # (FVU 0.018) land at 0.94-0.97. 0.001 nats is stricter than 0.95 at every other hook.
+    max_ce_increase: float = 0.001
     min_all_spliced_ce_recovered: float = 0.90
 
     def failures(self, result: SAEEvaluation) -> list[str]:
         """One line per hook and measure that misses the bar (empty: the set passes)."""
-        misses = [miss for hook, score in result.saes.items() for miss in self._misses(hook, score)]
+        misses = [miss for hook, score in result.saes.items() for miss in self._misses(hook, score, result.ce_clean)]
         spliced = result.all_spliced_ce_recovered
         if spliced < self.min_all_spliced_ce_recovered:
             misses.append(f"all spliced: CE recovered {spliced:.4f}, needs >= {self.min_all_spliced_ce_recovered:g}")
         return misses
 
-    def _misses(self, hook: str, score: SAEScore) -> list[str]:
+    def _misses(self, hook: str, score: SAEScore, ce_clean: float) -> list[str]:
         checks = (
             ("FVU", score.fvu, "<=", self.max_fvu),
             ("L0", score.l0, "<=", self.max_l0),
             ("dead", score.dead_frac, "<=", self.max_dead_frac),
-            ("CE recovered", score.ce_recovered, ">=", self.min_ce_recovered),
         )
-        return [
+        misses = [
             f"{hook}: {name} {value:.4f}, needs {op} {bound:g}"
             for name, value, op, bound in checks
             if not (value <= bound if op == "<=" else value >= bound)
         ]
+        increase = score.ce_sae - ce_clean
+        if score.ce_recovered < self.min_ce_recovered and increase > self.max_ce_increase:
+            misses.append(
+                f"{hook}: CE recovered {score.ce_recovered:.4f}, needs >= {self.min_ce_recovered:g} "
+                f"(or a CE increase <= {self.max_ce_increase:g} nats, not {increase:.4f})"
+            )
+        return misses
 
 
 def format_table(result: SAEEvaluation) -> str:

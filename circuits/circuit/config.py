@@ -34,6 +34,8 @@ class MaskConfig(Config):
     label: ClassVar[str] = "mask optimiser setting"
 
     steps: int = 300  # Adam steps over the discovery prompts (full batch)
+    # the same optimiser over whole sites, before the features (0: sites by attribution only)
+    site_steps: int = 200
     lr: float = 0.1
     sparsity: float = 3.0  # weight of the mean keep probability in the loss (at the end, for a ramp)
     schedule: Literal["constant", "ramp"] = "ramp"  # ramp: sparsity grows from 0 over the steps
@@ -45,6 +47,8 @@ class MaskConfig(Config):
     def validate(self) -> None:
         if self.steps < 0:
             raise CircuitsError(f"mask steps must be >= 0, got {self.steps}")
+        if self.site_steps < 0:
+            raise CircuitsError(f"site mask steps must be >= 0, got {self.site_steps}")
         if self.lr <= 0:
             raise CircuitsError(f"mask lr must be > 0, got {self.lr}")
         if self.sparsity < 0:
@@ -130,6 +134,7 @@ class DiscoverConfig(Config):
     start_layer: int = 0
     mask_steps: int = field_default(MaskConfig, "steps")
     mask_sparsity: float = field_default(MaskConfig, "sparsity")
+    site_mask_steps: int = field_default(MaskConfig, "site_steps")
     families: bool = True  # with a target faithfulness: group the features into validated families
 
     def validate(self) -> None:
@@ -153,4 +158,4 @@ class DiscoverConfig(Config):
         return HierarchyConfig(target, AblationSpec(self.ablation, self.start_layer), batch_size=self.batch_size)
 
     def mask(self) -> MaskConfig:
-        return MaskConfig(steps=self.mask_steps, sparsity=self.mask_sparsity)
+        return MaskConfig(steps=self.mask_steps, sparsity=self.mask_sparsity, site_steps=self.site_mask_steps)

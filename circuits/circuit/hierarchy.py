@@ -6,8 +6,9 @@ position, all its latents and its error term together. So a circuit is found in 
 each validated on held-out prompts under one ablation convention (``circuits.circuit.ablation``):
 
 1. **Sites**: ranked by their summed attribution effect (latents + error, from the node
-   pass on the discovery prompts); the skeleton is the smallest top-ranked set whose
-   faithfulness reaches the target on the held-out prompts.
+   pass on the discovery prompts) and by the mask optimiser over whole sites (trained on the
+   discovery prompts only); each ranking is cut to its smallest prefix reaching the target
+   on the held-out prompts, and the smaller cut is the skeleton.
 2. **Features** inside the skeleton: every latent and error term of the kept sites, ranked
    by attribution and by the mask optimiser (``circuits.circuit.optimise``, trained on the discovery
    prompts only); each ranking is cut to its smallest prefix reaching the target on the
@@ -55,13 +56,16 @@ class HierarchicalCircuit:
     m_empty: float  # held-out prompts, every node ablated
     n_held_out: int
     sites: list[Site]
-    site_level: Level
+    site_level: Level  # the chosen site ranking's cut
     features: list[Node]
     feature_level: Level  # the chosen ranking's cut
     attribution: Level  # inside the skeleton, ranked by |attribution|
     optimised: Level | None  # inside the skeleton, ranked by the mask (None: no mask steps)
     mask_history: list[tuple[int, float, int]]
     times: dict[str, float]
+    site_attribution: Level | None = None  # sites ranked by |summed attribution|
+    site_optimised: Level | None = None  # sites ranked by the site mask (None: no site mask steps)
+    site_mask_history: list[tuple[int, float, int]] = field(default_factory=list)
     # per ranking, the skeleton's (site, index into its [d_sae + 1] row) in order, and each
     # site's d_sae; not saved (rebuilt by find_hierarchy), read as nodes with ``ranking``
     ranked: dict[str, list[tuple[Site, int]]] = field(default_factory=dict, repr=False)
@@ -77,11 +81,12 @@ class HierarchicalCircuit:
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("ranked", "widths")}
-        for key in ("site_level", "feature_level", "attribution", "optimised"):
+        for key in ("site_level", "feature_level", "attribution", "optimised", "site_attribution", "site_optimised"):
             out[key] = None if out[key] is None else out[key].to_dict()
         out["sites"] = [site_record(s) for s in self.sites]  # Site keys are not JSON
         out["features"] = [n.id for n in self.features]
         out["mask_history"] = [tuple(h) for h in self.mask_history]
+        out["site_mask_history"] = [tuple(h) for h in self.site_mask_history]
         out["times"] = dict(self.times)
         return out
 
@@ -129,9 +134,9 @@ def find_hierarchy(
     progress: bool = True,
 ) -> HierarchicalCircuit:
     """The hierarchical circuit of a task from its node effects on the discovery prompts:
-    the sites ranked by summed effect and cut at the target on the held-out prompts; inside
-    them, every node ranked by |attribution| and by the mask optimiser, each ranking cut at
-    the target, the smaller cut (or the one that reaches it) kept."""
+    the sites ranked by summed effect and by a mask over sites; inside them, every node ranked
+    by |attribution| and by the mask optimiser; each ranking cut at the target on the
+    held-out prompts, the smaller cut (or the one that reaches it) kept at each level."""
     cfg, mask_cfg = cfg or HierarchyConfig(), mask_cfg or MaskConfig()
     labels = list(discovery.position_labels) if discovery.position_labels is not None else None
     if labels is not None and held_out.position_labels != discovery.position_labels:
@@ -142,9 +147,25 @@ def find_hierarchy(
     scores = {s: v for s, v in site_scores(effects, saes, labels).items() if test.ablatable(s.hook)}
     sites_ranked = ranked_sites(scores)
     rng = random.Random(cfg.ablation.seed)  # one stream of draws for every baseline
-    site_level = cut(test, sites_ranked, cfg.target, Pool(sites_ranked, [], rng), cfg.n_random)
-    sites = sites_ranked[: site_level.size]
-    times["sites"] = site_level.seconds = time.perf_counter() - start
+    site_pool = Pool(sites_ranked, [], rng)
+    site_attribution = cut(test, sites_ranked, cfg.target, site_pool, cfg.n_random, "attribution")
+    times["sites"] = site_attribution.seconds = time.perf_counter() - start
+    train = Ablator(model, saes, discovery, cfg.ablation, cfg.batch_size)
+    site_optimised, site_history, by_site_mask = None, [], sites_ranked
+    if mask_cfg.site_steps > 0 and len(sites_ranked) > 1:
+        t0 = time.perf_counter()
+        # every site starts kept, ordered by attribution; the sparsity ramp drops them
+        init = initial_logits({s: scores[s].sum().reshape(1) for s in sites_ranked}, len(sites_ranked))
+        site_mask = optimise_mask(
+            model, saes, train, sites_ranked, init, replace(mask_cfg, steps=mask_cfg.site_steps), progress, "site mask"
+        )
+        site_history = site_mask.history
+        order = {s: i for i, s in enumerate(sites_ranked)}
+        by_site_mask = sorted(sites_ranked, key=lambda s: (-float(site_mask.logits[s][0]), order[s]))
+        site_optimised = cut(test, by_site_mask, cfg.target, site_pool, cfg.n_random, "optimised")
+        times["site mask"] = time.perf_counter() - t0
+    site_level, site_ranking = _better(site_attribution, sites_ranked, site_optimised, by_site_mask)
+    sites = site_ranking[: site_level.size]
 
     # features inside the skeleton
     d_sae = {s: int(scores[s].numel()) - 1 for s in sites}
@@ -160,7 +181,6 @@ def find_hierarchy(
     optimised, history, by_mask = None, [], by_attribution
     if mask_cfg.steps > 0 and sites:
         t0 = time.perf_counter()
-        train = Ablator(model, saes, discovery, cfg.ablation, cfg.batch_size)
         init = initial_logits({s: scores[s] for s in sites}, mask_cfg.init_nodes)
         mask: MaskResult = optimise_mask(model, saes, train, sites, init, mask_cfg, progress)
         times["mask optimiser"] = time.perf_counter() - t0
@@ -169,12 +189,7 @@ def find_hierarchy(
         by_mask = sorted(candidates, key=lambda c: (-float(mask.logits[c[0]][c[1]]), -abs(float(scores[c[0]][c[1]]))))
         optimised = cut(test, nodes(by_mask), cfg.target, pool, cfg.n_random, "optimised")
         times["features (optimised)"] = optimised.seconds
-    chosen, ranked = attribution, by_attribution
-    if optimised is not None and (
-        optimised.reached_target > attribution.reached_target
-        or (optimised.reached_target == attribution.reached_target and optimised.size <= attribution.size)
-    ):
-        chosen, ranked = optimised, by_mask
+    chosen, ranked = _better(attribution, by_attribution, optimised, by_mask)
     return HierarchicalCircuit(
         cfg.ablation.kind,
         cfg.ablation.start_layer,
@@ -190,9 +205,23 @@ def find_hierarchy(
         optimised,
         history,
         times,
+        site_attribution,
+        site_optimised,
+        site_history,
         {"attribution": by_attribution} | ({"optimised": by_mask} if optimised is not None else {}),
         d_sae,
     )
+
+
+def _better(attribution: Level, by_attribution: list, optimised: Level | None, by_mask: list) -> tuple[Level, list]:
+    """The cut (and its ranking) a level keeps: the one that reaches the target, else the
+    smaller, the optimised one on a tie."""
+    if optimised is not None and (
+        optimised.reached_target > attribution.reached_target
+        or (optimised.reached_target == attribution.reached_target and optimised.size <= attribution.size)
+    ):
+        return optimised, by_mask
+    return attribution, by_attribution
 
 
 def validate_hierarchy(

@@ -76,9 +76,11 @@ def optimise_mask(
     init: dict[Site, torch.Tensor],
     cfg: MaskConfig | None = None,
     progress: bool = True,
+    desc: str = "mask",
 ) -> MaskResult:
     """Train the mask over every node of ``sites`` on ``ab``'s prompts and convention (the
-    discovery prompts), starting from ``init`` (``initial_logits``)."""
+    discovery prompts), starting from ``init`` (``initial_logits``). A site whose initial
+    logits are one number (``[1]``) is kept or ablated whole: a mask over sites."""
     cfg = cfg or MaskConfig()
     task, n_pos = ab.task, ab.n_pos
     logits = {s: init[s].detach().clone().float().requires_grad_(True) for s in sites}
@@ -106,13 +108,13 @@ def optimise_mask(
             if ab.ablatable(h)
         ]
 
-    for step in tqdm(range(cfg.steps), desc="mask", disable=not progress):
+    for step in tqdm(range(cfg.steps), desc=desc, disable=not progress):
         idx = (
             None
             if cfg.batch_size is None or cfg.batch_size >= n
             else torch.randperm(n, generator=rng)[: cfg.batch_size]
         )
-        keep = {s: _straight_through(t) for s, t in logits.items()}
+        keep = {s: _straight_through(t).expand(saes[s.hook].cfg.d_sae + 1) for s, t in logits.items()}
         density = torch.cat([torch.sigmoid(t) for t in logits.values()]).sum() / n_nodes
         weight = cfg.sparsity * (step / max(cfg.steps - 1, 1) if cfg.schedule == "ramp" else 1.0)
         opt.zero_grad()

@@ -226,7 +226,9 @@ class InterchangeRecord(Config):
     steer_prompts: int = 0
 
 
-LEVELS = ("sites", "attribution", "optimised")  # `HierarchyRecord.levels` keys, in order
+# `HierarchyRecord.levels` keys, in order: the site rankings, then the feature rankings
+LEVELS = ("sites", "sites_optimised", "attribution", "optimised")
+SITE_LEVELS = ("sites", "sites_optimised")
 
 
 @dataclass
@@ -259,6 +261,11 @@ class HierarchyRecord(Config):
     family_level: LevelRecord | None = None  # n_nodes counts families
     interchange: list[InterchangeRecord] = field(default_factory=list)
     feature_named_share: float | None = None  # the feature level's |effect| in named families
+    # the site rankings' cuts (site_level is the chosen one); None in files written before the
+    # site mask (their site level is the attribution prefix) or run without it
+    site_attribution: LevelRecord | None = None
+    site_optimised: LevelRecord | None = None
+    site_mask_history: list[tuple[int, float, int]] = field(default_factory=list)
 
     @property
     def skeleton(self) -> list[Site]:
@@ -287,15 +294,26 @@ class HierarchyRecord(Config):
         """The file's ``hierarchy`` object; a circuit without families leaves their fields
         out, as sae-circuits wrote it before families."""
         out = super().to_dict()
-        for key in ("families", "family_level", "interchange", "feature_named_share"):
+        for key in (
+            "families",
+            "family_level",
+            "interchange",
+            "feature_named_share",
+            "site_attribution",
+            "site_optimised",
+            "site_mask_history",
+        ):
             if out.get(key) in (None, []):
                 del out[key]
         return out
 
     def levels(self) -> list[tuple[str, LevelRecord]]:
-        """``("sites", site level)``, ``("attribution", ...)`` and, with mask steps,
-        ``("optimised", ...)``: every level measured, in the order tables show them."""
-        out = [("sites", self.site_level), ("attribution", self.attribution)]
+        """``("sites", the attribution prefix's site cut)``, with a site mask
+        ``("sites_optimised", ...)``, ``("attribution", ...)`` and, with mask steps,
+        ``("optimised", ...)``: every level measured, in the order tables show them (``LEVELS``)."""
+        out = [("sites", self.site_attribution or self.site_level)]
+        out += [("sites_optimised", self.site_optimised)] if self.site_optimised is not None else []
+        out += [("attribution", self.attribution)]
         return out + ([("optimised", self.optimised)] if self.optimised is not None else [])
 
 

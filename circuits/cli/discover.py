@@ -20,6 +20,7 @@ HIERARCHY_FLAGS = {
     "start_layer": "--start-layer",
     "mask_steps": "--mask-steps",
     "mask_sparsity": "--mask-sparsity",
+    "site_mask_steps": "--site-mask-steps",
 }
 
 
@@ -56,6 +57,7 @@ def register(sub) -> None:
         "--start-layer": "layers below this are never ablated (given for free)",
         "--mask-steps": "Adam steps of the feature mask optimiser (0: attribution ranking only)",
         "--mask-sparsity": "sparsity weight of the mask optimiser",
+        "--site-mask-steps": "Adam steps of the same optimiser over whole sites (0: sites by attribution only)",
     }
     for flag, text in hierarchy.items():
         add_flag(p, flag, DiscoverConfig, text, given=True)
@@ -191,19 +193,26 @@ def print_families(h, top: int = 12) -> None:
         print_table(["variable", "families", "interchange (control)", "prompts", "steering (control)"], rows)
 
 
-LEVEL_NAMES = {"sites": "sites", "attribution": "features (attribution prefix)", "optimised": "features (optimised)"}
+LEVEL_NAMES = {
+    "sites": "sites (attribution prefix)",
+    "sites_optimised": "sites (optimised)",
+    "attribution": "features (attribution prefix)",
+    "optimised": "features (optimised)",
+}
 
 
 def print_hierarchy(record, path: Path) -> None:
     """Both levels of a hierarchical circuit (a CircuitRecord's ``hierarchy``) as a table,
     its step times, and one line when the target was missed (the circuit is kept)."""
+    from circuits.circuit.record import SITE_LEVELS
+
     h = record.hierarchy
     start = f", layers < {h.start_layer} kept" if h.start_layer else ""
     print(f"\nhierarchical circuit, {h.ablation} ablation{start}, held-out prompts, target F >= {h.target}:")
     rows = [
         [
             LEVEL_NAMES[key],
-            str(level.n_nodes) if key == "sites" else f"{level.n_nodes} + {level.n_error_nodes} err",
+            str(level.n_nodes) if key in SITE_LEVELS else f"{level.n_nodes} + {level.n_error_nodes} err",
             f"{level.faithfulness:.3f}",
             f"{level.completeness:.3f}",
             f"{level.random_faithfulness:.3f}",
@@ -222,7 +231,10 @@ def print_hierarchy(record, path: Path) -> None:
             ]
         )
     print_table(["level", "size", "faithfulness", "completeness", "random same size"], rows)
-    print(f"circuit: {len(h.sites)} sites, features from the {h.feature_level.ranking} ranking")
+    print(
+        f"circuit: {len(h.sites)} sites from the {h.site_level.ranking} ranking, "
+        f"features from the {h.feature_level.ranking} ranking"
+    )
     if h.families:
         print_families(h)
     print_table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in record.times.items()])

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import networkx as nx
 
 from circuits.circuit.graph import nodes_of
-from circuits.circuit.record import HierarchyRecord, record_of
+from circuits.circuit.record import SITE_LEVELS, HierarchyRecord, record_of
 from circuits.core.files import write_atomic
 from circuits.core.vocab import Latent
 from circuits.export.account import circuit_account
@@ -78,7 +78,12 @@ def _card_html(card: FeatureCard, effect: float | None) -> str:
     )
 
 
-LEVEL_NAMES = {"sites": "sites", "attribution": "features, attribution prefix", "optimised": "features, optimised"}
+LEVEL_NAMES = {
+    "sites": "sites, attribution prefix",
+    "sites_optimised": "sites, optimised",
+    "attribution": "features, attribution prefix",
+    "optimised": "features, optimised",
+}
 
 
 def _hierarchy_html(h: HierarchyRecord) -> str:
@@ -86,7 +91,7 @@ def _hierarchy_html(h: HierarchyRecord) -> str:
     rows = [
         [
             LEVEL_NAMES[key],
-            lv.n_nodes if key == "sites" else f"{lv.n_nodes} latents + {lv.n_error_nodes} errors",
+            lv.n_nodes if key in SITE_LEVELS else f"{lv.n_nodes} latents + {lv.n_error_nodes} errors",
             f"{lv.faithfulness:.3f}",
             f"{lv.completeness:.3f}",
             f"{lv.random_faithfulness:.3f}",

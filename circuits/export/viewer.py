@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import networkx as nx
 
 from circuits.circuit.graph import nodes_of, sites_of
-from circuits.circuit.record import LEVELS, HierarchyRecord, record_of
+from circuits.circuit.record import LEVELS, SITE_LEVELS, HierarchyRecord, record_of
 from circuits.core.vocab import METRIC, Latent, Site, Submodule
 
 if TYPE_CHECKING:
@@ -108,7 +108,9 @@ def viewer_data(graph: nx.DiGraph, cards: dict[Latent, FeatureCard] | None = Non
     }
 
 
-CURVE_NAMES = dict(zip(LEVELS, ("sites", "features, attribution", "features, optimised"), strict=True))
+CURVE_NAMES = dict(
+    zip(LEVELS, ("sites, attribution", "sites, optimised", "features, attribution", "features, optimised"), strict=True)
+)
 
 
 def _curves(h: HierarchyRecord | None) -> list[dict]:
@@ -119,7 +121,7 @@ def _curves(h: HierarchyRecord | None) -> list[dict]:
     return [
         {
             "name": CURVE_NAMES[key],
-            "unit": "sites" if key == "sites" else "nodes",
+            "unit": "sites" if key in SITE_LEVELS else "nodes",
             "chosen": level.size,
             "target": h.target,
             "ablation": h.ablation,

@@ -16,6 +16,7 @@ from circuits.circuit.hierarchy import (
     validate_hierarchy,
 )
 from circuits.circuit.optimise import initial_logits, optimise_mask
+from circuits.circuit.record import HierarchyRecord
 from circuits.core.errors import CircuitsError
 from circuits.core.vocab import Node, Site, hook_names
 from tasks.builtin import make_task
@@ -99,6 +100,40 @@ def test_optimiser_takes_one_of_two_redundant_paths_that_attribution_misses():
     assert len(carriers) == 1 and Node(end, DECOY) not in h.features  # one path suffices
     assert h.optimised.size < h.attribution.size  # attribution takes the decoy (and more) first
     assert h.feature_level.ranking == "optimised"
+
+
+def test_site_mask_ranks_whole_sites_and_both_site_cuts_are_recorded():
+    model, saes, task = planted()
+    end = Site.at(PLANTED_HOOK, task.n_pos - 1)
+    effects = node_effects(model, saes, task, "atp", **QUIET)
+    cfg = HierarchyConfig(target=0.9, ablation=AblationSpec("zero"), n_random=1)
+    h = find_hierarchy(model, saes, task, task, effects, cfg, MaskConfig(steps=0, site_steps=40), **QUIET)
+    assert h.site_optimised is not None and h.site_attribution is not None
+    assert h.site_optimised.size == 1 and h.site_optimised.reached_target and h.sites == [end]
+    assert h.site_level is h.site_optimised  # a tie goes to the optimised ranking
+    assert h.site_mask_history and h.site_mask_history[-1][2] >= 1  # sites kept, not nodes
+    record = HierarchyRecord.from_dict(_without_times(h.to_dict()))
+    assert [key for key, _ in record.levels()] == ["sites", "sites_optimised", "attribution"]
+    off = find_hierarchy(model, saes, task, task, effects, cfg, MaskConfig(steps=0, site_steps=0), **QUIET)
+    assert off.site_optimised is None and off.site_level is off.site_attribution and off.sites == [end]
+
+
+def _without_times(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k != "times"}
+
+
+def test_a_one_logit_site_is_kept_or_ablated_whole():
+    """A site mask's logit is one number: its straight-through keep covers every latent and
+    the error, so the site's gradient is the sum of its nodes' (the same hooks as a node mask)."""
+    model, saes, task = planted()
+    end = Site.at(PLANTED_HOOK, task.n_pos - 1)
+    train = Ablator(model, saes, task, AblationSpec("zero"))
+    one_step = MaskConfig(steps=1, sparsity=0)
+    site = optimise_mask(model, saes, train, [end], {end: torch.tensor([-0.5])}, one_step, **QUIET)
+    nodes = optimise_mask(model, saes, train, [end], {end: torch.full((17,), -0.5)}, one_step, **QUIET)
+    assert site.logits[end].shape == (1,) and site.history[0][2] == 0  # ablated whole: F of the empty site
+    assert site.history[0][1] == pytest.approx(nodes.history[0][1], abs=1e-6)
+    assert float(site.logits[end][0]) > -0.5  # F below the aim pulls the whole site on
 
 
 def test_the_mask_never_sees_held_out_prompts():

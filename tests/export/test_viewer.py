@@ -66,7 +66,7 @@ def test_viewer_data_lays_out_every_site_on_the_token_grid():
     assert all(n["card"] == f"blocks.0.hook_mlp_out/{n['latent']}" for n in members if n["kind"] == "feature")
     metric_edges = [e for e in data["edges"] if e[1] == -1]
     assert sorted(w for *_, w in metric_edges) == [-1.8, -0.1]
-    assert [c["name"] for c in data["curves"]] == ["sites", "features, optimised"]
+    assert [c["name"] for c in data["curves"]] == ["sites, attribution", "features, optimised"]
     assert data["curves"][1]["points"][-1] == [12, 0.91, 0.05] and data["curves"][1]["chosen"] == 12
     assert data["metric"] == "logit_diff: Mary vs John"
 

@@ -115,7 +115,7 @@ def test_a_set_trained_there_with_other_options_is_kept(tiny_model, tmp_path, co
 
 
 def score(**overrides) -> SAEScore:
-    base = dict(l0=16.0, fvu=0.03, dead_frac=0.01, dense_frac=0.0, ce_recovered=0.98, ce_sae=1.0, ce_zero=2.0)
+    base = dict(l0=16.0, fvu=0.03, dead_frac=0.01, dense_frac=0.0, ce_recovered=0.98, ce_sae=1.02, ce_zero=2.0)
     return SAEScore(**{**base, **overrides})
 
 
@@ -130,13 +130,23 @@ def evaluation(spliced: float = 0.95, **overrides) -> SAEEvaluation:
         ({"fvu": 0.081}, "blocks.1.hook_mlp_out: FVU 0.0810, needs <= 0.08"),
         ({"l0": 16.5}, "blocks.1.hook_mlp_out: L0 16.5000, needs <= 16"),
         ({"dead_frac": 0.0505}, "blocks.1.hook_mlp_out: dead 0.0505, needs <= 0.05"),
-        ({"ce_recovered": 0.949}, "blocks.1.hook_mlp_out: CE recovered 0.9490, needs >= 0.95"),
+        (
+            {"ce_recovered": 0.949, "ce_sae": 1.051},
+            "blocks.1.hook_mlp_out: CE recovered 0.9490, needs >= 0.95 (or a CE increase <= 0.001 nats, not 0.0510)",
+        ),
         ({"spliced": 0.899}, "all spliced: CE recovered 0.8990, needs >= 0.9"),
     ],
 )
 def test_quality_bar_names_each_miss(overrides, miss):
     assert QualityBar().failures(evaluation()) == []
     assert QualityBar().failures(evaluation(**overrides)) == [miss]
+
+
+def test_quality_bar_forgives_a_low_ratio_only_when_the_hook_costs_nothing():
+    """A hook whose zeroing costs 0.003 nats: 0.94 recovered is 0.0002 nats, within the bar."""
+    cheap = {"ce_recovered": 0.94, "ce_sae": 1.0002, "ce_zero": 1.003}
+    assert QualityBar().failures(evaluation(**cheap)) == []
+    assert len(QualityBar().failures(evaluation(**cheap | {"ce_sae": 1.0012}))) == 1
 
 
 @pytest.mark.slow
