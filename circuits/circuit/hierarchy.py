@@ -66,6 +66,7 @@ class HierarchicalCircuit:
     site_attribution: Level | None = None  # sites ranked by |summed attribution|
     site_optimised: Level | None = None  # sites ranked by the site mask (None: no site mask steps)
     site_mask_history: list[tuple[int, float, int]] = field(default_factory=list)
+    other_feature_level: Level | None = None  # the feature level inside the other site cut, not kept
     # per ranking, the skeleton's (site, index into its [d_sae + 1] row) in order, and each
     # site's d_sae; not saved (rebuilt by find_hierarchy), read as nodes with ``ranking``
     ranked: dict[str, list[tuple[Site, int]]] = field(default_factory=dict, repr=False)
@@ -81,7 +82,8 @@ class HierarchicalCircuit:
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("ranked", "widths")}
-        for key in ("site_level", "feature_level", "attribution", "optimised", "site_attribution", "site_optimised"):
+        levels = ("site_level", "feature_level", "attribution", "optimised", "site_attribution", "site_optimised")
+        for key in (*levels, "other_feature_level"):
             out[key] = None if out[key] is None else out[key].to_dict()
         out["sites"] = [site_record(s) for s in self.sites]  # Site keys are not JSON
         out["features"] = [n.id for n in self.features]
@@ -164,20 +166,93 @@ def find_hierarchy(
         by_site_mask = sorted(sites_ranked, key=lambda s: (-float(site_mask.logits[s][0]), order[s]))
         site_optimised = cut(test, by_site_mask, cfg.target, site_pool, cfg.n_random, "optimised")
         times["site mask"] = time.perf_counter() - t0
-    site_level, site_ranking = _better(site_attribution, sites_ranked, site_optimised, by_site_mask)
-    sites = site_ranking[: site_level.size]
+    # features inside each skeleton the two site rankings give; the skeleton whose feature
+    # level is smaller is kept (a tight skeleton can cost more latents than one site saves)
+    skeletons = [(site_attribution, sites_ranked[: site_attribution.size])]
+    if site_optimised is not None and set(by_site_mask[: site_optimised.size]) != set(skeletons[0][1]):
+        skeletons.append((site_optimised, by_site_mask[: site_optimised.size]))
+    elif site_optimised is not None:
+        skeletons = [(site_optimised, by_site_mask[: site_optimised.size])]  # the same sites: a tie
+    inside = [_features(model, saes, train, test, k, scores, cfg, mask_cfg, rng, progress) for _, k in skeletons]
+    for f in inside:
+        for key, seconds in f.times.items():
+            times[key] = times.get(key, 0.0) + seconds
+    best = min(range(len(inside)), key=lambda i: _skeleton_key(skeletons[i][0], inside[i].chosen))
+    (site_level, sites), f = skeletons[best], inside[best]
+    other = inside[1 - best].chosen if len(inside) == 2 else None
+    return HierarchicalCircuit(
+        cfg.ablation.kind,
+        cfg.ablation.start_layer,
+        cfg.target,
+        test.ref.m_model,
+        test.ref.m_empty,
+        held_out.n_examples,
+        sites,
+        site_level,
+        f.nodes(f.ranked[: f.chosen.size]),
+        f.chosen,
+        f.attribution,
+        f.optimised,
+        f.history,
+        times,
+        site_attribution,
+        site_optimised,
+        site_history,
+        other,
+        {"attribution": f.by_attribution} | ({"optimised": f.by_mask} if f.optimised is not None else {}),
+        f.d_sae,
+    )
 
-    # features inside the skeleton
+
+def _skeleton_key(sites: Level, features: Level) -> tuple:
+    """Skeletons compared by their circuits: both levels reaching the target first, then the
+    feature level's size (latents + errors), then fewer sites."""
+    return (not (sites.reached_target and features.reached_target), features.size, sites.size)
+
+
+@dataclass
+class _Inside:
+    """The feature level inside one skeleton: both rankings' cuts, the chosen one, the mask's
+    history, the times of its steps."""
+
+    d_sae: dict[Site, int]
+    attribution: Level
+    by_attribution: list[tuple[Site, int]]
+    optimised: Level | None
+    by_mask: list[tuple[Site, int]]
+    history: list[tuple[int, float, int]]
+    chosen: Level
+    ranked: list[tuple[Site, int]]
+    times: dict[str, float]
+
+    def nodes(self, ranked: list[tuple[Site, int]]) -> list[Node]:
+        return [site_nodes(s, i, self.d_sae[s]) for s, i in ranked]
+
+
+def _features(
+    model: HookedTransformer,
+    saes: SAESet,
+    train: Ablator,
+    test: Ablator,
+    sites: list[Site],
+    scores: dict[Site, torch.Tensor],
+    cfg: HierarchyConfig,
+    mask_cfg: MaskConfig,
+    rng: random.Random,
+    progress: bool,
+) -> _Inside:
+    """Every latent and error term of ``sites`` ranked by |attribution| and by the mask
+    optimiser (trained on ``train``'s prompts), each cut at the target on ``test``'s."""
     d_sae = {s: int(scores[s].numel()) - 1 for s in sites}
     candidates = [(s, i) for s in sites for i in range(d_sae[s] + 1)]
     pool = live_pool(test, sites, rng)
-    by_attribution = sorted(candidates, key=lambda c: -abs(float(scores[c[0]][c[1]])))
 
     def nodes(ranked: list[tuple[Site, int]]) -> list[Node]:
         return [site_nodes(s, i, d_sae[s]) for s, i in ranked]
 
+    by_attribution = sorted(candidates, key=lambda c: -abs(float(scores[c[0]][c[1]])))
     attribution = cut(test, nodes(by_attribution), cfg.target, pool, cfg.n_random, "attribution")
-    times["features (attribution prefix)"] = attribution.seconds
+    times = {"features (attribution prefix)": attribution.seconds}
     optimised, history, by_mask = None, [], by_attribution
     if mask_cfg.steps > 0 and sites:
         t0 = time.perf_counter()
@@ -190,27 +265,7 @@ def find_hierarchy(
         optimised = cut(test, nodes(by_mask), cfg.target, pool, cfg.n_random, "optimised")
         times["features (optimised)"] = optimised.seconds
     chosen, ranked = _better(attribution, by_attribution, optimised, by_mask)
-    return HierarchicalCircuit(
-        cfg.ablation.kind,
-        cfg.ablation.start_layer,
-        cfg.target,
-        test.ref.m_model,
-        test.ref.m_empty,
-        held_out.n_examples,
-        sites,
-        site_level,
-        nodes(ranked[: chosen.size]),
-        chosen,
-        attribution,
-        optimised,
-        history,
-        times,
-        site_attribution,
-        site_optimised,
-        site_history,
-        {"attribution": by_attribution} | ({"optimised": by_mask} if optimised is not None else {}),
-        d_sae,
-    )
+    return _Inside(d_sae, attribution, by_attribution, optimised, by_mask, history, chosen, ranked, times)
 
 
 def _better(attribution: Level, by_attribution: list, optimised: Level | None, by_mask: list) -> tuple[Level, list]:

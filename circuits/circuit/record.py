@@ -266,6 +266,7 @@ class HierarchyRecord(Config):
     site_attribution: LevelRecord | None = None
     site_optimised: LevelRecord | None = None
     site_mask_history: list[tuple[int, float, int]] = field(default_factory=list)
+    other_feature_level: LevelRecord | None = None  # inside the other site cut, where they differ
 
     @property
     def skeleton(self) -> list[Site]:
@@ -302,6 +303,7 @@ class HierarchyRecord(Config):
             "site_attribution",
             "site_optimised",
             "site_mask_history",
+            "other_feature_level",
         ):
             if out.get(key) in (None, []):
                 del out[key]

@@ -235,6 +235,13 @@ def print_hierarchy(record, path: Path) -> None:
         f"circuit: {len(h.sites)} sites from the {h.site_level.ranking} ranking, "
         f"features from the {h.feature_level.ranking} ranking"
     )
+    if h.other_feature_level is not None:
+        other = h.site_optimised if h.site_level.ranking == "attribution" else h.site_attribution
+        o = h.other_feature_level
+        print(
+            f"(the other site ranking's {other.n_nodes} sites needed {o.n_nodes} + {o.n_error_nodes} err "
+            f"for F {o.faithfulness:.3f}: the skeleton with the smaller feature level is kept)"
+        )
     if h.families:
         print_families(h)
     print_table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in record.times.items()])

@@ -7,7 +7,9 @@ import torch
 from circuits.attribution.nodes import node_effects
 from circuits.circuit.ablation import Ablator, site_masks
 from circuits.circuit.config import AblationSpec, HierarchyConfig, MaskConfig
+from circuits.circuit.faithfulness import Level, Measurement
 from circuits.circuit.hierarchy import (
+    _skeleton_key,
     find_hierarchy,
     ranked_sites,
     site_from_record,
@@ -116,6 +118,17 @@ def test_site_mask_ranks_whole_sites_and_both_site_cuts_are_recorded():
     assert [key for key, _ in record.levels()] == ["sites", "sites_optimised", "attribution"]
     off = find_hierarchy(model, saes, task, task, effects, cfg, MaskConfig(steps=0, site_steps=0), **QUIET)
     assert off.site_optimised is None and off.site_level is off.site_attribution and off.sites == [end]
+
+
+def test_of_two_site_cuts_the_one_with_the_smaller_feature_level_is_kept():
+    def level(size: int, reached: bool = True) -> Level:
+        return Level("x", Measurement(size, 0, 0.9 if reached else 0.5, reached_target=reached))
+
+    tight, loose = level(11), level(12)  # SVA on the embedded model: 11 sites needed 183 nodes, 12 sites 117
+    assert min([(tight, level(183)), (loose, level(117))], key=lambda p: _skeleton_key(*p))[0] is loose
+    tie = [(loose, level(117)), (tight, level(117))]
+    assert min(tie, key=lambda p: _skeleton_key(*p))[0] is tight  # the same feature level: fewer sites
+    assert min([(tight, level(50, False)), (loose, level(117))], key=lambda p: _skeleton_key(*p))[0] is loose
 
 
 def _without_times(d: dict) -> dict:
