@@ -10,7 +10,7 @@ swapped, trained on all 12 hooks. Per set:
 * interpretability (``sae/interpret.py``): the share of alive latents whose best concept
   of the toy language's ground truth has F1 >= 0.8, on 256 held-out sequences;
 * for IOI, SVA and greater-than, the hierarchical circuit of
-  ``circuits discover --task T --target-faithfulness 0.9`` (IG, mean ablation, 128 discovery
+  ``circuits discover --task T --target-faithfulness 0.9`` (IG, mean ablation, 512 discovery
   pairs, validated on the next seed's 128): sites, the feature level's latents + error
   terms and F, the random same-size F, and the share of the feature level's |effect| in
   error terms and in matched latents.
@@ -43,6 +43,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from circuits.circuit.config import HELD_OUT_PAIRS, HIERARCHY_PAIRS  # noqa: E402
 
 DEFAULT_POINTS = "topk:1024:32,topk:256:16,topk:256:8,topk:512:8,batchtopk:256:8,matryoshka:1024:8"
 GRID = [
@@ -79,7 +81,7 @@ def circuit_numbers(model, saes, task_name: str, n: int, interp) -> dict:
     from tasks.builtin import make_task
 
     task = make_task(task_name, model.tokenizer, n=n, seed=0)
-    held_out = make_task(task_name, model.tokenizer, n=n, seed=1)
+    held_out = make_task(task_name, model.tokenizer, n=HELD_OUT_PAIRS, seed=1)
     start = time.perf_counter()
     graph = discover(model, saes, task, DiscoverConfig(target_faithfulness=0.9), progress=False, held_out=held_out)
     h = record_of(graph).hierarchy
@@ -173,7 +175,8 @@ def split_report(model, points: list[str], work: Path, n: int, seed: int) -> Pat
     from tasks.builtin import make_task
 
     sets = [load_point(model, p, work, seed) for p in points]
-    task, held_out = (make_task("ioi", model.tokenizer, n=n, seed=s) for s in (0, 1))
+    task = make_task("ioi", model.tokenizer, n=n, seed=0)
+    held_out = make_task("ioi", model.tokenizer, n=HELD_OUT_PAIRS, seed=1)
     graph = discover(model, sets[0], task, DiscoverConfig(target_faithfulness=0.9), progress=False, held_out=held_out)
     nodes = node_effects(graph)
     split = circuit_split_tree(model, sets, [n[1:] for n in nodes])
@@ -249,7 +252,9 @@ def main() -> None:
     parser.add_argument("--points", default=DEFAULT_POINTS, help=f"ARCH:WIDTH:K, comma-separated ({DEFAULT_POINTS})")
     parser.add_argument("--grid", action="store_true", help="the whole grid (48 sets, ~12 h on 2 cores)")
     parser.add_argument("--tasks", default=",".join(TASKS), help="tasks whose circuits are found")
-    parser.add_argument("--n", type=int, default=128, help="discovery pairs (as many held out)")
+    parser.add_argument(
+        "--n", type=int, default=HIERARCHY_PAIRS, help=f"discovery pairs ({HELD_OUT_PAIRS} held out, the next seed's)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="SAE training seed")
     parser.add_argument("--work", default=str(ROOT / "outputs" / "dictionaries"), help="sets and results")
     parser.add_argument(

@@ -22,9 +22,9 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"circuits: error: {command}{' '.join(message.split())}\n")
 
 
-def add_task_args(p: argparse.ArgumentParser, default_n: int | None = None) -> None:
+def add_task_args(p: argparse.ArgumentParser, default_n: int | None = None, n_help: str | None = None) -> None:
     """The prompts (``--task``, ``--n``, ``--seed``, ``--metric``), the model and SAE set and
-    where they run (``--device``, ``--dtype``)."""
+    where they run (``--device``, ``--dtype``); ``n_help`` replaces ``--n``'s help text."""
     default_n = param_default("tasks.builtin:make_task", "n") if default_n is None else default_n
     p.add_argument("--task", required=True, help="ioi, sva, greater_than, induction, or a .jsonl file")
     p.add_argument(
@@ -33,7 +33,7 @@ def add_task_args(p: argparse.ArgumentParser, default_n: int | None = None) -> N
         dest="n",
         type=int,
         default=default_n,
-        help=f"prompt pairs (default {default_n}; spell it --pairs under torchrun)",
+        help=n_help or f"prompt pairs (default {default_n}; spell it --pairs under torchrun)",
     )
     p.add_argument("--seed", type=int, default=0, help="prompt seed (default 0)")
     p.add_argument("--metric", help="replace the task's metric: logit_diff, prob_diff, logprob or kl")
@@ -73,7 +73,7 @@ def task_spec(args: argparse.Namespace):
     """The `circuits.loaders.TaskSpec` the task flags name."""
     from circuits.loaders import TaskSpec
 
-    return TaskSpec(args.task, args.n, args.seed, args.metric)
+    return TaskSpec(args.task, args.n, args.seed, args.metric, getattr(args, "held_out", None))
 
 
 def read_circuit(path: str):

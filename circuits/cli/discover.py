@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from circuits.circuit.config import DiscoverConfig
+from circuits.circuit.config import HELD_OUT_PAIRS, HIERARCHY_PAIRS, THRESHOLD_PAIRS, DiscoverConfig
 from circuits.cli.args import add_task_args, placed, task_spec, writable
 from circuits.core.config import add_flag, field_default
 from circuits.core.errors import CircuitsError
@@ -33,7 +33,13 @@ def register(sub) -> None:
         "direct-effect edges between them, prune to what reaches the "
         "metric, write DIR/circuit.json and print a summary.",
     )
-    add_task_args(p)
+    add_task_args(
+        p,
+        default_n=None,
+        n_help=f"prompt pairs (default {THRESHOLD_PAIRS}; with --target-faithfulness the discovery pairs, default "
+        f"{HIERARCHY_PAIRS}: circuits of per-name and per-year latents need discovery prompts that cover the "
+        "names and years held-out prompts use; spell it --pairs under torchrun)",
+    )
     add_flag(p, "--method", DiscoverConfig, "one of {choices} (exact: one forward pass per node)")
     add_flag(p, "--steps", DiscoverConfig, "IG steps")
     add_flag(p, "--node-threshold", DiscoverConfig, "keep nodes with |effect| >= this fraction of |total effect|")
@@ -64,8 +70,14 @@ def register(sub) -> None:
     p.add_argument(
         "--nproc", type=int, default=1, help="processes sharing the prompt batches (torch.distributed, gloo; default 1)"
     )
+    p.add_argument(
+        "--held-out",
+        type=int,
+        help=f"with --target-faithfulness: held-out prompt pairs of a built-in task, the next seed's "
+        f"(default {HELD_OUT_PAIRS})",
+    )
     p.add_argument("--out", help="output folder (default outputs/<task>)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, n=None)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -75,6 +87,7 @@ def run(args: argparse.Namespace) -> None:
     from circuits.loaders import load_model, load_saes
 
     check_nproc(args.nproc)
+    resolve_pairs(args)
     out = Path(args.out) if args.out else Path("outputs") / Path(args.task).stem
     path = writable(out) / "circuit.json"  # before the work, not after
     start = time.perf_counter()
@@ -97,6 +110,20 @@ def run(args: argparse.Namespace) -> None:
         f"\n{record_of(graph).method} discovery in {time.perf_counter() - start:.1f} s "
         f"({procs} process{'es' if procs > 1 else ''}) -> {path}"
     )
+
+
+def resolve_pairs(args: argparse.Namespace) -> None:
+    """``--n`` and ``--held-out`` where not given: a threshold circuit's prompts, or a
+    hierarchical circuit's discovery and held-out pairs; ``--held-out`` alone is an error."""
+    hierarchical = args.target_faithfulness is not None
+    if args.held_out is not None and not hierarchical:
+        raise CircuitsError("--held-out only applies with --target-faithfulness (not given)")
+    if args.held_out is not None and args.held_out < 1:
+        raise CircuitsError(f"--held-out must be at least 1 prompt pair, got {args.held_out}")
+    if args.n is None:
+        args.n = HIERARCHY_PAIRS if hierarchical else THRESHOLD_PAIRS
+    if hierarchical and args.held_out is None:
+        args.held_out = HELD_OUT_PAIRS
 
 
 def _in_this_process(args: argparse.Namespace):

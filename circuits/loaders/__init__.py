@@ -186,6 +186,7 @@ class TaskSpec:
     n: int = param_default(make_task, "n")
     seed: int = 0
     metric: str | None = None
+    held_out_n: int | None = None  # a built-in task's held-out pairs (None: n)
 
     @property
     def is_file(self) -> bool:
@@ -195,13 +196,13 @@ class TaskSpec:
         return make_task(self.name, tokenizer, n=self.n, seed=self.seed, metric=self.metric)
 
     def split(self, tokenizer: PreTrainedTokenizerBase, task: Task | None = None) -> HeldOutSplit:
-        """Discovery prompts and held-out prompts: a built-in task's next seed (as many pairs),
-        or the two halves of a prompt file (at least `MIN_HELD_OUT` pairs each); ``task`` is
-        this spec's task when already built."""
+        """Discovery prompts and held-out prompts: a built-in task's next seed (``held_out_n``
+        pairs, or as many as discovery), or the two halves of a prompt file (at least
+        `MIN_HELD_OUT` pairs each); ``task`` is this spec's task when already built."""
         task = self.build(tokenizer) if task is None else task
         if not self.is_file:
-            held = replace(self, seed=self.seed + 1)
-            return HeldOutSplit(task, held.build(tokenizer), HeldOut(self.name, n=self.n, seed=held.seed))
+            held = replace(self, seed=self.seed + 1, n=self.held_out_n or self.n)
+            return HeldOutSplit(task, held.build(tokenizer), HeldOut(self.name, n=held.n, seed=held.seed))
         if task.n_examples < MIN_HELD_OUT * 2:
             raise CircuitsError(
                 f"{self.name}: {task.n_examples} prompt pairs are too few to hold out half for validation "
@@ -243,9 +244,11 @@ def open_circuit(
     s = restrict(load_saes(saes or src.saes, m, progress=progress), src.hooks)
     check_graph(graph, m, s)
     seed = seed if seed is not None else src.seed + 1
+    held_out = record.hierarchy.held_out if record.hierarchy is not None else None
+    if n is None and held_out is not None and held_out.n is not None and task is None and held_out.seed == seed:
+        n = held_out.n  # the held-out prompts themselves (discovery may have used more)
     spec = TaskSpec(task or src.task, n or src.n, seed, src.metric)
     prompts = spec.build(m.tokenizer)
-    held_out = record.hierarchy.held_out if record.hierarchy is not None else None
     if held_out is not None and held_out.rows and spec.is_file and n is None:  # the file's held-out half
         prompts = prompts.subset(slice(*held_out.rows))
     return OpenCircuit(graph, m, s, prompts)

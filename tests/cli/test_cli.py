@@ -74,10 +74,11 @@ def test_defaults_read_from_the_source_are_the_functions():
     """Function defaults the help shows are read from the source (no import); they are the
     functions' own."""
     from circuits.circuit.check import check_attribution
-    from circuits.circuit.config import DiscoverConfig
+    from circuits.circuit.config import HELD_OUT_PAIRS, HIERARCHY_PAIRS, THRESHOLD_PAIRS, DiscoverConfig
     from circuits.circuit.edit import edit_from_circuit
     from circuits.circuit.evaluate import evaluate_model
     from circuits.circuit.faithfulness import prune_by_ablation
+    from circuits.cli.discover import resolve_pairs
     from circuits.core.config import param_default
     from circuits.demo import run_demo
     from sae.evaluate import evaluate_saes
@@ -104,7 +105,12 @@ def test_defaults_read_from_the_source_are_the_functions():
         cfg.edge_threshold,
         cfg.batch_size,
     )
-    assert found.n == param_default(make_task, "n") and found.ablation is None  # None: not given
+    assert found.n is None and found.ablation is None  # None: not given
+    resolve_pairs(found)
+    assert found.n == THRESHOLD_PAIRS == param_default(make_task, "n") and found.held_out is None
+    hierarchical = parser.parse_args(["discover", "--task", "ioi", "--target-faithfulness", "0.9"])
+    resolve_pairs(hierarchical)
+    assert (hierarchical.n, hierarchical.held_out) == (HIERARCHY_PAIRS, HELD_OUT_PAIRS)
 
 
 def test_the_parser_imports_no_model_library():
@@ -317,8 +323,9 @@ def test_validate_json_and_picture(tiny_circuit, capsys):
 def hierarchical_circuit(tiny_model_dir, tiny_sae_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("hierarchical")
     argv = discover_argv(tiny_model_dir, tiny_sae_dir)
-    argv += ["--n", "16", "--method", "atp", "--target-faithfulness", "0.8", "--ablation", "mean_corrupt"]
-    assert main([*argv, "--mask-steps", "10", "--out", str(out), "--quiet"]) == 0
+    argv += ["--n", "16", "--held-out", "12", "--method", "atp", "--target-faithfulness", "0.8"]
+    argv += ["--ablation", "mean_corrupt", "--mask-steps", "10", "--site-mask-steps", "10"]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
     return out / "circuit.json"
 
 
@@ -329,8 +336,10 @@ def test_discover_with_a_target_records_both_levels(hierarchical_circuit, capsys
 
     graph = load_graph(hierarchical_circuit)
     h = record_of(graph).hierarchy
-    assert h.ablation == "mean_corrupt" and h.target == 0.8 and h.n_held_out == 16
-    assert h.held_out == HeldOut("ioi", n=16, seed=1)
+    assert h.ablation == "mean_corrupt" and h.target == 0.8 and h.n_held_out == 12
+    assert h.held_out == HeldOut("ioi", n=12, seed=1) and record_of(graph).sources.n == 16
+    assert h.site_attribution is not None and h.site_optimised is not None and len(h.site_mask_history) > 0
+    assert h.site_level in (h.site_attribution, h.site_optimised)
     for lv in (h.site_level, h.feature_level, h.attribution, h.optimised):
         assert lv.reached_target == (lv.faithfulness >= 0.8)
         assert {"completeness", "random_faithfulness", "curve"} <= set(lv.to_dict())
@@ -380,7 +389,7 @@ def test_validate_reads_both_levels(hierarchical_circuit, capsys):
     capsys.readouterr()
     assert main(["validate", "--circuit", str(hierarchical_circuit), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "hierarchical circuit, mean_corrupt ablation, 16 pairs" in out and "| sites |" in out
+    assert "hierarchical circuit, mean_corrupt ablation, 12 pairs" in out and "| sites |" in out  # the held-out ones
     assert main(["validate", "--circuit", str(hierarchical_circuit), "--json", "--quiet"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["ablation"] == "mean_corrupt"
@@ -427,6 +436,8 @@ def test_hierarchy_bad_input_is_one_line(tiny_model_dir, tiny_sae_dir, tmp_path,
         (["--target-faithfulness", "1.5"], "target faithfulness must be in (0, 1], got 1.5"),
         (["--target-faithfulness", "0.9", "--ablation", "median"], "ablation 'median'"),
         (["--ablation", "zero", "--mask-steps", "5"], "--ablation, --mask-steps only apply with --target-faithfulness"),
+        (["--held-out", "8"], "--held-out only applies with --target-faithfulness (not given)"),
+        (["--target-faithfulness", "0.9", "--held-out", "0"], "--held-out must be at least 1 prompt pair, got 0"),
     ]:
         assert main(["discover", "--task", "ioi", *extra, *common]) == 2
         err = capsys.readouterr().err.strip()
