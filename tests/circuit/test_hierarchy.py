@@ -227,10 +227,11 @@ def test_mask_on_a_two_layer_model_learns_through_later_sites():
 
 
 @pytest.mark.parametrize("how", ["mean", "counterfactual"])
-@pytest.mark.parametrize("batch_size", [None, 5])
-def test_mask_steps_in_passes_take_the_full_batch_gradient(monkeypatch, how, batch_size):
+@pytest.mark.parametrize(("batch_size", "width"), [(None, 65), (5, 65), (None, 1)])
+def test_mask_steps_in_passes_take_the_full_batch_gradient(monkeypatch, how, batch_size, width):
     """A step over more prompts than one pass holds sums its passes' gradients: every step's
-    gradient is the one pass's (a float64 model: only summation order differs)."""
+    gradient is the one pass's (a float64 model: only summation order differs); also for a
+    mask over whole sites (one logit a site)."""
     import circuits.circuit.optimise as optimise
 
     grads: list[list[torch.Tensor]] = []
@@ -245,7 +246,7 @@ def test_mask_steps_in_passes_take_the_full_batch_gradient(monkeypatch, how, bat
     task = make_task("ioi", TOK, n=8, split="train")
     ab = Ablator(model, saes, task, AblationSpec(how))
     sites = [Site.at("blocks.0.hook_resid_post", 2), Site.at("blocks.1.hook_resid_post", task.n_pos - 1)]
-    init = {s: torch.linspace(-1.0, 1.0, 65) * (i + 1) for i, s in enumerate(sites)}
+    init = {s: torch.linspace(-1.0, 1.0, width) * (i + 1) + (width == 1) * 0.5 for i, s in enumerate(sites)}
     cfg = MaskConfig(steps=4, lr=0.05, sparsity=0.5, aim=1.5, batch_size=batch_size)  # aim 1.5: F counts
     one = optimise_mask(model, saes, ab, sites, init, cfg, **QUIET)
     monkeypatch.setattr(optimise, "MASK_TOKENS_PER_PASS", 3 * task.n_pos)  # passes of 3, 3, 2 (or 3, 2) prompts
