@@ -28,9 +28,9 @@ CIRCUIT_ACTIONS = ("zero", "mean")  # what `edit_from_circuit` can do (clamp / s
 
 
 # Prompt pairs: of a threshold circuit; a hierarchical circuit's discovery and held-out pairs.
-# Discovery needs the task's vocabulary: 128 greater-than prompts hold ~70 of its 100 start
-# years, and latents of years (names) never seen rank last, so held-out prompts with them
-# needed 443 latents where 512 discovery pairs need 147 (docs/design.md).
+# Discovery needs the task's vocabulary: 128 greater-than prompts hold 74 start years and 26 of
+# 128 held-out prompts use another (IOI: 63 IO names, 26 prompts), whose latents then rank last;
+# 512 hold every one used. Greater-than's feature level: 443 latents -> 147 (docs/design.md).
 THRESHOLD_PAIRS = 128
 HIERARCHY_PAIRS = 512
 HELD_OUT_PAIRS = 128

@@ -166,8 +166,9 @@ def find_hierarchy(
         by_site_mask = sorted(sites_ranked, key=lambda s: (-float(site_mask.logits[s][0]), order[s]))
         site_optimised = cut(test, by_site_mask, cfg.target, site_pool, cfg.n_random, "optimised")
         times["site mask"] = time.perf_counter() - t0
-    # features inside each skeleton the two site rankings give; the skeleton whose feature
-    # level is smaller is kept (a tight skeleton can cost more latents than one site saves)
+    # features inside each skeleton the two site rankings give; the smaller skeleton is kept
+    # unless its feature level is materially larger (a tight skeleton can cost more latents
+    # than one site saves)
     skeletons = [(site_attribution, sites_ranked[: site_attribution.size])]
     if site_optimised is not None and set(by_site_mask[: site_optimised.size]) != set(skeletons[0][1]):
         skeletons.append((site_optimised, by_site_mask[: site_optimised.size]))
@@ -177,7 +178,7 @@ def find_hierarchy(
     for f in inside:
         for key, seconds in f.times.items():
             times[key] = times.get(key, 0.0) + seconds
-    best = min(range(len(inside)), key=lambda i: _skeleton_key(skeletons[i][0], inside[i].chosen))
+    best = _best_skeleton([(lv, f.chosen) for (lv, _), f in zip(skeletons, inside, strict=True)])
     (site_level, sites), f = skeletons[best], inside[best]
     other = inside[1 - best].chosen if len(inside) == 2 else None
     return HierarchicalCircuit(
@@ -204,10 +205,19 @@ def find_hierarchy(
     )
 
 
-def _skeleton_key(sites: Level, features: Level) -> tuple:
-    """Skeletons compared by their circuits: both levels reaching the target first, then the
-    feature level's size (latents + errors), then fewer sites."""
-    return (not (sites.reached_target and features.reached_target), features.size, sites.size)
+# a skeleton of fewer sites is kept if its feature level is at most this much larger
+FEATURE_TOLERANCE = 1.1
+
+
+def _best_skeleton(levels: list[tuple[Level, Level]]) -> int:
+    """Of (site level, feature level) pairs, the index of the circuit kept: among those
+    reaching the target at both levels (else all), the fewest sites whose feature level
+    (latents + errors) is within ``FEATURE_TOLERANCE`` of the smallest, then the smaller one."""
+    reached = [i for i, (s, f) in enumerate(levels) if s.reached_target and f.reached_target]
+    pool = reached or list(range(len(levels)))
+    smallest = min(levels[i][1].size for i in pool)
+    near = [i for i in pool if levels[i][1].size <= FEATURE_TOLERANCE * smallest]
+    return min(near, key=lambda i: (levels[i][0].size, levels[i][1].size))
 
 
 @dataclass

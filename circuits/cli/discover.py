@@ -267,7 +267,7 @@ def print_hierarchy(record, path: Path) -> None:
         o = h.other_feature_level
         print(
             f"(the other site ranking's {other.n_nodes} sites needed {o.n_nodes} + {o.n_error_nodes} err "
-            f"for F {o.faithfulness:.3f}: the skeleton with the smaller feature level is kept)"
+            f"for F {o.faithfulness:.3f}; kept: the fewer sites unless their feature level is over 10 % larger)"
         )
     if h.families:
         print_families(h)

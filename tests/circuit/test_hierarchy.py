@@ -9,7 +9,7 @@ from circuits.circuit.ablation import Ablator, site_masks
 from circuits.circuit.config import AblationSpec, HierarchyConfig, MaskConfig
 from circuits.circuit.faithfulness import Level, Measurement
 from circuits.circuit.hierarchy import (
-    _skeleton_key,
+    _best_skeleton,
     find_hierarchy,
     ranked_sites,
     site_from_record,
@@ -120,15 +120,16 @@ def test_site_mask_ranks_whole_sites_and_both_site_cuts_are_recorded():
     assert off.site_optimised is None and off.site_level is off.site_attribution and off.sites == [end]
 
 
-def test_of_two_site_cuts_the_one_with_the_smaller_feature_level_is_kept():
+def test_of_two_site_cuts_the_smaller_is_kept_unless_its_features_cost_more():
     def level(size: int, reached: bool = True) -> Level:
         return Level("x", Measurement(size, 0, 0.9 if reached else 0.5, reached_target=reached))
 
-    tight, loose = level(11), level(12)  # SVA on the embedded model: 11 sites needed 183 nodes, 12 sites 117
-    assert min([(tight, level(183)), (loose, level(117))], key=lambda p: _skeleton_key(*p))[0] is loose
-    tie = [(loose, level(117)), (tight, level(117))]
-    assert min(tie, key=lambda p: _skeleton_key(*p))[0] is tight  # the same feature level: fewer sites
-    assert min([(tight, level(50, False)), (loose, level(117))], key=lambda p: _skeleton_key(*p))[0] is loose
+    # SVA on the embedded model (128 discovery pairs): 11 sites needed 183 nodes, 12 sites 117
+    assert _best_skeleton([(level(12), level(117)), (level(11), level(183))]) == 0
+    # greater-than (512): 15 sites needed 155, 17 sites 149 -- within 10 %: the fewer sites
+    assert _best_skeleton([(level(17), level(149)), (level(15), level(155))]) == 1
+    assert _best_skeleton([(level(12), level(117)), (level(11), level(50, False))]) == 0  # must reach
+    assert _best_skeleton([(level(12), level(117, False)), (level(14), level(300, False))]) == 0
 
 
 def _without_times(d: dict) -> dict:
