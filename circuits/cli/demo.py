@@ -22,7 +22,7 @@ def register(sub) -> None:
         "faithfulness.png, report.html, ...) to --out.",
     )
     p.add_argument("--out", default="outputs/ioi", help="output folder (default outputs/ioi)")
-    add_flag(p, "--n", "circuits.demo:run_demo", "held-out prompt pairs (discovery: 512)")
+    add_flag(p, "--n", "circuits.demo:run_demo", "prompt pairs (discovery, and as many held out)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
