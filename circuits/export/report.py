@@ -104,8 +104,8 @@ def _hierarchy_html(h: HierarchyRecord) -> str:
         f"<h2>Hierarchical circuit: {_e(h.ablation)} ablation{_e(start)}, target F ≥ {h.target}, "
         f"{h.n_held_out} held-out pairs</h2>"
         + _table(["level", "size", "faithfulness", "completeness", "random same size", "target reached"], rows)
-        + f"<p>Sites: {_e(', '.join(s.id for s in h.sites))}. The circuit's features come from the "
-        f"{_e(h.feature_level.ranking)} ranking.</p>"
+        + f"<p>Sites ({_e(h.site_level.ranking)} ranking): {_e(', '.join(s.id for s in h.sites))}. "
+        f"The circuit's features come from the {_e(h.feature_level.ranking)} ranking.</p>"
     )
 
 
