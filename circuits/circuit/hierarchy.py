@@ -8,7 +8,8 @@ each validated on held-out prompts under one ablation convention (``circuits.cir
 1. **Sites**: ranked by their summed attribution effect (latents + error, from the node
    pass on the discovery prompts) and by the mask optimiser over whole sites (trained on the
    discovery prompts only); each ranking is cut to its smallest prefix reaching the target
-   on the held-out prompts, and the smaller cut is the skeleton.
+   on the held-out prompts. Where the cuts differ, the features are found inside both and
+   the cut of fewer sites is the skeleton unless its feature level is over 10 % larger.
 2. **Features** inside the skeleton: every latent and error term of the kept sites, ranked
    by attribution and by the mask optimiser (``circuits.circuit.optimise``, trained on the discovery
    prompts only); each ranking is cut to its smallest prefix reaching the target on the
