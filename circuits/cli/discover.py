@@ -190,9 +190,15 @@ def print_families(h, top: int = 12) -> None:
     """The largest families with their validation, and the interchange of each variable's
     families together."""
     share = "" if h.feature_named_share is None else f" ({h.feature_named_share:.0%} of the feature level's)"
+    fl = h.family_level
+    cut = (
+        f"the first {fl.n_nodes} reach the target"
+        if fl.reached_target
+        else f"the best cut, {fl.n_nodes} families, reaches F {fl.faithfulness:.3f}, below the target"
+    )
     print(
         f"\n{len(h.families)} families of the sites' latents, {h.named_share():.0%} of their |effect| in families "
-        f"named by a task variable{share}; the first {h.family_level.n_nodes} reach the target:"
+        f"named by a task variable{share}; {cut}:"
     )
     rows = [
         [

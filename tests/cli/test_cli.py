@@ -417,6 +417,11 @@ def test_missed_target_is_one_line_and_keeps_the_circuit(hierarchical_circuit, c
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not reached" in err and "F 0.500" in err
     assert str(hierarchical_circuit) in err
+    missed = replace(h.family_level, reached_target=False, faithfulness=0.42)
+    print_hierarchy(replace(record, hierarchy=replace(h, family_level=missed)), hierarchical_circuit)
+    out = capsys.readouterr().out
+    assert f"the best cut, {missed.n_nodes} families, reaches F 0.420, below the target" in out
+    assert "reach the target:" not in out
 
 
 def test_hierarchy_bad_input_is_one_line(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
