@@ -153,7 +153,9 @@ def find_hierarchy(
     site_pool = Pool(sites_ranked, [], rng)
     site_attribution = cut(test, sites_ranked, cfg.target, site_pool, cfg.n_random, "attribution")
     times["sites"] = site_attribution.seconds = time.perf_counter() - start
-    train = Ablator(model, saes, discovery, cfg.ablation, cfg.batch_size)
+    # the masks' prompts: its construction runs the discovery prompts twice, so only for a mask
+    masked = mask_cfg.site_steps > 0 or mask_cfg.steps > 0
+    train = Ablator(model, saes, discovery, cfg.ablation, cfg.batch_size) if masked else None
     site_optimised, site_history, by_site_mask = None, [], sites_ranked
     if mask_cfg.site_steps > 0 and len(sites_ranked) > 1:
         t0 = time.perf_counter()
@@ -243,7 +245,7 @@ class _Inside:
 def _features(
     model: HookedTransformer,
     saes: SAESet,
-    train: Ablator,
+    train: Ablator | None,
     test: Ablator,
     sites: list[Site],
     scores: dict[Site, torch.Tensor],
