@@ -35,6 +35,10 @@ THRESHOLD_PAIRS = 128
 HIERARCHY_PAIRS = 512
 HELD_OUT_PAIRS = 128
 
+# F1 at which one latent detects one value of a task variable on held-out prompts (the
+# corpus concept match's threshold, ``sae.interpret.MATCH``): ``families.detect``.
+DETECTS = 0.8
+
 
 @dataclass
 class MaskConfig(Config):

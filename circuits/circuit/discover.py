@@ -42,8 +42,8 @@ from circuits.attribution.nodes import (
     prepare,
     run_batch,
 )
-from circuits.circuit.config import DiscoverConfig
-from circuits.circuit.families import find_families
+from circuits.circuit.config import DETECTS, DiscoverConfig
+from circuits.circuit.families import Detection, find_families
 from circuits.circuit.graph import nodes_of, prune, site_graph
 from circuits.circuit.hierarchy import HierarchicalCircuit, find_hierarchy
 from circuits.circuit.record import CircuitRecord, ExampleRecord, HierarchyRecord, LevelRecord, ModelRecord, attach
@@ -217,9 +217,36 @@ def _with_families(
     level = LevelRecord.from_dict(found.level.to_dict(), where="family level")
     total = sum(abs(e) for e in features.values())
     share = sum(abs(e) for n, e in features.items() if named.get(ids[n])) / total if total else None
+    detected = _detector_share(graph, ids, hierarchy.features, found.detection)
     return replace(
-        h, families=found.families, family_level=level, interchange=found.interchange, feature_named_share=share
+        h,
+        families=found.families,
+        family_level=level,
+        interchange=found.interchange,
+        feature_named_share=share,
+        feature_detector_share=detected,
     ), found.seconds
+
+
+def _detector_share(
+    graph: nx.DiGraph, ids: dict[Node, str], features: list[Node], detection: Detection | None
+) -> float | None:
+    """Marks each feature latent with the value it best detects on the held-out prompts
+    (``detects``, ``detects_f1``) and returns the share of the feature level's |effect|, error
+    terms included, in latents that detect one value (``families.DETECTS``)."""
+    if detection is None:
+        return None
+    total = hit = 0.0
+    for n in features:
+        effect = abs(graph.nodes[ids[n]]["effect"])
+        total += effect
+        if n.latent is None:
+            continue
+        f1 = detection.f1.get(n, 0.0)
+        graph.nodes[ids[n]]["detects"] = detection.value.get(n, "")
+        graph.nodes[ids[n]]["detects_f1"] = round(f1, 4)
+        hit += effect if f1 >= DETECTS else 0.0
+    return hit / total if total else None
 
 
 def _hierarchy_record(hierarchy: HierarchicalCircuit) -> HierarchyRecord:

@@ -34,6 +34,12 @@ into "supernodes" by hand. Here the grouping is automatic and each group is chec
    every family that tracks a variable the donor changes.
 5. **One prompt** (``prompt_families``): the families active on it, with their latents and
    per-prompt effects.
+6. **Value detectors**: a family says what a group of latents tracks; a single latent is
+   readable on its own when it fires exactly where one value of a variable holds ("the
+   subject is singular", "the IO name is Walt"). ``detect`` scores each latent on the
+   held-out prompts, at its position, by the best F1 of "active" against "variable = value"
+   (``DETECTS``: a detector) over every value of every variable with more than one value (a
+   variable constant over the prompts would credit a latent that always fires).
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from transformer_lens import HookedTransformer
 from circuits.attribution.nodes import clean_grads, encode_at, node_grads, run_batch
 from circuits.attribution.splice import spliced
 from circuits.circuit.ablation import Ablator
-from circuits.circuit.config import HierarchyConfig
+from circuits.circuit.config import DETECTS, HierarchyConfig
 from circuits.circuit.faithfulness import Level, Measurement, live_pool, log_sizes, smallest_prefix
 from circuits.circuit.record import FamilyRecord, HierarchyRecord, InterchangeRecord
 from circuits.core.config import Result
@@ -163,6 +169,39 @@ def track(acts: torch.Tensor, nodes: list[Node], variables: dict[str, list[str]]
     return Tracking(variable, score, carries)
 
 
+@dataclass
+class Detection:
+    """Per latent node, the ``variable=value`` its activity best detects on the prompts and
+    that F1 (``""`` and 0 where it never fires or no variable varies)."""
+
+    value: dict[Node, str]
+    f1: dict[Node, float]
+
+    def detectors(self, threshold: float = DETECTS) -> set[Node]:
+        return {n for n, f in self.f1.items() if f >= threshold}
+
+
+def detect(acts: torch.Tensor, nodes: list[Node], variables: dict[str, list[str]]) -> Detection:
+    """Each node's best value detection from its activations ``acts`` ``[prompts, nodes]``:
+    F1 = 2 |active & value| / (|active| + |value|), active meaning non-zero."""
+    active = (acts != 0).float()
+    n_active = active.sum(0)
+    best = torch.zeros(len(nodes))
+    names = [""] * len(nodes)
+    for var, values in variables.items():
+        codes = {v: i for i, v in enumerate(dict.fromkeys(values))}
+        if len(codes) < 2:
+            continue
+        onehot = torch.zeros(len(codes), len(values))
+        onehot[torch.tensor([codes[v] for v in values]), torch.arange(len(values))] = 1
+        f1 = 2 * (onehot @ active) / (onehot.sum(1)[:, None] + n_active[None]).clamp(min=1)  # [values, nodes]
+        top, arg = f1.max(0)
+        labels = list(codes)
+        for i in (top > best).nonzero().flatten().tolist():
+            best[i], names[i] = top[i], f"{var}={labels[int(arg[i])]}"
+    return Detection(dict(zip(nodes, names, strict=True)), dict(zip(nodes, best.tolist(), strict=True)))
+
+
 # ----------------------------------------------------------------------------- families
 def site_name(site: Site) -> str:
     """A short name of a site: ``L2 resid@END``."""
@@ -256,6 +295,7 @@ class FamilyLevel:
     level: Level
     interchange: list[InterchangeRecord] = field(default_factory=list)  # per variable, its families together
     seconds: float = 0.0
+    detection: Detection | None = None  # the latents' value detection on the held-out prompts
 
 
 def family_level(
@@ -721,4 +761,6 @@ def find_families(
     together = interchange(
         model, saes, held_out, families, nodes, by_site, cfg.n_random, rng, cfg.batch_size, discovery, carries
     )
-    return FamilyLevel(families, level, together, time.perf_counter() - start)
+    held = site_activations(model, saes, held_out, latents, cfg.batch_size)
+    detection = detect(held, latents, task_variables(held_out, tokenizer))
+    return FamilyLevel(families, level, together, time.perf_counter() - start, detection)

@@ -267,6 +267,9 @@ class HierarchyRecord(Config):
     site_optimised: LevelRecord | None = None
     site_mask_history: list[tuple[int, float, int]] = field(default_factory=list)
     other_feature_level: LevelRecord | None = None  # inside the other site cut, where they differ
+    # the feature level's |effect| (error terms included) in latents that each detect one value
+    # of a task variable on the held-out prompts (``families.detect``); None before detection
+    feature_detector_share: float | None = None
 
     @property
     def skeleton(self) -> list[Site]:
@@ -304,6 +307,7 @@ class HierarchyRecord(Config):
             "site_optimised",
             "site_mask_history",
             "other_feature_level",
+            "feature_detector_share",
         ):
             if out.get(key) in (None, []):
                 del out[key]

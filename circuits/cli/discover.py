@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from circuits.circuit.config import HELD_OUT_PAIRS, HIERARCHY_PAIRS, THRESHOLD_PAIRS, DiscoverConfig
+from circuits.circuit.config import DETECTS, HELD_OUT_PAIRS, HIERARCHY_PAIRS, THRESHOLD_PAIRS, DiscoverConfig
 from circuits.cli.args import add_task_args, placed, task_spec, writable
 from circuits.core.config import add_flag, field_default
 from circuits.core.errors import CircuitsError
@@ -200,6 +200,11 @@ def print_families(h, top: int = 12) -> None:
         f"\n{len(h.families)} families of the sites' latents, {h.named_share():.0%} of their |effect| in families "
         f"named by a task variable{share}; {cut}:"
     )
+    if h.feature_detector_share is not None:
+        print(
+            f"one by one, {h.feature_detector_share:.0%} of the feature level's |effect| (error terms included) is in "
+            f"latents that each detect one value of a task variable (F1 >= {DETECTS:g} on the held-out prompts)"
+        )
     rows = [
         [
             f.id,

@@ -6,6 +6,7 @@ says only what was measured; the report opens with it and ``discover`` prints it
 
 from __future__ import annotations
 
+from circuits.circuit.config import DETECTS
 from circuits.circuit.record import CircuitRecord, FamilyRecord, HierarchyRecord, InterchangeRecord
 
 TOLD = 4  # families described one by one
@@ -49,6 +50,15 @@ def _families_sentence(h: HierarchyRecord) -> str:
         f"{len(h.families)} families ({named:.0%} of their |effect| in families named by a variable{feature}); "
         f"the {fl.n_nodes} strongest give {fl.faithfulness:.2f} (random families of the same sizes at the "
         f"same sites: {fl.random_faithfulness:.2f})."
+    ) + _detector_clause(h)
+
+
+def _detector_clause(h: HierarchyRecord) -> str:
+    if h.feature_detector_share is None:
+        return ""
+    return (
+        f" Read one by one, {h.feature_detector_share:.0%} of the feature level's |effect| is in latents that each "
+        f"fire where one value of a task variable holds (F1 >= {DETECTS:g} on the held-out prompts)."
     )
 
 

@@ -17,6 +17,7 @@ from circuits.circuit.families import (
     Tracking,
     by_value,
     changed_variables,
+    detect,
     donor_tokens,
     donors,
     epsilon_squared,
@@ -26,6 +27,7 @@ from circuits.circuit.families import (
     latent_values,
     prompt_families,
     rank,
+    site_activations,
     steering,
     task_variables,
     token_valued,
@@ -74,6 +76,25 @@ def test_a_latent_can_carry_a_variable_it_does_not_track():
     t = track(acts, [node], {"S": s})
     assert CARRIES <= t.score[node] < TRACKS
     assert t.variable[node] is None and t.carries[node] == {"S"}
+
+
+def test_a_latent_detects_the_value_where_it_fires():
+    io = [["Mary", "John", "Alice", "Bob"][i % 4] for i in range(64)]
+    number = [["singular", "plural"][i % 2] for i in range(64)]
+    acts = torch.zeros(64, 5)
+    acts[:, 0] = torch.tensor([1.5 if v == "Mary" else 0.0 for v in io])  # exactly IO = Mary
+    acts[:, 1] = torch.tensor([1.0 if v == "plural" else 0.0 for v in number])  # exactly plural
+    acts[:24, 1] += 0.5  # and on 12 singular prompts: F1 = 2 * 32 / (32 + 44)
+    acts[:, 2] = torch.tensor([1.0 if v in ("Mary", "John") else 0.0 for v in io])  # two names: a code
+    acts[:, 3] = 1.0  # always: no varying value explains it
+    nodes = [Node.at(PLANTED_HOOK, 0, i) for i in range(5)]
+    d = detect(acts, nodes, {"IO": io, "number": number, "template": ["one"] * 64})
+    assert (d.value[nodes[0]], d.f1[nodes[0]]) == ("IO=Mary", pytest.approx(1.0))
+    assert (d.value[nodes[1]], d.f1[nodes[1]]) == ("number=plural", pytest.approx(64 / 76))
+    assert d.f1[nodes[2]] == pytest.approx(2 * 16 / (16 + 32))  # IO=Mary (or John) at best
+    assert d.f1[nodes[3]] == pytest.approx(2 / 3) and not d.value[nodes[3]].startswith("template")
+    assert (d.value[nodes[4]], d.f1[nodes[4]]) == ("", 0.0)  # never fires
+    assert d.detectors() == {nodes[0], nodes[1]}
 
 
 def test_families_group_by_site_variable_and_sign_and_merge_minor_ones():
@@ -220,6 +241,15 @@ def test_families_on_a_planted_circuit_are_validated_by_real_interventions():
     kept = [nodes[m] for f in fams[: found.level.cut.n_latents] for m in f.members] + [error]
     assert found.level.cut.faithfulness == pytest.approx(ab.faithfulness(kept), abs=1e-5)
     assert found.level.reached_target
+    # each latent's value detection: F1 of its activity at its site on the held-out prompts, by hand
+    acts = site_activations(model, saes, task, list(latents)) != 0
+    for values in task_variables(task, TOK).values():
+        for value in set(values) if len(set(values)) > 1 else []:
+            holds = torch.tensor([v == value for v in values])
+            for i, n in enumerate(latents):
+                f1 = 2 * float((acts[:, i] & holds).sum()) / max(1, int(acts[:, i].sum() + holds.sum()))
+                assert found.detection.f1[n] >= f1 - 1e-6
+    assert set(found.detection.f1) == set(latents)
     # (a): the family patched to its corrupt values, by hand
     top = fams[0]
     corrupt = latent_values(model, saes, task.corrupt, [PLANTED_HOOK])[PLANTED_HOOK]

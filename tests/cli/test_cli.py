@@ -363,6 +363,12 @@ def test_discover_with_a_target_records_both_levels(hierarchical_circuit, capsys
     assert 1 <= h.family_level.n_nodes <= len(h.families) and h.family_level.n_error_nodes == n_err
     assert [f.id for f in h.families] == [f"F{i}" for i in range(1, len(h.families) + 1)]
     assert all(f.ablation_ratio is not None for f in h.families)
+    # value detectors: every latent carries its best value and F1; the share is theirs
+    attrs = [a for n, a in graph.nodes(data=True) if a.get("kind") not in ("embed", "metric")]
+    latents = [a for a in attrs if a.get("latent") is not None]
+    assert all("detects" in a and 0 <= a["detects_f1"] <= 1 for a in latents)
+    hit = sum(abs(a["effect"]) for a in latents if a["detects_f1"] >= 0.8)
+    assert h.feature_detector_share == pytest.approx(hit / sum(abs(a["effect"]) for a in attrs))
 
 
 def test_export_html_shows_the_families_and_renames_them(hierarchical_circuit, tmp_path, capsys):
