@@ -225,6 +225,7 @@ def _with_families(
         interchange=found.interchange,
         feature_named_share=share,
         feature_detector_share=detected,
+        family_scope=found.scope,
     ), found.seconds
 
 

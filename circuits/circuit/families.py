@@ -296,6 +296,9 @@ class FamilyLevel:
     interchange: list[InterchangeRecord] = field(default_factory=list)  # per variable, its families together
     seconds: float = 0.0
     detection: Detection | None = None  # the latents' value detection on the held-out prompts
+    # what the families hold: every latent of the sites that tracks their variable ("sites"),
+    # or, where those miss the target and the feature level's latents alone do better, those
+    scope: str = "sites"
 
 
 def family_level(
@@ -752,15 +755,28 @@ def find_families(
     tracked = list(dict.fromkeys([*latents, *(n for pool in by_site.values() for n in pool)]))
     tracking = track(site_activations(model, saes, discovery, tracked, cfg.batch_size), tracked, variables)
     token_vars = set(token_valued(discovery, tokenizer, variables))
-    families = group(effects, tracking, token_vars, core)
     nodes = {n.id: n for n in latents}  # every candidate; families hold a subset
-    ablation_ratios(model, saes, discovery, families, nodes, cfg.batch_size)
-    families = rank(families)
-    level = family_level(ab, families, nodes, errors, by_site, cfg.target, cfg.n_random, rng)
+
+    def ranked_level(chosen: dict[Node, float]) -> tuple[list[FamilyRecord], Level]:
+        fams = group(chosen, tracking, token_vars, core)
+        ablation_ratios(model, saes, discovery, fams, nodes, cfg.batch_size)
+        fams = rank(fams)
+        return fams, family_level(ab, fams, nodes, errors, by_site, cfg.target, cfg.n_random, rng)
+
+    families, level = ranked_level(effects)
+    scope = "sites"
+    if core is not None and not level.cut.reached_target:
+        # A site's latents that write a variable as a code (greater-than's years): kept
+        # clean while the rest of the code is ablated they can pull F below the feature
+        # level's, so families of the feature level's latents alone (whose union is the
+        # feature level) are the fallback, kept if they do better.
+        narrow, narrow_level = ranked_level({n: e for n, e in effects.items() if n in core})
+        if narrow_level.cut.faithfulness > level.cut.faithfulness:
+            families, level, scope = narrow, narrow_level, "features"
     carries = {n.id: vs for n, vs in tracking.carries.items()}
     together = interchange(
         model, saes, held_out, families, nodes, by_site, cfg.n_random, rng, cfg.batch_size, discovery, carries
     )
     held = site_activations(model, saes, held_out, latents, cfg.batch_size)
     detection = detect(held, latents, task_variables(held_out, tokenizer))
-    return FamilyLevel(families, level, together, time.perf_counter() - start, detection)
+    return FamilyLevel(families, level, together, time.perf_counter() - start, detection, scope)

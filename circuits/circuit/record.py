@@ -270,6 +270,9 @@ class HierarchyRecord(Config):
     # the feature level's |effect| (error terms included) in latents that each detect one value
     # of a task variable on the held-out prompts (``families.detect``); None before detection
     feature_detector_share: float | None = None
+    # what the families hold (``families.FamilyLevel.scope``): "sites" (every latent of the
+    # sites that tracks their variable) or "features" (the feature level's latents only)
+    family_scope: str | None = None
 
     @property
     def skeleton(self) -> list[Site]:
@@ -308,6 +311,7 @@ class HierarchyRecord(Config):
             "site_mask_history",
             "other_feature_level",
             "feature_detector_share",
+            "family_scope",
         ):
             if out.get(key) in (None, []):
                 del out[key]

@@ -186,6 +186,13 @@ def hierarchy_settings(args: argparse.Namespace) -> dict:
     return {k: given.get(k, field_default(DiscoverConfig, k)) for k in HIERARCHY_FLAGS}
 
 
+def _held(h) -> str:
+    """Whose latents the families hold (``HierarchyRecord.family_scope``)."""
+    if h.family_scope == "features":
+        return "feature level's latents (those of the sites did worse)"
+    return "sites' latents"
+
+
 def print_families(h, top: int = 12) -> None:
     """The largest families with their validation, and the interchange of each variable's
     families together."""
@@ -197,7 +204,7 @@ def print_families(h, top: int = 12) -> None:
         else f"the best cut, {fl.n_nodes} families, reaches F {fl.faithfulness:.3f}, below the target"
     )
     print(
-        f"\n{len(h.families)} families of the sites' latents, {h.named_share():.0%} of their |effect| in families "
+        f"\n{len(h.families)} families of the {_held(h)}, {h.named_share():.0%} of their |effect| in families "
         f"named by a task variable{share}; {cut}:"
     )
     if h.feature_detector_share is not None:

@@ -45,8 +45,9 @@ def _families_sentence(h: HierarchyRecord) -> str:
     fl = h.family_level
     named = h.named_share()
     feature = "" if h.feature_named_share is None else f", {h.feature_named_share:.0%} of the feature level's"
+    whose = "feature level's" if h.family_scope == "features" else "sites'"
     return (
-        f"Grouped by the task variable each latent tracks and the sign of its effect, the sites' latents form "
+        f"Grouped by the task variable each latent tracks and the sign of its effect, the {whose} latents form "
         f"{len(h.families)} families ({named:.0%} of their |effect| in families named by a variable{feature}); "
         f"the {fl.n_nodes} strongest give {fl.faithfulness:.2f} (random families of the same sizes at the "
         f"same sites: {fl.random_faithfulness:.2f})."

@@ -344,3 +344,41 @@ def test_steering_clamps_to_the_mean_values_of_another_name():
         assert t not in held_out.clean[i].tolist() and t in tokens["IO"]  # another prompt's IO, absent here
         rows = [j for j, v in enumerate(found) if v == t]
         assert torch.allclose(steer.values[PLANTED_HOOK][i], latents[rows].mean(0))
+
+
+@pytest.mark.parametrize("extra_hurts", [False, True])
+def test_families_fall_back_to_the_feature_level_when_the_sites_latents_miss(monkeypatch, extra_hurts):
+    """Latents outside the feature level join families that track their variable; where the
+    families so made miss the target and the feature level's latents alone do better (a code
+    kept in part), the families hold those alone and say so."""
+    import circuits.circuit.families as fam
+
+    model, saes, task = planted()
+    effects = node_effects(model, saes, task, "atp", progress=False)
+    end = task.n_pos - 1
+    labels = list(task.position_labels)
+    latents = {
+        Node.at(PLANTED_HOOK, end, i, labels): float(effects.values[PLANTED_HOOK].latents[end, i]) for i in range(16)
+    }
+    latents = {n: e for n, e in latents.items() if e != 0}
+    core = {Node.at(PLANTED_HOOK, end, 7, labels)}
+    error = Node.at(PLANTED_HOOK, end, None, labels)
+    # every latent tracks S, so the non-core ones join the core latent's family
+    monkeypatch.setattr(
+        fam, "track", lambda acts, nodes, variables: Tracking(dict.fromkeys(nodes, "S"), dict.fromkeys(nodes, 0.9), {})
+    )
+    real = fam.family_level
+
+    def level(ab, families, nodes, *args):
+        out = real(ab, families, nodes, *args)
+        wide = any(nodes[m] not in core for f in families for m in f.members)
+        if extra_hurts and wide:  # as if the extra latents pulled F down
+            out.cut.faithfulness, out.cut.reached_target = out.cut.faithfulness - 0.5, False
+        return out
+
+    monkeypatch.setattr(fam, "family_level", level)
+    cfg = HierarchyConfig(target=0.9, ablation=AblationSpec("zero"), n_random=1)
+    found = find_families(model, saes, task, task, latents, [error], [error.site], cfg, core)
+    members = {m for f in found.families for m in f.members}
+    assert found.scope == ("features" if extra_hurts else "sites")
+    assert (members == {n.id for n in core}) == extra_hurts and found.level.reached_target
