@@ -161,9 +161,8 @@ def find_hierarchy(
         t0 = time.perf_counter()
         # every site starts kept, ordered by attribution; the sparsity ramp drops them
         init = initial_logits({s: scores[s].sum().reshape(1) for s in sites_ranked}, len(sites_ranked))
-        site_mask = optimise_mask(
-            model, saes, train, sites_ranked, init, replace(mask_cfg, steps=mask_cfg.site_steps), progress, "site mask"
-        )
+        site_cfg = replace(mask_cfg, steps=mask_cfg.site_steps, batch_size=mask_cfg.site_batch_size)
+        site_mask = optimise_mask(model, saes, train, sites_ranked, init, site_cfg, progress, "site mask")
         site_history = site_mask.history
         order = {s: i for i, s in enumerate(sites_ranked)}
         by_site_mask = sorted(sites_ranked, key=lambda s: (-float(site_mask.logits[s][0]), order[s]))

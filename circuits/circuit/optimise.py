@@ -5,8 +5,9 @@ set, and the embedded model computes densely, so many small effects add up and r
 nodes hide each other. The optimiser instead trains one logit per candidate node (every
 latent and the error term of each site) against the metric of the ablated forward pass
 itself: keep = 1[logit > 0] forward, d keep / d logit = sigmoid'(logit) backward (straight-
-through), loss max(0, aim - F)^2 + sparsity x (mean of sigmoid(logit)), Adam, full batch
-(in passes of ``MASK_TOKENS_PER_PASS`` tokens whose gradients add up to the full batch's).
+through), loss max(0, aim - F)^2 + sparsity x (mean of sigmoid(logit)), Adam, each step
+over a random minibatch of the prompts (``MaskConfig.batch_size``; None: all of them, in
+passes of ``MASK_TOKENS_PER_PASS`` tokens whose gradients add up to the full batch's).
 The sparsity weight ramps up from 0 over the steps (a regularisation path: nodes drop out
 least-needed first), and the ranking is by final logit (ties broken by attribution).
 Everything outside the sites is ablated throughout, exactly as in evaluation

@@ -21,6 +21,7 @@ HIERARCHY_FLAGS = {
     "mask_steps": "--mask-steps",
     "mask_sparsity": "--mask-sparsity",
     "site_mask_steps": "--site-mask-steps",
+    "mask_batch": "--mask-batch",
 }
 
 
@@ -64,6 +65,7 @@ def register(sub) -> None:
         "--mask-steps": "Adam steps of the feature mask optimiser (0: attribution ranking only)",
         "--mask-sparsity": "sparsity weight of the mask optimiser",
         "--site-mask-steps": "Adam steps of the same optimiser over whole sites (0: sites by attribution only)",
+        "--mask-batch": "prompt pairs per step of the feature mask (0: all discovery pairs, full batch)",
     }
     for flag, text in hierarchy.items():
         add_flag(p, flag, DiscoverConfig, text, given=True)

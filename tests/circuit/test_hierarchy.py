@@ -6,7 +6,7 @@ import torch
 
 from circuits.attribution.nodes import node_effects
 from circuits.circuit.ablation import Ablator, site_masks
-from circuits.circuit.config import AblationSpec, HierarchyConfig, MaskConfig
+from circuits.circuit.config import AblationSpec, DiscoverConfig, HierarchyConfig, MaskConfig
 from circuits.circuit.faithfulness import Level, Measurement
 from circuits.circuit.hierarchy import (
     _best_skeleton,
@@ -207,11 +207,19 @@ def test_validate_hierarchy_measures_a_recorded_circuit():
         (lambda: HierarchyConfig(ablation=AblationSpec("median")), "unknown .*ablation 'median'"),
         (lambda: HierarchyConfig(ablation=AblationSpec(start_layer=-1)), "start_layer must be >= 0"),
         (lambda: HierarchyConfig(batch_size=0), "batch_size must be >= 1"),
+        (lambda: MaskConfig(site_batch_size=0), "mask site_batch_size must be >= 1, got 0"),
+        (lambda: DiscoverConfig(mask_batch=-1), "mask batch must be >= 0 prompt pairs"),
     ],
 )
 def test_bad_hierarchy_settings_are_one_line(make, message):
     with pytest.raises(CircuitsError, match=message):
         make()
+
+
+def test_the_feature_mask_batch_is_its_own_and_0_means_every_pair():
+    assert DiscoverConfig(mask_batch=0).mask().batch_size is None
+    cfg = DiscoverConfig(mask_batch=64).mask()
+    assert (cfg.batch_size, cfg.site_batch_size) == (64, MaskConfig().site_batch_size)
 
 
 def test_mask_on_a_two_layer_model_learns_through_later_sites():
