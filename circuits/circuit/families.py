@@ -777,6 +777,7 @@ def find_families(
     together = interchange(
         model, saes, held_out, families, nodes, by_site, cfg.n_random, rng, cfg.batch_size, discovery, carries
     )
-    held = site_activations(model, saes, held_out, latents, cfg.batch_size)
-    detection = detect(held, latents, task_variables(held_out, tokenizer))
+    scored = latents if core is None else [n for n in latents if n in core]  # what the record reads
+    held = site_activations(model, saes, held_out, scored, cfg.batch_size)
+    detection = detect(held, scored, task_variables(held_out, tokenizer))
     return FamilyLevel(families, level, together, time.perf_counter() - start, detection, scope)
