@@ -153,7 +153,8 @@ class DiscoverConfig(Config):
     mask_steps: int = field_default(MaskConfig, "steps")
     mask_sparsity: float = field_default(MaskConfig, "sparsity")
     site_mask_steps: int = field_default(MaskConfig, "site_steps")
-    mask_batch: int = 128  # prompt pairs per step of the feature mask (0: all discovery pairs)
+    # prompt pairs per step of the feature mask (0: all discovery pairs)
+    mask_batch: int = field_default(MaskConfig, "batch_size") or 0
     families: bool = True  # with a target faithfulness: group the features into validated families
 
     def validate(self) -> None:

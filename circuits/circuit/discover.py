@@ -42,7 +42,7 @@ from circuits.attribution.nodes import (
     prepare,
     run_batch,
 )
-from circuits.circuit.config import DETECTS, DiscoverConfig
+from circuits.circuit.config import DiscoverConfig
 from circuits.circuit.families import Detection, find_families
 from circuits.circuit.graph import nodes_of, prune, site_graph
 from circuits.circuit.hierarchy import HierarchicalCircuit, find_hierarchy
@@ -237,16 +237,13 @@ def _detector_share(
     terms included, in latents that detect one value (``families.DETECTS``)."""
     if detection is None:
         return None
-    total = hit = 0.0
     for n in features:
-        effect = abs(graph.nodes[ids[n]]["effect"])
-        total += effect
-        if n.latent is None:
-            continue
-        f1 = detection.f1.get(n, 0.0)
-        graph.nodes[ids[n]]["detects"] = detection.value.get(n, "")
-        graph.nodes[ids[n]]["detects_f1"] = round(f1, 4)
-        hit += effect if f1 >= DETECTS else 0.0
+        if n.latent is not None:
+            graph.nodes[ids[n]]["detects"] = detection.value.get(n, "")
+            graph.nodes[ids[n]]["detects_f1"] = round(detection.f1.get(n, 0.0), 4)
+    detectors = detection.detectors()
+    total = sum(abs(graph.nodes[ids[n]]["effect"]) for n in features)
+    hit = sum(abs(graph.nodes[ids[n]]["effect"]) for n in features if n in detectors)
     return hit / total if total else None
 
 
